@@ -1,0 +1,28 @@
+# The README's commands. Needs only python3 and make: everything else is installed into .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
+
+.PHONY: run test install clean
+
+run: $(STAMP)
+	$(BIN)/vsmtp serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall when any distribution's metadata changes; code changes need nothing (editable installs).
+$(STAMP): $(BIN)/python pyproject.toml journal/pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	$(BIN)/python -m pip install --quiet -e ./journal $(addprefix -e ./,$(PLUGINS)) -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,27 @@
+"""vsmtp_journal: a generic append-only event journal on LMDB.
+
+Records are CBOR maps {tag, version, payload} under big-endian u64 positions, so LMDB's key
+order is append order. Message bodies live in a `blobs` sub-database, written in the same
+transaction as the record that names them. This package knows nothing about mail and never
+imports vsmtp: it stores tagged payloads and bytes.
+"""
+
+from __future__ import annotations
+
+from .codec import Record, decode_record, encode_record
+from .errors import CorruptRecord, JournalError, JournalFull
+from .store import Append, Journal
+from .writer import GroupCommitWriter, follow
+
+__all__ = [
+    "Append",
+    "CorruptRecord",
+    "GroupCommitWriter",
+    "Journal",
+    "JournalError",
+    "JournalFull",
+    "Record",
+    "decode_record",
+    "encode_record",
+    "follow",
+]

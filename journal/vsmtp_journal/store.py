@@ -1,0 +1,182 @@
+"""The LMDB store: synchronous, thread-safe append of batches and reads by position.
+
+One environment holds three named databases: `events` (position -> record), `blobs`
+(key -> bytes) and `meta` (reserved for projection checkpoints). A batch of appends is one
+write transaction, committed and synced before append_batch returns: that is the unit of
+durability the writer (writer.py) builds group commit on. LMDB's writer lock serialises
+writers across processes, so positions stay unique and gapless even with several processes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from .codec import Record, decode_position, decode_record, encode_position, encode_record
+from .errors import JournalError, JournalFull
+
+DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space to start with; the file itself is sparse
+_EVENTS = b"events"
+_BLOBS = b"blobs"
+_META = b"meta"
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One record to append, with the blobs to store in the same transaction."""
+
+    tag: str
+    version: int
+    payload: Any
+    blobs: Mapping[bytes, bytes] = field(default_factory=dict)
+
+
+class Journal:
+    """An LMDB environment used as an append-only log.
+
+    Positions start at 1; position 0 means "before the first record".
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_map_size: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self.max_map_size = max_map_size
+        if readonly:
+            if not (self.path / "data.mdb").exists():
+                raise JournalError(f"no journal at {self.path} (expected {self.path / 'data.mdb'})")
+        else:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self._env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=4,
+                mode=0o600,  # journal files readable by the service user only
+                readonly=readonly,
+                sync=True,
+                metasync=True,
+                readahead=False,
+                max_spare_txns=4,
+            )
+        except lmdb.Error as exc:
+            raise JournalError(f"cannot open journal at {self.path}: {exc}") from exc
+        # Without txn=, py-lmdb opens each handle in a transaction it commits, so the handles
+        # stay valid (a handle opened in an aborted read transaction would be discarded).
+        try:
+            self._events = self._env.open_db(_EVENTS, create=not readonly)
+            self._blobs = self._env.open_db(_BLOBS, create=not readonly)
+            self._meta = self._env.open_db(_META, create=not readonly)
+        except lmdb.NotFoundError as exc:
+            self._env.close()
+            raise JournalError(f"{self.path} is not a vsmtp journal (no events database)") from exc
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append_batch(self, appends: Sequence[Append]) -> list[int]:
+        """Append records (and their blobs) in one synced transaction; return their positions."""
+        if self.readonly:
+            raise JournalError("journal opened read-only")
+        encoded = [encode_record(a.tag, a.version, a.payload) for a in appends]
+        while True:
+            try:
+                return self._write(appends, encoded)
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                if _is_enospc(exc):
+                    raise JournalFull(f"no space left for the journal at {self.path}") from exc
+                raise JournalError(f"append failed: {exc}") from exc
+
+    def append(self, tag: str, version: int, payload: Any, blobs: Mapping[bytes, bytes] | None = None) -> int:
+        return self.append_batch([Append(tag, version, payload, blobs or {})])[0]
+
+    def _write(self, appends: Sequence[Append], encoded: list[bytes]) -> list[int]:
+        with self._env.begin(write=True) as txn:
+            cursor = txn.cursor(db=self._events)
+            last = decode_position(cursor.key()) if cursor.last() else 0
+            positions = []
+            for offset, (a, data) in enumerate(zip(appends, encoded, strict=True), start=1):
+                position = last + offset
+                for key, body in a.blobs.items():
+                    txn.put(key, body, db=self._blobs)
+                # append=True: the key is past the last one, so LMDB appends without a search.
+                if not cursor.put(encode_position(position), data, append=True):
+                    raise JournalError(f"position {position} already exists")
+                positions.append(position)
+            return positions
+
+    def _grow(self) -> None:
+        current = self._env.info()["map_size"]
+        new = current * 2
+        if self.max_map_size is not None and new > self.max_map_size:
+            if current >= self.max_map_size:
+                raise JournalFull(f"journal reached its maximum size ({self.max_map_size} bytes)")
+            new = self.max_map_size
+        self._env.set_mapsize(new)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _begin_read(self) -> lmdb.Transaction:
+        try:
+            return self._env.begin(buffers=False)
+        except lmdb.MapResizedError:
+            # Another process grew the map: adopt its size and try again.
+            self._env.set_mapsize(0)
+            return self._env.begin(buffers=False)
+
+    def last_position(self) -> int:
+        with self._begin_read() as txn:
+            cursor = txn.cursor(db=self._events)
+            return decode_position(cursor.key()) if cursor.last() else 0
+
+    def get(self, position: int) -> Record | None:
+        with self._begin_read() as txn:
+            data = txn.get(encode_position(position), db=self._events)
+        return None if data is None else decode_record(position, data)
+
+    def read(self, after: int = 0, *, limit: int | None = None) -> Iterator[Record]:
+        """Records with position > after, in order, at most `limit` of them.
+
+        The read transaction is a consistent snapshot; it is held only while this iterates.
+        """
+        with self._begin_read() as txn:
+            cursor = txn.cursor(db=self._events)
+            if not cursor.set_range(encode_position(after + 1)):
+                return
+            count = 0
+            for key, data in cursor:
+                if limit is not None and count >= limit:
+                    return
+                position = decode_position(key)
+                yield decode_record(position, data)
+                count += 1
+
+    def blob(self, key: bytes) -> bytes | None:
+        with self._begin_read() as txn:
+            return txn.get(key, db=self._blobs)
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _is_enospc(exc: lmdb.Error) -> bool:
+    return isinstance(exc, lmdb.DiskError) or "No space left" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC

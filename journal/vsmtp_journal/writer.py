@@ -1,0 +1,156 @@
+"""Group commit: one trio task per process turns many appends into one synced transaction.
+
+Sessions call `await writer.append(...)`. The writer takes everything queued since its last
+commit, writes it as one LMDB transaction in a worker thread and syncs once. Appends with
+durable=True return only after that commit; durable=False returns at once and rides along in
+the next batch. Many sessions, one fsync: this is where throughput comes from.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .errors import JournalError
+from .codec import Record
+from .store import Append, Journal
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 2048  # records per transaction: bounds the latency a huge burst adds to one commit
+
+
+@dataclass(slots=True)
+class _Pending:
+    append: Append
+    done: trio.Event | None
+    position: int = 0
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """What the last commit did; read by telemetry."""
+
+    records: int = 0
+    seconds: float = 0.0
+    commits: int = 0
+    total_records: int = field(default=0)
+
+
+class GroupCommitWriter:
+    """The one writer task of a process. Run `serve` in a nursery, then `append` from anywhere."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.last_committed = journal.last_position()
+        self.stats = BatchStats()
+        self._queue: list[_Pending] = []
+        self._wakeup = trio.Event()
+        self._committed = trio.Event()
+        self._running = False
+
+    async def append(
+        self,
+        tag: str,
+        version: int,
+        payload: Any,
+        *,
+        blobs: Mapping[bytes, bytes] | None = None,
+        durable: bool = True,
+    ) -> int | None:
+        """Queue a record. With durable=True, wait for its synced commit and return its position.
+
+        Raises JournalError (JournalFull when out of space) if the batch could not be committed.
+        """
+        if not self._running:
+            raise JournalError("the journal writer is not running")
+        pending = _Pending(Append(tag, version, payload, blobs or {}), trio.Event() if durable else None)
+        self._queue.append(pending)
+        self._wakeup.set()
+        if pending.done is None:
+            return None
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.position
+
+    async def wait_committed(self, after: int) -> None:
+        """Block until a record with a position greater than `after` is committed by this process."""
+        while self.last_committed <= after:
+            await self._committed.wait()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._running = True
+        task_status.started()
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                while self._queue:
+                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                    await self._commit(batch)
+        finally:
+            self._running = False
+            for pending in self._queue:  # never leave a waiter hanging
+                pending.error = JournalError("the journal writer stopped")
+                if pending.done is not None:
+                    pending.done.set()
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        appends = [p.append for p in batch]
+        started = trio.current_time()
+        try:
+            # Shielded: once a batch is handed to LMDB, its waiters must learn the outcome.
+            with trio.CancelScope(shield=True):
+                positions = await trio.to_thread.run_sync(self.journal.append_batch, appends)
+        except JournalError as exc:
+            log.error("journal commit of %d records failed: %s", len(batch), exc)
+            for p in batch:
+                p.error = exc
+                if p.done is not None:
+                    p.done.set()
+            return
+        for p, position in zip(batch, positions, strict=True):
+            p.position = position
+            if p.done is not None:
+                p.done.set()
+        self.last_committed = positions[-1]
+        self.stats.records = len(batch)
+        self.stats.seconds = trio.current_time() - started
+        self.stats.commits += 1
+        self.stats.total_records += len(batch)
+        committed, self._committed = self._committed, trio.Event()
+        committed.set()
+
+
+async def follow(
+    journal: Journal,
+    *,
+    after: int = 0,
+    writer: GroupCommitWriter | None = None,
+    poll_interval: float = 0.5,
+    batch: int = 512,
+) -> AsyncIterator[Record]:
+    """Yield every record after `after`, then each new one as it is committed.
+
+    Records committed by this process's writer wake the follower at once; records from other
+    processes sharing the journal are seen within `poll_interval` seconds.
+    """
+    while True:
+        records = list(journal.read(after, limit=batch))
+        for record in records:
+            yield record
+            after = record.position
+        if len(records) == batch:
+            await trio.lowlevel.checkpoint()
+            continue
+        with trio.move_on_after(poll_interval):
+            if writer is not None:
+                await writer.wait_committed(after)
+            else:
+                await trio.sleep_forever()

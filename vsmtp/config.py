@@ -1,0 +1,187 @@
+"""Configuration: embedded defaults, overridden by an optional TOML file.
+
+TOML -> frozen dataclasses. Unknown keys and wrong types are errors that name the key, the
+file and the line, so a typo never silently falls back to a default. Relative paths are
+relative to the directory vsmtp runs in (the embedded default keeps everything under ./var).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerConfig:
+    """One listening role on one or more addresses ("host:port", IPv6 as "[::1]:port")."""
+
+    name: str = "mx"
+    role: Literal["mx"] = "mx"
+    addresses: tuple[str, ...] = ("127.0.0.1:2525", "[::1]:2525")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalConfig:
+    """Which domains are ours, and who receives mail in them."""
+
+    domains: tuple[str, ...] = ("localhost",)
+    users: tuple[str, ...] = ()  # known local users; postmaster always exists
+    catch_all: bool = True  # accept any syntactically safe user in a local domain
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalConfig:
+    path: str = "var/journal"
+    max_size: int = 0  # bytes; 0 means limited only by the disk
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryConfig:
+    enabled: bool = True
+    workers: int = 8
+    maildir: str = "var/mail/{user}/Maildir"  # {user}: local part, {domain}: the domain
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    message_size: int = 50 * MiB  # RFC 1870 SIZE, also enforced on the bytes received
+    command_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: server timeout, 5 minutes
+    data_timeout: float = 180.0  # RFC 5321 4.5.3.2.5: per DATA block, 3 minutes
+    max_connections: int = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TelemetryConfig:
+    exporter: Literal["none", "console"] = "none"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    hostname: str = field(default_factory=socket.getfqdn)
+    listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
+    local: LocalConfig = LocalConfig()
+    journal: JournalConfig = JournalConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    limits: LimitsConfig = LimitsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    plugins: tuple[str, ...] = ()  # entry-point names in group "vsmtp", loaded in this order
+    plugin: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # [plugin.NAME] sections
+    source: str = "<embedded defaults>"
+
+
+def load(path: str | Path | None = None) -> Config:
+    """The embedded defaults, overridden by the TOML file at `path` if one is given."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return _build(Config, table, (), _Source(path, text)) if table else Config(source=str(path))
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    path: Path
+    text: str
+
+    def error(self, keys: tuple[str | int, ...], message: str) -> ConfigError:
+        dotted = ".".join(str(k) for k in keys) or "(top level)"
+        line = _find_line(self.text, keys)
+        where = f"{self.path}, line {line}" if line else str(self.path)
+        return ConfigError(f"{where}: {dotted}: {message}")
+
+
+def _build(cls: type[Any], table: Mapping[str, Any], keys: tuple[str | int, ...], src: _Source) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise src.error((*keys, key), f"unknown key (known: {', '.join(sorted(known))})")
+        values[key] = _convert(hints[key], value, (*keys, key), src)
+    if cls is Config:
+        values["source"] = str(src.path)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, keys: tuple[str | int, ...], src: _Source) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise src.error(keys, "expected a table")
+        return _build(hint, value, keys, src)  # type: ignore[arg-type]
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list):
+            raise src.error(keys, "expected a list")
+        return tuple(_convert(item, v, (*keys, i), src) for i, v in enumerate(value))
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise src.error(keys, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    if origin in (Mapping, dict, typing.Union, types.UnionType) or hint is Any:
+        if origin is Mapping and not isinstance(value, dict):
+            raise src.error(keys, "expected a table")
+        return value
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise src.error(keys, f"expected an integer, got {value!r}")
+    if not isinstance(value, hint):
+        raise src.error(keys, f"expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    if hint is int and value < 0:
+        raise src.error(keys, "must not be negative")
+    return value
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_.\"-]+)\s*=")
+
+
+def _find_line(text: str, keys: tuple[str | int, ...]) -> int | None:
+    """The line that sets `keys` (e.g. ('listeners', 0, 'role')), found by a scan of the text.
+
+    tomllib keeps no positions; this follows [table] and [[array]] headers, which covers how
+    configuration files are written. Returns None when the key cannot be placed.
+    """
+    wanted = [k for k in keys]
+    table: list[str | int] = []
+    counts: dict[str, int] = {}
+    best = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            name = header.group(2).replace('"', "")
+            if header.group(1) == "[[":
+                counts[name] = counts.get(name, -1) + 1
+                table = [*name.split("."), counts[name]]
+            else:
+                table = list(name.split("."))
+            if table == wanted[: len(table)] and best is None and len(table) == len(wanted):
+                best = number
+            continue
+        key = _KEY.match(line)
+        if key:
+            full = [*table, *key.group(1).replace('"', "").split(".")]
+            if full == wanted[: len(full)] and len(full) >= len(wanted) - 1:
+                return number
+    return best

@@ -1,0 +1,108 @@
+"""What `vsmtp serve` runs: the journal writer, the queue projection, the event observers,
+delivery and the SMTP listeners, as sibling tasks of one nursery. Wiring only: behaviour
+lives in the modules it starts."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+
+import trio
+
+from vsmtp_journal import GroupCommitWriter, Journal, follow
+
+from . import telemetry
+from .config import Config
+from .delivery import Scheduler, serve_delivery
+from .net.server import Bound, serve_smtp
+from .plugins import PluginManager
+from .queue import events as qe
+from .queue.projection import QueueProjection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Running:
+    """Handles on a started server, for tests and tools."""
+
+    bound: list[Bound]
+    journal: Journal
+    writer: GroupCommitWriter
+    projection: QueueProjection
+    scheduler: Scheduler | None
+    plugins: PluginManager
+    cancel_scope: trio.CancelScope
+
+
+async def serve(
+    config: Config,
+    *,
+    plugins: PluginManager | None = None,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    telemetry.setup(config.telemetry)
+    if plugins is None:
+        plugins = PluginManager()
+        plugins.load(config.plugins)
+    journal = Journal(config.journal.path, max_map_size=config.journal.max_size or None)
+    try:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                writer = GroupCommitWriter(journal)
+                await nursery.start(writer.serve)
+                projection = QueueProjection(journal, writer)
+                projection.catch_up()
+                log.info("journal %s: %d records, %d messages pending", config.journal.path, projection.state.position, len(projection.state.messages))
+                await nursery.start(projection.run)
+                await nursery.start(_observe, journal, writer, plugins)
+                scheduler = None
+                if config.delivery.enabled:
+                    scheduler = await nursery.start(
+                        lambda task_status: serve_delivery(
+                            config=config, journal=journal, writer=writer, projection=projection, task_status=task_status
+                        )
+                    )
+                bound = await nursery.start(serve_smtp, config, writer)
+                log.info("vsmtp ready")
+                task_status.started(
+                    Running(
+                        bound=bound,
+                        journal=journal,
+                        writer=writer,
+                        projection=projection,
+                        scheduler=scheduler,
+                        plugins=plugins,
+                        cancel_scope=scope,
+                    )
+                )
+    finally:
+        journal.close()
+
+
+async def _observe(
+    journal: Journal,
+    writer: GroupCommitWriter,
+    plugins: PluginManager,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Hand every event committed from now on to the vsmtp_event observers, in order."""
+    start = journal.last_position()
+    task_status.started()
+    if not plugins.pm.hook.vsmtp_event.get_hookimpls():
+        return
+    async for record in follow(journal, after=start, writer=writer):
+        await plugins.notify_event(qe.decode(record), record.position)
+
+
+async def run_until_signalled(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then stop (sessions are cut; the journal stays consistent)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            running: Running = await nursery.start(serve, config)
+            async for signum in signals:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                running.cancel_scope.cancel()
+                break

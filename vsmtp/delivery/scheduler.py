@@ -1,0 +1,186 @@
+"""The scheduler and its workers.
+
+The scheduler looks at the messages the projection says were touched (and at retries that
+fell due), and sends one DeliveryJob per message with its due recipients over a bounded
+channel. A recipient stays "in flight" from dispatch until the projection has folded in the
+outcome the worker journaled, so nothing is handed out twice.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from vsmtp_journal import GroupCommitWriter, Journal, JournalError
+
+from ..config import Config
+from ..queue import events as ev
+from ..queue import policy
+from ..queue.projection import QueueProjection
+from ..queue.state import MessageState
+from . import maildir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryJob:
+    queue_id: str
+    reverse_path: str
+    blob: bytes
+    accepted_at: float
+    recipients: tuple[tuple[str, int], ...]  # (address, attempts so far)
+    recovered: bool  # pending when the process started: a crash may have cut an attempt short
+
+
+class Scheduler:
+    def __init__(self, projection: QueueProjection) -> None:
+        self.projection = projection
+        self.in_flight: dict[tuple[str, str], int | None] = {}  # None: running; int: outcome position
+        self._retries: list[tuple[float, str]] = []  # heap of (due time, queue id)
+        self._recovered = set(projection.state.messages.keys())
+
+    def due_jobs(self, queue_ids: set[str], *, now: float) -> list[DeliveryJob]:
+        jobs = []
+        for queue_id in queue_ids:
+            message = self.projection.state.messages.get(queue_id)
+            if message is not None:
+                job = self._job_for(message, now=now)
+                if job is not None:
+                    jobs.append(job)
+        return jobs
+
+    def _job_for(self, message: MessageState, *, now: float) -> DeliveryJob | None:
+        position = self.projection.state.position
+        due = []
+        for rcpt in message.pending():
+            key = (message.queue_id, rcpt.address)
+            if key in self.in_flight:
+                outcome = self.in_flight[key]
+                if outcome is None or position < outcome:
+                    continue  # still running, or its outcome is not folded in yet
+                del self.in_flight[key]
+            if rcpt.next_attempt > now:
+                heapq.heappush(self._retries, (rcpt.next_attempt, message.queue_id))
+                continue
+            due.append((rcpt.address, rcpt.attempts))
+            self.in_flight[key] = None
+        if not due:
+            return None
+        return DeliveryJob(
+            queue_id=message.queue_id,
+            reverse_path=message.reverse_path,
+            blob=message.blob,
+            accepted_at=message.accepted_at,
+            recipients=tuple(due),
+            recovered=message.queue_id in self._recovered,
+        )
+
+    def finished(self, job: DeliveryJob, position: int) -> None:
+        for address, _ in job.recipients:
+            self.in_flight[(job.queue_id, address)] = position
+        self.projection.touch(job.queue_id)
+
+    async def run(self, send: trio.MemorySendChannel[DeliveryJob]) -> None:
+        async with send:
+            while True:
+                now = time.time()
+                touched = self.projection.take_touched()
+                while self._retries and self._retries[0][0] <= now:
+                    touched.add(heapq.heappop(self._retries)[1])
+                for job in self.due_jobs(touched, now=now):
+                    await send.send(job)
+                wait = self._retries[0][0] - time.time() if self._retries else math.inf
+                await self.projection.wait_touched(timeout=max(wait, 0.0))
+
+
+class Worker:
+    def __init__(self, *, config: Config, journal: Journal, writer: GroupCommitWriter, scheduler: Scheduler) -> None:
+        self.config = config
+        self.journal = journal
+        self.writer = writer
+        self.scheduler = scheduler
+
+    async def run(self, receive: trio.MemoryReceiveChannel[DeliveryJob]) -> None:
+        async with receive:
+            async for job in receive:
+                outcomes = await trio.to_thread.run_sync(self.deliver, job)
+                try:
+                    position = 0
+                    for i, event in enumerate(outcomes):
+                        tag, version, payload = ev.encode(event)
+                        last = i == len(outcomes) - 1
+                        position = await self.writer.append(tag, version, payload, durable=last) or position
+                except JournalError as exc:
+                    # The outcome is lost but the message is not: it stays pending and the
+                    # next attempt finds the Maildir file already there.
+                    log.error("cannot journal delivery of %s: %s", job.queue_id, exc)
+                    await trio.sleep(1.0)  # do not spin while the journal cannot take writes
+                    position = self.journal.last_position()
+                self.scheduler.finished(job, position)
+
+    def deliver(self, job: DeliveryJob) -> list[ev.JournalEvent]:
+        """Deliver every recipient of the job; return the events that say how it went."""
+        body = self.journal.blob(job.blob)
+        now = time.time()
+        outcomes: list[ev.JournalEvent] = []
+        for address, attempts in job.recipients:
+            route = policy.route(address, self.config)
+            if body is None or route is None:
+                reason = "message body missing from the journal" if body is None else "no route to a non-local recipient"
+                outcomes.append(ev.DeliveryFailed(at=now, queue_id=job.queue_id, recipient=address, transport="maildir", reason=reason))
+                continue
+            try:
+                detail = self._maildir(job, address, route, body)
+            except OSError as exc:
+                reason = f"cannot write to the Maildir: {exc}"
+                log.warning("%s: %s: %s", job.queue_id, address, reason)
+                outcomes.append(
+                    ev.DeliveryDeferred(
+                        at=now,
+                        queue_id=job.queue_id,
+                        recipient=address,
+                        transport="maildir",
+                        reason=reason,
+                        retry_at=policy.retry_at(attempts + 1, now=now),
+                    )
+                )
+                continue
+            outcomes.append(ev.DeliverySucceeded(at=now, queue_id=job.queue_id, recipient=address, transport="maildir", detail=detail))
+        return outcomes
+
+    def _maildir(self, job: DeliveryJob, address: str, route: policy.LocalRoute, body: bytes) -> str:
+        path = Path(self.config.delivery.maildir.format(user=route.user, domain=route.domain))
+        name = maildir.file_name(accepted_at=job.accepted_at, queue_id=job.queue_id, recipient=address, hostname=self.config.hostname)
+        existing = maildir.find(path, name, look_in_cur=job.recovered)
+        if existing is not None:
+            log.info("%s: %s was already delivered to %s before a restart", job.queue_id, address, existing)
+            return str(existing)
+        # RFC 5321 4.4: the final delivery adds Return-Path; Delivered-To marks the mailbox.
+        headers = f"Return-Path: <{job.reverse_path}>\r\nDelivered-To: {address}\r\n".encode()
+        return str(maildir.deliver(path, name, [headers, body]))
+
+
+async def serve_delivery(
+    *,
+    config: Config,
+    journal: Journal,
+    writer: GroupCommitWriter,
+    projection: QueueProjection,
+    task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    scheduler = Scheduler(projection)
+    send, receive = trio.open_memory_channel[DeliveryJob](config.delivery.workers)
+    async with trio.open_nursery() as nursery:
+        async with receive:
+            for _ in range(config.delivery.workers):
+                worker = Worker(config=config, journal=journal, writer=writer, scheduler=scheduler)
+                nursery.start_soon(worker.run, receive.clone())
+        nursery.start_soon(scheduler.run, send)
+        task_status.started(scheduler)

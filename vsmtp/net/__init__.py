@@ -1,0 +1,1 @@
+"""Trio: the only code that touches sockets. Listeners (server.py) and sessions (session.py)."""

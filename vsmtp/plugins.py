@@ -1,0 +1,67 @@
+"""The plugin manager: loads the plugins named in the config and calls their hooks.
+
+Plugins register under the entry-point group "vsmtp"; only those the configuration names
+are loaded, in the configured order. Hook implementations may be sync or async.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+
+log = logging.getLogger(__name__)
+GROUP = "vsmtp"
+
+
+def available() -> dict[str, str]:
+    """Installed plugins: entry-point name -> 'distribution version'."""
+    found = {}
+    for ep in entry_points(group=GROUP):
+        dist = ep.dist
+        found[ep.name] = f"{dist.name} {dist.version}" if dist is not None else "?"
+    return found
+
+
+class PluginManager:
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
+
+    def load(self, names: Iterable[str]) -> None:
+        by_name = {ep.name: ep for ep in entry_points(group=GROUP)}
+        for name in names:
+            ep = by_name.get(name)
+            if ep is None:
+                known = ", ".join(sorted(by_name)) or "none installed"
+                raise PluginError(f"plugin {name!r} is not installed (entry points in group {GROUP!r}: {known})")
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(f"plugin {name!r} failed to load: {exc}") from exc
+            self.register(plugin, name)
+
+    def register(self, plugin: object, name: str) -> None:
+        self.pm.register(plugin, name=name)
+        log.info("plugin %s loaded (hooks: %s)", name, ", ".join(h.name for h in self.pm.get_hookcallers(plugin) or []))
+
+    async def notify_event(self, event: Any, position: int) -> None:
+        """Call every vsmtp_event observer; one failing observer does not stop the others."""
+        await self._call_each("vsmtp_event", {"event": event, "position": position})
+
+    async def _call_each(self, hook_name: str, kwargs: dict[str, Any]) -> None:
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in caller.get_hookimpls():  # registration order (pluggy itself calls LIFO)
+            try:
+                result = impl.function(*[kwargs[name] for name in impl.argnames])
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("plugin %s: %s raised", impl.plugin_name, hook_name)

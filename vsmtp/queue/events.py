@@ -1,0 +1,224 @@
+"""Journal events: frozen, past tense, each with a stable TAG and a VERSION.
+
+A tag is forever. Changing a payload means VERSION + 1 and an upcaster registered with
+`upcaster(tag, from_version)` that turns the old payload into the new one; records are
+upcast on read, never rewritten. Payloads hold only CBOR-friendly values (str, int, float,
+bool, bytes, None, lists and maps of them); tuples travel as lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from vsmtp_journal import Record
+
+Payload = dict[str, Any]
+EVENTS: dict[str, type[JournalEvent]] = {}
+_UPCASTERS: dict[tuple[str, int], Callable[[Payload], Payload]] = {}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalEvent:
+    TAG: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+    at: float  # seconds since the epoch, when it happened
+
+    def __init_subclass__(cls) -> None:
+        # No super() here: slots=True rebuilds the class, which breaks zero-argument super().
+        if cls.TAG:
+            if cls.TAG in EVENTS and EVENTS[cls.TAG].__name__ != cls.__name__:
+                raise TypeError(f"tag {cls.TAG!r} already belongs to {EVENTS[cls.TAG].__name__}")
+            EVENTS[cls.TAG] = cls
+
+    def to_payload(self) -> Payload:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_payload(cls, payload: Payload) -> JournalEvent:
+        hints = _hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: _typed(hints[k], v) for k, v in payload.items() if k in names}
+        return cls(**values)
+
+    def describe(self) -> str:
+        """One line for humans: the fields other than the timestamp, as key=value."""
+        parts = []
+        for f in dataclasses.fields(self):
+            if f.name == "at":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = ",".join(map(str, value))
+            elif isinstance(value, bytes):
+                value = value.decode("ascii") if value.isascii() and value.decode("ascii").isprintable() else value.hex()
+            elif isinstance(value, Mapping):
+                value = ",".join(f"{k}={v}" if v is not None else str(k) for k, v in value.items()) or "-"
+            parts.append(f"{f.name}={value}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnknownEvent:
+    """A record whose tag this version of vsmtp does not know (e.g. written by a plugin)."""
+
+    tag: str
+    version: int
+    payload: Any
+
+    def describe(self) -> str:
+        return f"(unknown v{self.version}) {self.payload!r}"
+
+
+def upcaster(tag: str, from_version: int) -> Callable[[Callable[[Payload], Payload]], Callable[[Payload], Payload]]:
+    """Register f(payload of version `from_version`) -> payload of version `from_version + 1`."""
+
+    def register(func: Callable[[Payload], Payload]) -> Callable[[Payload], Payload]:
+        _UPCASTERS[(tag, from_version)] = func
+        return func
+
+    return register
+
+
+def encode(event: JournalEvent) -> tuple[str, int, Payload]:
+    return event.TAG, event.VERSION, event.to_payload()
+
+
+def decode(record: Record) -> JournalEvent | UnknownEvent:
+    cls = EVENTS.get(record.tag)
+    if cls is None or record.version > cls.VERSION or not isinstance(record.payload, dict):
+        return UnknownEvent(tag=record.tag, version=record.version, payload=record.payload)
+    payload, version = record.payload, record.version
+    while version < cls.VERSION:
+        step = _UPCASTERS.get((record.tag, version))
+        if step is None:
+            raise LookupError(f"no upcaster for {record.tag} v{version} -> v{version + 1}")
+        payload, version = step(payload), version + 1
+    return cls.from_payload(payload)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _typed(hint: Any, value: Any) -> Any:
+    if typing.get_origin(hint) is tuple and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+# -- the SMTP session ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionOpened(JournalEvent):
+    TAG = "session.opened"
+    session_id: str
+    listener: str
+    peer_host: str
+    peer_port: int
+    local_host: str
+    local_port: int
+    tls: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeloReceived(JournalEvent):
+    TAG = "session.helo"
+    session_id: str
+    verb: str  # HELO or EHLO
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailReceived(JournalEvent):
+    TAG = "session.mail"
+    session_id: str
+    reverse_path: str
+    params: Mapping[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecipientAccepted(JournalEvent):
+    TAG = "recipient.accepted"
+    session_id: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecipientRejected(JournalEvent):
+    TAG = "recipient.rejected"
+    session_id: str
+    address: str
+    reply: str  # what we answered, e.g. "554 5.7.1 Relay access denied"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionClosed(JournalEvent):
+    TAG = "session.closed"
+    session_id: str
+    reason: str  # quit, peer closed, timeout, error, shutdown
+
+
+# -- the message and its delivery ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageAccepted(JournalEvent):
+    """A message is ours: the 250 to DATA is sent only after this event is durable."""
+
+    TAG = "message.accepted"
+    queue_id: str
+    session_id: str
+    reverse_path: str
+    recipients: tuple[str, ...]
+    blob: bytes  # key of the message (with our Received header) in the journal's blobs
+    size: int
+    mail_params: Mapping[str, str | None] = field(default_factory=dict)
+    message_id: str = ""  # the Message-ID header, if the message has one
+    trace_context: Mapping[str, str] = field(default_factory=dict)  # W3C traceparent of the session
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliverySucceeded(JournalEvent):
+    TAG = "delivery.succeeded"
+    queue_id: str
+    recipient: str
+    transport: str  # maildir
+    detail: str  # where it went, e.g. the Maildir file
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryDeferred(JournalEvent):
+    TAG = "delivery.deferred"
+    queue_id: str
+    recipient: str
+    transport: str
+    reason: str
+    retry_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryFailed(JournalEvent):
+    TAG = "delivery.failed"
+    queue_id: str
+    recipient: str
+    transport: str
+    reason: str

@@ -1,0 +1,124 @@
+"""QueueState and apply(state, event) -> state: a pure fold of the journal.
+
+The state holds the messages that still have work to do, each with the status of every
+recipient. A message whose recipients are all final leaves the state (its history stays in
+the journal). Maps are persistent (immutables.Map), so every apply returns a new state in
+O(log n) and replaying the journal from position 0 gives an equal state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from immutables import Map
+
+from vsmtp_journal import Record
+
+from . import events as ev
+
+Status = Literal["pending", "delivered", "failed"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecipientState:
+    address: str
+    status: Status = "pending"
+    attempts: int = 0
+    next_attempt: float = 0.0  # seconds since the epoch; 0 means now
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageState:
+    queue_id: str
+    reverse_path: str
+    blob: bytes
+    size: int
+    accepted_at: float
+    recipients: Map[str, RecipientState]
+    message_id: str = ""
+
+    @property
+    def done(self) -> bool:
+        return all(r.status != "pending" for r in self.recipients.values())
+
+    def pending(self) -> list[RecipientState]:
+        return [r for r in self.recipients.values() if r.status == "pending"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueState:
+    position: int = 0  # the last journal position folded in
+    messages: Map[str, MessageState] = Map()
+    accepted: int = 0  # counters over the whole history
+    delivered: int = 0
+    failed: int = 0
+    completed: int = 0  # messages whose every recipient is final
+
+
+def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueState:
+    """The state after `event`. Events that do not concern the queue leave it unchanged."""
+    if isinstance(event, ev.MessageAccepted):
+        if event.queue_id in state.messages:
+            return state
+        message = MessageState(
+            queue_id=event.queue_id,
+            reverse_path=event.reverse_path,
+            blob=event.blob,
+            size=event.size,
+            accepted_at=event.at,
+            message_id=event.message_id,
+            recipients=Map({a: RecipientState(address=a) for a in event.recipients}),
+        )
+        return replace(state, messages=state.messages.set(event.queue_id, message), accepted=state.accepted + 1)
+    if isinstance(event, ev.DeliverySucceeded):
+        return _recipient(state, event.queue_id, event.recipient, status="delivered", attempt=True)
+    if isinstance(event, ev.DeliveryFailed):
+        return _recipient(state, event.queue_id, event.recipient, status="failed", attempt=True, error=event.reason)
+    if isinstance(event, ev.DeliveryDeferred):
+        return _recipient(
+            state, event.queue_id, event.recipient, status="pending", attempt=True, error=event.reason, retry_at=event.retry_at
+        )
+    return state
+
+
+def _recipient(
+    state: QueueState,
+    queue_id: str,
+    address: str,
+    *,
+    status: Status,
+    attempt: bool,
+    error: str = "",
+    retry_at: float = 0.0,
+) -> QueueState:
+    message = state.messages.get(queue_id)
+    if message is None or address not in message.recipients:
+        return state  # already complete, or never ours: a duplicate outcome changes nothing
+    current = message.recipients[address]
+    if current.status != "pending":
+        return state
+    updated = replace(
+        current,
+        status=status,
+        attempts=current.attempts + (1 if attempt else 0),
+        next_attempt=retry_at,
+        last_error=error or current.last_error,
+    )
+    message = replace(message, recipients=message.recipients.set(address, updated))
+    counters = {
+        "delivered": state.delivered + (status == "delivered"),
+        "failed": state.failed + (status == "failed"),
+    }
+    if message.done:
+        return replace(state, messages=state.messages.delete(queue_id), completed=state.completed + 1, **counters)
+    return replace(state, messages=state.messages.set(queue_id, message), **counters)
+
+
+def fold(state: QueueState, records: Iterable[Record]) -> QueueState:
+    """Apply records in order, advancing the state's position."""
+    for record in records:
+        state = replace(apply(state, ev.decode(record)), position=record.position)
+    return state

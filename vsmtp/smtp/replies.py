@@ -1,0 +1,118 @@
+"""Every reply vsmtp sends, named once; code and tests use these names.
+
+Each carries an enhanced status code (RFC 3463, advertised per RFC 2034) except the greeting
+and the EHLO/HELO replies, where RFC 2034 section 3 does not use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    enhanced: str | None
+    lines: tuple[str, ...]
+
+    @classmethod
+    def of(cls, code: int, enhanced: str | None, *lines: str) -> Reply:
+        return cls(code, enhanced, tuple(lines) or ("",))
+
+    @property
+    def positive(self) -> bool:
+        """2xx and 3xx: the command was accepted (RFC 5321 4.2.1)."""
+        return 200 <= self.code < 400
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.lines)
+
+    def __str__(self) -> str:
+        prefix = f"{self.code} {self.enhanced} " if self.enhanced else f"{self.code} "
+        return prefix + self.text
+
+    def to_bytes(self) -> bytes:
+        out = []
+        last = len(self.lines) - 1
+        for i, line in enumerate(self.lines):
+            sep = " " if i == last else "-"
+            enhanced = f"{self.enhanced} " if self.enhanced else ""
+            out.append(f"{self.code}{sep}{enhanced}{line}\r\n")
+        return "".join(out).encode("utf-8")
+
+
+def greeting(hostname: str) -> Reply:
+    return Reply.of(220, None, f"{hostname} ESMTP vsmtp")
+
+
+def ehlo(hostname: str, client: str, keywords: Sequence[str]) -> Reply:
+    return Reply.of(250, None, f"{hostname} greets {client}", *keywords)
+
+
+def helo(hostname: str) -> Reply:
+    return Reply.of(250, None, hostname)
+
+
+def queued(queue_id: str) -> Reply:
+    return Reply.of(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+def bye() -> Reply:
+    return Reply.of(221, "2.0.0", "Bye")
+
+
+OK = Reply.of(250, "2.0.0", "Ok")
+SENDER_OK = Reply.of(250, "2.1.0", "Ok")
+RECIPIENT_OK = Reply.of(250, "2.1.5", "Ok")
+START_DATA = Reply.of(354, None, "End data with <CR><LF>.<CR><LF>")
+HELP = Reply.of(214, "2.0.0", "See https://www.rfc-editor.org/rfc/rfc5321")
+CANNOT_VRFY = Reply.of(252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery")
+
+# 5.5.x: protocol errors detected by the sans-IO layer.
+UNKNOWN_COMMAND = Reply.of(500, "5.5.1", "Error: command not recognized")
+LINE_TOO_LONG = Reply.of(500, "5.5.2", "Error: line too long")
+BAD_LINE_ENDING = Reply.of(500, "5.5.2", "Error: bare CR or LF in command line")
+BAD_UTF8 = Reply.of(500, "5.5.2", "Error: command line is not valid UTF-8")
+NEED_HELO = Reply.of(503, "5.5.1", "Error: send HELO/EHLO first")
+NEED_MAIL = Reply.of(503, "5.5.1", "Error: need MAIL command")
+NEED_RCPT = Reply.of(503, "5.5.1", "Error: need RCPT command")
+NESTED_MAIL = Reply.of(503, "5.5.1", "Error: nested MAIL command")
+BAD_SEQUENCE = Reply.of(503, "5.5.1", "Error: bad sequence of commands")
+EXPN_DISABLED = Reply.of(502, "5.5.1", "Error: command not implemented")
+
+
+def syntax(usage: str) -> Reply:
+    return Reply.of(501, "5.5.4", f"Syntax: {usage}")
+
+
+def bad_sender(reason: str) -> Reply:
+    return Reply.of(501, "5.1.7", f"Bad sender address syntax: {reason}")
+
+
+def bad_recipient(reason: str) -> Reply:
+    return Reply.of(501, "5.1.3", f"Bad recipient address syntax: {reason}")
+
+
+def unknown_parameter(name: str) -> Reply:
+    return Reply.of(555, "5.5.4", f"Unsupported option: {name}")
+
+
+def bad_parameter(reason: str) -> Reply:
+    return Reply.of(501, "5.5.4", f"Bad parameter: {reason}")
+
+
+# Policy decisions taken by the session.
+RELAY_DENIED = Reply.of(554, "5.7.1", "Relay access denied")
+NO_SUCH_USER = Reply.of(550, "5.1.1", "Recipient address rejected: User unknown in local recipient table")
+NO_VALID_RECIPIENTS = Reply.of(554, "5.5.1", "Error: no valid recipients")
+MESSAGE_TOO_BIG = Reply.of(552, "5.3.4", "Error: message file too big")
+SIZE_EXCEEDS_LIMIT = Reply.of(552, "5.3.4", "Message size exceeds fixed limit")
+BARE_LINE_ENDING_IN_DATA = Reply.of(550, "5.6.0", "Error: bare CR or LF in message; lines end with CRLF")
+
+# Transient trouble on our side: the client keeps the message and tries later.
+STORAGE_FULL = Reply.of(452, "4.3.1", "Insufficient system storage")
+LOCAL_ERROR = Reply.of(451, "4.3.0", "Error: queue file write error")
+SHUTTING_DOWN = Reply.of(421, "4.3.2", "Service shutting down, closing transmission channel")
+TIMEOUT = Reply.of(421, "4.4.2", "Error: timeout exceeded")

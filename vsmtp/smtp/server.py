@@ -1,0 +1,284 @@
+"""ServerConnection: the server side of SMTP as a pure state machine (h11's shape).
+
+Bytes go in with receive_data(); next_event() returns one event at a time; the application
+answers each command with send(reply), and that reply decides the next state through
+TRANSITIONS. Out-of-sequence and malformed commands come back as `Invalid` events carrying
+the reply to send. No I/O, no clock, no trio here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import events as ev
+from . import replies
+from .errors import LocalProtocolError
+from .parsing import PathError, parse_params, parse_path, split_path_and_params
+from .replies import Reply
+from .states import TRANSITIONS, State, out_of_sequence_reply
+
+# RFC 5321 4.5.3.1.4 sets 512 octets as the minimum a server must accept; ESMTP parameters
+# (SIZE, BODY, SMTPUTF8, later DSN's ORCPT/ENVID) make real commands longer, so we accept
+# up to 2048, as Postfix's line_length_limit does.
+MAX_COMMAND_LINE = 2048
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Extensions:
+    """What this server offers after EHLO; the connection enforces what it advertises."""
+
+    max_message_size: int = 50 * 1024 * 1024  # SIZE (RFC 1870); 0 means no limit
+    pipelining: bool = True  # RFC 2920
+    eight_bit_mime: bool = True  # RFC 6152
+    smtputf8: bool = True  # RFC 6531
+    enhanced_status_codes: bool = True  # RFC 2034
+
+    def keywords(self) -> list[str]:
+        words = []
+        if self.pipelining:
+            words.append("PIPELINING")
+        words.append(f"SIZE {self.max_message_size}" if self.max_message_size else "SIZE")
+        if self.eight_bit_mime:
+            words.append("8BITMIME")
+        if self.smtputf8:
+            words.append("SMTPUTF8")
+        if self.enhanced_status_codes:
+            words.append("ENHANCEDSTATUSCODES")
+        return words
+
+
+_VERBS: dict[str, type[ev.Command]] = {
+    "HELO": ev.Helo,
+    "EHLO": ev.Ehlo,
+    "MAIL": ev.MailFrom,
+    "RCPT": ev.RcptTo,
+    "DATA": ev.Data,
+    "RSET": ev.Rset,
+    "NOOP": ev.Noop,
+    "QUIT": ev.Quit,
+    "VRFY": ev.Vrfy,
+    "EXPN": ev.Expn,
+    "HELP": ev.Help,
+}
+
+
+class ServerConnection:
+    def __init__(self, *, extensions: Extensions | None = None, max_command_line: int = MAX_COMMAND_LINE) -> None:
+        self.extensions = extensions or Extensions()
+        self.max_command_line = max_command_line
+        self.state = State.CONNECTED
+        self.esmtp = False  # EHLO (not HELO) was accepted: ESMTP parameters are allowed
+        self._utf8 = False  # the open transaction's MAIL carried SMTPUTF8
+        self._buf = bytearray()
+        self._eof = False
+        self._owed: ev.Event | None = None  # the event whose reply has not been sent yet
+        self._discarding = False  # dropping the rest of an over-long command line
+        self._data_bol = False  # in DATA: the next byte starts a line
+        self._data_bare = False  # in DATA: a bare CR or LF was seen
+
+    # -- input -----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; b"" means the peer closed its side."""
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> ev.Event | type[ev.NEED_DATA] | type[ev.PAUSED]:  # type: ignore[valid-type]
+        if self._owed is not None:
+            return ev.PAUSED
+        if self.state is State.CLOSED:
+            return ev.ConnectionClosed()
+        if self.state is State.DATA:
+            event: ev.Event | None = self._next_data_event()
+        else:
+            event = self._next_command()
+        if event is None:
+            if self._eof:
+                self.state = State.CLOSED
+                return ev.ConnectionClosed()
+            return ev.NEED_DATA
+        if not isinstance(event, ev.DataChunk):
+            self._owed = event
+        return event
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received but not yet turned into events (e.g. pipelined after STARTTLS)."""
+        return bytes(self._buf)
+
+    # -- output ----------------------------------------------------------------------------
+
+    def send(self, reply: Reply) -> bytes:
+        """Answer the owed event (or send the greeting) and move to the state the reply implies."""
+        if self.state is State.CONNECTED:
+            self.state = State.GREETED if reply.positive else State.CLOSED
+            return reply.to_bytes()
+        owed = self._owed
+        if owed is None:
+            raise LocalProtocolError(f"no command is waiting for a reply (state {self.state.value})")
+        self._owed = None
+        on_success, on_failure = TRANSITIONS[self.state][type(owed)]
+        new = on_success if reply.positive else on_failure
+        if reply.code == 421:  # RFC 5321 3.8: the server closes after 421
+            new = State.CLOSED
+        if reply.positive and isinstance(owed, ev.Ehlo | ev.Helo):
+            self.esmtp = isinstance(owed, ev.Ehlo)
+        if reply.positive and isinstance(owed, ev.MailFrom):
+            self._utf8 = "SMTPUTF8" in owed.params
+        if new is State.DATA:
+            self._data_bol, self._data_bare = True, False
+        self.state = new
+        return reply.to_bytes()
+
+    # -- commands --------------------------------------------------------------------------
+
+    def _next_line(self) -> bytes | ev.Invalid | None:
+        buf = self._buf
+        while self._discarding:
+            end = buf.find(b"\r\n")
+            if end < 0:
+                keep = 1 if buf.endswith(b"\r") else 0
+                del buf[: len(buf) - keep]
+                return None
+            line = bytes(buf[: min(end, 80)])
+            del buf[: end + 2]
+            self._discarding = False
+            return ev.Invalid(line=line, reply=replies.LINE_TOO_LONG)
+        end = buf.find(b"\r\n", 0, self.max_command_line)
+        if end < 0:
+            if len(buf) >= self.max_command_line:
+                self._discarding = True
+                return self._next_line()
+            return None
+        line = bytes(buf[:end])
+        del buf[: end + 2]
+        return line
+
+    def _next_command(self) -> ev.Event | None:
+        line = self._next_line()
+        if line is None or isinstance(line, ev.Invalid):
+            return line
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return ev.Invalid(line=line, reply=replies.BAD_UTF8)
+        if "\r" in text or "\n" in text:
+            # RFC 5321 2.3.8: only CRLF ends a line; a bare CR or LF is never a terminator.
+            return ev.Invalid(line=line, reply=replies.BAD_LINE_ENDING)
+        verb, _, argument = text.partition(" ")
+        kind = _VERBS.get(verb.upper())
+        if kind is None:
+            return ev.Invalid(line=line, reply=replies.UNKNOWN_COMMAND)
+        if kind not in TRANSITIONS[self.state]:
+            return ev.Invalid(line=line, reply=out_of_sequence_reply(self.state, kind))
+        result = self._parse(kind, argument.strip(" "))
+        if isinstance(result, Reply):
+            return ev.Invalid(line=line, reply=result)
+        return result
+
+    def _parse(self, kind: type[ev.Command], arg: str) -> ev.Command | Reply:
+        if kind is ev.Helo or kind is ev.Ehlo:
+            if not arg:
+                return replies.syntax(f"{'HELO' if kind is ev.Helo else 'EHLO'} hostname")
+            return kind(domain=arg)  # type: ignore[call-arg]
+        if kind is ev.MailFrom:
+            return self._parse_mail(arg)
+        if kind is ev.RcptTo:
+            return self._parse_rcpt(arg)
+        if kind in (ev.Vrfy, ev.Expn):
+            if not arg:
+                return replies.syntax(f"{kind.__name__.upper()} address")
+            return kind(argument=arg)  # type: ignore[call-arg]
+        if kind is ev.Help:
+            return ev.Help(argument=arg)
+        if arg and kind is not ev.Noop:  # RFC 5321 4.1.1.9: NOOP may carry a string
+            return replies.syntax(kind.__name__.upper())
+        return kind()
+
+    def _parse_mail(self, arg: str) -> ev.MailFrom | Reply:
+        try:
+            path, param_text = split_path_and_params(arg, "FROM:")
+            params = parse_params(param_text)
+        except PathError as exc:
+            return replies.bad_sender(str(exc))
+        problem = self._check_mail_params(params)
+        if problem is not None:
+            return problem
+        try:
+            address = parse_path(path, utf8="SMTPUTF8" in params, null_ok=True, postmaster_ok=False)
+        except PathError as exc:
+            return replies.bad_sender(str(exc))
+        return ev.MailFrom(reverse_path=address, params=params)
+
+    def _check_mail_params(self, params: dict[str, str | None]) -> Reply | None:
+        for key, value in params.items():
+            if not self.esmtp:
+                return replies.unknown_parameter(key)  # HELO sessions have no extensions
+            if key == "SIZE":  # RFC 1870 6
+                if value is None or not value.isdigit() or len(value) > 20:
+                    return replies.bad_parameter("SIZE needs a number")
+                limit = self.extensions.max_message_size
+                if limit and int(value) > limit:
+                    return replies.SIZE_EXCEEDS_LIMIT
+            elif key == "BODY" and self.extensions.eight_bit_mime:  # RFC 6152
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    return replies.bad_parameter("BODY is 7BIT or 8BITMIME")
+            elif key == "SMTPUTF8" and self.extensions.smtputf8:  # RFC 6531 3.4
+                if value is not None:
+                    return replies.bad_parameter("SMTPUTF8 takes no value")
+            else:
+                return replies.unknown_parameter(key)
+        return None
+
+    def _parse_rcpt(self, arg: str) -> ev.RcptTo | Reply:
+        try:
+            path, param_text = split_path_and_params(arg, "TO:")
+            params = parse_params(param_text)
+            address = parse_path(path, utf8=self._utf8, null_ok=False, postmaster_ok=True)
+        except PathError as exc:
+            return replies.bad_recipient(str(exc))
+        for key in params:
+            return replies.unknown_parameter(key)
+        return ev.RcptTo(forward_path=address, params=params)
+
+    # -- message content -------------------------------------------------------------------
+
+    def _next_data_event(self) -> ev.DataChunk | ev.DataEnd | None:
+        """Content up to the next line that starts with a dot, in one piece (RFC 5321 4.5.2).
+
+        Only CRLF "." CRLF ends the message, so no bare-LF or bare-CR variant can end it or
+        smuggle a second one. The buffer is searched with bytes.find, never walked by line.
+        """
+        buf = self._buf
+        if self._data_bol:
+            if buf[:1] == b".":
+                if buf[:3] == b".\r\n":
+                    del buf[:3]
+                    bare, self._data_bare = self._data_bare, False
+                    return ev.DataEnd(bare_line_endings=bare)
+                if len(buf) < 3 and b".\r\n".startswith(buf):
+                    return None  # could still be the end marker
+                del buf[:1]  # a stuffed dot: the client doubled it (4.5.2)
+            elif not buf:
+                return None
+            self._data_bol = False
+        cut = buf.find(b"\r\n.")
+        if cut >= 0:
+            end = cut + 2
+            self._data_bol = True
+        elif buf.endswith(b"\r\n"):
+            end = len(buf)
+            self._data_bol = True
+        else:
+            end = len(buf) - 1 if buf.endswith(b"\r") else len(buf)  # keep a CR for its LF
+        if end == 0:
+            return None
+        chunk = bytes(buf[:end])
+        del buf[:end]
+        crlf = chunk.count(b"\r\n")
+        if chunk.count(b"\r") != crlf or chunk.count(b"\n") != crlf:
+            self._data_bare = True
+        return ev.DataChunk(data=chunk)
+
