@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from contextlib import aclosing
 from dataclasses import dataclass
 
 import trio
@@ -93,8 +94,9 @@ async def _observe(
     task_status.started()
     if not plugins.pm.hook.vsmtp_event.get_hookimpls():
         return
-    async for record in follow(journal, after=start, writer=writer):
-        await plugins.notify_event(qe.decode(record), record.position)
+    async with aclosing(follow(journal, after=start, writer=writer)) as records:
+        async for record in records:
+            await plugins.notify_event(qe.decode(record), record.position)
 
 
 async def run_until_signalled(config: Config) -> None:

@@ -37,7 +37,11 @@ class Record:
 
 
 def encode_record(tag: str, version: int, payload: Any) -> bytes:
-    return cbor2.dumps({"t": tag, "v": version, "p": payload})
+    """Raises TypeError for a payload CBOR cannot carry: that is the caller's bug."""
+    try:
+        return cbor2.dumps({"t": tag, "v": version, "p": payload})
+    except cbor2.CBOREncodeError as exc:
+        raise TypeError(f"{tag} v{version}: payload cannot be encoded: {exc}") from exc
 
 
 def decode_record(position: int, data: bytes) -> Record:

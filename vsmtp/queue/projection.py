@@ -7,6 +7,7 @@ instead of scanning the whole queue after every event.
 from __future__ import annotations
 
 import math
+from contextlib import aclosing
 from dataclasses import replace
 
 import trio
@@ -59,11 +60,12 @@ class QueueProjection:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async for record in follow(self.journal, after=self.state.position, writer=self.writer):
-            event = ev.decode(record)
-            self.state = replace(apply(self.state, event), position=record.position)
-            queue_id = getattr(event, "queue_id", None)
-            if queue_id is not None:
-                self._touched.add(queue_id)
-            changed, self._changed = self._changed, trio.Event()
-            changed.set()
+        async with aclosing(follow(self.journal, after=self.state.position, writer=self.writer)) as records:
+            async for record in records:
+                event = ev.decode(record)
+                self.state = replace(apply(self.state, event), position=record.position)
+                queue_id = getattr(event, "queue_id", None)
+                if queue_id is not None:
+                    self._touched.add(queue_id)
+                changed, self._changed = self._changed, trio.Event()
+                changed.set()

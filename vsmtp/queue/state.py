@@ -37,15 +37,18 @@ class MessageState:
     blob: bytes
     size: int
     accepted_at: float
-    recipients: Map[str, RecipientState]
+    recipients: tuple[RecipientState, ...]  # in RCPT order; a few, so a tuple is cheapest
     message_id: str = ""
 
     @property
     def done(self) -> bool:
-        return all(r.status != "pending" for r in self.recipients.values())
+        return all(r.status != "pending" for r in self.recipients)
 
     def pending(self) -> list[RecipientState]:
-        return [r for r in self.recipients.values() if r.status == "pending"]
+        return [r for r in self.recipients if r.status == "pending"]
+
+    def recipient(self, address: str) -> RecipientState | None:
+        return next((r for r in self.recipients if r.address == address), None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,7 +73,7 @@ def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueS
             size=event.size,
             accepted_at=event.at,
             message_id=event.message_id,
-            recipients=Map({a: RecipientState(address=a) for a in event.recipients}),
+            recipients=tuple(RecipientState(address=a) for a in dict.fromkeys(event.recipients)),
         )
         return replace(state, messages=state.messages.set(event.queue_id, message), accepted=state.accepted + 1)
     if isinstance(event, ev.DeliverySucceeded):
@@ -95,11 +98,9 @@ def _recipient(
     retry_at: float = 0.0,
 ) -> QueueState:
     message = state.messages.get(queue_id)
-    if message is None or address not in message.recipients:
-        return state  # already complete, or never ours: a duplicate outcome changes nothing
-    current = message.recipients[address]
-    if current.status != "pending":
-        return state
+    current = message.recipient(address) if message is not None else None
+    if message is None or current is None or current.status != "pending":
+        return state  # already final, complete, or never ours: a duplicate changes nothing
     updated = replace(
         current,
         status=status,
@@ -107,7 +108,7 @@ def _recipient(
         next_attempt=retry_at,
         last_error=error or current.last_error,
     )
-    message = replace(message, recipients=message.recipients.set(address, updated))
+    message = replace(message, recipients=tuple(updated if r is current else r for r in message.recipients))
     counters = {
         "delivered": state.delivered + (status == "delivered"),
         "failed": state.failed + (status == "failed"),

@@ -1,0 +1,126 @@
+"""The LMDB store: positions, blobs in the same transaction, map growth, several processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from vsmtp_journal import Append, CorruptRecord, Journal, JournalError, JournalFull
+from vsmtp_journal.codec import encode_position
+
+
+def test_positions_start_at_one_and_read_back_in_order(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j") as journal:
+        assert journal.last_position() == 0
+        assert journal.append("a.b", 1, {"n": 1}) == 1
+        assert journal.append_batch([Append("a.b", 1, {"n": n}) for n in (2, 3, 4)]) == [2, 3, 4]
+        records = list(journal.read(0))
+        assert [r.position for r in records] == [1, 2, 3, 4]
+        assert [r.payload["n"] for r in records] == [1, 2, 3, 4]
+        assert [r.position for r in journal.read(2)] == [3, 4]
+        assert [r.position for r in journal.read(0, limit=2)] == [1, 2]
+        assert journal.get(3).payload == {"n": 3}  # type: ignore[union-attr]
+        assert journal.get(99) is None
+
+
+def test_more_than_256_records_stay_in_numeric_order(tmp_path: Path) -> None:
+    # Big-endian keys: LMDB's byte order must be numeric order across byte boundaries.
+    with Journal(tmp_path / "j") as journal:
+        journal.append_batch([Append("t", 1, i) for i in range(1000)])
+        assert [r.payload for r in journal.read(250, limit=10)] == list(range(250, 260))
+
+
+def test_bytes_and_nested_payloads_round_trip(tmp_path: Path) -> None:
+    payload = {"raw": b"\x00\xff", "list": [1, "two", None, 3.5], "map": {"k": True}}
+    with Journal(tmp_path / "j") as journal:
+        journal.append("x", 7, payload)
+        record = journal.get(1)
+    assert record is not None and (record.tag, record.version, record.payload) == ("x", 7, payload)
+
+
+def test_blobs_are_written_with_their_record(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j") as journal:
+        journal.append("message.accepted", 1, {"blob": b"k1"}, blobs={b"k1": b"body" * 1000})
+        assert journal.blob(b"k1") == b"body" * 1000
+        assert journal.blob(b"missing") is None
+
+
+def test_a_failed_batch_writes_nothing(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j") as journal:
+        with pytest.raises(TypeError):
+            journal.append_batch([Append("ok", 1, 1, {b"b": b"x"}), Append("bad", 1, object())])
+        assert journal.last_position() == 0
+        assert journal.blob(b"b") is None
+
+
+def test_the_map_grows_on_demand(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j", map_size=64 * 1024) as journal:
+        for i in range(50):
+            journal.append("big", 1, {"i": i}, blobs={f"b{i}".encode(): bytes(8192)})
+        assert journal.last_position() == 50
+
+
+def test_a_maximum_size_makes_the_journal_full_not_broken(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j", map_size=64 * 1024, max_map_size=256 * 1024) as journal:
+        with pytest.raises(JournalFull):
+            for i in range(100):
+                journal.append("big", 1, {"i": i}, blobs={f"b{i}".encode(): bytes(8192)})
+        last = journal.last_position()
+        assert last > 0
+        assert [r.position for r in journal.read(0)] == list(range(1, last + 1))
+
+
+def test_readonly_needs_an_existing_journal(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="no journal"):
+        Journal(tmp_path / "nothing", readonly=True)
+    with Journal(tmp_path / "j") as journal:
+        journal.append("x", 1, None)
+    with Journal(tmp_path / "j", readonly=True) as reader:
+        assert reader.last_position() == 1
+        with pytest.raises(JournalError):
+            reader.append("x", 1, None)
+
+
+def test_a_corrupt_record_names_its_position(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j") as journal:
+        journal.append("x", 1, None)
+    env = lmdb.open(str(tmp_path / "j"), max_dbs=4)
+    with env.begin(write=True) as txn:
+        txn.put(encode_position(2), b"\xff\xfe not cbor", db=env.open_db(b"events", txn=txn))
+    env.close()
+    with Journal(tmp_path / "j") as journal:
+        with pytest.raises(CorruptRecord, match="position 2"):
+            list(journal.read(0))
+
+
+def test_journal_files_are_private(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j") as journal:
+        journal.append("x", 1, None)
+    assert (tmp_path / "j" / "data.mdb").stat().st_mode & 0o077 == 0
+
+
+def _writer_process(path: str, name: str, count: int) -> None:
+    with Journal(path) as journal:
+        for i in range(count):
+            journal.append("proc", 1, {"by": name, "i": i})
+
+
+def test_several_processes_append_without_gaps_or_duplicates(tmp_path: Path) -> None:
+    path = str(tmp_path / "j")
+    Journal(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer_process, args=(path, f"p{n}", 150)) for n in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    with Journal(path, readonly=True) as journal:
+        records = list(journal.read(0))
+    assert [r.position for r in records] == list(range(1, 451))
+    for n in range(3):
+        mine = [r.payload["i"] for r in records if r.payload["by"] == f"p{n}"]
+        assert mine == list(range(150))  # each process's records in its own order

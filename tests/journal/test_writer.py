@@ -1,0 +1,84 @@
+"""Group commit: many concurrent appends, few synced transactions; durable means committed."""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+from pathlib import Path
+
+import pytest
+import trio
+
+from vsmtp_journal import GroupCommitWriter, Journal, JournalError, JournalFull, follow
+
+
+async def test_concurrent_durable_appends_share_commits(tmp_path: Path, nursery: trio.Nursery) -> None:
+    journal = Journal(tmp_path / "j")
+    writer = GroupCommitWriter(journal)
+    await nursery.start(writer.serve)
+    positions: list[int] = []
+
+    async def one(i: int) -> None:
+        position = await writer.append("t", 1, {"i": i}, durable=True)
+        assert position is not None
+        # Durable: the record is readable by anyone the moment append returns.
+        assert journal.get(position) is not None
+        positions.append(position)
+
+    async with trio.open_nursery() as senders:
+        for i in range(200):
+            senders.start_soon(one, i)
+    assert sorted(positions) == list(range(1, 201))
+    assert writer.stats.total_records == 200
+    assert writer.stats.commits < 200  # batched: fewer synced transactions than appends
+    nursery.cancel_scope.cancel()
+
+
+async def test_non_durable_appends_ride_along_in_order(tmp_path: Path, nursery: trio.Nursery) -> None:
+    journal = Journal(tmp_path / "j")
+    writer = GroupCommitWriter(journal)
+    await nursery.start(writer.serve)
+    assert await writer.append("a", 1, 1, durable=False) is None
+    assert await writer.append("b", 1, 2, durable=False) is None
+    last = await writer.append("c", 1, 3, durable=True)
+    assert last == 3
+    assert [r.tag for r in journal.read(0)] == ["a", "b", "c"]
+    nursery.cancel_scope.cancel()
+
+
+async def test_append_before_serve_is_an_error(tmp_path: Path) -> None:
+    writer = GroupCommitWriter(Journal(tmp_path / "j"))
+    with pytest.raises(JournalError):
+        await writer.append("t", 1, None)
+
+
+async def test_a_full_journal_fails_the_waiters_and_the_writer_goes_on(tmp_path: Path, nursery: trio.Nursery) -> None:
+    journal = Journal(tmp_path / "j", map_size=64 * 1024, max_map_size=128 * 1024)
+    writer = GroupCommitWriter(journal)
+    await nursery.start(writer.serve)
+    with pytest.raises(JournalFull):
+        await writer.append("big", 1, None, blobs={b"k": bytes(512 * 1024)})
+    assert await writer.append("small", 1, None) == 1  # the writer still works
+    nursery.cancel_scope.cancel()
+
+
+async def test_follow_sees_old_and_new_records(tmp_path: Path, nursery: trio.Nursery) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.append("old", 1, None)
+    writer = GroupCommitWriter(journal)
+    await nursery.start(writer.serve)
+    seen: list[str] = []
+
+    async def reader() -> None:
+        async with aclosing(follow(journal, after=0, writer=writer, poll_interval=30)) as records:
+            async for record in records:
+                seen.append(record.tag)
+                if len(seen) == 3:
+                    return
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(reader)
+            await writer.append("new1", 1, None)
+            await writer.append("new2", 1, None)
+    assert seen == ["old", "new1", "new2"]
+    nursery.cancel_scope.cancel()

@@ -1,0 +1,56 @@
+"""apply(state, event) is a pure fold: the state follows the events and nothing else."""
+
+from __future__ import annotations
+
+from vsmtp.queue import events as ev
+from vsmtp.queue.state import QueueState, apply
+
+
+def accepted(queue_id: str = "Q", recipients: tuple[str, ...] = ("a@localhost", "b@localhost")) -> ev.MessageAccepted:
+    return ev.MessageAccepted(at=10.0, queue_id=queue_id, session_id="S", reverse_path="s@x.org", recipients=recipients, blob=b"Q", size=5)
+
+
+def succeeded(recipient: str, queue_id: str = "Q") -> ev.DeliverySucceeded:
+    return ev.DeliverySucceeded(at=11.0, queue_id=queue_id, recipient=recipient, transport="maildir", detail="f")
+
+
+def test_accepted_message_is_pending_for_every_recipient() -> None:
+    state = apply(QueueState(), accepted())
+    message = state.messages["Q"]
+    assert [r.address for r in message.pending()] == ["a@localhost", "b@localhost"]
+    assert state.accepted == 1 and not message.done
+
+
+def test_message_leaves_the_state_when_every_recipient_is_final() -> None:
+    state = apply(QueueState(), accepted())
+    state = apply(state, succeeded("a@localhost"))
+    assert [r.address for r in state.messages["Q"].pending()] == ["b@localhost"]
+    state = apply(state, ev.DeliveryFailed(at=12.0, queue_id="Q", recipient="b@localhost", transport="maildir", reason="no"))
+    assert "Q" not in state.messages
+    assert (state.delivered, state.failed, state.completed) == (1, 1, 1)
+
+
+def test_deferral_keeps_the_recipient_pending_with_a_retry_time() -> None:
+    state = apply(QueueState(), accepted(recipients=("a@localhost",)))
+    state = apply(state, ev.DeliveryDeferred(at=11.0, queue_id="Q", recipient="a@localhost", transport="maildir", reason="disk", retry_at=99.0))
+    rcpt = state.messages["Q"].recipient("a@localhost")
+    assert rcpt is not None
+    assert (rcpt.status, rcpt.attempts, rcpt.next_attempt, rcpt.last_error) == ("pending", 1, 99.0, "disk")
+
+
+def test_duplicates_and_strangers_change_nothing() -> None:
+    state = apply(QueueState(), accepted(recipients=("a@localhost",)))
+    assert apply(state, accepted(recipients=("a@localhost",))) is state  # same queue id again
+    assert apply(state, succeeded("nobody@localhost")) is state
+    assert apply(state, succeeded("a@localhost", queue_id="OTHER")) is state
+    done = apply(state, succeeded("a@localhost"))
+    assert apply(done, succeeded("a@localhost")) is done  # a second success after completion
+    assert apply(state, ev.SessionClosed(at=1.0, session_id="S", reason="quit")) is state
+
+
+def test_apply_does_not_change_its_input() -> None:
+    before = apply(QueueState(), accepted())
+    snapshot = (before.messages, before.delivered)
+    apply(before, succeeded("a@localhost"))
+    assert (before.messages, before.delivered) == snapshot
+    assert before.messages["Q"].recipients[0].status == "pending"
