@@ -6,6 +6,8 @@ With the exporter "none" (the default) vsmtp uses the API's no-op tracer: near z
 
 from __future__ import annotations
 
+import sys
+
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -23,7 +25,8 @@ def setup(config: TelemetryConfig) -> None:
     global _provider
     if config.exporter == "console":
         provider = TracerProvider(resource=Resource.create({"service.name": "vsmtp"}))
-        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+        # sys.stdout as it is now, not as it was when the SDK was imported.
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout)))
         _provider = provider
     else:
         _provider = trace.NoOpTracerProvider()

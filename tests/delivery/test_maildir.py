@@ -1,0 +1,65 @@
+"""The Maildir transport and the worker's exactly-once recovery after a crash mid-delivery."""
+
+from __future__ import annotations
+
+import mailbox
+from pathlib import Path
+
+from vsmtp.config import Config, DeliveryConfig
+from vsmtp.delivery.maildir import deliver, file_name, find
+from vsmtp.delivery.scheduler import DeliveryJob, Worker
+from vsmtp.queue import events as ev
+from vsmtp_journal import Journal
+
+
+def test_deliver_writes_new_and_leaves_tmp_empty(tmp_path: Path) -> None:
+    path = deliver(tmp_path / "Maildir", "123.Vabc.host", [b"Subject: a\r\n\r\n", b"body\r\n"])
+    assert path == tmp_path / "Maildir" / "new" / "123.Vabc.host"
+    assert path.read_bytes() == b"Subject: a\r\n\r\nbody\r\n"
+    assert list((tmp_path / "Maildir" / "tmp").iterdir()) == []
+    assert (tmp_path / "Maildir" / "cur").is_dir()
+    assert path.stat().st_mode & 0o077 == 0
+    [message] = list(mailbox.Maildir(tmp_path / "Maildir", create=False))
+    assert message["Subject"] == "a"
+
+
+def test_file_names_are_unique_per_recipient_and_safe() -> None:
+    a = file_name(accepted_at=1.5, queue_id="Q", recipient="a@x", hostname="mx/1:2")
+    b = file_name(accepted_at=1.5, queue_id="Q", recipient="b@x", hostname="mx/1:2")
+    assert a != b and a.startswith("1.VQR") and a.endswith(".mx\\0571\\0722")
+
+
+def test_find_looks_in_cur_after_a_reader_moved_the_file(tmp_path: Path) -> None:
+    box = tmp_path / "Maildir"
+    path = deliver(box, "n1", [b"x"])
+    assert find(box, "n1", look_in_cur=False) == path
+    path.rename(box / "cur" / "n1:2,S")
+    assert find(box, "n1", look_in_cur=False) is None
+    assert find(box, "n1", look_in_cur=True) == box / "cur" / "n1:2,S"
+
+
+def test_a_recovered_job_does_not_write_a_second_copy(tmp_path: Path) -> None:
+    # The crash window: the file was renamed into new/ but delivery.succeeded never committed.
+    config = Config(hostname="mx.test", delivery=DeliveryConfig(maildir=str(tmp_path / "{user}")))
+    with Journal(tmp_path / "j") as journal:
+        journal.append(*ev.encode(ev.SessionClosed(at=1.0, session_id="S", reason="x")), blobs={b"Q": b"Subject: s\r\n\r\nb\r\n"})
+        worker = Worker(config=config, journal=journal, writer=None, scheduler=None)  # type: ignore[arg-type]
+        job = DeliveryJob(queue_id="Q", reverse_path="a@x.org", blob=b"Q", accepted_at=5.0, recipients=(("bob@localhost", 0),), recovered=True)
+        [first] = worker.deliver(job)
+        [again] = worker.deliver(job)
+    assert isinstance(first, ev.DeliverySucceeded) and isinstance(again, ev.DeliverySucceeded)
+    assert first.detail == again.detail
+    assert len(list((tmp_path / "bob" / "new").iterdir())) == 1
+
+
+def test_an_unwritable_maildir_defers_with_a_retry_time(tmp_path: Path) -> None:
+    (tmp_path / "blocked").write_text("a file where a directory should be")
+    config = Config(hostname="mx.test", delivery=DeliveryConfig(maildir=str(tmp_path / "blocked" / "{user}")))
+    with Journal(tmp_path / "j") as journal:
+        journal.append("x", 1, None, blobs={b"Q": b"m"})
+        worker = Worker(config=config, journal=journal, writer=None, scheduler=None)  # type: ignore[arg-type]
+        job = DeliveryJob(queue_id="Q", reverse_path="", blob=b"Q", accepted_at=5.0, recipients=(("bob@localhost", 2),), recovered=False)
+        [outcome] = worker.deliver(job)
+    assert isinstance(outcome, ev.DeliveryDeferred)
+    assert "cannot write to the Maildir" in outcome.reason
+    assert outcome.retry_at - outcome.at == 1200.0  # the third failure: 5, 10, then 20 minutes

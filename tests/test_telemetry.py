@@ -1,0 +1,54 @@
+"""One span per SMTP session, exported when the console exporter is configured."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+import trio
+
+from vsmtp import telemetry
+from vsmtp.config import Config, TelemetryConfig
+
+from .conftest import sendmail, wait_delivered
+
+
+async def test_console_exporter_prints_a_session_span(start_server: Any, config: Config, capfd: pytest.CaptureFixture[str]) -> None:
+    running = await start_server(dataclasses.replace(config, telemetry=TelemetryConfig(exporter="console")))
+    out = ""
+    try:
+        await sendmail(running, "a@example.org", ["bob@localhost"], "Subject: x\r\n\r\nx\r\n")
+        await wait_delivered(running, 1)
+        with trio.fail_after(5):  # the span is exported when the session has fully closed
+            while telemetry.SPAN_SESSION not in out:
+                await trio.sleep(0.01)
+                out += capfd.readouterr().out
+    finally:
+        running.cancel_scope.cancel()
+        telemetry.setup(TelemetryConfig())  # back to the no-op tracer for other tests
+    spans = [json.loads(chunk) for chunk in _json_objects(out)]
+    sessions = [s for s in spans if s["name"] == telemetry.SPAN_SESSION]
+    assert len(sessions) == 1
+    assert sessions[0]["attributes"]["net.peer.ip"] == "127.0.0.1"
+    assert sessions[0]["attributes"]["vsmtp.close_reason"] == "quit"
+
+
+def _json_objects(text: str) -> list[str]:
+    """Split the console exporter's concatenated pretty-printed JSON objects."""
+    objects, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c == "{":
+            depth, start = depth + 1, i if depth == 0 else start
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                objects.append(text[start : i + 1])
+    return objects
+
+
+def test_no_exporter_means_the_no_op_tracer() -> None:
+    telemetry.setup(TelemetryConfig(exporter="none"))
+    with telemetry.tracer().start_as_current_span("x") as span:
+        assert not span.is_recording()
