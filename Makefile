@@ -5,13 +5,19 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 
-.PHONY: run test install clean
+.PHONY: run test lint install clean
 
 run: $(STAMP)
 	$(BIN)/vsmtp serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/python -m pip install --quiet mypy ruff
+	$(BIN)/ruff check vsmtp journal plugins tests tools
+	$(BIN)/ruff format --check vsmtp journal plugins tests tools
+	$(BIN)/mypy
 
 install: $(STAMP)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 from vsmtp.config import Config, DeliveryConfig, JournalConfig, ListenerConfig
 from vsmtp.daemon import Running, serve
@@ -76,7 +77,7 @@ async def wait_delivered(running: Running, count: int, *, timeout: float = 10) -
     with trio.fail_after(timeout):
         while running.projection.state.completed < count:
             await running.projection.wait_touched(timeout=0.05)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
 
 async def wait_journal(running: Running, predicate: Callable[[list[Any]], bool], *, timeout: float = 10) -> list[Any]:

@@ -57,4 +57,4 @@ class Daemon:
 
 
 def run_cli(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([VSMTP, *args], cwd=workdir, capture_output=True, text=True, timeout=60)
+    return subprocess.run([VSMTP, *args], cwd=workdir, capture_output=True, text=True, timeout=60, check=False)

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from vsmtp_journal import Journal
 
 from vsmtp.queue import events as ev
-from vsmtp_journal import Journal
 
 from .daemon import Daemon
 
@@ -40,7 +40,9 @@ def delivered(workdir: Path, queue_id: str) -> int:
     """How many delivery.succeeded events the journal holds for queue_id."""
     with Journal(workdir / "var" / "journal", readonly=True) as journal:
         return sum(
-            1 for r in journal.read(0) if r.tag == "delivery.succeeded" and ev.decode(r).queue_id == queue_id  # type: ignore[union-attr]
+            1
+            for r in journal.read(0)
+            if r.tag == "delivery.succeeded" and ev.decode(r).queue_id == queue_id  # type: ignore[union-attr]
         )
 
 

@@ -55,7 +55,11 @@ def test_every_config_key_is_documented() -> None:
 
     text = (DOCS / "configuration.md").read_text()
     missing = []
-    for cls in (config_mod.Config, config_mod.ListenerConfig, *[type(f.default) for f in dataclasses.fields(config_mod.Config) if dataclasses.is_dataclass(f.default)]):
+    for cls in (
+        config_mod.Config,
+        config_mod.ListenerConfig,
+        *[type(f.default) for f in dataclasses.fields(config_mod.Config) if dataclasses.is_dataclass(f.default)],
+    ):
         for f in dataclasses.fields(cls):
             if f.name == "source":
                 continue
@@ -70,3 +74,10 @@ def test_every_config_key_is_documented() -> None:
             if not documented:
                 missing.append(f"{cls.__name__}.{f.name}")
     assert not missing, f"undocumented configuration keys: {missing}"
+
+
+def test_the_state_diagram_in_the_docs_is_current() -> None:
+    import runpy
+
+    tool = runpy.run_path(str(DOCS.parent / "tools" / "statediagram.py"))
+    assert "```mermaid\n" + tool["mermaid"]() + "```" in (DOCS / "architecture.md").read_text()

@@ -19,7 +19,6 @@ import sys
 from collections.abc import Sequence
 
 import trio
-
 from vsmtp_journal import Journal, JournalError, Record
 
 from . import config as config_mod

@@ -10,7 +10,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 import trio
-
 from vsmtp_journal import GroupCommitWriter, Journal, follow
 
 from . import telemetry
@@ -55,7 +54,12 @@ async def serve(
                 await nursery.start(writer.serve)
                 projection = QueueProjection(journal, writer)
                 projection.catch_up()
-                log.info("journal %s: %d records, %d messages pending", config.journal.path, projection.state.position, len(projection.state.messages))
+                log.info(
+                    "journal %s: %d records, %d messages pending",
+                    config.journal.path,
+                    projection.state.position,
+                    len(projection.state.messages),
+                )
                 await nursery.start(projection.run)
                 await nursery.start(_observe, journal, writer, plugins)
                 scheduler = None

@@ -1,8 +1,8 @@
 """Exceptions raised by the journal.
 
-    JournalError            anything the journal cannot do
-    ├── JournalFull         the disk or the configured maximum size is reached: try later
-    └── CorruptRecord       a stored record does not decode (names its position)
+JournalError            anything the journal cannot do
+├── JournalFull         the disk or the configured maximum size is reached: try later
+└── CorruptRecord       a stored record does not decode (names its position)
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lmdb
 
@@ -140,12 +140,12 @@ class Journal:
     def last_position(self) -> int:
         with self._begin_read() as txn:
             cursor = txn.cursor(db=self._events)
-            return decode_position(cursor.key()) if cursor.last() else 0
+            return decode_position(cast(bytes, cursor.key())) if cursor.last() else 0
 
     def get(self, position: int) -> Record | None:
         with self._begin_read() as txn:
             data = txn.get(encode_position(position), db=self._events)
-        return None if data is None else decode_record(position, data)
+        return None if data is None else decode_record(position, cast(bytes, data))
 
     def read(self, after: int = 0, *, limit: int | None = None) -> Iterator[Record]:
         """Records with position > after, in order, at most `limit` of them.
@@ -156,17 +156,14 @@ class Journal:
             cursor = txn.cursor(db=self._events)
             if not cursor.set_range(encode_position(after + 1)):
                 return
-            count = 0
-            for key, data in cursor:
+            for count, (key, data) in enumerate(cursor):
                 if limit is not None and count >= limit:
                     return
-                position = decode_position(key)
-                yield decode_record(position, data)
-                count += 1
+                yield decode_record(decode_position(cast(bytes, key)), cast(bytes, data))
 
     def blob(self, key: bytes) -> bytes | None:
         with self._begin_read() as txn:
-            return txn.get(key, db=self._blobs)
+            return cast(bytes | None, txn.get(key, db=self._blobs))
 
     def close(self) -> None:
         self._env.close()

@@ -9,14 +9,14 @@ the next batch. Many sessions, one fsync: this is where throughput comes from.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from .errors import JournalError
 from .codec import Record
+from .errors import JournalError
 from .store import Append, Journal
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ async def follow(
     writer: GroupCommitWriter | None = None,
     poll_interval: float = 0.5,
     batch: int = 512,
-) -> AsyncIterator[Record]:
+) -> AsyncGenerator[Record, None]:
     """Yield every record after `after`, then each new one as it is committed.
 
     Records committed by this process's writer wake the follower at once; records from other

@@ -5,11 +5,12 @@ from __future__ import annotations
 import mailbox
 from pathlib import Path
 
+from vsmtp_journal import Journal
+
 from vsmtp.config import Config, DeliveryConfig
 from vsmtp.delivery.maildir import deliver, file_name, find
 from vsmtp.delivery.scheduler import DeliveryJob, Worker
 from vsmtp.queue import events as ev
-from vsmtp_journal import Journal
 
 
 def test_deliver_writes_new_and_leaves_tmp_empty(tmp_path: Path) -> None:
@@ -44,7 +45,9 @@ def test_a_recovered_job_does_not_write_a_second_copy(tmp_path: Path) -> None:
     with Journal(tmp_path / "j") as journal:
         journal.append(*ev.encode(ev.SessionClosed(at=1.0, session_id="S", reason="x")), blobs={b"Q": b"Subject: s\r\n\r\nb\r\n"})
         worker = Worker(config=config, journal=journal, writer=None, scheduler=None)  # type: ignore[arg-type]
-        job = DeliveryJob(queue_id="Q", reverse_path="a@x.org", blob=b"Q", accepted_at=5.0, recipients=(("bob@localhost", 0),), recovered=True)
+        job = DeliveryJob(
+            queue_id="Q", reverse_path="a@x.org", blob=b"Q", accepted_at=5.0, recipients=(("bob@localhost", 0),), recovered=True
+        )
         [first] = worker.deliver(job)
         [again] = worker.deliver(job)
     assert isinstance(first, ev.DeliverySucceeded) and isinstance(again, ev.DeliverySucceeded)

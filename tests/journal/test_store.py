@@ -7,7 +7,6 @@ from pathlib import Path
 
 import lmdb
 import pytest
-
 from vsmtp_journal import Append, CorruptRecord, Journal, JournalError, JournalFull
 from vsmtp_journal.codec import encode_position
 
@@ -91,9 +90,8 @@ def test_a_corrupt_record_names_its_position(tmp_path: Path) -> None:
     with env.begin(write=True) as txn:
         txn.put(encode_position(2), b"\xff\xfe not cbor", db=env.open_db(b"events", txn=txn))
     env.close()
-    with Journal(tmp_path / "j") as journal:
-        with pytest.raises(CorruptRecord, match="position 2"):
-            list(journal.read(0))
+    with Journal(tmp_path / "j") as journal, pytest.raises(CorruptRecord, match="position 2"):
+        list(journal.read(0))
 
 
 def test_journal_files_are_private(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from vsmtp_journal import GroupCommitWriter, Journal, JournalError, JournalFull, follow
 
 

@@ -15,7 +15,15 @@ from vsmtp.queue import events as ev
 from vsmtp.queue.projection import rebuild
 from vsmtp.smtp import replies
 
-from ..conftest import has_tag, port_of, sendmail, smtp_client, wait_delivered, wait_journal, with_changes
+from ..conftest import (
+    has_tag,
+    port_of,
+    sendmail,
+    smtp_client,
+    wait_delivered,
+    wait_journal,
+    with_changes,
+)
 
 
 def maildir_files(config: Config, user: str) -> list[Path]:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vsmtp_journal import Journal, Record
 
 from vsmtp.queue import events as ev
-from vsmtp_journal import Journal, Record
 
 SAMPLES: list[ev.JournalEvent] = [
     ev.SessionOpened(at=1.0, session_id="S", listener="mx", peer_host="::1", peer_port=5, local_host="::1", local_port=25),
@@ -18,9 +18,7 @@ SAMPLES: list[ev.JournalEvent] = [
     ev.MailReceived(at=1.0, session_id="S", reverse_path="a@b.c", params={"SIZE": "10", "SMTPUTF8": None}),
     ev.RecipientAccepted(at=1.0, session_id="S", address="x@localhost"),
     ev.RecipientRejected(at=1.0, session_id="S", address="x@else.org", reply="554 5.7.1 Relay access denied"),
-    ev.MessageAccepted(
-        at=1.0, queue_id="Q", session_id="S", reverse_path="", recipients=("a@localhost", "b@localhost"), blob=b"Q", size=3
-    ),
+    ev.MessageAccepted(at=1.0, queue_id="Q", session_id="S", reverse_path="", recipients=("a@localhost", "b@localhost"), blob=b"Q", size=3),
     ev.DeliverySucceeded(at=1.0, queue_id="Q", recipient="a@localhost", transport="maildir", detail="/x"),
     ev.DeliveryDeferred(at=1.0, queue_id="Q", recipient="a@localhost", transport="maildir", reason="r", retry_at=5.0),
     ev.DeliveryFailed(at=1.0, queue_id="Q", recipient="a@localhost", transport="maildir", reason="r"),
@@ -44,8 +42,16 @@ def test_round_trip_through_the_journal(event: ev.JournalEvent, tmp_path: Path) 
 def test_tags_are_stable() -> None:
     # A tag is forever: this list only ever grows.
     assert set(ev.EVENTS) >= {
-        "session.opened", "session.helo", "session.mail", "recipient.accepted", "recipient.rejected",
-        "message.accepted", "delivery.succeeded", "delivery.deferred", "delivery.failed", "session.closed",
+        "session.opened",
+        "session.helo",
+        "session.mail",
+        "recipient.accepted",
+        "recipient.rejected",
+        "message.accepted",
+        "delivery.succeeded",
+        "delivery.deferred",
+        "delivery.failed",
+        "session.closed",
     }
 
 

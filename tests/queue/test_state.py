@@ -32,7 +32,9 @@ def test_message_leaves_the_state_when_every_recipient_is_final() -> None:
 
 def test_deferral_keeps_the_recipient_pending_with_a_retry_time() -> None:
     state = apply(QueueState(), accepted(recipients=("a@localhost",)))
-    state = apply(state, ev.DeliveryDeferred(at=11.0, queue_id="Q", recipient="a@localhost", transport="maildir", reason="disk", retry_at=99.0))
+    state = apply(
+        state, ev.DeliveryDeferred(at=11.0, queue_id="Q", recipient="a@localhost", transport="maildir", reason="disk", retry_at=99.0)
+    )
     rcpt = state.messages["Q"].recipient("a@localhost")
     assert rcpt is not None
     assert (rcpt.status, rcpt.attempts, rcpt.next_attempt, rcpt.last_error) == ("pending", 1, 99.0, "disk")

@@ -5,17 +5,40 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vsmtp.smtp import NEED_DATA, ConnectionClosed, DataChunk, ServerConnection, State, TRANSITIONS, replies
+from vsmtp.smtp import (
+    NEED_DATA,
+    TRANSITIONS,
+    ConnectionClosed,
+    DataChunk,
+    ServerConnection,
+    State,
+    replies,
+)
 from vsmtp.smtp import events as ev
 
 from .helpers import default_reply
 
 # Fragments that reach deep states quickly, mixed with arbitrary bytes.
 FRAGMENTS = [
-    b"EHLO c\r\n", b"HELO c\r\n", b"MAIL FROM:<a@example.org>\r\n", b"MAIL FROM:<>\r\n",
-    b"RCPT TO:<b@localhost>\r\n", b"DATA\r\n", b"RSET\r\n", b"QUIT\r\n", b"NOOP\r\n",
-    b"\r\n.\r\n", b".\r\n", b"..\r\n", b"\r\n", b"\n", b"\r", b".", b"x" * 3000,
-    b"MAIL FROM:<a@[IPv6:::1]> SIZE=10 BODY=8BITMIME SMTPUTF8\r\n", b"VRFY x\r\n",
+    b"EHLO c\r\n",
+    b"HELO c\r\n",
+    b"MAIL FROM:<a@example.org>\r\n",
+    b"MAIL FROM:<>\r\n",
+    b"RCPT TO:<b@localhost>\r\n",
+    b"DATA\r\n",
+    b"RSET\r\n",
+    b"QUIT\r\n",
+    b"NOOP\r\n",
+    b"\r\n.\r\n",
+    b".\r\n",
+    b"..\r\n",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b".",
+    b"x" * 3000,
+    b"MAIL FROM:<a@[IPv6:::1]> SIZE=10 BODY=8BITMIME SMTPUTF8\r\n",
+    b"VRFY x\r\n",
 ]
 chunks = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=64)), max_size=40)
 replies_positive = st.lists(st.booleans(), min_size=64, max_size=64)

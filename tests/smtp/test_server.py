@@ -58,10 +58,7 @@ def test_the_modes_agree() -> None:
 
 def test_pipelined_batch_is_answered_in_order_without_waiting() -> None:
     # RFC 2920: the client sends MAIL, RCPTs and DATA at once; each gets its reply, in order.
-    batch = (
-        b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<x@localhost>\r\nRCPT TO:<bad>\r\n"
-        b"RCPT TO:<y@localhost>\r\nDATA\r\n"
-    )
+    batch = b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<x@localhost>\r\nRCPT TO:<bad>\r\nRCPT TO:<y@localhost>\r\nDATA\r\n"
     t = run(batch)
     assert t.codes == [220, 250, 250, 250, 501, 250, 354]
     assert "501 5.1.3" in t.replies[-3]
@@ -130,7 +127,10 @@ def test_data_is_not_cut_into_lines() -> None:
         (b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b>\r\n", "501 5.1.3 Bad recipient address syntax: address has no domain"),
         (b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<>\r\n", "501 5.1.3 Bad recipient address syntax: empty address"),
         (b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@localhost> NOTIFY=NEVER\r\n", "555 5.5.4 Unsupported option: NOTIFY"),
-        (b"EHLO c\r\nMAIL FROM:<j\xc3\xb6rg@example.org>\r\n", "501 5.1.7 Bad sender address syntax: non-ASCII local part without SMTPUTF8"),
+        (
+            b"EHLO c\r\nMAIL FROM:<j\xc3\xb6rg@example.org>\r\n",
+            "501 5.1.7 Bad sender address syntax: non-ASCII local part without SMTPUTF8",
+        ),
         (b"EHLO c\r\nMAIL FROM:<a@[300.1.1.1]>\r\n", "501 5.1.7 Bad sender address syntax: invalid address literal [300.1.1.1]"),
         (b"EHLO c\xff\r\n", "500 5.5.2 Error: command line is not valid UTF-8"),
         (b"EHLO c\nMAIL FROM:<a@example.org>\r\n", "500 5.5.2 Error: bare CR or LF in command line"),

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
-
 from vsmtp_journal import GroupCommitWriter, Journal, JournalError
 
 from ..config import Config

@@ -9,11 +9,10 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
-
 from vsmtp_journal import GroupCommitWriter
 
 from ..config import Config, ListenerConfig
@@ -76,7 +75,7 @@ async def serve_smtp(
     listeners = await open_listeners(config)
     active = 0
 
-    def handler_for(listener: ListenerConfig) -> Callable[[trio.SocketStream], object]:
+    def handler_for(listener: ListenerConfig) -> Callable[[trio.SocketStream], Awaitable[None]]:
         async def handle(stream: trio.SocketStream) -> None:
             nonlocal active
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import trio
 from opentelemetry import propagate
-
 from vsmtp_journal import GroupCommitWriter, JournalError, JournalFull
 
 from .. import ids, telemetry
@@ -115,7 +114,7 @@ class Session:
             if event is ev.NEED_DATA:
                 await self._flush()
                 timeout = self.config.limits.data_timeout if self.conn.state is State.DATA else self.config.limits.command_timeout
-                data = b""
+                data: bytes | bytearray = b""
                 with trio.move_on_after(timeout) as scope:
                     data = await self.stream.receive_some(READ_SIZE)
                 if scope.cancelled_caught:
@@ -264,4 +263,4 @@ class Session:
             f"Received: from {self.helo} ([{literal}])\r\n"
             f"\tby {self.config.hostname} (vsmtp) with {protocol} id {queue_id}{recipient};\r\n"
             f"\t{date}\r\n"
-        ).encode("utf-8")
+        ).encode()

@@ -61,5 +61,5 @@ def route(address: str, config: Config) -> LocalRoute | None:
 
 def retry_at(attempts: int, *, now: float) -> float:
     """When to try again after `attempts` failed attempts: 5 min doubling, capped at 1 h."""
-    delay = min(RETRY_FIRST * (2 ** max(attempts - 1, 0)), RETRY_MAX)
+    delay = min(RETRY_FIRST * float(2 ** max(attempts - 1, 0)), RETRY_MAX)
     return now + delay

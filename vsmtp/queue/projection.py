@@ -11,7 +11,6 @@ from contextlib import aclosing
 from dataclasses import replace
 
 import trio
-
 from vsmtp_journal import GroupCommitWriter, Journal, follow
 
 from . import events as ev

@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from immutables import Map
-
 from vsmtp_journal import Record
 
 from . import events as ev
@@ -54,7 +53,7 @@ class MessageState:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueState:
     position: int = 0  # the last journal position folded in
-    messages: Map[str, MessageState] = Map()
+    messages: Map[str, MessageState] = Map()  # noqa: RUF009 - immutable, safe to share
     accepted: int = 0  # counters over the whole history
     delivered: int = 0
     failed: int = 0

@@ -1,10 +1,10 @@
 """Sans-IO SMTP: bytes in, events out, replies back as bytes. No trio, no sockets, no clock.
 
-    conn = ServerConnection()
-    wire = conn.send(replies.greeting("mx.example.org"))
-    conn.receive_data(peer_bytes)
-    event = conn.next_event()        # a command, DataChunk, DataEnd, NEED_DATA, PAUSED ...
-    wire = conn.send(reply)          # answer it; the reply decides the next state
+conn = ServerConnection()
+wire = conn.send(replies.greeting("mx.example.org"))
+conn.receive_data(peer_bytes)
+event = conn.next_event()        # a command, DataChunk, DataEnd, NEED_DATA, PAUSED ...
+wire = conn.send(reply)          # answer it; the reply decides the next state
 """
 
 from __future__ import annotations

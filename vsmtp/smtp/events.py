@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from .replies import Reply
@@ -21,8 +21,9 @@ class _Sentinel(Enum):
     PAUSED = "PAUSED"  # a reply is owed for the last event: send() it first
 
 
-NEED_DATA = _Sentinel.NEED_DATA
-PAUSED = _Sentinel.PAUSED
+NEED_DATA: Final = _Sentinel.NEED_DATA
+PAUSED: Final = _Sentinel.PAUSED
+Sentinel = _Sentinel
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -78,14 +78,14 @@ class ServerConnection:
 
     # -- input -----------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the peer; b"" means the peer closed its side."""
         if data:
             self._buf += data
         else:
             self._eof = True
 
-    def next_event(self) -> ev.Event | type[ev.NEED_DATA] | type[ev.PAUSED]:  # type: ignore[valid-type]
+    def next_event(self) -> ev.Event | ev.Sentinel:
         if self._owed is not None:
             return ev.PAUSED
         if self.state is State.CLOSED:
@@ -182,7 +182,7 @@ class ServerConnection:
         if kind is ev.Helo or kind is ev.Ehlo:
             if not arg:
                 return replies.syntax(f"{'HELO' if kind is ev.Helo else 'EHLO'} hostname")
-            return kind(domain=arg)  # type: ignore[call-arg]
+            return kind(domain=arg)
         if kind is ev.MailFrom:
             return self._parse_mail(arg)
         if kind is ev.RcptTo:
@@ -190,7 +190,7 @@ class ServerConnection:
         if kind in (ev.Vrfy, ev.Expn):
             if not arg:
                 return replies.syntax(f"{kind.__name__.upper()} address")
-            return kind(argument=arg)  # type: ignore[call-arg]
+            return kind(argument=arg)
         if kind is ev.Help:
             return ev.Help(argument=arg)
         if arg and kind is not ev.Noop:  # RFC 5321 4.1.1.9: NOOP may carry a string
@@ -281,4 +281,3 @@ class ServerConnection:
         if chunk.count(b"\r") != crlf or chunk.count(b"\n") != crlf:
             self._data_bare = True
         return ev.DataChunk(data=chunk)
-

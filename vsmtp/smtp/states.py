@@ -26,6 +26,7 @@ class State(enum.Enum):
 
 S = State
 
+
 def _row(state: State, **moves: tuple[State, State]) -> dict[type[ev.Event], tuple[State, State]]:
     stay = (state, state)
     row: dict[type[ev.Event], tuple[State, State]] = {
