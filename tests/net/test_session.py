@@ -228,3 +228,13 @@ async def test_rebuild_equals_live_with_messages_still_pending(start_server, con
     assert len(running.projection.state.messages) == 1
     assert rebuild(running.journal) == running.projection.state
     running.cancel_scope.cancel()
+
+
+async def test_the_scheduler_forgets_finished_messages(server: Running) -> None:
+    for n in range(3):
+        await sendmail(server, "a@example.org", ["bob@localhost", "carol@localhost"], f"Subject: {n}\r\n\r\nx\r\n")
+    await wait_delivered(server, 3)
+    assert server.scheduler is not None
+    with trio.fail_after(5):  # it lets go once it has seen the outcomes folded in
+        while server.scheduler.in_flight:
+            await trio.sleep(0.01)

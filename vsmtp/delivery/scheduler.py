@@ -41,7 +41,8 @@ class DeliveryJob:
 class Scheduler:
     def __init__(self, projection: QueueProjection) -> None:
         self.projection = projection
-        self.in_flight: dict[tuple[str, str], int | None] = {}  # None: running; int: outcome position
+        # queue id -> recipient -> None while its attempt runs, then the position of its outcome
+        self.in_flight: dict[str, dict[str, int | None]] = {}
         self._retries: list[tuple[float, str]] = []  # heap of (due time, queue id)
         self._recovered = set(projection.state.messages.keys())
 
@@ -49,27 +50,31 @@ class Scheduler:
         jobs = []
         for queue_id in queue_ids:
             message = self.projection.state.messages.get(queue_id)
-            if message is not None:
-                job = self._job_for(message, now=now)
-                if job is not None:
-                    jobs.append(job)
+            if message is None:  # complete (or removed): nothing left to remember
+                if all(p is not None for p in self.in_flight.get(queue_id, {}).values()):
+                    self.in_flight.pop(queue_id, None)
+                    self._recovered.discard(queue_id)
+                continue
+            job = self._job_for(message, now=now)
+            if job is not None:
+                jobs.append(job)
         return jobs
 
     def _job_for(self, message: MessageState, *, now: float) -> DeliveryJob | None:
         position = self.projection.state.position
+        flying = self.in_flight.setdefault(message.queue_id, {})
         due = []
         for rcpt in message.pending():
-            key = (message.queue_id, rcpt.address)
-            if key in self.in_flight:
-                outcome = self.in_flight[key]
+            if rcpt.address in flying:
+                outcome = flying[rcpt.address]
                 if outcome is None or position < outcome:
                     continue  # still running, or its outcome is not folded in yet
-                del self.in_flight[key]
+                del flying[rcpt.address]
             if rcpt.next_attempt > now:
                 heapq.heappush(self._retries, (rcpt.next_attempt, message.queue_id))
                 continue
             due.append((rcpt.address, rcpt.attempts))
-            self.in_flight[key] = None
+            flying[rcpt.address] = None
         if not due:
             return None
         return DeliveryJob(
@@ -82,8 +87,9 @@ class Scheduler:
         )
 
     def finished(self, job: DeliveryJob, position: int) -> None:
+        flying = self.in_flight.setdefault(job.queue_id, {})
         for address, _ in job.recipients:
-            self.in_flight[(job.queue_id, address)] = position
+            flying[address] = position
         self.projection.touch(job.queue_id)
 
     async def run(self, send: trio.MemorySendChannel[DeliveryJob]) -> None:

@@ -104,7 +104,10 @@ class Session:
             finally:
                 span.set_attribute("vsmtp.close_reason", reason)
                 with trio.CancelScope(shield=True):
-                    await self._journal(qe.SessionClosed(at=time.time(), session_id=self.id, reason=reason))
+                    try:
+                        await self._journal(qe.SessionClosed(at=time.time(), session_id=self.id, reason=reason))
+                    except JournalError:
+                        log.debug("session %s: session.closed not journaled (the writer has stopped)", self.id)
                     await trio.aclose_forcefully(self.stream)
 
     async def _converse(self) -> str:
@@ -195,7 +198,7 @@ class Session:
         return reply
 
     def _check_recipient(self, address: str) -> Reply:
-        user, domain = policy.local_user(address) or ("", "")
+        user, domain = policy.local_user(address)
         if domain and not policy.is_local_domain(domain, self.config):
             return replies.RELAY_DENIED  # no relaying yet: remote delivery is not built
         if not policy.local_recipient_ok(user, self.config):

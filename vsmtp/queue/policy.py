@@ -31,7 +31,7 @@ def is_local_domain(domain: str, config: Config) -> bool:
     return domain.lower() in {d.lower() for d in config.local.domains}
 
 
-def local_user(address: str) -> tuple[str, str] | None:
+def local_user(address: str) -> tuple[str, str]:
     """('bob', 'localhost') for 'Bob@LocalHost'; 'postmaster' alone is ('postmaster', '')."""
     local, at, domain = address.rpartition("@")
     if not at:
@@ -50,10 +50,7 @@ def local_recipient_ok(user: str, config: Config) -> bool:
 
 def route(address: str, config: Config) -> LocalRoute | None:
     """The route of an accepted recipient; None if it is not local (no remote delivery yet)."""
-    user_domain = local_user(address)
-    if user_domain is None:
-        return None
-    user, domain = user_domain
+    user, domain = local_user(address)
     if domain and not is_local_domain(domain, config):
         return None
     return LocalRoute(user=user, domain=domain or config.local.domains[0].lower())
