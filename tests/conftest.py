@@ -12,18 +12,43 @@ import pytest
 import trio
 import trio.lowlevel
 
-from vsmtp.config import Config, DeliveryConfig, JournalConfig, ListenerConfig
+import trustme
+
+from vsmtp.config import CertificateConfig, Config, DeliveryConfig, JournalConfig, ListenerConfig, RelayConfig, TlsConfig
 from vsmtp.daemon import Running, serve
 
 
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def certificate(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> CertificateConfig:
+    """A certificate for mx.test (and localhost, 127.0.0.1), signed by the test CA."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert = ca.issue_cert("mx.test", "localhost", "127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(str(directory / "cert.pem"), append=True)
+    cert.private_key_pem.write_to_path(str(directory / "key.pem"))
+    return CertificateConfig(certificate=str(directory / "cert.pem"), key=str(directory / "key.pem"))
+
+
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    """The embedded defaults, on an ephemeral loopback port, with all state under tmp_path."""
+def config(tmp_path: Path, certificate: CertificateConfig) -> Config:
+    """The embedded defaults, on an ephemeral loopback port, with all state under tmp_path.
+
+    Nobody may relay (so relay refusal is what tests see), and the listener has a
+    certificate from the test CA (so no self-signed one is generated for every test).
+    """
     return Config(
         hostname="mx.test",
-        listeners=(ListenerConfig(addresses=("127.0.0.1:0",)),),
+        listeners=(ListenerConfig(addresses=("127.0.0.1:0",), certificates=(certificate,)),),
         journal=JournalConfig(path=str(tmp_path / "journal")),
         delivery=DeliveryConfig(maildir=str(tmp_path / "mail" / "{user}" / "Maildir"), workers=4),
+        relay=RelayConfig(networks=()),
+        tls=TlsConfig(directory=str(tmp_path / "tls")),
     )
 
 

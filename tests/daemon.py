@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 VSMTP = str(Path(sys.executable).with_name("vsmtp"))
-_BOUND = re.compile(r"listener \S+: accepting SMTP on 127\.0\.0\.1 port (\d+)")
+_BOUND = re.compile(r"listener \S+ \(\w+\): accepting SMTP on 127\.0\.0\.1 port (\d+)")
 
 
 class Daemon:

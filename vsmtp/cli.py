@@ -72,7 +72,7 @@ def _serve(args: argparse.Namespace, config: config_mod.Config) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("vsmtp").info("configuration: %s", config.source)
-    trio.run(run_until_signalled, config)
+    trio.run(run_until_signalled, config, args.config)
     return 0
 
 

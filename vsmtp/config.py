@@ -24,12 +24,47 @@ MiB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CertificateConfig:
+    """A certificate chain and its key (PEM files); `names` select it by SNI."""
+
+    certificate: str
+    key: str
+    names: tuple[str, ...] = ()  # host names for SNI; the first certificate is the default
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ListenerConfig:
-    """One listening role on one or more addresses ("host:port", IPv6 as "[::1]:port")."""
+    """One listening role on one or more addresses ("host:port", IPv6 as "[::1]:port").
+
+    Roles: mx (port 25 style: STARTTLS offered), submission (587 style: STARTTLS required
+    before MAIL), submissions (465 style: implicit TLS, RFC 8314).
+    """
 
     name: str = "mx"
-    role: Literal["mx"] = "mx"
+    role: Literal["mx", "submission", "submissions"] = "mx"
     addresses: tuple[str, ...] = ("127.0.0.1:2525", "[::1]:2525")
+    certificates: tuple[CertificateConfig, ...] = ()  # none: a generated self-signed one
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    directory: str = "var/tls"  # where a self-signed certificate is generated when none is configured
+    handshake_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SmtpConfig:
+    """Reception choices where RFC 5321 leaves one."""
+
+    bare_line_endings: Literal["reject", "normalize"] = "reject"  # RFC 5321 2.3.8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RelayConfig:
+    """Who may send to domains that are not ours (Postfix's mynetworks)."""
+
+    networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,9 +92,17 @@ class DeliveryConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LimitsConfig:
     message_size: int = 50 * MiB  # RFC 1870 SIZE, also enforced on the bytes received
+    line_length: int = 1000  # RFC 5321 4.5.3.1.6, CRLF included; 0 means no limit
+    recipients: int = 1000  # per message; RFC 5321 4.5.3.1.8 asks for at least 100
     command_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: server timeout, 5 minutes
     data_timeout: float = 180.0  # RFC 5321 4.5.3.2.5: per DATA block, 3 minutes
-    max_connections: int = 1000
+    session_duration: float = 3600.0  # a whole session, however busy
+    max_connections: int = 1000  # sessions at once, in all
+    max_connections_per_ip: int = 50  # sessions at once from one client address
+    soft_errors: int = 10  # errors before each reply is delayed
+    hard_errors: int = 20  # errors before 421 and close
+    error_delay: float = 1.0  # seconds, times the errors past soft_errors
+    shutdown_grace: float = 30.0  # SIGTERM: seconds for open transactions to finish
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +115,9 @@ class Config:
     hostname: str = field(default_factory=socket.getfqdn)
     listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
     local: LocalConfig = LocalConfig()
+    relay: RelayConfig = RelayConfig()
+    tls: TlsConfig = TlsConfig()
+    smtp: SmtpConfig = SmtpConfig()
     journal: JournalConfig = JournalConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     limits: LimitsConfig = LimitsConfig()

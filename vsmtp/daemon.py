@@ -13,9 +13,11 @@ import trio
 from vsmtp_journal import GroupCommitWriter, Journal, follow
 
 from . import telemetry
+from . import config as config_mod
 from .config import Config
 from .delivery import Scheduler, serve_delivery
-from .net.server import Bound, serve_smtp
+from .errors import ConfigError
+from .net.server import Bound, SmtpService
 from .plugins import PluginManager
 from .queue import events as qe
 from .queue.projection import QueueProjection
@@ -33,7 +35,13 @@ class Running:
     projection: QueueProjection
     scheduler: Scheduler | None
     plugins: PluginManager
+    smtp: SmtpService
     cancel_scope: trio.CancelScope
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop gracefully: no new sessions, open transactions get `grace` seconds, then all ends."""
+        await self.smtp.shutdown(self.smtp.settings.config.limits.shutdown_grace if grace is None else grace)
+        self.cancel_scope.cancel()
 
 
 async def serve(
@@ -69,7 +77,8 @@ async def serve(
                             config=config, journal=journal, writer=writer, projection=projection, task_status=task_status
                         )
                     )
-                bound = await nursery.start(serve_smtp, config, writer)
+                smtp = SmtpService(config, writer)
+                bound = await nursery.start(smtp.serve)
                 log.info("vsmtp ready")
                 task_status.started(
                     Running(
@@ -79,6 +88,7 @@ async def serve(
                         projection=projection,
                         scheduler=scheduler,
                         plugins=plugins,
+                        smtp=smtp,
                         cancel_scope=scope,
                     )
                 )
@@ -103,12 +113,27 @@ async def _observe(
             await plugins.notify_event(qe.decode(record), record.position)
 
 
-async def run_until_signalled(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT, then stop (sessions are cut; the journal stays consistent)."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def run_until_signalled(config: Config, config_path: str | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully; SIGHUP reloads the configuration."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             running: Running = await nursery.start(serve, config)
             async for signum in signals:
-                log.info("received %s: stopping", signal.Signals(signum).name)
-                running.cancel_scope.cancel()
+                if signum == signal.SIGHUP:
+                    reload(running, config_path)
+                    continue
+                grace = running.smtp.settings.config.limits.shutdown_grace
+                log.info("received %s: stopping (open transactions have %.0fs to finish)", signal.Signals(signum).name, grace)
+                await running.stop()
                 break
+
+
+def reload(running: Running, config_path: str | None) -> None:
+    """Re-read the configuration and certificates for new sessions; keep the old ones on error."""
+    try:
+        new = config_mod.load(config_path)
+        running.smtp.reload(new)
+    except (ConfigError, OSError, ValueError) as exc:
+        log.error("reload failed, keeping the configuration in force: %s", exc)
+        return
+    log.info("configuration reloaded from %s", new.source)

@@ -54,7 +54,8 @@ async def test_the_journal_tells_the_whole_story_in_order(server: Running) -> No
     await wait_delivered(server, 1)
     tags = [r.tag for r in await wait_journal(server, has_tag("session.closed"))]
     assert tags[:5] == ["session.opened", "session.helo", "session.mail", "recipient.accepted", "message.accepted"]
-    assert set(tags[5:]) == {"session.closed", "delivery.succeeded"}
+    assert set(tags[5:]) == {"session.data", "session.closed", "delivery.succeeded"}
+    assert tags.index("session.data") < tags.index("session.closed")
 
 
 async def test_250_means_the_message_is_already_in_the_journal(server: Running) -> None:

@@ -18,11 +18,23 @@ SAMPLES: list[ev.JournalEvent] = [
     ev.MailReceived(at=1.0, session_id="S", reverse_path="a@b.c", params={"SIZE": "10", "SMTPUTF8": None}),
     ev.RecipientAccepted(at=1.0, session_id="S", address="x@localhost"),
     ev.RecipientRejected(at=1.0, session_id="S", address="x@else.org", reply="554 5.7.1 Relay access denied"),
-    ev.MessageAccepted(at=1.0, queue_id="Q", session_id="S", reverse_path="", recipients=("a@localhost", "b@localhost"), blob=b"Q", size=3),
+    ev.MessageAccepted(
+        at=1.0,
+        queue_id="Q",
+        session_id="S",
+        reverse_path="",
+        recipients=("a@localhost", "b@localhost"),
+        blob=b"Q",
+        size=3,
+        mail_params={"RET": "HDRS"},
+        recipient_params={"a@localhost": {"NOTIFY": "NEVER"}},
+    ),
     ev.DeliverySucceeded(at=1.0, queue_id="Q", recipient="a@localhost", transport="maildir", detail="/x"),
     ev.DeliveryDeferred(at=1.0, queue_id="Q", recipient="a@localhost", transport="maildir", reason="r", retry_at=5.0),
     ev.DeliveryFailed(at=1.0, queue_id="Q", recipient="a@localhost", transport="maildir", reason="r"),
     ev.SessionClosed(at=1.0, session_id="S", reason="quit"),
+    ev.TlsStarted(at=1.0, session_id="S", version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", bits=256),
+    ev.DataReceived(at=1.0, session_id="S", size=10, reply="250 2.0.0 Ok: queued as Q"),
 ]
 
 

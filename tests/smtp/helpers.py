@@ -21,8 +21,12 @@ def default_reply(conn: ServerConnection, event: ev.Event) -> Reply:
             return replies.RECIPIENT_OK
         case ev.Data():
             return replies.START_DATA
-        case ev.DataEnd():
+        case ev.DataEnd() | ev.BdatLast():
             return replies.queued("Q1")
+        case ev.Bdat():
+            return replies.CHUNK_OK
+        case ev.StartTls():
+            return replies.READY_FOR_TLS
         case ev.Quit():
             return replies.bye()
         case ev.Invalid():

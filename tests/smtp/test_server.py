@@ -126,7 +126,8 @@ def test_data_is_not_cut_into_lines() -> None:
         (b"EHLO c\r\nMAIL FROM:<a@example.org> SIZE=99999999999\r\n", "552 5.3.4 Message size exceeds fixed limit"),
         (b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b>\r\n", "501 5.1.3 Bad recipient address syntax: address has no domain"),
         (b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<>\r\n", "501 5.1.3 Bad recipient address syntax: empty address"),
-        (b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@localhost> NOTIFY=NEVER\r\n", "555 5.5.4 Unsupported option: NOTIFY"),
+        (b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@localhost> FROB=1\r\n", "555 5.5.4 Unsupported option: FROB"),
+        (b"HELO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@localhost> NOTIFY=NEVER\r\n", "555 5.5.4 Unsupported option: NOTIFY"),
         (
             b"EHLO c\r\nMAIL FROM:<j\xc3\xb6rg@example.org>\r\n",
             "501 5.1.7 Bad sender address syntax: non-ASCII local part without SMTPUTF8",

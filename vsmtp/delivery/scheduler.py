@@ -137,9 +137,22 @@ class Worker:
         outcomes: list[ev.JournalEvent] = []
         for address, attempts in job.recipients:
             route = policy.route(address, self.config)
-            if body is None or route is None:
-                reason = "message body missing from the journal" if body is None else "no route to a non-local recipient"
+            if body is None:
+                reason = "message body missing from the journal"
                 outcomes.append(ev.DeliveryFailed(at=now, queue_id=job.queue_id, recipient=address, transport="maildir", reason=reason))
+                continue
+            if route is None:
+                # Relayed mail is kept, not dropped: it waits in the queue for remote delivery.
+                outcomes.append(
+                    ev.DeliveryDeferred(
+                        at=now,
+                        queue_id=job.queue_id,
+                        recipient=address,
+                        transport="smtp",
+                        reason="remote delivery is not available in this version of vsmtp",
+                        retry_at=policy.retry_at(attempts + 1, now=now),
+                    )
+                )
                 continue
             try:
                 detail = self._maildir(job, address, route, body)

@@ -1,27 +1,34 @@
 """Listeners: bind every configured address, accept connections, run one Session each.
 
-All sessions live in one nursery. Over the connection limit a client gets 421 4.7.0 and is
-closed at once, so one flood cannot starve the sessions already running.
+SmtpService owns what sessions share: the configuration in force (swapped on reload), the
+TLS contexts, the relay networks, and the connection counts. Over a limit a client gets
+421 4.7.0 and is closed at once; sessions already running are not affected.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
+import ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
+
 from vsmtp_journal import GroupCommitWriter
 
 from ..config import Config, ListenerConfig
-from ..smtp.replies import Reply
+from ..smtp import replies
 from .session import Peer, Session
+from .tls import server_context
 
 log = logging.getLogger(__name__)
 
-TOO_MANY_CONNECTIONS = Reply.of(421, "4.7.0", "Error: too many connections, try again later")
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,6 +36,29 @@ class Bound:
     listener: str
     host: str
     port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything a new session needs that a reload may change."""
+
+    config: Config
+    tls: dict[str, ssl.SSLContext]  # by listener name
+    relay_networks: tuple[IpNetwork, ...]
+
+    @classmethod
+    def build(cls, config: Config) -> Settings:
+        return cls(
+            config=config,
+            tls={listener.name: server_context(listener, config) for listener in config.listeners},
+            relay_networks=tuple(ipaddress.ip_network(n, strict=False) for n in config.relay.networks),
+        )
+
+    def may_relay(self, host: str) -> bool:
+        address = ipaddress.ip_address(host)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.relay_networks)
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -66,48 +96,91 @@ async def open_listeners(config: Config) -> list[tuple[ListenerConfig, trio.Sock
     return bound
 
 
-async def serve_smtp(
-    config: Config,
-    writer: GroupCommitWriter,
-    *,
-    task_status: trio.TaskStatus[list[Bound]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    listeners = await open_listeners(config)
-    active = 0
+class SmtpService:
+    def __init__(self, config: Config, writer: GroupCommitWriter) -> None:
+        self.settings = Settings.build(config)
+        self.writer = writer
+        self.sessions: set[Session] = set()
+        self.per_ip: Counter[str] = Counter()
+        self._listen_scope = trio.CancelScope()
+        self._idle = trio.Event()
+        self._idle.set()
 
-    def handler_for(listener: ListenerConfig) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    def reload(self, config: Config) -> None:
+        """Use `config` for new sessions; running sessions keep theirs. Raises on a bad config
+        (for example an unreadable certificate), leaving the old settings in force."""
+        old = {(lst.name, lst.role, lst.addresses) for lst in self.settings.config.listeners}
+        self.settings = Settings.build(config)
+        if old != {(lst.name, lst.role, lst.addresses) for lst in config.listeners}:
+            log.warning("listener addresses or roles changed: they take effect at the next restart")
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[Bound]] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await open_listeners(self.settings.config)
+        bound = []
+        async with trio.open_nursery() as sessions:
+            with self._listen_scope:
+                async with trio.open_nursery() as accepting:
+                    for listener, sock_listener in listeners:
+                        host, port = sock_listener.socket.getsockname()[:2]
+                        bound.append(Bound(listener=listener.name, host=host, port=port))
+                        log.info("listener %s (%s): accepting SMTP on %s port %d", listener.name, listener.role, host, port)
+                        handler = self._handler(listener)
+                        accepting.start_soon(partial(trio.serve_listeners, handler, [sock_listener], handler_nursery=sessions))
+                    task_status.started(bound)
+            for _, sock_listener in listeners:
+                await sock_listener.aclose()
+            # Listening stopped (shutdown): the sessions nursery waits for the sessions.
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting; let open transactions finish within `grace` seconds; 421 the rest."""
+        self._listen_scope.cancel()
+        deadline = trio.current_time() + grace
+        for session in list(self.sessions):
+            session.request_shutdown(deadline)
+        with trio.move_on_at(deadline + 5):  # a session stuck past its own deadline is cut
+            await self._idle.wait()
+
+    def _handler(self, listener: ListenerConfig) -> Callable[[trio.SocketStream], Awaitable[None]]:
         async def handle(stream: trio.SocketStream) -> None:
-            nonlocal active
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-            if active >= config.limits.max_connections:
-                try:
-                    await stream.send_all(TOO_MANY_CONNECTIONS.to_bytes())
-                finally:
-                    await trio.aclose_forcefully(stream)
+            settings = self.settings
+            limits = settings.config.limits
+            peer = _peer(stream.socket.getpeername())
+            refusal = None
+            if len(self.sessions) >= limits.max_connections:
+                refusal = replies.TOO_MANY_CONNECTIONS
+            elif self.per_ip[peer.host] >= limits.max_connections_per_ip:
+                refusal = replies.TOO_MANY_CONNECTIONS_FROM_YOU
+            if refusal is not None:
+                log.warning("refused %s on %s: %s", peer.host, listener.name, refusal)
+                with trio.move_on_after(5):
+                    try:
+                        await stream.send_all(refusal.to_bytes())
+                    except trio.BrokenResourceError:
+                        pass
+                await trio.aclose_forcefully(stream)
                 return
-            active += 1
+            session = Session(
+                stream,
+                settings=settings,
+                listener=listener,
+                writer=self.writer,
+                peer=peer,
+                local=_peer(stream.socket.getsockname()),
+            )
+            self.sessions.add(session)
+            self.per_ip[peer.host] += 1
+            self._idle = trio.Event() if self._idle.is_set() else self._idle
             try:
-                session = Session(
-                    stream,
-                    config=config,
-                    listener=listener,
-                    writer=writer,
-                    peer=_peer(stream.socket.getpeername()),
-                    local=_peer(stream.socket.getsockname()),
-                )
                 await session.run()
             except Exception:
-                log.exception("session ended by an unexpected error")
+                log.exception("session %s ended by an unexpected error", session.id)
             finally:
-                active -= 1
+                self.sessions.discard(session)
+                self.per_ip[peer.host] -= 1
+                if self.per_ip[peer.host] <= 0:
+                    del self.per_ip[peer.host]
+                if not self.sessions:
+                    self._idle.set()
 
         return handle
-
-    bound = []
-    async with trio.open_nursery() as nursery:
-        for listener, sock_listener in listeners:
-            host, port = sock_listener.socket.getsockname()[:2]
-            bound.append(Bound(listener=listener.name, host=host, port=port))
-            log.info("listener %s: accepting SMTP on %s port %d", listener.name, host, port)
-            nursery.start_soon(trio.serve_listeners, handler_for(listener), [sock_listener])
-        task_status.started(bound)

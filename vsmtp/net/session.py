@@ -12,13 +12,15 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 from opentelemetry import propagate
+
 from vsmtp_journal import GroupCommitWriter, JournalError, JournalFull
 
 from .. import ids, telemetry
-from ..config import Config, ListenerConfig
+from ..config import ListenerConfig
 from ..queue import events as qe
 from ..queue import policy
 from ..smtp import events as ev
@@ -26,11 +28,17 @@ from ..smtp import replies
 from ..smtp.replies import Reply
 from ..smtp.server import Extensions, ServerConnection
 from ..smtp.states import State
+from .tls import describe
+
+if TYPE_CHECKING:
+    from .server import Settings
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
+_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
+_IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
 
 
 @dataclass(slots=True)
@@ -40,6 +48,7 @@ class Transaction:
     reverse_path: str
     params: dict[str, str | None]
     recipients: list[str] = field(default_factory=list)
+    recipient_params: dict[str, dict[str, str | None]] = field(default_factory=dict)
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
     too_big: bool = False
@@ -56,23 +65,34 @@ class Session:
         self,
         stream: trio.abc.Stream,
         *,
-        config: Config,
+        settings: Settings,
         listener: ListenerConfig,
         writer: GroupCommitWriter,
         peer: Peer,
         local: Peer,
     ) -> None:
         self.stream = stream
-        self.config = config
+        self.settings = settings
+        self.config = settings.config
         self.listener = listener
         self.writer = writer
         self.peer = peer
         self.local = local
         self.id = ids.new_id()
-        self.conn = ServerConnection(extensions=Extensions(max_message_size=config.limits.message_size))
+        limits = self.config.limits
+        self.conn = ServerConnection(
+            extensions=Extensions(max_message_size=limits.message_size, starttls=listener.role != "submissions"),
+            max_text_line=limits.line_length,
+            tls=False,
+        )
         self.helo = ""
+        self.tls_info: tuple[str, str, int] | None = None
         self.tx: Transaction | None = None
+        self.errors = 0
         self._out = bytearray()
+        self._session_deadline = trio.current_time() + limits.session_duration
+        self._shutdown_deadline: float | None = None
+        self._recv_scope: trio.CancelScope | None = None
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -84,6 +104,10 @@ class Session:
             span.set_attribute("vsmtp.session_id", self.id)
             reason = "error"
             try:
+                implicit = self.listener.role == "submissions"
+                if implicit and not await self._start_tls():
+                    reason = "tls handshake failed"
+                    return
                 await self._journal(
                     qe.SessionOpened(
                         at=time.time(),
@@ -93,8 +117,12 @@ class Session:
                         peer_port=self.peer.port,
                         local_host=self.local.host,
                         local_port=self.local.port,
+                        tls=implicit,
                     )
                 )
+                if implicit:
+                    self.conn.tls = True
+                    await self._journal_tls()
                 reason = await self._converse()
             except trio.BrokenResourceError:
                 reason = "connection lost"
@@ -110,21 +138,24 @@ class Session:
                         log.debug("session %s: session.closed not journaled (the writer has stopped)", self.id)
                     await trio.aclose_forcefully(self.stream)
 
+    def request_shutdown(self, deadline: float) -> None:
+        """SIGTERM: finish an open transaction by `deadline`; an idle session closes at once."""
+        now = trio.current_time()
+        self._shutdown_deadline = deadline if self._in_transaction() else now
+        if self._recv_scope is not None:
+            self._recv_scope.deadline = min(self._recv_scope.deadline, self._shutdown_deadline)
+
+    def _in_transaction(self) -> bool:
+        return self.conn.state in _IN_TRANSACTION
+
     async def _converse(self) -> str:
         self._out += self.conn.send(replies.greeting(self.config.hostname))
         while True:
             event = self.conn.next_event()
             if event is ev.NEED_DATA:
-                await self._flush()
-                timeout = self.config.limits.data_timeout if self.conn.state is State.DATA else self.config.limits.command_timeout
-                data: bytes | bytearray = b""
-                with trio.move_on_after(timeout) as scope:
-                    data = await self.stream.receive_some(READ_SIZE)
-                if scope.cancelled_caught:
-                    self._out += replies.TIMEOUT.to_bytes()
-                    await self._flush()
-                    return "timeout"
-                self.conn.receive_data(data)
+                closing = await self._receive()
+                if closing is not None:
+                    return closing
                 continue
             if isinstance(event, ev.ConnectionClosed):
                 return "peer closed"
@@ -133,19 +164,94 @@ class Session:
                 continue
             assert event is not ev.PAUSED, "every event is answered before the next is read"
             reply = await self._answer(event)
+            reply = await self._count_errors(reply)
             self._out += self.conn.send(reply)
+            if isinstance(event, ev.StartTls) and reply.positive:
+                await self._flush()
+                if not await self._start_tls():
+                    return "tls handshake failed"
+                await self._journal_tls()
+                self.helo, self.tx = "", None
             if self.conn.state is State.CLOSED:
                 await self._flush()
-                return "quit" if isinstance(event, ev.Quit) else f"closed after {reply.code}"
+                if isinstance(event, ev.Quit):
+                    return "quit"
+                return "too many errors" if reply == replies.TOO_MANY_ERRORS else f"closed after {reply.code}"
+
+    async def _receive(self) -> str | None:
+        """Flush, then read more input. Returns why the session must close, or None."""
+        if self._shutdown_deadline is not None and not self._in_transaction():
+            return await self._close_with(replies.SHUTTING_DOWN, "shutdown")
+        await self._flush()
+        limits = self.config.limits
+        waiting_for_data = self.conn.state is State.DATA or self.conn.state is State.BDAT
+        timeout = limits.data_timeout if waiting_for_data else limits.command_timeout
+        deadline = min(trio.current_time() + timeout, self._session_deadline)
+        if self._shutdown_deadline is not None:
+            deadline = min(deadline, self._shutdown_deadline)
+        data: bytes | bytearray = b""
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._recv_scope = scope
+            data = await self.stream.receive_some(READ_SIZE)
+        self._recv_scope = None
+        if scope.cancelled_caught:
+            now = trio.current_time()
+            if self._shutdown_deadline is not None and now >= self._shutdown_deadline:
+                return await self._close_with(replies.SHUTTING_DOWN, "shutdown")
+            if now >= self._session_deadline:
+                return await self._close_with(replies.SESSION_TOO_LONG, "session too long")
+            return await self._close_with(replies.TIMEOUT, "timeout")
+        self.conn.receive_data(data)
+        return None
+
+    async def _close_with(self, reply: Reply, reason: str) -> str:
+        self._out += reply.to_bytes()
+        with trio.move_on_after(5):
+            await self._flush()
+        return reason
 
     async def _flush(self) -> None:
         if self._out:
             data, self._out = bytes(self._out), bytearray()
             await self.stream.send_all(data)
 
+    async def _count_errors(self, reply: Reply) -> Reply:
+        """Postfix's soft and hard error limits: delay replies past the first, close past the second."""
+        if reply.code < 400 or reply.code == 421:
+            return reply
+        self.errors += 1
+        limits = self.config.limits
+        if self.errors >= limits.hard_errors:
+            return replies.TOO_MANY_ERRORS
+        if self.errors > limits.soft_errors:
+            await self._flush()
+            await trio.sleep(limits.error_delay * (self.errors - limits.soft_errors))
+        return reply
+
     async def _journal(self, event: qe.JournalEvent, *, durable: bool = False) -> int | None:
         tag, version, payload = qe.encode(event)
         return await self.writer.append(tag, version, payload, durable=durable)
+
+    # -- TLS ------------------------------------------------------------------------------
+
+    async def _start_tls(self) -> bool:
+        """Handshake as the TLS server on our stream; False if it failed (the session ends)."""
+        ssl_stream = trio.SSLStream(self.stream, self.settings.tls[self.listener.name], server_side=True)
+        try:
+            with trio.fail_after(self.config.tls.handshake_timeout):
+                await ssl_stream.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+            log.info("session %s: TLS handshake with %s failed: %s", self.id, self.peer.host, exc.__cause__ or exc)
+            return False
+        self.stream = ssl_stream
+        ssl_object = ssl_stream._ssl_object  # trio exposes the version and cipher only this way
+        self.tls_info = describe(ssl_object)
+        return True
+
+    async def _journal_tls(self) -> None:
+        assert self.tls_info is not None
+        version, cipher, bits = self.tls_info
+        await self._journal(qe.TlsStarted(at=time.time(), session_id=self.id, version=version, cipher=cipher, bits=bits))
 
     # -- answers ---------------------------------------------------------------------------
 
@@ -158,17 +264,28 @@ class Session:
                 await self._journal(qe.HeloReceived(at=now, session_id=self.id, verb=verb, name=name))
                 if verb == "HELO":
                     return replies.helo(self.config.hostname)
-                return replies.ehlo(self.config.hostname, name, self.conn.extensions.keywords())
+                return replies.ehlo(self.config.hostname, name, self.conn.extensions.keywords(tls_active=self.conn.tls))
             case ev.MailFrom(reverse_path=path, params=params):
+                if self.listener.role == "submission" and not self.conn.tls:
+                    return replies.TLS_REQUIRED  # RFC 8314 / Postfix smtpd_tls_security_level=encrypt
                 self.tx = Transaction(reverse_path=path, params=dict(params))
                 await self._journal(qe.MailReceived(at=now, session_id=self.id, reverse_path=path, params=params))
                 return replies.SENDER_OK
-            case ev.RcptTo(forward_path=address):
-                return await self._rcpt(address, now=now)
+            case ev.RcptTo(forward_path=address, params=params):
+                return await self._rcpt(address, dict(params), now=now)
             case ev.Data():
                 return replies.START_DATA
-            case ev.DataEnd(bare_line_endings=bare):
-                return await self._data_end(bare)
+            case ev.Bdat():
+                tx = self.tx
+                assert tx is not None
+                if tx.too_big:  # RFC 3030: a refused chunk ends the transaction
+                    self.tx = None
+                    return replies.MESSAGE_TOO_BIG
+                return replies.CHUNK_OK
+            case ev.DataEnd(bare_line_endings=bare, long_line=long) | ev.BdatLast(bare_line_endings=bare, long_line=long):
+                return await self._message_end(bare, long)
+            case ev.StartTls():
+                return replies.READY_FOR_TLS
             case ev.Rset():
                 self.tx = None
                 return replies.OK
@@ -186,28 +303,37 @@ class Session:
                 return reply
         raise AssertionError(f"unhandled event {event!r}")
 
-    async def _rcpt(self, address: str, *, now: float) -> Reply:
-        assert self.tx is not None
-        reply = self._check_recipient(address)
+    async def _rcpt(self, address: str, params: dict[str, str | None], *, now: float) -> Reply:
+        tx = self.tx
+        assert tx is not None
+        if address in tx.recipients:
+            reply = replies.RECIPIENT_OK  # a duplicate RCPT is accepted once
+        elif len(tx.recipients) >= self.config.limits.recipients:
+            reply = replies.TOO_MANY_RECIPIENTS  # RFC 5321 4.5.3.1.10: 452, the client sends the rest later
+        else:
+            reply = self._check_recipient(address)
         if reply is not replies.RECIPIENT_OK:
             await self._journal(qe.RecipientRejected(at=now, session_id=self.id, address=address, reply=str(reply)))
             return reply
-        if address not in self.tx.recipients:  # a duplicate RCPT is accepted once
-            self.tx.recipients.append(address)
+        if address not in tx.recipients:
+            tx.recipients.append(address)
+            if params:
+                tx.recipient_params[address] = params
         await self._journal(qe.RecipientAccepted(at=now, session_id=self.id, address=address))
         return reply
 
     def _check_recipient(self, address: str) -> Reply:
         user, domain = policy.local_user(address)
         if domain and not policy.is_local_domain(domain, self.config):
-            return replies.RELAY_DENIED  # no relaying yet: remote delivery is not built
+            return replies.RECIPIENT_OK if self.settings.may_relay(self.peer.host) else replies.RELAY_DENIED
         if not policy.local_recipient_ok(user, self.config):
             return replies.NO_SUCH_USER
         return replies.RECIPIENT_OK
 
     def _data_chunk(self, data: bytes) -> None:
         tx = self.tx
-        assert tx is not None
+        if tx is None:
+            return  # a chunk of a transaction already refused
         tx.size += len(data)
         limit = self.config.limits.message_size
         if limit and tx.size > limit:
@@ -215,19 +341,28 @@ class Session:
         elif not tx.too_big:
             tx.chunks.append(data)
 
-    async def _data_end(self, bare_line_endings: bool) -> Reply:
+    async def _message_end(self, bare_line_endings: bool, long_line: bool) -> Reply:
         tx, self.tx = self.tx, None
         assert tx is not None
+        reply = await self._accept(tx, bare_line_endings, long_line)
+        await self._journal(qe.DataReceived(at=time.time(), session_id=self.id, size=tx.size, reply=str(reply)))
+        return reply
+
+    async def _accept(self, tx: Transaction, bare_line_endings: bool, long_line: bool) -> Reply:
         if tx.too_big:
             return replies.MESSAGE_TOO_BIG
+        if long_line:
+            return replies.line_too_long(self.config.limits.line_length)
+        body = b"".join(tx.chunks)
         if bare_line_endings:
-            return replies.BARE_LINE_ENDING_IN_DATA
+            if self.config.smtp.bare_line_endings == "reject":
+                return replies.BARE_LINE_ENDING_IN_DATA
+            body = _ANY_LINE_END.sub(b"\r\n", body)
         now = time.time()
         queue_id = ids.new_id()
-        received = self._received_header(queue_id, tx, now)
-        body = b"".join(tx.chunks)
-        blob = received + body
-        found = _MESSAGE_ID.search(body, 0, body.find(b"\r\n\r\n") + 2 if b"\r\n\r\n" in body else len(body))
+        blob = self._received_header(queue_id, tx, now) + body
+        header_end = body.find(b"\r\n\r\n")
+        found = _MESSAGE_ID.search(body, 0, header_end + 2 if header_end >= 0 else len(body))
         trace_context: dict[str, str] = {}
         propagate.inject(trace_context)
         event = qe.MessageAccepted(
@@ -236,6 +371,7 @@ class Session:
             session_id=self.id,
             reverse_path=tx.reverse_path,
             recipients=tuple(tx.recipients),
+            recipient_params=tx.recipient_params,
             blob=queue_id.encode(),
             size=len(blob),
             mail_params=tx.params,
@@ -251,6 +387,7 @@ class Session:
         except JournalError as exc:
             log.error("session %s: cannot queue the message: %s", self.id, exc)
             return replies.LOCAL_ERROR
+        self.errors = 0  # as Postfix: the error limits count errors without delivering mail
         log.info("%s: from=<%s> to=%s size=%d session=%s", queue_id, tx.reverse_path, ",".join(tx.recipients), len(blob), self.id)
         return replies.queued(queue_id)
 
@@ -259,11 +396,17 @@ class Session:
         protocol = "ESMTP" if self.conn.esmtp else "SMTP"
         if "SMTPUTF8" in tx.params:
             protocol = "UTF8SMTP"
+        if self.conn.tls:
+            protocol += "S"
         literal = f"IPv6:{self.peer.host}" if ":" in self.peer.host else self.peer.host
+        tls = ""
+        if self.tls_info is not None:
+            version, cipher, bits = self.tls_info
+            tls = f"\r\n\t(using {version} with cipher {cipher} ({bits}/{bits} bits))"
         recipient = f"\r\n\tfor <{tx.recipients[0]}>" if len(tx.recipients) == 1 else ""
         date = email.utils.formatdate(now, localtime=True)
         return (
-            f"Received: from {self.helo} ([{literal}])\r\n"
+            f"Received: from {self.helo} ([{literal}]){tls}\r\n"
             f"\tby {self.config.hostname} (vsmtp) with {protocol} id {queue_id}{recipient};\r\n"
             f"\t{date}\r\n"
-        ).encode()
+        ).encode("utf-8")

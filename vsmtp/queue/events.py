@@ -171,6 +171,27 @@ class RecipientRejected(JournalEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TlsStarted(JournalEvent):
+    """The session is now encrypted (after STARTTLS, or at once on an implicit-TLS listener)."""
+
+    TAG = "tls.started"
+    session_id: str
+    version: str  # e.g. TLSv1.3
+    cipher: str
+    bits: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataReceived(JournalEvent):
+    """The end of a message's content (DATA or BDAT LAST) and what we answered."""
+
+    TAG = "session.data"
+    session_id: str
+    size: int  # octets received
+    reply: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SessionClosed(JournalEvent):
     TAG = "session.closed"
     session_id: str
@@ -191,7 +212,8 @@ class MessageAccepted(JournalEvent):
     recipients: tuple[str, ...]
     blob: bytes  # key of the message (with our Received header) in the journal's blobs
     size: int
-    mail_params: Mapping[str, str | None] = field(default_factory=dict)
+    mail_params: Mapping[str, str | None] = field(default_factory=dict)  # SIZE, BODY, RET, ENVID ...
+    recipient_params: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)  # NOTIFY, ORCPT
     message_id: str = ""  # the Message-ID header, if the message has one
     trace_context: Mapping[str, str] = field(default_factory=dict)  # W3C traceparent of the session
 

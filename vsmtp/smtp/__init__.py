@@ -13,6 +13,8 @@ from .errors import LocalProtocolError, ProtocolError
 from .events import (
     NEED_DATA,
     PAUSED,
+    Bdat,
+    BdatLast,
     ConnectionClosed,
     Data,
     DataChunk,
@@ -28,6 +30,7 @@ from .events import (
     Quit,
     RcptTo,
     Rset,
+    StartTls,
     Vrfy,
 )
 from .replies import Reply
@@ -38,6 +41,8 @@ __all__ = [
     "NEED_DATA",
     "PAUSED",
     "TRANSITIONS",
+    "Bdat",
+    "BdatLast",
     "ConnectionClosed",
     "Data",
     "DataChunk",
@@ -58,6 +63,7 @@ __all__ = [
     "Reply",
     "Rset",
     "ServerConnection",
+    "StartTls",
     "State",
     "Vrfy",
 ]

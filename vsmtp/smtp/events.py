@@ -59,6 +59,30 @@ class Data(Command):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Bdat(Command):
+    """A BDAT chunk that is not the last (RFC 3030); its content came just before as DataChunks."""
+
+    size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BdatLast(Command):
+    """BDAT ... LAST: the message is complete; answer with the transaction's outcome.
+
+    The flags are as for DataEnd, over the content of every chunk of the message.
+    """
+
+    size: int
+    bare_line_endings: bool = False
+    long_line: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartTls(Command):
+    """STARTTLS (RFC 3207). After a 220, start the TLS handshake on the transport."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Rset(Command):
     pass
 
@@ -98,7 +122,8 @@ class Invalid:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DataChunk:
-    """Message content, dot-unstuffed, in order. Never contains the end-of-data marker."""
+    """Message content in order: after DATA dot-unstuffed, without the end marker; after BDAT
+    the raw octets of the chunk."""
 
     data: bytes
 
@@ -109,9 +134,11 @@ class DataEnd:
 
     bare_line_endings is true when the content held a CR or LF that was not part of a CRLF
     (RFC 5321 2.3.8); such a message must be refused or normalised, never passed on as is.
+    long_line is true when a line was longer than the connection's max_text_line.
     """
 
     bare_line_endings: bool
+    long_line: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

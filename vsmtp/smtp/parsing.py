@@ -167,3 +167,80 @@ def mailbox_of(address: str) -> Mailbox:
     """Split an address already validated by parse_path into local part and domain."""
     local, _, domain = address.rpartition("@")
     return Mailbox(local, domain)
+
+
+class ContentScanner:
+    """Watches message content, in chunks of any size, for what must not pass:
+
+    - bare CR or LF (RFC 5321 2.3.8): counted over the whole message, so a CRLF split across
+      two chunks is still one CRLF;
+    - lines longer than `max_line` octets including the CRLF (RFC 5321 4.5.3.1.6); 0 is no limit.
+
+    Only C-level byte searches run per chunk; nothing here walks the message line by line.
+    """
+
+    __slots__ = ("_cr", "_crlf", "_ends_with_cr", "_lf", "_tail", "long_line", "max_line")
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self.long_line = False
+        self._cr = self._lf = self._crlf = 0
+        self._ends_with_cr = False
+        self._tail = 0  # length of the unfinished last line so far
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self._cr += chunk.count(b"\r")
+        self._lf += chunk.count(b"\n")
+        self._crlf += chunk.count(b"\r\n") + (1 if self._ends_with_cr and chunk[:1] == b"\n" else 0)
+        self._ends_with_cr = chunk[-1:] == b"\r"
+        if self.max_line and not self.long_line:
+            self._check_lengths(chunk)
+
+    def _check_lengths(self, chunk: bytes) -> None:
+        limit = self.max_line - 1  # octets before the LF, the CR included
+        last_lf = chunk.rfind(b"\n")
+        if last_lf < 0:
+            self._tail += len(chunk)
+            self.long_line = self._tail > limit
+            return
+        if self._tail + len(chunk) > limit:  # only then can a line be too long
+            first_lf = chunk.find(b"\n")
+            if self._tail + first_lf > limit or max(map(len, chunk[first_lf + 1 : last_lf].split(b"\n"))) > limit:
+                self.long_line = True
+        self._tail = len(chunk) - last_lf - 1
+        self.long_line = self.long_line or self._tail > limit
+
+    @property
+    def bare_line_endings(self) -> bool:
+        return self._cr != self._crlf or self._lf != self._crlf
+
+
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
+MAX_ENVID = 100  # RFC 3461 4.4
+_NOTIFY = {"SUCCESS", "FAILURE", "DELAY"}
+
+
+def check_xtext(value: str, what: str) -> None:
+    """RFC 3461 4: printable ASCII, with '+' and '=' written as +2B and +3D."""
+    if not _XTEXT.match(value):
+        raise PathError(f"{what} is not valid xtext")
+
+
+def check_notify(value: str) -> None:
+    """RFC 3461 4.1: NEVER alone, or a list of SUCCESS, FAILURE, DELAY."""
+    items = [v.upper() for v in value.split(",")]
+    if items == ["NEVER"]:
+        return
+    if not items or len(set(items)) != len(items) or not set(items) <= _NOTIFY:
+        raise PathError("NOTIFY is NEVER or a list of SUCCESS, FAILURE, DELAY")
+
+
+def check_orcpt(value: str) -> None:
+    """RFC 3461 4.2: addr-type ";" xtext, addr-type rfc822 (or utf-8, RFC 6533)."""
+    addr_type, sep, address = value.partition(";")
+    if not sep or addr_type.lower() not in ("rfc822", "utf-8") or not address:
+        raise PathError("ORCPT is addr-type;address with addr-type rfc822 or utf-8")
+    if addr_type.lower() == "rfc822":
+        check_xtext(address, "ORCPT")

@@ -81,6 +81,13 @@ NEED_RCPT = Reply.of(503, "5.5.1", "Error: need RCPT command")
 NESTED_MAIL = Reply.of(503, "5.5.1", "Error: nested MAIL command")
 BAD_SEQUENCE = Reply.of(503, "5.5.1", "Error: bad sequence of commands")
 EXPN_DISABLED = Reply.of(502, "5.5.1", "Error: command not implemented")
+NOT_IMPLEMENTED = Reply.of(502, "5.5.1", "Error: command not implemented")
+DATA_AFTER_BDAT = Reply.of(503, "5.5.1", "Error: DATA and BDAT cannot be mixed in one transaction")
+STARTTLS_IN_TRANSACTION = Reply.of(503, "5.5.1", "Error: STARTTLS only outside a mail transaction")
+TLS_ALREADY_ACTIVE = Reply.of(554, "5.5.1", "Error: TLS already active")
+READY_FOR_TLS = Reply.of(220, "2.0.0", "Ready to start TLS")
+TLS_REQUIRED = Reply.of(530, "5.7.0", "Must issue a STARTTLS command first")
+CHUNK_OK = Reply.of(250, "2.0.0", "Ok: chunk received")
 
 
 def syntax(usage: str) -> Reply:
@@ -110,6 +117,16 @@ NO_VALID_RECIPIENTS = Reply.of(554, "5.5.1", "Error: no valid recipients")
 MESSAGE_TOO_BIG = Reply.of(552, "5.3.4", "Error: message file too big")
 SIZE_EXCEEDS_LIMIT = Reply.of(552, "5.3.4", "Message size exceeds fixed limit")
 BARE_LINE_ENDING_IN_DATA = Reply.of(550, "5.6.0", "Error: bare CR or LF in message; lines end with CRLF")
+TOO_MANY_RECIPIENTS = Reply.of(452, "4.5.3", "Error: too many recipients")
+TOO_MANY_ERRORS = Reply.of(421, "4.7.0", "Error: too many errors")
+TOO_MANY_CONNECTIONS = Reply.of(421, "4.7.0", "Error: too many connections, try again later")
+TOO_MANY_CONNECTIONS_FROM_YOU = Reply.of(421, "4.7.0", "Error: too many connections from your address")
+SESSION_TOO_LONG = Reply.of(421, "4.4.2", "Error: session lasted too long")
+
+
+def line_too_long(limit: int) -> Reply:
+    return Reply.of(550, "5.6.0", f"Error: message has a line longer than {limit} octets (RFC 5321 4.5.3.1.6)")
+
 
 # Transient trouble on our side: the client keeps the message and tries later.
 STORAGE_FULL = Reply.of(452, "4.3.1", "Insufficient system storage")

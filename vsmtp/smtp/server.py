@@ -13,14 +13,26 @@ from dataclasses import dataclass
 from . import events as ev
 from . import replies
 from .errors import LocalProtocolError
-from .parsing import PathError, parse_params, parse_path, split_path_and_params
+from .parsing import (
+    MAX_ENVID,
+    ContentScanner,
+    PathError,
+    check_notify,
+    check_orcpt,
+    check_xtext,
+    parse_params,
+    parse_path,
+    split_path_and_params,
+)
 from .replies import Reply
 from .states import TRANSITIONS, State, out_of_sequence_reply
 
 # RFC 5321 4.5.3.1.4 sets 512 octets as the minimum a server must accept; ESMTP parameters
-# (SIZE, BODY, SMTPUTF8, later DSN's ORCPT/ENVID) make real commands longer, so we accept
-# up to 2048, as Postfix's line_length_limit does.
+# (SIZE, BODY, SMTPUTF8, DSN's ORCPT and ENVID) make real commands longer, so we accept up to
+# 2048, as Postfix's line_length_limit does.
 MAX_COMMAND_LINE = 2048
+MAX_TEXT_LINE = 1000  # RFC 5321 4.5.3.1.6, the CRLF included
+MAX_BDAT_DIGITS = 20  # a chunk size beyond 10**20 octets is not a number we discuss
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,18 +44,27 @@ class Extensions:
     eight_bit_mime: bool = True  # RFC 6152
     smtputf8: bool = True  # RFC 6531
     enhanced_status_codes: bool = True  # RFC 2034
+    chunking: bool = True  # RFC 3030
+    dsn: bool = True  # RFC 3461
+    starttls: bool = False  # RFC 3207: only where a certificate is available
 
-    def keywords(self) -> list[str]:
+    def keywords(self, *, tls_active: bool = False) -> list[str]:
         words = []
         if self.pipelining:
             words.append("PIPELINING")
         words.append(f"SIZE {self.max_message_size}" if self.max_message_size else "SIZE")
         if self.eight_bit_mime:
             words.append("8BITMIME")
-        if self.smtputf8:
-            words.append("SMTPUTF8")
+        if self.starttls and not tls_active:
+            words.append("STARTTLS")
         if self.enhanced_status_codes:
             words.append("ENHANCEDSTATUSCODES")
+        if self.dsn:
+            words.append("DSN")
+        if self.smtputf8:
+            words.append("SMTPUTF8")
+        if self.chunking:
+            words.append("CHUNKING")
         return words
 
 
@@ -53,19 +74,30 @@ _VERBS: dict[str, type[ev.Command]] = {
     "MAIL": ev.MailFrom,
     "RCPT": ev.RcptTo,
     "DATA": ev.Data,
+    "BDAT": ev.Bdat,
     "RSET": ev.Rset,
     "NOOP": ev.Noop,
     "QUIT": ev.Quit,
     "VRFY": ev.Vrfy,
     "EXPN": ev.Expn,
     "HELP": ev.Help,
+    "STARTTLS": ev.StartTls,
 }
 
 
 class ServerConnection:
-    def __init__(self, *, extensions: Extensions | None = None, max_command_line: int = MAX_COMMAND_LINE) -> None:
+    def __init__(
+        self,
+        *,
+        extensions: Extensions | None = None,
+        max_command_line: int = MAX_COMMAND_LINE,
+        max_text_line: int = MAX_TEXT_LINE,
+        tls: bool = False,
+    ) -> None:
         self.extensions = extensions or Extensions()
         self.max_command_line = max_command_line
+        self.max_text_line = max_text_line
+        self.tls = tls  # TLS is active on the transport (implicit TLS, or after STARTTLS)
         self.state = State.CONNECTED
         self.esmtp = False  # EHLO (not HELO) was accepted: ESMTP parameters are allowed
         self._utf8 = False  # the open transaction's MAIL carried SMTPUTF8
@@ -74,7 +106,10 @@ class ServerConnection:
         self._owed: ev.Event | None = None  # the event whose reply has not been sent yet
         self._discarding = False  # dropping the rest of an over-long command line
         self._data_bol = False  # in DATA: the next byte starts a line
-        self._data_bare = False  # in DATA: a bare CR or LF was seen
+        self._scanner = ContentScanner(max_text_line)
+        self._chunk_left = 0  # BDAT: octets of the current chunk still to come
+        self._chunk_event: ev.Bdat | ev.BdatLast | ev.Invalid | None = None  # owed once it is read
+        self._chunk_keep = False  # BDAT: pass the chunk on (False: discard a refused chunk)
 
     # -- input -----------------------------------------------------------------------------
 
@@ -90,8 +125,10 @@ class ServerConnection:
             return ev.PAUSED
         if self.state is State.CLOSED:
             return ev.ConnectionClosed()
-        if self.state is State.DATA:
-            event: ev.Event | None = self._next_data_event()
+        if self._chunk_event is not None:
+            event: ev.Event | None = self._next_chunk_event()
+        elif self.state is State.DATA:
+            event = self._next_data_event()
         else:
             event = self._next_command()
         if event is None:
@@ -105,7 +142,7 @@ class ServerConnection:
 
     @property
     def trailing_data(self) -> bytes:
-        """Bytes received but not yet turned into events (e.g. pipelined after STARTTLS)."""
+        """Bytes received but not yet turned into events."""
         return bytes(self._buf)
 
     # -- output ----------------------------------------------------------------------------
@@ -123,12 +160,19 @@ class ServerConnection:
         new = on_success if reply.positive else on_failure
         if reply.code == 421:  # RFC 5321 3.8: the server closes after 421
             new = State.CLOSED
-        if reply.positive and isinstance(owed, ev.Ehlo | ev.Helo):
-            self.esmtp = isinstance(owed, ev.Ehlo)
-        if reply.positive and isinstance(owed, ev.MailFrom):
-            self._utf8 = "SMTPUTF8" in owed.params
+        if reply.positive:
+            if isinstance(owed, ev.Ehlo | ev.Helo):
+                self.esmtp = isinstance(owed, ev.Ehlo)
+            elif isinstance(owed, ev.MailFrom):
+                self._utf8 = "SMTPUTF8" in owed.params
+                self._scanner = ContentScanner(self.max_text_line)
+            elif isinstance(owed, ev.StartTls):
+                # RFC 3207 4.2 and CVE-2011-0411: whatever the client pipelined behind STARTTLS
+                # was sent in clear and is dropped unread; the session starts again at EHLO.
+                self._buf.clear()
+                self.tls, self.esmtp = True, False
         if new is State.DATA:
-            self._data_bol, self._data_bare = True, False
+            self._data_bol = True
         self.state = new
         return reply.to_bytes()
 
@@ -171,6 +215,10 @@ class ServerConnection:
         kind = _VERBS.get(verb.upper())
         if kind is None:
             return ev.Invalid(line=line, reply=replies.UNKNOWN_COMMAND)
+        if kind is ev.Bdat:
+            return self._start_chunk(line, argument.strip(" "))
+        if kind is ev.StartTls and (not self.extensions.starttls or self.tls):
+            return ev.Invalid(line=line, reply=replies.TLS_ALREADY_ACTIVE if self.tls else replies.NOT_IMPLEMENTED)
         if kind not in TRANSITIONS[self.state]:
             return ev.Invalid(line=line, reply=out_of_sequence_reply(self.state, kind))
         result = self._parse(kind, argument.strip(" "))
@@ -200,9 +248,12 @@ class ServerConnection:
     def _parse_mail(self, arg: str) -> ev.MailFrom | Reply:
         try:
             path, param_text = split_path_and_params(arg, "FROM:")
-            params = parse_params(param_text)
         except PathError as exc:
             return replies.bad_sender(str(exc))
+        try:
+            params = parse_params(param_text)
+        except PathError as exc:
+            return replies.bad_parameter(str(exc))
         problem = self._check_mail_params(params)
         if problem is not None:
             return problem
@@ -213,37 +264,97 @@ class ServerConnection:
         return ev.MailFrom(reverse_path=address, params=params)
 
     def _check_mail_params(self, params: dict[str, str | None]) -> Reply | None:
+        x = self.extensions
         for key, value in params.items():
             if not self.esmtp:
                 return replies.unknown_parameter(key)  # HELO sessions have no extensions
-            if key == "SIZE":  # RFC 1870 6
-                if value is None or not value.isdigit() or len(value) > 20:
-                    return replies.bad_parameter("SIZE needs a number")
-                limit = self.extensions.max_message_size
-                if limit and int(value) > limit:
-                    return replies.SIZE_EXCEEDS_LIMIT
-            elif key == "BODY" and self.extensions.eight_bit_mime:  # RFC 6152
-                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
-                    return replies.bad_parameter("BODY is 7BIT or 8BITMIME")
-            elif key == "SMTPUTF8" and self.extensions.smtputf8:  # RFC 6531 3.4
-                if value is not None:
-                    return replies.bad_parameter("SMTPUTF8 takes no value")
-            else:
-                return replies.unknown_parameter(key)
+            try:
+                if key == "SIZE":  # RFC 1870 6
+                    if value is None or not value.isdigit() or len(value) > 20:
+                        return replies.bad_parameter("SIZE needs a number")
+                    if x.max_message_size and int(value) > x.max_message_size:
+                        return replies.SIZE_EXCEEDS_LIMIT
+                elif key == "BODY" and x.eight_bit_mime:  # RFC 6152
+                    if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                        return replies.bad_parameter("BODY is 7BIT or 8BITMIME")
+                elif key == "SMTPUTF8" and x.smtputf8:  # RFC 6531 3.4
+                    if value is not None:
+                        return replies.bad_parameter("SMTPUTF8 takes no value")
+                elif key == "RET" and x.dsn:  # RFC 3461 4.3
+                    if value is None or value.upper() not in ("FULL", "HDRS"):
+                        return replies.bad_parameter("RET is FULL or HDRS")
+                elif key == "ENVID" and x.dsn:  # RFC 3461 4.4
+                    if value is None or len(value) > MAX_ENVID:
+                        return replies.bad_parameter(f"ENVID is 1 to {MAX_ENVID} characters")
+                    check_xtext(value, "ENVID")
+                else:
+                    return replies.unknown_parameter(key)
+            except PathError as exc:
+                return replies.bad_parameter(str(exc))
         return None
 
     def _parse_rcpt(self, arg: str) -> ev.RcptTo | Reply:
         try:
             path, param_text = split_path_and_params(arg, "TO:")
-            params = parse_params(param_text)
             address = parse_path(path, utf8=self._utf8, null_ok=False, postmaster_ok=True)
         except PathError as exc:
             return replies.bad_recipient(str(exc))
-        for key in params:
-            return replies.unknown_parameter(key)
+        try:
+            params = parse_params(param_text)
+        except PathError as exc:
+            return replies.bad_parameter(str(exc))
+        for key, value in params.items():
+            if not (self.esmtp and self.extensions.dsn and key in ("NOTIFY", "ORCPT")):
+                return replies.unknown_parameter(key)
+            try:
+                if value is None:
+                    raise PathError(f"{key} needs a value")
+                (check_notify if key == "NOTIFY" else check_orcpt)(value)
+            except PathError as exc:
+                return replies.bad_parameter(str(exc))
         return ev.RcptTo(forward_path=address, params=params)
 
-    # -- message content -------------------------------------------------------------------
+    # -- BDAT (RFC 3030) -------------------------------------------------------------------
+
+    def _start_chunk(self, line: bytes, arg: str) -> ev.Event | None:
+        size_text, _, rest = arg.partition(" ")
+        last = rest.strip(" ").upper() == "LAST"
+        if not size_text.isdigit() or len(size_text) > MAX_BDAT_DIGITS or (rest.strip(" ") and not last):
+            # Without a size we cannot tell the chunk from commands: answer, and hope.
+            return ev.Invalid(line=line, reply=replies.syntax("BDAT size [LAST]"))
+        size = int(size_text)
+        kind = ev.BdatLast if last else ev.Bdat
+        if not (self.esmtp and self.extensions.chunking):
+            event: ev.Bdat | ev.BdatLast | ev.Invalid = ev.Invalid(line=line, reply=replies.NOT_IMPLEMENTED)
+        elif kind not in TRANSITIONS[self.state]:
+            event = ev.Invalid(line=line, reply=out_of_sequence_reply(self.state, kind))
+        else:
+            event = ev.Bdat(size=size) if not last else ev.BdatLast(size=size)
+        # The chunk's octets follow whatever we answer: read them all, keep only a legal one's.
+        self._chunk_left, self._chunk_event = size, event
+        self._chunk_keep = not isinstance(event, ev.Invalid)
+        return self._next_chunk_event()
+
+    def _next_chunk_event(self) -> ev.Event | None:
+        if self._chunk_left:
+            take = min(self._chunk_left, len(self._buf))
+            if take == 0:
+                return None
+            data = bytes(self._buf[:take])
+            del self._buf[:take]
+            self._chunk_left -= take
+            if self._chunk_keep:
+                self._scanner.feed(data)
+                return ev.DataChunk(data=data)
+            if self._chunk_left:
+                return None if not self._buf else self._next_chunk_event()
+        event, self._chunk_event = self._chunk_event, None
+        if isinstance(event, ev.BdatLast):
+            scan = self._scanner
+            event = ev.BdatLast(size=event.size, bare_line_endings=scan.bare_line_endings, long_line=scan.long_line)
+        return event
+
+    # -- DATA (RFC 5321 4.1.1.4) -----------------------------------------------------------
 
     def _next_data_event(self) -> ev.DataChunk | ev.DataEnd | None:
         """Content up to the next line that starts with a dot, in one piece (RFC 5321 4.5.2).
@@ -256,8 +367,8 @@ class ServerConnection:
             if buf[:1] == b".":
                 if buf[:3] == b".\r\n":
                     del buf[:3]
-                    bare, self._data_bare = self._data_bare, False
-                    return ev.DataEnd(bare_line_endings=bare)
+                    scan = self._scanner
+                    return ev.DataEnd(bare_line_endings=scan.bare_line_endings, long_line=scan.long_line)
                 if len(buf) < 3 and b".\r\n".startswith(buf):
                     return None  # could still be the end marker
                 del buf[:1]  # a stuffed dot: the client doubled it (4.5.2)
@@ -277,7 +388,5 @@ class ServerConnection:
             return None
         chunk = bytes(buf[:end])
         del buf[:end]
-        crlf = chunk.count(b"\r\n")
-        if chunk.count(b"\r") != crlf or chunk.count(b"\n") != crlf:
-            self._data_bare = True
+        self._scanner.feed(chunk)
         return ev.DataChunk(data=chunk)

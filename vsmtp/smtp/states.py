@@ -21,6 +21,7 @@ class State(enum.Enum):
     MAIL = "mail"  # MAIL accepted, no recipient yet
     RCPT = "rcpt"  # at least one recipient accepted
     DATA = "data"  # receiving message content, until CRLF.CRLF
+    BDAT = "bdat"  # a BDAT chunk (not LAST) was accepted: only BDAT may carry on (RFC 3030)
     CLOSED = "closed"  # QUIT answered, 421 sent, or peer gone
 
 
@@ -48,6 +49,7 @@ TRANSITIONS: dict[State, dict[type[ev.Event], tuple[State, State]]] = {
         Helo=(S.READY, S.GREETED),
         Ehlo=(S.READY, S.GREETED),
         Rset=(S.GREETED, S.GREETED),
+        StartTls=(S.GREETED, S.GREETED),
     ),
     S.READY: _row(
         S.READY,
@@ -55,6 +57,7 @@ TRANSITIONS: dict[State, dict[type[ev.Event], tuple[State, State]]] = {
         Ehlo=(S.READY, S.READY),
         Rset=(S.READY, S.READY),
         MailFrom=(S.MAIL, S.READY),
+        StartTls=(S.GREETED, S.READY),  # RFC 3207 4.2: forget everything, start again at EHLO
     ),
     S.MAIL: _row(
         S.MAIL,
@@ -70,6 +73,15 @@ TRANSITIONS: dict[State, dict[type[ev.Event], tuple[State, State]]] = {
         Rset=(S.READY, S.READY),
         RcptTo=(S.RCPT, S.RCPT),
         Data=(S.DATA, S.RCPT),
+        # RFC 3030: a refused chunk voids the transaction; the client must RSET or start over.
+        Bdat=(S.BDAT, S.READY),
+        BdatLast=(S.READY, S.READY),
+    ),
+    S.BDAT: _row(
+        S.BDAT,
+        Rset=(S.READY, S.READY),
+        Bdat=(S.BDAT, S.READY),
+        BdatLast=(S.READY, S.READY),
     ),
     # Whatever the outcome of a message, the transaction is over (RFC 5321 4.1.1.4).
     S.DATA: {ev.DataEnd: (S.READY, S.READY)},
@@ -85,6 +97,10 @@ def out_of_sequence_reply(state: State, kind: type[ev.Event]) -> Reply:
         return replies.NESTED_MAIL
     if kind is ev.RcptTo:
         return replies.NEED_MAIL
-    if kind is ev.Data:
+    if kind in (ev.Data, ev.Bdat, ev.BdatLast):
+        if state is S.BDAT:
+            return replies.DATA_AFTER_BDAT
         return replies.NEED_MAIL if state is S.READY else replies.NEED_RCPT
+    if kind is ev.StartTls:
+        return replies.STARTTLS_IN_TRANSACTION
     return replies.BAD_SEQUENCE
