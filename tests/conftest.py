@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
-
 import trustme
 
 from vsmtp.config import CertificateConfig, Config, DeliveryConfig, JournalConfig, ListenerConfig, RelayConfig, TlsConfig

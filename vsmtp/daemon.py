@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import trio
 from vsmtp_journal import GroupCommitWriter, Journal, follow
 
-from . import telemetry
 from . import config as config_mod
+from . import telemetry
 from .config import Config
 from .delivery import Scheduler, serve_delivery
 from .errors import ConfigError

@@ -7,6 +7,7 @@ TLS contexts, the relay networks, and the connection counts. Over a limit a clie
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import trio
-
 from vsmtp_journal import GroupCommitWriter
 
 from ..config import Config, ListenerConfig
@@ -153,11 +153,8 @@ class SmtpService:
                 refusal = replies.TOO_MANY_CONNECTIONS_FROM_YOU
             if refusal is not None:
                 log.warning("refused %s on %s: %s", peer.host, listener.name, refusal)
-                with trio.move_on_after(5):
-                    try:
-                        await stream.send_all(refusal.to_bytes())
-                    except trio.BrokenResourceError:
-                        pass
+                with trio.move_on_after(5), contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(refusal.to_bytes())
                 await trio.aclose_forcefully(stream)
                 return
             session = Session(

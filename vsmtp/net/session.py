@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import trio
 from opentelemetry import propagate
-
 from vsmtp_journal import GroupCommitWriter, JournalError, JournalFull
 
 from .. import ids, telemetry
@@ -409,4 +408,4 @@ class Session:
             f"Received: from {self.helo} ([{literal}]){tls}\r\n"
             f"\tby {self.config.hostname} (vsmtp) with {protocol} id {queue_id}{recipient};\r\n"
             f"\t{date}\r\n"
-        ).encode("utf-8")
+        ).encode()
