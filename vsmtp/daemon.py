@@ -56,42 +56,45 @@ async def serve(
         plugins.load(config.plugins)
     journal = Journal(config.journal.path, max_map_size=config.journal.max_size or None)
     try:
-        with trio.CancelScope() as scope:
-            async with trio.open_nursery() as nursery:
-                writer = GroupCommitWriter(journal)
-                await nursery.start(writer.serve)
-                projection = QueueProjection(journal, writer)
-                projection.catch_up()
-                log.info(
-                    "journal %s: %d records, %d messages pending",
-                    config.journal.path,
-                    projection.state.position,
-                    len(projection.state.messages),
-                )
-                await nursery.start(projection.run)
-                await nursery.start(_observe, journal, writer, plugins)
-                scheduler = None
-                if config.delivery.enabled:
-                    scheduler = await nursery.start(
-                        lambda task_status: serve_delivery(
-                            config=config, journal=journal, writer=writer, projection=projection, task_status=task_status
+        async with trio.open_nursery() as outer:
+            # The writer outlives everything else: services stopping still journal their last words.
+            writer = GroupCommitWriter(journal)
+            await outer.start(writer.serve)
+            with trio.CancelScope() as services:
+                async with trio.open_nursery() as nursery:
+                    projection = QueueProjection(journal, writer)
+                    projection.catch_up()
+                    log.info(
+                        "journal %s: %d records, %d messages pending",
+                        config.journal.path,
+                        projection.state.position,
+                        len(projection.state.messages),
+                    )
+                    await nursery.start(projection.run)
+                    await nursery.start(_observe, journal, writer, plugins)
+                    scheduler = None
+                    if config.delivery.enabled:
+                        scheduler = await nursery.start(
+                            lambda task_status: serve_delivery(
+                                config=config, journal=journal, writer=writer, projection=projection, task_status=task_status
+                            )
+                        )
+                    smtp = SmtpService(config, writer)
+                    bound = await nursery.start(smtp.serve)
+                    log.info("vsmtp ready")
+                    task_status.started(
+                        Running(
+                            bound=bound,
+                            journal=journal,
+                            writer=writer,
+                            projection=projection,
+                            scheduler=scheduler,
+                            plugins=plugins,
+                            smtp=smtp,
+                            cancel_scope=services,
                         )
                     )
-                smtp = SmtpService(config, writer)
-                bound = await nursery.start(smtp.serve)
-                log.info("vsmtp ready")
-                task_status.started(
-                    Running(
-                        bound=bound,
-                        journal=journal,
-                        writer=writer,
-                        projection=projection,
-                        scheduler=scheduler,
-                        plugins=plugins,
-                        smtp=smtp,
-                        cancel_scope=scope,
-                    )
-                )
+            outer.cancel_scope.cancel()
     finally:
         journal.close()
 

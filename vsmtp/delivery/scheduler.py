@@ -118,10 +118,12 @@ class Worker:
                 outcomes = await trio.to_thread.run_sync(self.deliver, job)
                 try:
                     position = 0
-                    for i, event in enumerate(outcomes):
-                        tag, version, payload = ev.encode(event)
-                        last = i == len(outcomes) - 1
-                        position = await self.writer.append(tag, version, payload, durable=last) or position
+                    # Shielded: what was delivered is journaled even while we are being stopped.
+                    with trio.CancelScope(shield=True):
+                        for i, event in enumerate(outcomes):
+                            tag, version, payload = ev.encode(event)
+                            last = i == len(outcomes) - 1
+                            position = await self.writer.append(tag, version, payload, durable=last) or position
                 except JournalError as exc:
                     # The outcome is lost but the message is not: it stays pending and the
                     # next attempt finds the Maildir file already there.

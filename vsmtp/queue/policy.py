@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from ..config import Config
 
-# A local part we are willing to turn into a mailbox directory name: no '/', no leading dot,
-# nothing that a shell or a path could misread. Anything else is refused at RCPT time.
-_SAFE_USER = re.compile(r"[a-z0-9_][a-z0-9._+=-]{0,63}\Z")
+# A local part we are willing to turn into a mailbox directory name: letters and digits (any
+# script, for SMTPUTF8 users) and . _ + = -, no leading dot, no '/': nothing a shell or a
+# path could misread. Anything else is refused at RCPT time.
+_SAFE_USER = re.compile(r"\w[\w.+=-]{0,63}\Z")
 
 RETRY_FIRST = 300.0  # seconds: 5 minutes, as Postfix's minimal_backoff_time
 RETRY_MAX = 3600.0  # seconds: the cap on the doubling, as Postfix's maximal_backoff_time
