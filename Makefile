@@ -10,7 +10,11 @@ PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 run: $(STAMP)
 	$(BIN)/vsmtp serve
 
+# Debian packages some tests talk to (installed when missing, as root; see tools/system-packages).
+SYSTEM_PACKAGES := swaks libnet-ssleay-perl libio-socket-ssl-perl
+
 test: $(STAMP)
+	@tools/system-packages $(SYSTEM_PACKAGES)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -114,5 +114,11 @@ async def wait_journal(running: Running, predicate: Callable[[list[Any]], bool],
             await running.writer.wait_committed(records[-1].position if records else 0)
 
 
+def maildir_files(config: Config, user: str) -> list[Path]:
+    """The files delivered to `user`@localhost, in name order."""
+    new = Path(config.delivery.maildir.format(user=user, domain="localhost")) / "new"
+    return sorted(new.iterdir()) if new.exists() else []
+
+
 def has_tag(tag: str, count: int = 1) -> Callable[[list[Any]], bool]:
     return lambda records: sum(r.tag == tag for r in records) >= count

@@ -81,3 +81,20 @@ def test_the_state_diagram_in_the_docs_is_current() -> None:
 
     tool = runpy.run_path(str(DOCS.parent / "tools" / "statediagram.py"))
     assert "```mermaid\n" + tool["mermaid"]() + "```" in (DOCS / "architecture.md").read_text()
+
+
+def test_every_event_and_field_is_documented() -> None:
+    """docs/events.md has a row for each tag, naming every payload field."""
+    import dataclasses
+
+    from vsmtp.queue.events import EVENTS
+
+    rows = {line.split("|")[1].strip(" `"): line for line in (DOCS / "events.md").read_text().splitlines() if line.startswith("| `")}
+    missing = [
+        f"{tag}.{f.name}"
+        for tag, cls in EVENTS.items()
+        for f in dataclasses.fields(cls)
+        if f.name != "at" and f"`{f.name}`" not in rows.get(tag, "")
+    ]
+    missing += [tag for tag in EVENTS if tag not in rows]
+    assert not missing, f"undocumented in docs/events.md: {missing}"

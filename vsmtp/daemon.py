@@ -117,18 +117,28 @@ async def _observe(
 
 
 async def run_until_signalled(config: Config, config_path: str | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully; SIGHUP reloads the configuration."""
+    """Serve until SIGTERM or SIGINT, then stop gracefully; a second one stops at once.
+    SIGHUP reloads the configuration."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            running: Running = await nursery.start(serve, config)
+            running: Running = await nursery.start(_serve_then_leave, config, nursery.cancel_scope)
+            stopping = False
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     reload(running, config_path)
-                    continue
-                grace = running.smtp.settings.config.limits.shutdown_grace
-                log.info("received %s: stopping (open transactions have %.0fs to finish)", signal.Signals(signum).name, grace)
-                await running.stop()
-                break
+                elif not stopping:
+                    stopping = True
+                    grace = running.smtp.settings.config.limits.shutdown_grace
+                    log.info("received %s: stopping (open transactions have %.0fs to finish)", signal.Signals(signum).name, grace)
+                    nursery.start_soon(running.stop)
+                else:
+                    log.warning("received %s again: stopping now", signal.Signals(signum).name)
+                    running.cancel_scope.cancel()
+
+
+async def _serve_then_leave(config: Config, scope: trio.CancelScope, task_status: trio.TaskStatus[Running]) -> None:
+    await serve(config, task_status=task_status)
+    scope.cancel()  # everything has stopped: leave the signal loop too
 
 
 def reload(running: Running, config_path: str | None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import smtplib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,12 +14,7 @@ from vsmtp.daemon import Running
 from vsmtp.queue import events as ev
 from vsmtp.smtp import replies
 
-from ..conftest import has_tag, port_of, smtp_client, wait_delivered, wait_journal, with_changes
-
-
-def maildir_files(config: Config, user: str) -> list[Path]:
-    new = Path(config.delivery.maildir.format(user=user, domain="localhost")) / "new"
-    return sorted(new.iterdir()) if new.exists() else []
+from ..conftest import has_tag, maildir_files, port_of, smtp_client, wait_delivered, wait_journal, with_changes
 
 
 class Peer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import smtplib
 import socket
-from pathlib import Path
 
 import pytest
 import trio
@@ -17,6 +16,7 @@ from vsmtp.smtp import replies
 
 from ..conftest import (
     has_tag,
+    maildir_files,
     port_of,
     sendmail,
     smtp_client,
@@ -24,11 +24,6 @@ from ..conftest import (
     wait_journal,
     with_changes,
 )
-
-
-def maildir_files(config: Config, user: str) -> list[Path]:
-    new = Path(config.delivery.maildir.format(user=user, domain="localhost")) / "new"
-    return sorted(new.iterdir()) if new.exists() else []
 
 
 def split_message(data: bytes) -> tuple[list[bytes], bytes]:

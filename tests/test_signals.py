@@ -1,0 +1,189 @@
+"""Signals on a real `vsmtp serve` process: SIGTERM drains, SIGHUP reloads without dropping anyone."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+import trustme
+
+from .daemon import Daemon
+from .test_crash import delivered, maildir
+
+CONFIG = """
+hostname = "{hostname}"
+[[listeners]]
+addresses = ["127.0.0.1:0"]
+[[listeners.certificates]]
+certificate = "cert.pem"
+key = "key.pem"
+[limits]
+shutdown_grace = {grace}
+"""
+
+
+class Client:
+    """A blocking raw SMTP client: every step is explicit, so a test can stop between any two."""
+
+    def __init__(self, port: int) -> None:
+        self.sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+
+    def replies(self, count: int = 1) -> list[str]:
+        found: list[str] = []
+        while len(found) < count:
+            while b"\r\n" not in self.buffer:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise EOFError(f"connection closed after {found}")
+                self.buffer += data
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            if line[3:4] == b" ":
+                found.append(line.decode())
+        return found
+
+    def say(self, data: bytes, count: int = 1) -> list[str]:
+        self.sock.sendall(data)
+        return self.replies(count) if count else []
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_for_log(daemon: Daemon, text: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in daemon.log():  # bounded by the deadline
+        assert time.monotonic() < deadline, f"{text!r} not logged within {timeout}s:\n{daemon.log()}"
+        time.sleep(0.02)
+
+
+def write_certificate(ca: trustme.CA, workdir: Path, name: str) -> None:
+    cert = ca.issue_cert(name)
+    cert.cert_chain_pems[0].write_to_path(str(workdir / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(workdir / "key.pem"))
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, ca: trustme.CA) -> Daemon:
+    write_certificate(ca, tmp_path, "mx.test")
+    daemon = Daemon(tmp_path, CONFIG.format(hostname="mx.test", grace=10))
+    yield daemon  # type: ignore[misc]
+    daemon.kill()
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_transaction_lets_it_finish_then_exits(daemon: Daemon) -> None:
+    port = daemon.start()
+    busy, idle = Client(port), Client(port)
+    try:
+        busy.replies()
+        idle.replies()
+        assert busy.say(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n", 4)[-1].startswith("354")
+        busy.say(b"Subject: caught in the middle\r\n\r\n", 0)
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        wait_for_log(daemon, "received SIGTERM: stopping")
+        assert idle.replies() == ["421 4.3.2 Service shutting down, closing transmission channel"]
+        with pytest.raises(OSError):
+            Client(port)  # no longer listening
+        queued, goodbye = busy.say(b"still here\r\n.\r\n", 2)
+        assert queued.startswith("250 2.0.0 Ok: queued as ")
+        assert goodbye.startswith("421 4.3.2")
+        assert daemon.proc.wait(15) == 0  # exits by itself, cleanly
+    finally:
+        busy.close()
+        idle.close()
+    queue_id = queued.rsplit(" ", 1)[-1]
+    daemon.start()  # whether or not it was delivered before the exit, it is after the restart
+    deadline = time.monotonic() + 20
+    while delivered(daemon.workdir, queue_id) == 0:
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)
+    [path] = maildir(daemon.workdir)
+    assert path.read_bytes().endswith(b"Subject: caught in the middle\r\n\r\nstill here\r\n")
+    assert "Traceback" not in daemon.log() and "ERROR" not in daemon.log()
+
+
+@pytest.mark.slow
+def test_a_transaction_that_outlasts_the_grace_period_is_cut_with_421(tmp_path: Path, ca: trustme.CA) -> None:
+    write_certificate(ca, tmp_path, "mx.test")
+    daemon = Daemon(tmp_path, CONFIG.format(hostname="mx.test", grace=0.5))
+    try:
+        port = daemon.start()
+        slow = Client(port)
+        slow.replies()
+        slow.say(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n", 4)
+        slow.say(b"Subject: never finished\r\n\r\n", 0)
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert slow.replies() == ["421 4.3.2 Service shutting down, closing transmission channel"]
+        assert daemon.proc.wait(15) == 0
+        slow.close()
+        assert maildir(tmp_path) == []
+        assert "never finished" not in "".join(p.name for p in tmp_path.rglob("*"))
+    finally:
+        daemon.kill()
+
+
+@pytest.mark.slow
+def test_a_second_sigterm_stops_at_once(daemon: Daemon) -> None:
+    port = daemon.start()
+    slow = Client(port)
+    try:
+        slow.replies()
+        slow.say(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n", 4)
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        wait_for_log(daemon, "received SIGTERM: stopping")
+        started = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(15) == 0
+        assert time.monotonic() - started < 5  # well inside the 10 s grace
+        assert "Traceback" not in daemon.log()
+    finally:
+        slow.close()
+
+
+@pytest.mark.slow
+def test_sighup_reloads_config_and_certificates_without_dropping_sessions(daemon: Daemon, ca: trustme.CA) -> None:
+    port = daemon.start()
+    old = Client(port)
+    try:
+        assert old.replies()[0].startswith("220 mx.test ")
+        old.say(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\n", 2)
+
+        daemon.config.write_text(CONFIG.format(hostname="mx2.test", grace=10))
+        write_certificate(ca, daemon.workdir, "mx2.test")
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for_log(daemon, "configuration reloaded")
+
+        new = Client(port)
+        assert new.replies()[0].startswith("220 mx2.test ")  # new sessions see the new config
+        new.say(b"EHLO c\r\n")
+        new.say(b"STARTTLS\r\n")
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        new.sock = ctx.wrap_socket(new.sock, server_hostname="mx2.test")  # and the new certificate
+        new.close()
+
+        # The old session was not dropped: it finishes its transaction under its old config.
+        assert old.say(b"RCPT TO:<bob@localhost>\r\nDATA\r\n", 2)[-1].startswith("354")
+        assert old.say(b"Subject: across a reload\r\n\r\nhi\r\n.\r\n")[0].startswith("250 2.0.0")
+        assert old.say(b"QUIT\r\n")[0].startswith("221")
+    finally:
+        old.close()
+
+    # A broken config on SIGHUP is refused with a clear log line; the old one stays in force.
+    daemon.config.write_text("hostname = 42\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for_log(daemon, "reload failed, keeping the configuration in force")
+    assert "hostname" in daemon.log().split("reload failed", 1)[1].splitlines()[0]
+    still = Client(port)
+    assert still.replies()[0].startswith("220 mx2.test ")
+    still.close()
+    assert daemon.proc.poll() is None
