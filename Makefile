@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 
-.PHONY: run test lint install clean
+.PHONY: run test bench lint install clean
 
 run: $(STAMP)
 	$(BIN)/vsmtp serve
@@ -16,6 +16,11 @@ SYSTEM_PACKAGES := swaks libnet-ssleay-perl libio-socket-ssl-perl
 test: $(STAMP)
 	@tools/system-packages $(SYSTEM_PACKAGES)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# vsmtp against a private Postfix instance, side by side (needs root; installs postfix).
+bench: $(STAMP)
+	@tools/system-packages postfix
+	$(BIN)/python tools/bench.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet mypy ruff

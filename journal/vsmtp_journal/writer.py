@@ -22,6 +22,7 @@ from .store import Append, Journal
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 2048  # records per transaction: bounds the latency a huge burst adds to one commit
+LINGER = 0.1  # seconds a record nobody waits for may wait for a durable one to ride along with
 
 
 @dataclass(slots=True)
@@ -45,12 +46,14 @@ class BatchStats:
 class GroupCommitWriter:
     """The one writer task of a process. Run `serve` in a nursery, then `append` from anywhere."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, *, linger: float = LINGER) -> None:
         self.journal = journal
+        self.linger = linger
         self.last_committed = journal.last_position()
         self.stats = BatchStats()
         self._queue: list[_Pending] = []
-        self._wakeup = trio.Event()
+        self._work = trio.Event()  # something is queued
+        self._urgent = trio.Event()  # somebody waits for a commit
         self._committed = trio.Event()
         self._running = False
 
@@ -71,9 +74,10 @@ class GroupCommitWriter:
             raise JournalError("the journal writer is not running")
         pending = _Pending(Append(tag, version, payload, blobs or {}), trio.Event() if durable else None)
         self._queue.append(pending)
-        self._wakeup.set()
+        self._work.set()
         if pending.done is None:
-            return None
+            return None  # rides along with the next durable commit, or is committed after `linger`
+        self._urgent.set()
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
@@ -89,17 +93,26 @@ class GroupCommitWriter:
         task_status.started()
         try:
             while True:
-                await self._wakeup.wait()
-                self._wakeup = trio.Event()
-                while self._queue:
-                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                    await self._commit(batch)
+                await self._work.wait()
+                # Only records nobody waits for: give a durable one `linger` seconds to come,
+                # so that they share its commit instead of paying for one of their own.
+                with trio.move_on_after(self.linger):
+                    await self._urgent.wait()
+                self._work, self._urgent = trio.Event(), trio.Event()
+                await self._commit_all()
         finally:
             self._running = False
+            with trio.CancelScope(shield=True):
+                await self._commit_all()  # what was queued when we were stopped is not dropped
             for pending in self._queue:  # never leave a waiter hanging
                 pending.error = JournalError("the journal writer stopped")
                 if pending.done is not None:
                     pending.done.set()
+
+    async def _commit_all(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            await self._commit(batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
         appends = [p.append for p in batch]

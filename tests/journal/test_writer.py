@@ -81,3 +81,35 @@ async def test_follow_sees_old_and_new_records(tmp_path: Path, nursery: trio.Nur
             await writer.append("new2", 1, None)
     assert seen == ["old", "new1", "new2"]
     nursery.cancel_scope.cancel()
+
+
+async def test_lazy_records_share_the_next_durable_commit(tmp_path: Path, nursery: trio.Nursery) -> None:
+    journal = Journal(tmp_path / "j")
+    writer = GroupCommitWriter(journal, linger=5.0)
+    await nursery.start(writer.serve)
+    for i in range(3):  # MAIL, RCPT ... nobody waits for these
+        await writer.append("lazy", 1, i, durable=False)
+    await trio.sleep(0.05)
+    assert writer.stats.commits == 0  # not committed alone: they wait for a ride
+    assert await writer.append("urgent", 1, 3, durable=True) == 4
+    assert writer.stats.commits == 1 and writer.stats.records == 4  # one synced transaction for all
+
+
+async def test_a_lazy_record_alone_is_committed_after_the_linger(tmp_path: Path, nursery: trio.Nursery) -> None:
+    journal = Journal(tmp_path / "j")
+    writer = GroupCommitWriter(journal, linger=0.05)
+    await nursery.start(writer.serve)
+    await writer.append("lazy", 1, 0, durable=False)
+    with trio.fail_after(5):
+        await writer.wait_committed(0)
+    assert journal.get(1) is not None
+
+
+async def test_lazy_records_are_committed_when_the_writer_stops(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    writer = GroupCommitWriter(journal, linger=60.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.serve)
+        await writer.append("session.closed", 1, 0, durable=False)
+        nursery.cancel_scope.cancel()
+    assert journal.get(1) is not None  # not lost with the stop

@@ -1,0 +1,350 @@
+"""vsmtp against Postfix, side by side in one run: SMTP in, Maildir out, nothing lost.
+
+    make bench                       # every scenario, once
+    .venv/bin/python tools/bench.py --quick
+    .venv/bin/python tools/bench.py --sizes 1 --sessions 50 --modes persistent --repeat 3
+
+For each scenario (message size x concurrent sessions x persistent or one connection per
+message) it starts a fresh Postfix instance and a fresh vsmtp, both on loopback, both
+delivering to a Maildir on the same disk with fsync as shipped, sends the same load with
+Postfix's `smtp-source`, and times from the first connection until the last message is a
+file in the Maildir. It then checks that exactly the messages sent were delivered.
+
+Printed per scenario: msgs/s for each side and the ratio (vsmtp / Postfix; above 1 is
+vsmtp faster); vsmtp's own CPU time per message and peak memory (RSS high-water mark);
+and the whole machine's CPU time per message on each side (load generator included), which
+is how Postfix's many short-lived processes can be compared at all.
+
+Needs root (Postfix's master runs as root) and the Debian package `postfix`
+(tools/system-packages installs it). Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VSMTP = Path(sys.executable).with_name("vsmtp")
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+RECIPIENT = "bob@bench.test"
+SENDER = "load@client.test"
+DELIVERY_TIMEOUT = 300.0  # seconds a scenario may take to deliver everything before it counts as a loss
+
+
+@dataclass(frozen=True)
+class Scenario:
+    size_kib: int
+    sessions: int
+    persistent: bool
+    messages: int
+
+    def __str__(self) -> str:
+        mode = "persistent" if self.persistent else "conn/msg"
+        return f"{self.size_kib:>3} KiB  c={self.sessions:<3} {mode:<10}"
+
+
+@dataclass
+class Result:
+    seconds: float  # first connection to last Maildir file
+    accept_seconds: float  # first connection to smtp-source's exit (every 250 received)
+    delivered: int
+    machine_cpu: float  # CPU seconds of the whole machine during the run
+    server_cpu: float | None = None  # vsmtp's own CPU seconds (None for Postfix: many processes)
+    peak_rss_kib: int | None = None
+
+    def rate(self) -> float:
+        return self.delivered / self.seconds if self.seconds else 0.0
+
+    def accept_rate(self) -> float:
+        return self.delivered / self.accept_seconds if self.accept_seconds else 0.0
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # bounded by the deadline
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.recv(512)  # the greeting: the server really answers
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing answers on 127.0.0.1:{port} after {timeout}s")
+
+
+def machine_cpu_seconds() -> float:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    busy = sum(int(v) for i, v in enumerate(fields) if i not in (3, 4))  # all but idle and iowait
+    return busy / CLOCK_TICK
+
+
+def process_cpu_seconds(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / CLOCK_TICK  # utime + stime
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def count_files(directory: Path) -> int:
+    """Messages delivered: files in every new/ under `directory`."""
+    return sum(len(os.listdir(new)) for new in directory.glob("**/new") if new.is_dir())
+
+
+def smtp_source(port: int, scenario: Scenario) -> subprocess.CompletedProcess[bytes]:
+    args = ["smtp-source", "-s", str(scenario.sessions), "-m", str(scenario.messages), "-l", str(scenario.size_kib * 1024)]
+    if scenario.persistent:
+        args.append("-d")
+    args += ["-M", "client.test", "-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{port}"]
+    return subprocess.run(args, capture_output=True, timeout=DELIVERY_TIMEOUT, check=False)
+
+
+# -- the two servers -------------------------------------------------------------------------
+
+
+class Postfix:
+    """A private Postfix instance: its own config, queue and Maildir under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.etc = root / "etc"
+        self.mail = root / "mail"
+        self.port = free_port()
+
+    def start(self) -> None:
+        for d in (self.etc, self.root / "queue", self.root / "data", self.mail):
+            d.mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.root / "data", "postfix")
+        nobody = 65534
+        os.chown(self.mail, nobody, nobody)
+        (self.etc / "vmailbox").write_text(f"{RECIPIENT} bench.test/bob/\n")
+        (self.etc / "main.cf").write_text(
+            "\n".join(
+                [
+                    "compatibility_level = 3.6",
+                    f"queue_directory = {self.root / 'queue'}",
+                    f"data_directory = {self.root / 'data'}",
+                    "mail_owner = postfix",
+                    "setgid_group = postdrop",
+                    "myhostname = bench.postfix.test",
+                    "mydestination =",
+                    "inet_interfaces = 127.0.0.1",
+                    "inet_protocols = ipv4",
+                    "mynetworks = 127.0.0.0/8",
+                    "relayhost =",
+                    "default_transport = error:bench: no remote delivery",
+                    "relay_transport = error:bench: no remote delivery",
+                    "smtpd_relay_restrictions = reject_unauth_destination",
+                    "alias_maps =",
+                    "alias_database =",
+                    "biff = no",
+                    "virtual_mailbox_domains = bench.test",
+                    f"virtual_mailbox_base = {self.mail}",
+                    f"virtual_mailbox_maps = texthash:{self.etc / 'vmailbox'}",
+                    f"virtual_uid_maps = static:{nobody}",
+                    f"virtual_gid_maps = static:{nobody}",
+                    "virtual_minimum_uid = 100",
+                    f"maillog_file = {self.root / 'maillog'}",
+                    f"maillog_file_prefixes = {self.root}",
+                    "",
+                ]
+            )
+        )
+        master = []
+        for line in Path("/etc/postfix/master.cf").read_text().splitlines():
+            fields = line.split()
+            if not line or line[0] in "# \t" or len(fields) < 8:
+                continue
+            if fields[0] == "smtp" and fields[1] == "inet":
+                fields[0] = f"127.0.0.1:{self.port}"
+            if (fields[0] in ("tlsmgr", "postlog") or fields[7] == "pipe") and fields[0] != "postlog":
+                continue
+            fields[4] = "n"  # no chroot: the queue lives in our own directory
+            master.append(" ".join(fields[:8]) + (" " + " ".join(fields[8:]) if fields[8:] else ""))
+        (self.etc / "master.cf").write_text("\n".join(master) + "\n")
+        subprocess.run(["postfix", "-c", str(self.etc), "start"], check=True, capture_output=True, timeout=60)
+        wait_listening(self.port)
+
+    def stop(self) -> None:
+        subprocess.run(["postfix", "-c", str(self.etc), "stop"], capture_output=True, timeout=60, check=False)
+        pid_file = self.root / "queue" / "pid" / "master.pid"
+        deadline = time.monotonic() + 20
+        while pid_file.exists() and time.monotonic() < deadline:  # bounded: master removes it on exit
+            time.sleep(0.05)
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+
+
+class Vsmtp:
+    """`vsmtp serve` with its own journal and Maildir under `root`."""
+
+    def __init__(self, root: Path, extra_config: str = "") -> None:
+        self.root = root
+        self.mail = root / "mail"
+        self.port = free_port()
+        self.extra = extra_config
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "vsmtp.toml"
+        settings: dict[str, Any] = {
+            "hostname": "bench.vsmtp.test",
+            "listeners": [{"addresses": [f"127.0.0.1:{self.port}"]}],
+            "local": {"domains": ["bench.test"]},
+            "journal": {"path": str(self.root / "journal")},
+            "delivery": {"maildir": f"{self.mail}/{{user}}/Maildir"},
+            "tls": {"directory": str(self.root / "tls")},
+        }
+        for table, values in tomllib.loads(self.extra).items():
+            if isinstance(values, dict):
+                settings.setdefault(table, {}).update(values)
+            else:
+                settings[table] = values
+        config.write_text(to_toml(settings))
+        log = (self.root / "vsmtp.log").open("wb")
+        self.proc = subprocess.Popen(
+            [str(VSMTP), "serve", "--config", str(config), "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT
+        )
+        wait_listening(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def to_toml(settings: dict[str, Any]) -> str:
+    """Just enough TOML for a vsmtp configuration: scalars, lists, tables, arrays of tables."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items() if not isinstance(v, dict) and k != "listeners"]
+    for k, v in settings.items():
+        if k == "listeners":
+            for item in v:
+                lines += ["[[listeners]]", *(f"{ik} = {json.dumps(iv)}" for ik, iv in item.items())]
+        elif isinstance(v, dict):
+            lines += [f"[{k}]", *(f"{ik} = {json.dumps(iv)}" for ik, iv in v.items())]
+    return "\n".join(lines) + "\n"
+
+
+# -- a scenario ------------------------------------------------------------------------------
+
+
+def run_one(server: Postfix | Vsmtp, scenario: Scenario) -> Result:
+    server.start()
+    try:
+        pid = server.proc.pid if isinstance(server, Vsmtp) and server.proc else None
+        cpu0, machine0 = (process_cpu_seconds(pid) if pid else 0.0), machine_cpu_seconds()
+        t0 = time.monotonic()
+        sent = smtp_source(server.port, scenario)
+        t_accept = time.monotonic() - t0
+        if sent.returncode != 0:
+            raise RuntimeError(f"smtp-source failed against {type(server).__name__}: {sent.stderr.decode(errors='replace')}")
+        deadline = t0 + DELIVERY_TIMEOUT
+        delivered = count_files(server.mail)
+        while delivered < scenario.messages and time.monotonic() < deadline:  # bounded by the deadline
+            time.sleep(0.005)
+            delivered = count_files(server.mail)
+        seconds = time.monotonic() - t0
+        result = Result(seconds=seconds, accept_seconds=t_accept, delivered=delivered, machine_cpu=machine_cpu_seconds() - machine0)
+        if pid:
+            result.server_cpu = process_cpu_seconds(pid) - cpu0
+            result.peak_rss_kib = peak_rss_kib(pid)
+        time.sleep(0.2)  # anything delivered twice would show now
+        result.delivered = count_files(server.mail)
+        return result
+    finally:
+        server.stop()
+
+
+def scenarios(args: argparse.Namespace) -> Iterator[Scenario]:
+    for size in args.sizes:
+        for sessions in args.sessions:
+            for mode in args.modes:
+                count = args.messages or (1000 if size <= 10 else 500)
+                if args.quick:
+                    count //= 5
+                yield Scenario(size_kib=size, sessions=sessions, persistent=mode == "persistent", messages=count)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 100], help="KiB, comma separated")
+    parser.add_argument("--sessions", type=lambda s: [int(x) for x in s.split(",")], default=[1, 50])
+    parser.add_argument("--modes", type=lambda s: s.split(","), default=["persistent", "per-connection"])
+    parser.add_argument("--messages", type=int, default=0, help="per scenario (default 1000 small, 500 large)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per scenario and server; the median is shown")
+    parser.add_argument("--quick", action="store_true", help="a fifth of the messages")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench")
+    parser.add_argument("--vsmtp-config", default="", help="extra TOML appended to vsmtp's configuration")
+    parser.add_argument("--vsmtp-only", action="store_true", help="skip Postfix (for profiling; prints no ratio)")
+    args = parser.parse_args()
+    if os.geteuid() != 0 or shutil.which("postfix") is None or shutil.which("smtp-source") is None:
+        print("bench: needs root and Debian's postfix package (smtp-source); `make bench` installs it as root", file=sys.stderr)
+        return 2
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    print(f"vsmtp against Postfix, SMTP to Maildir, {os.cpu_count()} CPUs shared with the load generator")
+    print(
+        f"{'scenario':<28} {'msgs':>5} {'postfix/s':>10} {'vsmtp/s':>9} {'ratio':>6}"
+        f" {'accepted/s pf|vs':>17} {'vsmtp cpu ms/msg':>17} {'vsmtp peak MiB':>15} {'machine cpu ms/msg pf|vs':>25}  lost"
+    )
+    lost = 0
+    for n, scenario in enumerate(scenarios(args)):
+        runs: dict[str, list[Result]] = {"postfix": [], "vsmtp": []}
+        for r in range(args.repeat):
+            for name in ("vsmtp",) if args.vsmtp_only else ("postfix", "vsmtp"):  # back to back, same load, same disk
+                root = args.workdir / f"{n}-{r}-{name}"
+                server: Postfix | Vsmtp = Postfix(root) if name == "postfix" else Vsmtp(root, args.vsmtp_config)
+                runs[name].append(run_one(server, scenario))
+        if args.vsmtp_only:
+            runs["postfix"] = runs["vsmtp"]
+        pf = sorted(runs["postfix"], key=Result.rate)[len(runs["postfix"]) // 2]
+        vs = sorted(runs["vsmtp"], key=Result.rate)[len(runs["vsmtp"]) // 2]
+        missing = [
+            f"{name} {res.delivered}/{scenario.messages}" for name, rs in runs.items() for res in rs if res.delivered != scenario.messages
+        ]
+        lost += len(missing)
+        vs_cpu = statistics.median((res.server_cpu or 0) * 1000 / scenario.messages for res in runs["vsmtp"])
+        print(
+            f"{scenario!s:<28} {scenario.messages:>5} {pf.rate():>10.0f} {vs.rate():>9.0f} {vs.rate() / pf.rate():>6.2f}"
+            f" {pf.accept_rate():>8.0f}|{vs.accept_rate():<8.0f} {vs_cpu:>17.2f} {(vs.peak_rss_kib or 0) / 1024:>15.1f}"
+            f" {pf.machine_cpu * 1000 / scenario.messages:>12.2f} | {vs.machine_cpu * 1000 / scenario.messages:<10.2f}"
+            f"  {', '.join(missing) or 'none'}",
+            flush=True,
+        )
+    if lost:
+        print(f"bench: {lost} run(s) did not deliver exactly the messages sent", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
