@@ -1,7 +1,12 @@
 """The `vsmtp` command: serve, and the operator's tools over the journal.
 
     vsmtp serve [--config FILE]
-    vsmtp journal tail [--config FILE] [-n N]
+    vsmtp journal tail [-n N] [-f] [--json]
+    vsmtp journal show POSITION [--json]
+    vsmtp journal export [--format jsonl] [--since TIME] [--message ID]
+    vsmtp journal stats [--json]
+    vsmtp journal verify [--json]
+    vsmtp trace ID [--json]             ID: a queue id or a Message-ID
     vsmtp config show [--config FILE]
 
 Every command reads the same configuration as the daemon, so run from the daemon's
@@ -16,14 +21,18 @@ import datetime
 import json
 import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
 import trio
 from vsmtp_journal import Journal, JournalError, Record
+from vsmtp_journal import verify as verify_journal
 
 from . import config as config_mod
 from .errors import VsmtpError
 from .queue import events as qe
+from .queue import history
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,11 +68,36 @@ def _parser() -> argparse.ArgumentParser:
     tail = journal.add_parser("tail", parents=[common], help="the last events, one line each")
     tail.add_argument("-n", type=int, default=50, metavar="N", help="how many events (default 50; 0 for all)")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("-f", "--follow", action="store_true", help="then print new events as they are committed (Ctrl-C stops)")
     tail.set_defaults(func=_journal_tail)
 
+    show = journal.add_parser("show", parents=[common], help="one event, whole")
+    show.add_argument("position", type=int)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_journal_show)
+
+    export = journal.add_parser("export", parents=[common], help="events as JSON lines, for other tools")
+    export.add_argument("--format", choices=["jsonl"], default="jsonl")
+    export.add_argument("--since", type=_parse_time, metavar="TIME", help="ISO 8601 (2026-11-24T20:00:00Z) or seconds since the epoch")
+    export.add_argument("--message", metavar="ID", help="only the history of this message (queue id or Message-ID)")
+    export.set_defaults(func=_journal_export)
+
+    stats = journal.add_parser("stats", parents=[common], help="size, records per tag, oldest and newest")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=_journal_stats)
+
+    verify = journal.add_parser("verify", parents=[common], help="check positions, records and blobs; exit 1 if damaged")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(func=_journal_verify)
+
+    trace = sub.add_parser("trace", parents=[common], help="the whole life of one message, as a timeline")
+    trace.add_argument("id", metavar="ID", help="a queue id or a Message-ID")
+    trace.add_argument("--json", action="store_true")
+    trace.set_defaults(func=_trace)
+
     config = sub.add_parser("config", help="the configuration").add_subparsers(metavar="ACTION")
-    show = config.add_parser("show", parents=[common], help="print the effective configuration")
-    show.set_defaults(func=_config_show)
+    config_show = config.add_parser("show", parents=[common], help="print the effective configuration")
+    config_show.set_defaults(func=_config_show)
     return parser
 
 
@@ -81,8 +115,142 @@ def _journal_tail(args: argparse.Namespace, config: config_mod.Config) -> int:
         last = journal.last_position()
         after = 0 if args.n <= 0 else max(last - args.n, 0)
         for record in journal.read(after):
-            print(format_json(record) if args.json else format_line(record))
+            after = record.position
+            print(format_json(record) if args.json else format_line(record), flush=args.follow)
+        while args.follow:  # until Ctrl-C: poll, as a reader in another process must
+            time.sleep(0.2)
+            for record in journal.read(after):
+                after = record.position
+                print(format_json(record) if args.json else format_line(record), flush=True)
     return 0
+
+
+def _journal_show(args: argparse.Namespace, config: config_mod.Config) -> int:
+    with Journal(config.journal.path, readonly=True) as journal:
+        record = journal.get(args.position)
+    if record is None:
+        print(f"vsmtp: no record at position {args.position}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(format_json(record))
+        return 0
+    event = qe.decode(record)
+    payload = event.to_payload() if isinstance(event, qe.JournalEvent) else event.payload
+    print(f"position {record.position}\ntag      {record.tag}\nversion  {record.version}")
+    for key, value in payload.items() if isinstance(payload, dict) else []:
+        shown = _iso(value) if key in ("at", "retry_at") and isinstance(value, int | float) else value
+        print(f"  {key}: {json.dumps(shown, default=_jsonable, ensure_ascii=False)}")
+    return 0
+
+
+def _journal_export(args: argparse.Namespace, config: config_mod.Config) -> int:
+    with Journal(config.journal.path, readonly=True) as journal:
+        if args.message:
+            found = history.trace(journal, args.message)
+            if found is None:
+                print(f"vsmtp: no message {args.message!r} in the journal", file=sys.stderr)
+                return 1
+            records: Iterable[Record] = found.records
+        else:
+            records = journal.read(0)
+        for record in records:
+            at = record.payload.get("at") if isinstance(record.payload, dict) else None
+            if args.since is not None and isinstance(at, int | float) and at < args.since:
+                continue
+            print(format_json(record))
+    return 0
+
+
+def _journal_stats(args: argparse.Namespace, config: config_mod.Config) -> int:
+    with Journal(config.journal.path, readonly=True) as journal:
+        sizes = journal.stats()
+        tags: Counter[str] = Counter()
+        oldest = newest = None
+        for record in journal.read(0):
+            tags[record.tag] += 1
+            at = record.payload.get("at") if isinstance(record.payload, dict) else None
+            if isinstance(at, int | float):
+                oldest = at if oldest is None else min(oldest, at)
+                newest = at if newest is None else max(newest, at)
+    result = {**sizes, "tags": dict(sorted(tags.items())), "oldest": oldest, "newest": newest}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"journal   {config.journal.path}")
+    print(f"file      {sizes['file_bytes']:,} bytes ({sizes['used_bytes']:,} in use, map {sizes['map_bytes']:,})")
+    print(f"records   {sizes['records']:,}, blobs {sizes['blobs']:,}")
+    print(f"oldest    {_iso(oldest) if oldest else '-'}\nnewest    {_iso(newest) if newest else '-'}")
+    for tag, count in sorted(tags.items()):
+        print(f"  {tag:<20} {count:>10,}")
+    return 0
+
+
+def _journal_verify(args: argparse.Namespace, config: config_mod.Config) -> int:
+    def blobs_of(record: Record) -> list[bytes]:
+        if record.tag == qe.MessageAccepted.TAG and isinstance(record.payload, dict):
+            blob = record.payload.get("blob")
+            return [blob] if isinstance(blob, bytes) else []
+        return []
+
+    def check(record: Record) -> str | None:
+        try:
+            qe.decode(record)
+        except (LookupError, TypeError, ValueError) as exc:
+            return f"does not read as an event: {exc}"
+        return None
+
+    with Journal(config.journal.path, readonly=True) as journal:
+        report = verify_journal(journal, blobs_of=blobs_of, check_record=check)
+    if args.json:
+        problems = [{"position": p.position, "problem": p.what} for p in report.problems]
+        print(json.dumps({"clean": report.clean, "records": report.records, "blobs": report.blobs_checked, "problems": problems}))
+    else:
+        for problem in report.problems:
+            print(f"{config.journal.path}: {problem}")
+        verdict = "clean" if report.clean else f"{len(report.problems)} problem(s)"
+        print(f"{config.journal.path}: {report.records} records, {report.blobs_checked} blobs checked: {verdict}")
+    return 0 if report.clean else 1
+
+
+def _trace(args: argparse.Namespace, config: config_mod.Config) -> int:
+    with Journal(config.journal.path, readonly=True) as journal:
+        found = history.trace(journal, args.id)
+    if found is None:
+        print(f"vsmtp: no message {args.id!r} in the journal (give a queue id or a Message-ID)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "queue_id": found.queue_id,
+                    "message_id": found.message_id,
+                    "trace_id": found.trace_id,
+                    "events": [json.loads(format_json(r)) for r in found.records],
+                }
+            )
+        )
+        return 0
+    print(f"message {found.queue_id}  Message-ID {found.message_id or '-'}  trace {found.trace_id or '-'}")
+    start = next((r.payload["at"] for r in found.records if isinstance(r.payload, dict) and "at" in r.payload), 0.0)
+    for record in found.records:
+        at = record.payload.get("at", start) if isinstance(record.payload, dict) else start
+        offset = f"+{at - start:.3f}s"
+        print(f"  {_iso(at)} {offset:<10} {record.tag:<19} {qe.decode(record).describe()}")
+    return 0
+
+
+def _parse_time(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (use 2026-11-24T20:00:00Z or epoch seconds)") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.timestamp()
 
 
 def format_line(record: Record) -> str:

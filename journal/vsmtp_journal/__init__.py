@@ -11,6 +11,7 @@ from __future__ import annotations
 from .codec import Record, decode_record, encode_record
 from .errors import CorruptRecord, JournalError, JournalFull
 from .store import Append, Journal
+from .verify import Problem, Report, verify
 from .writer import GroupCommitWriter, follow
 
 __all__ = [
@@ -20,8 +21,11 @@ __all__ = [
     "Journal",
     "JournalError",
     "JournalFull",
+    "Problem",
     "Record",
+    "Report",
     "decode_record",
     "encode_record",
     "follow",
+    "verify",
 ]

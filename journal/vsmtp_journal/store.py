@@ -1,7 +1,8 @@
 """The LMDB store: synchronous, thread-safe append of batches and reads by position.
 
-One environment holds three named databases: `events` (position -> record), `blobs`
-(key -> bytes) and `meta` (reserved for projection checkpoints). A batch of appends is one
+One environment holds four named databases: `events` (position -> record), `blobs`
+(key -> bytes), `index` (a lookup key -> the position of the record it names, e.g. a queue
+id or a Message-ID) and `meta` (reserved for projection checkpoints). A batch of appends is one
 write transaction, committed and synced before append_batch returns: that is the unit of
 durability the writer (writer.py) builds group commit on. LMDB's writer lock serialises
 writers across processes, so positions stay unique and gapless even with several processes.
@@ -25,16 +26,19 @@ DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space to start with; the file its
 _EVENTS = b"events"
 _BLOBS = b"blobs"
 _META = b"meta"
+_INDEX = b"index"
 
 
 @dataclass(frozen=True, slots=True)
 class Append:
-    """One record to append, with the blobs to store in the same transaction."""
+    """One record to append, with the blobs to store and the index keys that will find it,
+    all in the same transaction."""
 
     tag: str
     version: int
     payload: Any
     blobs: Mapping[bytes, bytes] = field(default_factory=dict)
+    index: Sequence[bytes] = ()  # keys whose value becomes this record's position
 
 
 class Journal:
@@ -63,7 +67,7 @@ class Journal:
             self._env = lmdb.open(
                 str(self.path),
                 map_size=map_size,
-                max_dbs=4,
+                max_dbs=8,
                 mode=0o600,  # journal files readable by the service user only
                 readonly=readonly,
                 sync=True,
@@ -79,6 +83,7 @@ class Journal:
             self._events = self._env.open_db(_EVENTS, create=not readonly)
             self._blobs = self._env.open_db(_BLOBS, create=not readonly)
             self._meta = self._env.open_db(_META, create=not readonly)
+            self._index = self._open_optional(_INDEX, readonly)
         except lmdb.NotFoundError as exc:
             self._env.close()
             raise JournalError(f"{self.path} is not a vsmtp journal (no events database)") from exc
@@ -112,6 +117,8 @@ class Journal:
                 position = last + offset
                 for key, body in a.blobs.items():
                     txn.put(key, body, db=self._blobs)
+                for key in a.index:
+                    txn.put(key, encode_position(position), db=self._index)
                 # append=True: the key is past the last one, so LMDB appends without a search.
                 if not cursor.put(encode_position(position), data, append=True):
                     raise JournalError(f"position {position} already exists")
@@ -160,6 +167,50 @@ class Journal:
                 if limit is not None and count >= limit:
                     return
                 yield decode_record(decode_position(cast(bytes, key)), cast(bytes, data))
+
+    def read_raw(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(position, encoded record) after `after`, undecoded: for checking a damaged journal."""
+        with self._begin_read() as txn:
+            cursor = txn.cursor(db=self._events)
+            if not cursor.set_range(encode_position(after + 1)):
+                return
+            for key, data in cursor:
+                yield decode_position(cast(bytes, key)), cast(bytes, data)
+
+    def lookup(self, key: bytes) -> int | None:
+        """The position an index key names (see Append.index), or None."""
+        if self._index is None:
+            return None
+        with self._begin_read() as txn:
+            value = txn.get(key, db=self._index)
+        return None if value is None else decode_position(cast(bytes, value))
+
+    def has_blob(self, key: bytes) -> bool:
+        with self._begin_read() as txn:
+            cursor = txn.cursor(db=self._blobs)
+            return bool(cursor.set_key(key))
+
+    def stats(self) -> dict[str, int]:
+        """Sizes: the file, the map, pages in use, records and blobs."""
+        info, stat = self._env.info(), self._env.stat()
+        with self._begin_read() as txn:
+            records = txn.stat(self._events)["entries"]
+            blobs = txn.stat(self._blobs)["entries"]
+        data = self.path / "data.mdb"
+        return {
+            "file_bytes": data.stat().st_size if data.exists() else 0,
+            "map_bytes": info["map_size"],
+            "used_bytes": (info["last_pgno"] + 1) * stat["psize"],
+            "records": records,
+            "blobs": blobs,
+        }
+
+    def _open_optional(self, name: bytes, readonly: bool) -> Any:
+        """A database that older journals may lack: created when writing, None when reading one without it."""
+        try:
+            return self._env.open_db(name, create=not readonly)
+        except lmdb.NotFoundError:
+            return None
 
     def blob(self, key: bytes) -> bytes | None:
         with self._begin_read() as txn:

@@ -64,7 +64,9 @@ class GroupCommitWriter:
         payload: Any,
         *,
         blobs: Mapping[bytes, bytes] | None = None,
+        index: tuple[bytes, ...] = (),
         durable: bool = True,
+        urgent: bool = True,
     ) -> int | None:
         """Queue a record. With durable=True, wait for its synced commit and return its position.
 
@@ -72,12 +74,14 @@ class GroupCommitWriter:
         """
         if not self._running:
             raise JournalError("the journal writer is not running")
-        pending = _Pending(Append(tag, version, payload, blobs or {}), trio.Event() if durable else None)
+        pending = _Pending(Append(tag, version, payload, blobs or {}, index), trio.Event() if durable else None)
         self._queue.append(pending)
         self._work.set()
         if pending.done is None:
             return None  # rides along with the next durable commit, or is committed after `linger`
-        self._urgent.set()
+        if urgent:
+            self._urgent.set()
+        # else: wait for the commit, but let it come with the next urgent one (or the linger)
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error

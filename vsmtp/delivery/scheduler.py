@@ -113,24 +113,30 @@ class Worker:
         self.scheduler = scheduler
 
     async def run(self, receive: trio.MemoryReceiveChannel[DeliveryJob]) -> None:
-        async with receive:
+        async with receive, trio.open_nursery() as recording:
             async for job in receive:
                 outcomes = await trio.to_thread.run_sync(self.deliver, job)
-                try:
-                    position = 0
-                    # Shielded: what was delivered is journaled even while we are being stopped.
-                    with trio.CancelScope(shield=True):
-                        for i, event in enumerate(outcomes):
-                            tag, version, payload = ev.encode(event)
-                            last = i == len(outcomes) - 1
-                            position = await self.writer.append(tag, version, payload, durable=last) or position
-                except JournalError as exc:
-                    # The outcome is lost but the message is not: it stays pending and the
-                    # next attempt finds the Maildir file already there.
-                    log.error("cannot journal delivery of %s: %s", job.queue_id, exc)
-                    await trio.sleep(1.0)  # do not spin while the journal cannot take writes
-                    position = self.journal.last_position()
-                self.scheduler.finished(job, position)
+                # The outcome is journaled while this worker takes its next job: it rides along
+                # with the next commit someone waits for. Losing it in a crash costs nothing but
+                # a look into the Maildir (recovered messages check for the file first).
+                recording.start_soon(self._record, job, outcomes)
+
+    async def _record(self, job: DeliveryJob, outcomes: list[ev.JournalEvent]) -> None:
+        try:
+            position = 0
+            # Shielded: what was delivered is journaled even while we are being stopped.
+            with trio.CancelScope(shield=True):
+                for i, event in enumerate(outcomes):
+                    tag, version, payload = ev.encode(event)
+                    last = i == len(outcomes) - 1
+                    position = await self.writer.append(tag, version, payload, durable=last, urgent=False) or position
+        except JournalError as exc:
+            # The outcome is lost but the message is not: it stays pending and the next
+            # attempt finds the Maildir file already there.
+            log.error("cannot journal delivery of %s: %s", job.queue_id, exc)
+            await trio.sleep(1.0)  # do not spin while the journal cannot take writes
+            position = self.journal.last_position()
+        self.scheduler.finished(job, position)
 
     def deliver(self, job: DeliveryJob) -> list[ev.JournalEvent]:
         """Deliver every recipient of the job; return the events that say how it went."""

@@ -157,6 +157,16 @@ class SmtpService:
                     await stream.send_all(refusal.to_bytes())
                 await trio.aclose_forcefully(stream)
                 return
+            counted = True
+
+            def release() -> None:
+                nonlocal counted
+                if counted:
+                    counted = False
+                    self.per_ip[peer.host] -= 1
+                    if self.per_ip[peer.host] <= 0:
+                        del self.per_ip[peer.host]
+
             session = Session(
                 stream,
                 settings=settings,
@@ -164,6 +174,7 @@ class SmtpService:
                 writer=self.writer,
                 peer=peer,
                 local=_peer(stream.socket.getsockname()),
+                on_last_reply=release,
             )
             self.sessions.add(session)
             self.per_ip[peer.host] += 1
@@ -174,9 +185,7 @@ class SmtpService:
                 log.exception("session %s ended by an unexpected error", session.id)
             finally:
                 self.sessions.discard(session)
-                self.per_ip[peer.host] -= 1
-                if self.per_ip[peer.host] <= 0:
-                    del self.per_ip[peer.host]
+                release()
                 if not self.sessions:
                     self._idle.set()
 

@@ -11,6 +11,7 @@ import email.utils
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -69,8 +70,12 @@ class Session:
         writer: GroupCommitWriter,
         peer: Peer,
         local: Peer,
+        on_last_reply: Callable[[], None] = lambda: None,
     ) -> None:
         self.stream = stream
+        # Called before the session's last reply (221, 421) goes out: a client that reconnects
+        # the moment it reads it must not find its old session still counted against its limit.
+        self.on_last_reply = on_last_reply
         self.settings = settings
         self.config = settings.config
         self.listener = listener
@@ -172,6 +177,7 @@ class Session:
                 await self._journal_tls()
                 self.helo, self.tx = "", None
             if self.conn.state is State.CLOSED:
+                self.on_last_reply()
                 await self._flush()
                 if isinstance(event, ev.Quit):
                     return "quit"
@@ -229,7 +235,7 @@ class Session:
 
     async def _journal(self, event: qe.JournalEvent, *, durable: bool = False) -> int | None:
         tag, version, payload = qe.encode(event)
-        return await self.writer.append(tag, version, payload, durable=durable)
+        return await self.writer.append(tag, version, payload, index=qe.index_keys(event), durable=durable)
 
     # -- TLS ------------------------------------------------------------------------------
 
@@ -380,7 +386,7 @@ class Session:
         tag, version, payload = qe.encode(event)
         try:
             # Durable before 250: this await returns only after the synced commit.
-            await self.writer.append(tag, version, payload, blobs={event.blob: blob}, durable=True)
+            await self.writer.append(tag, version, payload, blobs={event.blob: blob}, index=qe.index_keys(event), durable=True)
         except JournalFull:
             return replies.STORAGE_FULL
         except JournalError as exc:

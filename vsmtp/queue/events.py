@@ -88,6 +88,19 @@ def encode(event: JournalEvent) -> tuple[str, int, Payload]:
     return event.TAG, event.VERSION, event.to_payload()
 
 
+def index_keys(event: JournalEvent) -> tuple[bytes, ...]:
+    """The journal index keys that find this event (written in the same transaction):
+    a session by its id, a message by its queue id and by its Message-ID header."""
+    if isinstance(event, SessionOpened):
+        return (b"session:" + event.session_id.encode(),)
+    if isinstance(event, MessageAccepted):
+        keys = [b"queue:" + event.queue_id.encode()]
+        if event.message_id:
+            keys.append(b"message-id:" + event.message_id.encode("utf-8", "surrogateescape"))
+        return tuple(keys)
+    return ()
+
+
 def decode(record: Record) -> JournalEvent | UnknownEvent:
     cls = EVENTS.get(record.tag)
     if cls is None or record.version > cls.VERSION or not isinstance(record.payload, dict):
