@@ -16,7 +16,7 @@ from vsmtp_journal import Journal
 from vsmtp.queue import events as ev
 from vsmtp.queue.projection import rebuild
 
-from .daemon import Daemon
+from .daemon import Daemon, run_cli
 
 CONFIG = """
 hostname = "mx.test"
@@ -143,3 +143,5 @@ def test_sigkill_under_concurrent_load_loses_nothing_and_duplicates_nothing(tmp_
     copies = Counter(path.read_bytes().rsplit(b"\r\n\r\n", 1)[1].strip().decode() for path in maildir(tmp_path))
     assert [t for t, n in copies.items() if n > 1] == [], f"seed {seed}: delivered twice"
     assert sorted(acknowledged - set(copies)) == [], f"seed {seed}: acknowledged but never delivered"
+    verified = run_cli(tmp_path, "journal", "verify")  # and the journal itself came through whole
+    assert verified.returncode == 0 and verified.stdout.strip().endswith(": clean"), verified.stdout
