@@ -20,6 +20,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -47,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (VsmtpError, JournalError) as exc:
         print(f"vsmtp: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `vsmtp journal export | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         print(f"vsmtp: {exc}", file=sys.stderr)
         return 1
