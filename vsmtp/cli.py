@@ -25,6 +25,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import trio
 from vsmtp_journal import Journal, JournalError, Record
@@ -138,8 +139,7 @@ def _journal_show(args: argparse.Namespace, config: config_mod.Config) -> int:
     if args.json:
         print(format_json(record))
         return 0
-    event = qe.decode(record)
-    payload = event.to_payload() if isinstance(event, qe.JournalEvent) else event.payload
+    payload = record_dict(record)["payload"]
     print(f"position {record.position}\ntag      {record.tag}\nversion  {record.version}")
     for key, value in payload.items() if isinstance(payload, dict) else []:
         shown = _iso(value) if key in ("at", "retry_at") and isinstance(value, int | float) else value
@@ -229,8 +229,9 @@ def _trace(args: argparse.Namespace, config: config_mod.Config) -> int:
                     "queue_id": found.queue_id,
                     "message_id": found.message_id,
                     "trace_id": found.trace_id,
-                    "events": [json.loads(format_json(r)) for r in found.records],
-                }
+                    "events": [record_dict(r) for r in found.records],
+                },
+                default=_jsonable,
             )
         )
         return 0
@@ -265,10 +266,15 @@ def format_line(record: Record) -> str:
     return f"#{record.position} {when} {record.tag} {event.describe()}"
 
 
-def format_json(record: Record) -> str:
+def record_dict(record: Record) -> dict[str, Any]:
+    """A record as plain data: position, tag, version and its payload (upcast to the current version)."""
     event = qe.decode(record)
     payload = event.to_payload() if isinstance(event, qe.JournalEvent) else event.payload
-    return json.dumps({"position": record.position, "tag": record.tag, "version": record.version, "payload": payload}, default=_jsonable)
+    return {"position": record.position, "tag": record.tag, "version": record.version, "payload": payload}
+
+
+def format_json(record: Record) -> str:
+    return json.dumps(record_dict(record), default=_jsonable)
 
 
 def _jsonable(value: object) -> object:

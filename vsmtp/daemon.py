@@ -130,7 +130,7 @@ async def run_until_signalled(config: Config, config_path: str | None = None) ->
                     stopping = True
                     grace = running.smtp.settings.config.limits.shutdown_grace
                     log.info("received %s: stopping (open transactions have %.0fs to finish)", signal.Signals(signum).name, grace)
-                    nursery.start_soon(running.stop)
+                    nursery.start_soon(running.stop, grace)
                 else:
                     log.warning("received %s again: stopping now", signal.Signals(signum).name)
                     running.cancel_scope.cancel()

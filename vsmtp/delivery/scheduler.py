@@ -151,32 +151,15 @@ class Worker:
                 continue
             if route is None:
                 # Relayed mail is kept, not dropped: it waits in the queue for remote delivery.
-                outcomes.append(
-                    ev.DeliveryDeferred(
-                        at=now,
-                        queue_id=job.queue_id,
-                        recipient=address,
-                        transport="smtp",
-                        reason="remote delivery is not available in this version of vsmtp",
-                        retry_at=policy.retry_at(attempts + 1, now=now),
-                    )
-                )
+                reason = "remote delivery is not available in this version of vsmtp"
+                outcomes.append(_deferred(job, address, attempts, now=now, transport="smtp", reason=reason))
                 continue
             try:
                 detail = self._maildir(job, address, route, body)
             except OSError as exc:
                 reason = f"cannot write to the Maildir: {exc}"
                 log.warning("%s: %s: %s", job.queue_id, address, reason)
-                outcomes.append(
-                    ev.DeliveryDeferred(
-                        at=now,
-                        queue_id=job.queue_id,
-                        recipient=address,
-                        transport="maildir",
-                        reason=reason,
-                        retry_at=policy.retry_at(attempts + 1, now=now),
-                    )
-                )
+                outcomes.append(_deferred(job, address, attempts, now=now, transport="maildir", reason=reason))
                 continue
             outcomes.append(ev.DeliverySucceeded(at=now, queue_id=job.queue_id, recipient=address, transport="maildir", detail=detail))
         return outcomes
@@ -191,6 +174,12 @@ class Worker:
         # RFC 5321 4.4: the final delivery adds Return-Path; Delivered-To marks the mailbox.
         headers = f"Return-Path: <{job.reverse_path}>\r\nDelivered-To: {address}\r\n".encode()
         return str(maildir.deliver(path, name, [headers, body]))
+
+
+def _deferred(job: DeliveryJob, address: str, attempts: int, *, now: float, transport: str, reason: str) -> ev.DeliveryDeferred:
+    """A failed attempt, to be tried again on the policy's schedule."""
+    retry_at = policy.retry_at(attempts + 1, now=now)
+    return ev.DeliveryDeferred(at=now, queue_id=job.queue_id, recipient=address, transport=transport, reason=reason, retry_at=retry_at)
 
 
 async def serve_delivery(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import logging
 import socket
 import ssl
@@ -22,13 +21,12 @@ import trio
 from vsmtp_journal import GroupCommitWriter
 
 from ..config import Config, ListenerConfig
+from ..queue import policy
 from ..smtp import replies
 from .session import Peer, Session
 from .tls import server_context
 
 log = logging.getLogger(__name__)
-
-IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,21 +42,15 @@ class Settings:
 
     config: Config
     tls: dict[str, ssl.SSLContext]  # by listener name
-    relay_networks: tuple[IpNetwork, ...]
+    relay_networks: tuple[policy.IpNetwork, ...]
 
     @classmethod
     def build(cls, config: Config) -> Settings:
         return cls(
             config=config,
             tls={listener.name: server_context(listener, config) for listener in config.listeners},
-            relay_networks=tuple(ipaddress.ip_network(n, strict=False) for n in config.relay.networks),
+            relay_networks=policy.relay_networks(config),
         )
-
-    def may_relay(self, host: str) -> bool:
-        address = ipaddress.ip_address(host)
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.relay_networks)
 
 
 def parse_address(address: str) -> tuple[str, int]:

@@ -82,6 +82,7 @@ class Session:
         self.writer = writer
         self.peer = peer
         self.local = local
+        self.relay_allowed = policy.may_relay(peer.host, settings.relay_networks)  # decided once per client
         self.id = ids.new_id()
         limits = self.config.limits
         self.conn = ServerConnection(
@@ -233,9 +234,9 @@ class Session:
             await trio.sleep(limits.error_delay * (self.errors - limits.soft_errors))
         return reply
 
-    async def _journal(self, event: qe.JournalEvent, *, durable: bool = False) -> int | None:
+    async def _journal(self, event: qe.JournalEvent, *, blobs: dict[bytes, bytes] | None = None, durable: bool = False) -> int | None:
         tag, version, payload = qe.encode(event)
-        return await self.writer.append(tag, version, payload, index=qe.index_keys(event), durable=durable)
+        return await self.writer.append(tag, version, payload, blobs=blobs, index=qe.index_keys(event), durable=durable)
 
     # -- TLS ------------------------------------------------------------------------------
 
@@ -328,10 +329,10 @@ class Session:
         return reply
 
     def _check_recipient(self, address: str) -> Reply:
-        user, domain = policy.local_user(address)
-        if domain and not policy.is_local_domain(domain, self.config):
-            return replies.RECIPIENT_OK if self.settings.may_relay(self.peer.host) else replies.RELAY_DENIED
-        if not policy.local_recipient_ok(user, self.config):
+        verdict = policy.recipient_verdict(address, self.config, relay_allowed=self.relay_allowed)
+        if verdict == "relay denied":
+            return replies.RELAY_DENIED
+        if verdict == "unknown user":
             return replies.NO_SUCH_USER
         return replies.RECIPIENT_OK
 
@@ -383,10 +384,9 @@ class Session:
             message_id=found.group(1).decode("utf-8", "replace").strip() if found else "",
             trace_context=trace_context,
         )
-        tag, version, payload = qe.encode(event)
         try:
             # Durable before 250: this await returns only after the synced commit.
-            await self.writer.append(tag, version, payload, blobs={event.blob: blob}, index=qe.index_keys(event), durable=True)
+            await self._journal(event, blobs={event.blob: blob}, durable=True)
         except JournalFull:
             return replies.STORAGE_FULL
         except JournalError as exc:

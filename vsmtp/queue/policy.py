@@ -1,4 +1,5 @@
-"""Pure decisions: where a recipient goes and when a failed attempt is tried again.
+"""Pure decisions: whether a recipient is accepted, where it goes, and when a failed attempt
+is tried again.
 
 Nothing here reads the clock or touches I/O: time comes in as `now=`, configuration as
 arguments, and the answers are values the delivery layer acts on.
@@ -6,8 +7,10 @@ arguments, and the answers are values the delivery layer acts on.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from ..config import Config
 
@@ -18,6 +21,9 @@ _SAFE_USER = re.compile(r"\w[\w.+=-]{0,63}\Z")
 
 RETRY_FIRST = 300.0  # seconds: 5 minutes, as Postfix's minimal_backoff_time
 RETRY_MAX = 3600.0  # seconds: the cap on the doubling, as Postfix's maximal_backoff_time
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Verdict = Literal["local", "relay", "relay denied", "unknown user"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,6 +53,27 @@ def local_recipient_ok(user: str, config: Config) -> bool:
     if not _SAFE_USER.match(user):
         return False
     return config.local.catch_all or user in {u.lower() for u in config.local.users}
+
+
+def relay_networks(config: Config) -> tuple[IpNetwork, ...]:
+    """`relay.networks` parsed once (per configuration, not per RCPT)."""
+    return tuple(ipaddress.ip_network(n, strict=False) for n in config.relay.networks)
+
+
+def may_relay(host: str, networks: tuple[IpNetwork, ...]) -> bool:
+    """Is a client at `host` allowed to send to domains that are not ours (Postfix's mynetworks)?"""
+    address = ipaddress.ip_address(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+def recipient_verdict(address: str, config: Config, *, relay_allowed: bool) -> Verdict:
+    """What to do with RCPT TO:<address>: a local mailbox, a relay, or a refusal and why."""
+    user, domain = local_user(address)
+    if domain and not is_local_domain(domain, config):
+        return "relay" if relay_allowed else "relay denied"
+    return "local" if local_recipient_ok(user, config) else "unknown user"
 
 
 def route(address: str, config: Config) -> LocalRoute | None:
