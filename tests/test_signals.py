@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from .clients import BlockingClient
 from .daemon import Daemon
 from .test_crash import delivered, maildir
 
@@ -24,34 +24,6 @@ key = "key.pem"
 [limits]
 shutdown_grace = {grace}
 """
-
-
-class Client:
-    """A blocking raw SMTP client: every step is explicit, so a test can stop between any two."""
-
-    def __init__(self, port: int) -> None:
-        self.sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buffer = b""
-
-    def replies(self, count: int = 1) -> list[str]:
-        found: list[str] = []
-        while len(found) < count:
-            while b"\r\n" not in self.buffer:
-                data = self.sock.recv(65536)
-                if not data:
-                    raise EOFError(f"connection closed after {found}")
-                self.buffer += data
-            line, self.buffer = self.buffer.split(b"\r\n", 1)
-            if line[3:4] == b" ":
-                found.append(line.decode())
-        return found
-
-    def say(self, data: bytes, count: int = 1) -> list[str]:
-        self.sock.sendall(data)
-        return self.replies(count) if count else []
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def wait_for_log(daemon: Daemon, text: str, timeout: float = 10) -> None:
@@ -78,7 +50,7 @@ def daemon(tmp_path: Path, ca: trustme.CA) -> Daemon:
 @pytest.mark.slow
 def test_sigterm_during_a_transaction_lets_it_finish_then_exits(daemon: Daemon) -> None:
     port = daemon.start()
-    busy, idle = Client(port), Client(port)
+    busy, idle = BlockingClient(port), BlockingClient(port)
     try:
         busy.replies()
         idle.replies()
@@ -89,7 +61,7 @@ def test_sigterm_during_a_transaction_lets_it_finish_then_exits(daemon: Daemon) 
         wait_for_log(daemon, "received SIGTERM: stopping")
         assert idle.replies() == ["421 4.3.2 Service shutting down, closing transmission channel"]
         with pytest.raises(OSError):
-            Client(port)  # no longer listening
+            BlockingClient(port)  # no longer listening
         queued, goodbye = busy.say(b"still here\r\n.\r\n", 2)
         assert queued.startswith("250 2.0.0 Ok: queued as ")
         assert goodbye.startswith("421 4.3.2")
@@ -114,7 +86,7 @@ def test_a_transaction_that_outlasts_the_grace_period_is_cut_with_421(tmp_path: 
     daemon = Daemon(tmp_path, CONFIG.format(hostname="mx.test", grace=0.5))
     try:
         port = daemon.start()
-        slow = Client(port)
+        slow = BlockingClient(port)
         slow.replies()
         slow.say(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n", 4)
         slow.say(b"Subject: never finished\r\n\r\n", 0)
@@ -132,7 +104,7 @@ def test_a_transaction_that_outlasts_the_grace_period_is_cut_with_421(tmp_path: 
 @pytest.mark.slow
 def test_a_second_sigterm_stops_at_once(daemon: Daemon) -> None:
     port = daemon.start()
-    slow = Client(port)
+    slow = BlockingClient(port)
     try:
         slow.replies()
         slow.say(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n", 4)
@@ -151,7 +123,7 @@ def test_a_second_sigterm_stops_at_once(daemon: Daemon) -> None:
 @pytest.mark.slow
 def test_sighup_reloads_config_and_certificates_without_dropping_sessions(daemon: Daemon, ca: trustme.CA) -> None:
     port = daemon.start()
-    old = Client(port)
+    old = BlockingClient(port)
     try:
         assert old.replies()[0].startswith("220 mx.test ")
         old.say(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\n", 2)
@@ -162,13 +134,13 @@ def test_sighup_reloads_config_and_certificates_without_dropping_sessions(daemon
         daemon.proc.send_signal(signal.SIGHUP)
         wait_for_log(daemon, "configuration reloaded")
 
-        new = Client(port)
+        new = BlockingClient(port)
         assert new.replies()[0].startswith("220 mx2.test ")  # new sessions see the new config
         new.say(b"EHLO c\r\n")
         new.say(b"STARTTLS\r\n")
         ctx = ssl.create_default_context()
         ca.configure_trust(ctx)
-        new.sock = ctx.wrap_socket(new.sock, server_hostname="mx2.test")  # and the new certificate
+        new.start_tls(ctx, server_hostname="mx2.test")  # and the new certificate
         new.close()
 
         # The old session was not dropped: it finishes its transaction under its old config.
@@ -183,7 +155,7 @@ def test_sighup_reloads_config_and_certificates_without_dropping_sessions(daemon
     daemon.proc.send_signal(signal.SIGHUP)
     wait_for_log(daemon, "reload failed, keeping the configuration in force")
     assert "hostname" in daemon.log().split("reload failed", 1)[1].splitlines()[0]
-    still = Client(port)
+    still = BlockingClient(port)
     assert still.replies()[0].startswith("220 mx2.test ")
     still.close()
     assert daemon.proc.poll() is None

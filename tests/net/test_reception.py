@@ -14,58 +14,8 @@ from vsmtp.daemon import Running
 from vsmtp.queue import events as ev
 from vsmtp.smtp import replies
 
+from ..clients import Peer
 from ..conftest import has_tag, maildir_files, port_of, smtp_client, wait_delivered, wait_journal, with_changes
-
-
-class Peer:
-    """A raw SMTP client on a trio stream, from a chosen loopback source address."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    @classmethod
-    async def connect(cls, running: Running, source: str = "127.0.0.1") -> Peer:
-        sock = trio.socket.socket()
-        try:
-            await sock.bind((source, 0))
-            await sock.connect(("127.0.0.1", port_of(running)))
-        except BaseException:
-            sock.close()
-            raise
-        return cls(trio.SocketStream(sock))
-
-    async def replies(self, count: int, *, timeout: float = 10) -> list[str]:
-        """The next `count` complete replies (the last line of each, with its code)."""
-        found: list[str] = []
-        with trio.fail_after(timeout):
-            while len(found) < count:
-                while b"\r\n" not in self.buffer:
-                    data = await self.stream.receive_some(65536)
-                    if not data:
-                        raise EOFError(f"connection closed after {found}")
-                    self.buffer += data
-                line, self.buffer = self.buffer.split(b"\r\n", 1)
-                if line[3:4] == b" ":
-                    found.append(line.decode())
-        return found
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
-    async def closed(self, *, timeout: float = 10) -> bool:
-        with trio.fail_after(timeout):
-            while True:
-                try:
-                    data = await self.stream.receive_some(65536)
-                except trio.BrokenResourceError:
-                    return True
-                if not data:
-                    return True
-                self.buffer += data
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 async def test_size_too_big_is_refused_at_mail(server: Running) -> None:
@@ -78,7 +28,7 @@ async def test_size_too_big_is_refused_at_mail(server: Running) -> None:
 
 
 async def test_a_bdat_transfer_lands_in_the_maildir(server: Running, config: Config) -> None:
-    peer = await Peer.connect(server)
+    peer = await Peer.connect(port_of(server))
     body1, body2 = b"Subject: chunked\r\n\r\n.first chunk\r\n", b"second chunk\r\n"
     await peer.replies(1)
     await peer.send(b"EHLO c\r\n")
@@ -138,7 +88,7 @@ async def test_utf8_address_without_smtputf8_is_refused(server: Running) -> None
 
 @pytest.mark.parametrize("marker", [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r"])
 async def test_no_smuggling_variant_sneaks_a_second_message_in(server: Running, marker: bytes) -> None:
-    peer = await Peer.connect(server)
+    peer = await Peer.connect(port_of(server))
     await peer.replies(1)
     await peer.send(
         b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\nSubject: one\r\n\r\nx"
@@ -155,7 +105,7 @@ async def test_no_smuggling_variant_sneaks_a_second_message_in(server: Running, 
 
 async def test_bare_line_endings_can_be_normalised(start_server: Any, config: Config) -> None:
     running = await start_server(with_changes(config, smtp={"bare_line_endings": "normalize"}))
-    peer = await Peer.connect(running)
+    peer = await Peer.connect(port_of(running))
     await peer.replies(1)
     await peer.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\nSubject: n\n\nbare\nlf\r\n.\r\nQUIT\r\n")
     assert [a[:3] for a in await peer.replies(6)] == ["250", "250", "250", "354", "250", "221"]
@@ -218,7 +168,7 @@ async def test_too_many_recipients(start_server: Any, config: Config) -> None:
 
 async def test_too_many_errors_delays_then_closes(start_server: Any, config: Config) -> None:
     running = await start_server(with_changes(config, limits={"soft_errors": 2, "hard_errors": 4, "error_delay": 0.2}))
-    peer = await Peer.connect(running)
+    peer = await Peer.connect(port_of(running))
     await peer.replies(1)
     start = trio.current_time()
     await peer.send(b"FOO\r\nFOO\r\nFOO\r\nFOO\r\nNOOP\r\n")
@@ -234,13 +184,13 @@ async def test_too_many_errors_delays_then_closes(start_server: Any, config: Con
 
 async def test_too_many_connections_from_one_address_while_another_is_served(start_server: Any, config: Config) -> None:
     running = await start_server(with_changes(config, limits={"max_connections_per_ip": 2}))
-    first = [await Peer.connect(running, "127.0.0.2") for _ in range(2)]
+    first = [await Peer.connect(port_of(running), "127.0.0.2") for _ in range(2)]
     for peer in first:
         assert (await peer.replies(1))[0].startswith("220 ")
-    extra = await Peer.connect(running, "127.0.0.2")
+    extra = await Peer.connect(port_of(running), "127.0.0.2")
     assert await extra.replies(1) == [str(replies.TOO_MANY_CONNECTIONS_FROM_YOU)]
     assert await extra.closed()
-    other = await Peer.connect(running, "127.0.0.3")
+    other = await Peer.connect(port_of(running), "127.0.0.3")
     assert (await other.replies(1))[0].startswith("220 ")
     await other.send(b"NOOP\r\n")
     assert await other.replies(1) == ["250 2.0.0 Ok"]
@@ -251,9 +201,9 @@ async def test_too_many_connections_from_one_address_while_another_is_served(sta
 
 async def test_too_many_connections_in_all(start_server: Any, config: Config) -> None:
     running = await start_server(with_changes(config, limits={"max_connections": 1}))
-    held = await Peer.connect(running)
+    held = await Peer.connect(port_of(running))
     await held.replies(1)
-    refused = await Peer.connect(running, "127.0.0.4")
+    refused = await Peer.connect(port_of(running), "127.0.0.4")
     assert await refused.replies(1) == [str(replies.TOO_MANY_CONNECTIONS)]
     await held.aclose()
     await refused.aclose()
@@ -262,7 +212,7 @@ async def test_too_many_connections_in_all(start_server: Any, config: Config) ->
 
 async def test_an_idle_client_times_out(start_server: Any, config: Config) -> None:
     running = await start_server(with_changes(config, limits={"command_timeout": 0.3}))
-    peer = await Peer.connect(running)
+    peer = await Peer.connect(port_of(running))
     await peer.replies(1)
     await peer.send(b"EHLO c\r\n")
     await peer.replies(1)
@@ -277,7 +227,7 @@ async def test_an_idle_client_times_out(start_server: Any, config: Config) -> No
 
 async def test_a_session_has_a_maximum_duration(start_server: Any, config: Config) -> None:
     running = await start_server(with_changes(config, limits={"session_duration": 0.5}))
-    peer = await Peer.connect(running)
+    peer = await Peer.connect(port_of(running))
     await peer.replies(1)
     with trio.fail_after(5):
         while True:  # a busy client: a NOOP every 50 ms, until the server says enough
@@ -293,7 +243,7 @@ async def test_a_session_has_a_maximum_duration(start_server: Any, config: Confi
 
 async def test_graceful_stop_lets_a_transaction_finish_and_closes_idle_sessions(start_server: Any, config: Config) -> None:
     running = await start_server(config)
-    busy, idle = await Peer.connect(running), await Peer.connect(running)
+    busy, idle = await Peer.connect(port_of(running)), await Peer.connect(port_of(running))
     await busy.replies(1)
     await idle.replies(1)
     await busy.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\nSubject: late\r\n\r\n")
@@ -306,6 +256,6 @@ async def test_graceful_stop_lets_a_transaction_finish_and_closes_idle_sessions(
     assert answers[0].startswith("250 2.0.0 Ok: queued as ")  # the transaction finished
     assert answers[1] == str(replies.SHUTTING_DOWN)  # and then the session was closed
     with pytest.raises(OSError):
-        await Peer.connect(running)  # no longer listening
+        await Peer.connect(port_of(running))  # no longer listening
     await busy.aclose()
     await idle.aclose()

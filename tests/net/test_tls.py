@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import smtplib
-import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import trustme
 from vsmtp.config import CertificateConfig, Config, ListenerConfig
 from vsmtp.daemon import Running
 
+from ..clients import BlockingClient
 from ..conftest import has_tag, maildir_files, port_of, wait_delivered, wait_journal, with_changes
 
 MESSAGE = b"Subject: tls\r\n\r\nover TLS\r\n"
@@ -38,46 +38,6 @@ def issue(ca: trustme.CA, directory: Path, *names: str) -> CertificateConfig:
     cert.cert_chain_pems[0].write_to_path(str(directory / f"{names[0]}.pem"))
     cert.private_key_pem.write_to_path(str(directory / f"{names[0]}.key"))
     return CertificateConfig(certificate=str(directory / f"{names[0]}.pem"), key=str(directory / f"{names[0]}.key"), names=names)
-
-
-class LineClient:
-    """A blocking raw SMTP client (run in a thread) that can switch to TLS mid-stream."""
-
-    def __init__(self, port: int) -> None:
-        self.sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buffer = b""
-
-    def replies(self, count: int) -> list[str]:
-        found: list[str] = []
-        while len(found) < count:
-            while b"\r\n" not in self.buffer:
-                data = self.sock.recv(65536)
-                if not data:
-                    raise EOFError(f"connection closed after {found}")
-                self.buffer += data
-            line, self.buffer = self.buffer.split(b"\r\n", 1)
-            if line[3:4] == b" ":
-                found.append(line.decode())
-        return found
-
-    def lines_of_next_reply(self) -> list[str]:
-        lines: list[str] = []
-        while not lines or lines[-1][3:4] != " ":
-            while b"\r\n" not in self.buffer:
-                self.buffer += self.sock.recv(65536)
-            line, self.buffer = self.buffer.split(b"\r\n", 1)
-            lines.append(line.decode())
-        return lines
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def start_tls(self, ctx: ssl.SSLContext, server_hostname: str = "mx.test") -> None:
-        assert self.buffer == b"", "the server sent something after 220 in plaintext"
-        self.sock = ctx.wrap_socket(self.sock, server_hostname=server_hostname)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 async def test_starttls_then_ehlo_again_and_the_received_header_says_so(server: Running, config: Config, ca: trustme.CA) -> None:
@@ -108,21 +68,14 @@ async def test_starttls_then_ehlo_again_and_the_received_header_says_so(server: 
 async def test_plaintext_injected_behind_starttls_is_never_executed(server: Running, ca: trustme.CA) -> None:
     # CVE-2011-0411: commands sent in the same packet as STARTTLS must not run inside TLS.
     def attack() -> tuple[list[str], list[str]]:
-        client = LineClient(port_of(server))
-        try:
+        with BlockingClient(port_of(server)) as client:
             client.replies(1)
-            client.send(b"EHLO c\r\n")
-            client.replies(1)
-            client.send(b"STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n")
-            ready = client.replies(1)
+            client.say(b"EHLO c\r\n")
+            ready = client.say(b"STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n")
             client.start_tls(client_context(ca))
-            client.send(b"EHLO c\r\n")
-            client.replies(1)
+            client.say(b"EHLO c\r\n")
             # Had the injected MAIL run, this RCPT would be accepted.
-            client.send(b"RCPT TO:<bob@localhost>\r\n")
-            return ready, client.replies(1)
-        finally:
-            client.close()
+            return ready, client.say(b"RCPT TO:<bob@localhost>\r\n")
 
     ready, answer = await trio.to_thread.run_sync(attack)
     assert ready[0].startswith("220 2.0.0")
@@ -131,18 +84,10 @@ async def test_plaintext_injected_behind_starttls_is_never_executed(server: Runn
 
 async def test_commands_before_a_new_ehlo_are_refused_after_starttls(server: Running, ca: trustme.CA) -> None:
     def talk() -> list[str]:
-        client = LineClient(port_of(server))
-        try:
+        with BlockingClient(port_of(server)) as client:
             client.replies(1)
-            client.send(b"EHLO c\r\n")
-            client.replies(1)
-            client.send(b"STARTTLS\r\n")
-            client.replies(1)
-            client.start_tls(client_context(ca))
-            client.send(b"MAIL FROM:<a@example.org>\r\n")  # the session is back before EHLO
-            return client.replies(1)
-        finally:
-            client.close()
+            client.starttls(client_context(ca))
+            return client.say(b"MAIL FROM:<a@example.org>\r\n")  # the session is back before EHLO
 
     [answer] = await trio.to_thread.run_sync(talk)
     assert answer.startswith("503 5.5.1")
@@ -150,18 +95,11 @@ async def test_commands_before_a_new_ehlo_are_refused_after_starttls(server: Run
 
 async def test_a_failed_handshake_ends_the_session_and_is_journaled(server: Running) -> None:
     def talk() -> bytes:
-        client = LineClient(port_of(server))
-        try:
+        with BlockingClient(port_of(server)) as client:
             client.replies(1)
-            client.send(b"EHLO c\r\nSTARTTLS\r\n")
-            client.replies(2)
+            client.say(b"EHLO c\r\nSTARTTLS\r\n", 2)
             client.send(b"this is not a TLS ClientHello\r\n" * 4)
-            try:
-                return client.sock.recv(1024)
-            except ConnectionResetError:
-                return b""
-        finally:
-            client.close()
+            return client.read_until_closed()
 
     assert await trio.to_thread.run_sync(talk) == b""  # closed, nothing said in plaintext
     records = await wait_journal(server, has_tag("session.closed"))
@@ -207,15 +145,9 @@ async def test_submissions_refuses_a_plaintext_client(start_server: Any, config:
     running = await start_server(with_listener(config, name="submissions", role="submissions"))
 
     def talk() -> bytes:
-        client = LineClient(port_of(running))
-        try:
+        with BlockingClient(port_of(running)) as client:
             client.send(b"EHLO c\r\n")  # not a ClientHello
-            try:
-                return client.sock.recv(1024)
-            except ConnectionResetError:
-                return b""
-        finally:
-            client.close()
+            return client.read_until_closed()
 
     assert await trio.to_thread.run_sync(talk) == b""  # no greeting in plaintext, just closed
     records = await wait_journal(running, has_tag("session.closed"))
@@ -226,11 +158,8 @@ async def test_a_silent_client_is_dropped_after_the_handshake_timeout(start_serv
     running = await start_server(with_changes(with_listener(config, role="submissions"), tls={"handshake_timeout": 0.3}))
 
     def talk() -> bytes:
-        client = LineClient(port_of(running))
-        try:
-            return client.sock.recv(1024)  # we never say hello
-        finally:
-            client.close()
+        with BlockingClient(port_of(running)) as client:
+            return client.read_until_closed()  # we never say hello
 
     with trio.fail_after(5):
         assert await trio.to_thread.run_sync(talk) == b""
@@ -241,16 +170,11 @@ async def test_sni_selects_the_certificate(start_server: Any, config: Config, ca
     running = await start_server(with_listener(config, certificates=certificates))
 
     def subject(name: str) -> str:
-        client = LineClient(port_of(running))
-        try:
+        with BlockingClient(port_of(running)) as client:
             client.replies(1)
-            client.send(b"EHLO c\r\nSTARTTLS\r\n")
-            client.replies(2)
-            client.start_tls(client_context(ca), server_hostname=name)  # verifies the name too
+            client.starttls(client_context(ca), server_hostname=name)  # verifies the name too
             cert = client.sock.getpeercert()  # type: ignore[attr-defined]
             return str(cert["subjectAltName"][0][1])
-        finally:
-            client.close()
 
     assert await trio.to_thread.run_sync(subject, "other.test") == "other.test"
     assert await trio.to_thread.run_sync(subject, "mx.test") == "mx.test"
@@ -265,15 +189,10 @@ async def test_minimum_tls_version_is_enforced(start_server: Any, config: Config
     def handshake(maximum: ssl.TLSVersion) -> str:
         ctx = client_context(ca)
         ctx.maximum_version = maximum
-        client = LineClient(port_of(running))
-        try:
+        with BlockingClient(port_of(running)) as client:
             client.replies(1)
-            client.send(b"EHLO c\r\nSTARTTLS\r\n")
-            client.replies(2)
-            client.start_tls(ctx)
+            client.starttls(ctx)
             return client.sock.version()  # type: ignore[attr-defined,no-any-return]
-        finally:
-            client.close()
 
     assert await trio.to_thread.run_sync(handshake, ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
     with pytest.raises(ssl.SSLError):
@@ -295,16 +214,11 @@ async def test_without_a_certificate_a_self_signed_one_is_generated_once(
     def peer_certificate(running: Running) -> str:
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # what an MX client does
-        client = LineClient(port_of(running))
-        try:
+        with BlockingClient(port_of(running)) as client:
             client.replies(1)
-            client.send(b"EHLO c\r\nSTARTTLS\r\n")
-            client.replies(2)
-            client.start_tls(ctx)
+            client.starttls(ctx)
             der = client.sock.getpeercert(binary_form=True)  # type: ignore[attr-defined]
             return ssl.DER_cert_to_PEM_cert(der)
-        finally:
-            client.close()
 
     assert ssl.PEM_cert_to_DER_cert(await trio.to_thread.run_sync(peer_certificate, first)) == ssl.PEM_cert_to_DER_cert(pem.decode())
     caplog.clear()
