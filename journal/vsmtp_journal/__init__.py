@@ -8,6 +8,7 @@ imports vsmtp: it stores tagged payloads and bytes.
 
 from __future__ import annotations
 
+from . import doorbell
 from .codec import Record, decode_record, encode_record
 from .errors import CorruptRecord, JournalError, JournalFull
 from .store import Append, Journal
@@ -25,6 +26,7 @@ __all__ = [
     "Record",
     "Report",
     "decode_record",
+    "doorbell",
     "encode_record",
     "follow",
     "verify",

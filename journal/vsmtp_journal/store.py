@@ -2,7 +2,8 @@
 
 One environment holds four named databases: `events` (position -> record), `blobs`
 (key -> bytes), `index` (a lookup key -> the position of the record it names, e.g. a queue
-id or a Message-ID) and `meta` (reserved for projection checkpoints). A batch of appends is one
+id or a Message-ID) and `meta`: snapshots of a projection ("snapshot:" + position -> bytes
+the caller encoded) and the retention horizon (records up to it have been purged). A batch of appends is one
 write transaction, committed and synced before append_batch returns: that is the unit of
 durability the writer (writer.py) builds group commit on. LMDB's writer lock serialises
 writers across processes, so positions stay unique and gapless even with several processes.
@@ -17,16 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import cbor2
 import lmdb
 
 from .codec import Record, decode_position, decode_record, encode_position, encode_record
-from .errors import JournalError, JournalFull
+from .errors import CorruptRecord, JournalError, JournalFull
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space to start with; the file itself is sparse
 _EVENTS = b"events"
 _BLOBS = b"blobs"
 _META = b"meta"
 _INDEX = b"index"
+_SNAPSHOT = b"snapshot:"
+_HORIZON = b"horizon"
+_BLOBS_PURGED = b"blobs-purged-before"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,8 @@ class Journal:
         self.path = Path(path)
         self.readonly = readonly
         self.max_map_size = max_map_size
+        if max_map_size is not None:
+            map_size = min(map_size, max_map_size)
         if readonly:
             if not (self.path / "data.mdb").exists():
                 raise JournalError(f"no journal at {self.path} (expected {self.path / 'data.mdb'})")
@@ -79,14 +86,20 @@ class Journal:
             raise JournalError(f"cannot open journal at {self.path}: {exc}") from exc
         # Without txn=, py-lmdb opens each handle in a transaction it commits, so the handles
         # stay valid (a handle opened in an aborted read transaction would be discarded).
-        try:
-            self._events = self._env.open_db(_EVENTS, create=not readonly)
-            self._blobs = self._env.open_db(_BLOBS, create=not readonly)
-            self._meta = self._env.open_db(_META, create=not readonly)
-            self._index = self._open_optional(_INDEX, readonly)
-        except lmdb.NotFoundError as exc:
-            self._env.close()
-            raise JournalError(f"{self.path} is not a vsmtp journal (no events database)") from exc
+        for attempt in range(3):
+            try:
+                self._events = self._env.open_db(_EVENTS, create=not readonly)
+                self._blobs = self._env.open_db(_BLOBS, create=not readonly)
+                self._meta = self._env.open_db(_META, create=not readonly)
+                self._index = self._open_optional(_INDEX, readonly)
+                break
+            except lmdb.MapResizedError:
+                if attempt == 2:
+                    raise
+                self._env.set_mapsize(0)  # another process grew the map as we opened: adopt it
+            except lmdb.NotFoundError as exc:
+                self._env.close()
+                raise JournalError(f"{self.path} is not a vsmtp journal (no events database)") from exc
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -100,6 +113,8 @@ class Journal:
                 return self._write(appends, encoded)
             except lmdb.MapFullError:
                 self._grow()
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)  # another process grew the map: adopt its size
             except lmdb.Error as exc:
                 if _is_enospc(exc):
                     raise JournalFull(f"no space left for the journal at {self.path}") from exc
@@ -111,7 +126,8 @@ class Journal:
     def _write(self, appends: Sequence[Append], encoded: list[bytes]) -> list[int]:
         with self._env.begin(write=True) as txn:
             cursor = txn.cursor(db=self._events)
-            last = decode_position(cursor.key()) if cursor.last() else 0
+            # An empty events database after a purge of everything goes on from the horizon.
+            last = decode_position(cursor.key()) if cursor.last() else self._horizon_in(txn)
             positions = []
             for offset, (a, data) in enumerate(zip(appends, encoded, strict=True), start=1):
                 position = last + offset
@@ -124,6 +140,127 @@ class Journal:
                     raise JournalError(f"position {position} already exists")
                 positions.append(position)
             return positions
+
+    # -- snapshots and retention -----------------------------------------------------------
+
+    def write_snapshot(self, position: int, payload: Any) -> None:
+        """Store a projection's state as of `position` (any CBOR payload), in one synced transaction."""
+        self._write_meta({_SNAPSHOT + encode_position(position): cbor2.dumps(payload)})
+
+    def snapshots(self) -> list[int]:
+        """Positions that have a snapshot, oldest first."""
+        with self._begin_read() as txn:
+            cursor = txn.cursor(db=self._meta)
+            found = []
+            if cursor.set_range(_SNAPSHOT):
+                for key in cursor.iternext(values=False):
+                    if not bytes(key).startswith(_SNAPSHOT):
+                        break
+                    found.append(decode_position(bytes(key)[len(_SNAPSHOT) :]))
+            return found
+
+    def snapshot(self, position: int) -> Any:
+        """The payload stored at `position`, or None. Raises CorruptRecord if it does not decode."""
+        with self._begin_read() as txn:
+            data = txn.get(_SNAPSHOT + encode_position(position), db=self._meta)
+        if data is None:
+            return None
+        try:
+            return cbor2.loads(data)
+        except (cbor2.CBORDecodeError, ValueError) as exc:
+            raise CorruptRecord(position, f"snapshot does not decode: {exc}") from exc
+
+    def horizon(self) -> int:
+        """The last purged position: records after it are all kept (0: nothing purged)."""
+        with self._begin_read() as txn:
+            value = txn.get(_HORIZON, db=self._meta)
+        return 0 if value is None else decode_position(cast(bytes, value))
+
+    def blobs_purged_before(self) -> bytes:
+        """Blob keys sorting before this may have been purged on purpose (b"": none)."""
+        with self._begin_read() as txn:
+            return cast(bytes, txn.get(_BLOBS_PURGED, db=self._meta) or b"")
+
+    def blob_keys(self, *, before: bytes | None = None) -> Iterator[bytes]:
+        """Blob keys in key order (a snapshot), up to `before` if given."""
+        with self._begin_read() as txn:
+            cursor = txn.cursor(db=self._blobs)
+            for key in cursor.iternext(values=False):
+                if before is not None and bytes(key) >= before:
+                    return
+                yield bytes(key)
+
+    def purge(self, *, blobs: Sequence[bytes] = (), blobs_before: bytes = b"", through: int = 0) -> tuple[int, int]:
+        """Delete `blobs`, and every record up to position `through` with the index entries
+        and snapshots older than it, in one synced transaction. `through` must have a
+        snapshot: it becomes the state a rebuild starts from. Returns (blobs, records) deleted.
+        LMDB puts the freed pages on its free list and reuses them for new writes."""
+        if self.readonly:
+            raise JournalError("journal opened read-only")
+        if through and through not in self.snapshots():
+            raise JournalError(f"cannot purge through position {through}: no snapshot there")
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    removed_blobs = sum(1 for key in blobs if txn.delete(key, db=self._blobs))
+                    if blobs_before > (txn.get(_BLOBS_PURGED, db=self._meta) or b""):
+                        txn.put(_BLOBS_PURGED, blobs_before, db=self._meta)
+                    removed_records = 0
+                    if through > self._horizon_in(txn):
+                        removed_records = self._purge_records(txn, through)
+                    return removed_blobs, removed_records
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)
+            except lmdb.MapFullError:
+                self._grow()
+
+    def _horizon_in(self, txn: lmdb.Transaction) -> int:
+        value = txn.get(_HORIZON, db=self._meta)
+        return 0 if value is None else decode_position(cast(bytes, value))
+
+    def _purge_records(self, txn: lmdb.Transaction, through: int) -> int:
+        end = encode_position(through)
+        removed = 0
+        cursor = txn.cursor(db=self._events)
+        if cursor.first():
+            while bytes(cursor.key()) <= end:
+                removed += 1
+                if not cursor.delete():
+                    break
+        if self._index is not None:  # entries naming purged records would lead nowhere
+            cursor = txn.cursor(db=self._index)
+            if cursor.first():
+                while True:
+                    if bytes(cursor.value()) <= end:
+                        if not cursor.delete():
+                            break
+                    elif not cursor.next():
+                        break
+        cursor = txn.cursor(db=self._meta)
+        if cursor.set_range(_SNAPSHOT):
+            while bytes(cursor.key()).startswith(_SNAPSHOT) and bytes(cursor.key())[len(_SNAPSHOT) :] < end:
+                if not cursor.delete():
+                    break
+        txn.put(_HORIZON, end, db=self._meta)
+        return removed
+
+    def _write_meta(self, items: Mapping[bytes, bytes]) -> None:
+        if self.readonly:
+            raise JournalError("journal opened read-only")
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    for key, value in items.items():
+                        txn.put(key, value, db=self._meta)
+                return
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                if _is_enospc(exc):
+                    raise JournalFull(f"no space left for the journal at {self.path}") from exc
+                raise JournalError(f"cannot write to the journal: {exc}") from exc
 
     def _grow(self) -> None:
         current = self._env.info()["map_size"]
@@ -147,7 +284,7 @@ class Journal:
     def last_position(self) -> int:
         with self._begin_read() as txn:
             cursor = txn.cursor(db=self._events)
-            return decode_position(cast(bytes, cursor.key())) if cursor.last() else 0
+            return decode_position(cast(bytes, cursor.key())) if cursor.last() else self._horizon_in(txn)
 
     def get(self, position: int) -> Record | None:
         with self._begin_read() as txn:
@@ -204,6 +341,29 @@ class Journal:
             "records": records,
             "blobs": blobs,
         }
+
+    def room(self) -> int:
+        """Bytes the journal can still take, estimated: free pages in the file plus the
+        filesystem's free space, and no more than `max_map_size` minus the pages in use.
+
+        LMDB reuses the pages that deleted records freed (retention), so the pages in use,
+        not the file's size, are what counts against the maximum."""
+        stat = self._env.stat()
+        page = stat["psize"]
+        with self._begin_read() as txn:
+            used = sum(
+                txn.stat(db)["branch_pages"] + txn.stat(db)["leaf_pages"] + txn.stat(db)["overflow_pages"]
+                for db in (self._events, self._blobs, self._meta, self._index)
+                if db is not None
+            )
+        used = (used + stat["branch_pages"] + stat["leaf_pages"] + 4) * page  # + the main db and meta pages
+        data = self.path / "data.mdb"
+        file_bytes = data.stat().st_size if data.exists() else 0
+        fs = os.statvfs(self.path)
+        room = fs.f_bavail * fs.f_frsize + max(file_bytes - used, 0)
+        if self.max_map_size is not None:
+            room = min(room, self.max_map_size - used)
+        return max(room, 0)
 
     def _open_optional(self, name: bytes, readonly: bool) -> Any:
         """A database that older journals may lack: created when writing, None when reading one without it."""

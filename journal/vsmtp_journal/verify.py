@@ -1,5 +1,6 @@
-"""Integrity check of a journal: positions contiguous from 1, every record decodes, and every
-blob a record refers to is there. Read-only; safe while the daemon runs.
+"""Integrity check of a journal: positions contiguous from 1 (or from the retention horizon
+on), every record decodes, and every blob a record refers to is there (unless retention
+removed it on purpose). Read-only; safe while the daemon runs.
 """
 
 from __future__ import annotations
@@ -42,8 +43,15 @@ def verify(
     """Walk the whole journal. `blobs_of` names the blob keys a record refers to;
     `check_record` returns what is wrong with a decoded record, or None."""
     problems: list[Problem] = []
-    expected, records, blobs = 1, 0, 0
-    for position, data in journal.read_raw(0):
+    horizon = journal.horizon()
+    purged_before = journal.blobs_purged_before()
+    try:
+        if horizon and journal.snapshot(horizon) is None:
+            problems.append(Problem(horizon, "records up to here were purged, but the snapshot that replaces them is missing"))
+    except CorruptRecord as exc:
+        problems.append(Problem(horizon, f"the snapshot at the retention horizon does not decode: {exc.reason}"))
+    expected, records, blobs = horizon + 1, 0, 0
+    for position, data in journal.read_raw(horizon):
         if len(problems) >= max_problems:
             problems.append(Problem(0, f"stopped after {max_problems} problems"))
             break
@@ -62,6 +70,6 @@ def verify(
             problems.append(Problem(position, f"{record.tag} v{record.version}: {wrong}"))
         for key in blobs_of(record):
             blobs += 1
-            if not journal.has_blob(key):
+            if not journal.has_blob(key) and not key < purged_before:
                 problems.append(Problem(position, f"{record.tag} refers to blob {key.decode(errors='replace')!r}, which is missing"))
     return Report(records=records, blobs_checked=blobs, problems=tuple(problems))

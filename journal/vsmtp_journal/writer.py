@@ -9,14 +9,14 @@ the next batch. Many sessions, one fsync: this is where throughput comes from.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from .codec import Record
-from .errors import JournalError
+from .errors import JournalError, JournalFull
 from .store import Append, Journal
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,10 @@ class BatchStats:
 class GroupCommitWriter:
     """The one writer task of a process. Run `serve` in a nursery, then `append` from anywhere."""
 
-    def __init__(self, journal: Journal, *, linger: float = LINGER) -> None:
+    def __init__(self, journal: Journal, *, linger: float = LINGER, on_commit: Callable[[int], None] | None = None) -> None:
         self.journal = journal
         self.linger = linger
+        self.on_commit = on_commit  # called with the last position after each commit (e.g. to wake another process)
         self.last_committed = journal.last_position()
         self.stats = BatchStats()
         self._queue: list[_Pending] = []
@@ -56,6 +57,21 @@ class GroupCommitWriter:
         self._urgent = trio.Event()  # somebody waits for a commit
         self._committed = trio.Event()
         self._running = False
+        self._room: tuple[float, int] | None = None  # (when, bytes) of the last estimate
+        self.shortfall = 0  # bytes of the last batch refused for want of space
+
+    def has_room(self, needed: int, *, max_age: float = 0.5) -> bool:
+        """Whether the journal can take `needed` bytes more (and at least as much as the last
+        batch it refused, until that space has returned). The estimate is at most `max_age`
+        seconds old: this is asked for every MAIL."""
+        now = trio.current_time()
+        if self._room is None or now - self._room[0] > max_age:
+            self._room = (now, self.journal.room())
+        needed = max(needed, self.shortfall)
+        if self._room[1] < needed:
+            return False
+        self.shortfall = 0
+        return True
 
     async def append(
         self,
@@ -88,9 +104,18 @@ class GroupCommitWriter:
         return pending.position
 
     async def wait_committed(self, after: int) -> None:
-        """Block until a record with a position greater than `after` is committed by this process."""
+        """Block until a record with a position greater than `after` is committed (by this
+        process, or by another one that `notice_commits` was told about)."""
         while self.last_committed <= after:
             await self._committed.wait()
+
+    def notice_commits(self) -> None:
+        """Another process sharing the journal committed: wake whoever waits for new records."""
+        last = self.journal.last_position()
+        if last > self.last_committed:
+            self.last_committed = last
+            committed, self._committed = self._committed, trio.Event()
+            committed.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._running = True
@@ -127,6 +152,9 @@ class GroupCommitWriter:
                 positions = await trio.to_thread.run_sync(self.journal.append_batch, appends)
         except JournalError as exc:
             log.error("journal commit of %d records failed: %s", len(batch), exc)
+            if isinstance(exc, JournalFull):
+                self._room = None
+                self.shortfall = sum(1024 + sum(map(len, p.append.blobs.values())) for p in batch)
             for p in batch:
                 p.error = exc
                 if p.done is not None:
@@ -136,7 +164,9 @@ class GroupCommitWriter:
             p.position = position
             if p.done is not None:
                 p.done.set()
-        self.last_committed = positions[-1]
+        self.last_committed = max(self.last_committed, positions[-1])
+        if self.on_commit is not None:
+            self.on_commit(positions[-1])
         self.stats.records = len(batch)
         self.stats.seconds = trio.current_time() - started
         self.stats.commits += 1

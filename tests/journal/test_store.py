@@ -122,3 +122,76 @@ def test_several_processes_append_without_gaps_or_duplicates(tmp_path: Path) -> 
     for n in range(3):
         mine = [r.payload["i"] for r in records if r.payload["by"] == f"p{n}"]
         assert mine == list(range(150))  # each process's records in its own order
+
+
+def test_snapshots_are_stored_by_position_and_read_back(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j") as journal:
+        journal.append_batch([Append("t", 1, {"at": 1.0}) for _ in range(5)])
+        journal.write_snapshot(3, {"state": [1, 2], "raw": b"\x00"})
+        journal.write_snapshot(5, {"state": [3]})
+        assert journal.snapshots() == [3, 5]
+        assert journal.snapshot(3) == {"state": [1, 2], "raw": b"\x00"}
+        assert journal.snapshot(4) is None
+
+
+def test_purge_removes_records_up_to_a_snapshot_with_their_index_and_older_snapshots(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j") as journal:
+        for n in range(1, 7):
+            journal.append_batch([Append("t", 1, {"n": n}, {f"b{n}".encode(): b"x" * 100}, index=(f"k{n}".encode(),))])
+        journal.write_snapshot(2, "two")
+        journal.write_snapshot(4, "four")
+        with pytest.raises(JournalError, match="no snapshot"):
+            journal.purge(through=3)
+        assert journal.purge(blobs=[b"b1", b"b2", b"nope"], blobs_before=b"b3", through=4) == (2, 4)
+        assert [r.position for r in journal.read(0)] == [5, 6]
+        assert journal.horizon() == 4 and journal.snapshots() == [4]
+        assert journal.lookup(b"k4") is None and journal.lookup(b"k5") == 5
+        assert not journal.has_blob(b"b1") and journal.has_blob(b"b3")
+        assert journal.blobs_purged_before() == b"b3"
+        assert journal.append("t", 1, {"n": 7}) == 7  # positions go on from where they were
+        journal.write_snapshot(7, "seven")
+        journal.purge(through=7)
+        assert list(journal.read(0)) == [] and journal.last_position() == 7  # even with nothing left
+        assert journal.append("t", 1, {"n": 8}) == 8
+
+
+def test_purged_pages_are_reused_so_the_file_stops_growing(tmp_path: Path) -> None:
+    """Steady load with retention: each round adds 40 bodies of 20 KB and purges the bodies
+    and records of two rounds ago. Without reuse the file would grow by ~800 KB a round."""
+    one_round = 40 * 20_000
+    sizes = []
+    with Journal(tmp_path / "j") as journal:
+        rounds: list[list[bytes]] = []
+        for n in range(16):
+            keys = [f"{n:04d}-{i:04d}".encode() for i in range(40)]
+            for key in keys:
+                journal.append_batch([Append("m", 1, {"at": float(n)}, {key: bytes(20_000)})])
+            rounds.append(keys)
+            journal.write_snapshot(journal.last_position(), {"round": n})
+            if n >= 2:
+                journal.purge(blobs=rounds[n - 2], through=journal.snapshots()[-3])
+            sizes.append((tmp_path / "j" / "data.mdb").stat().st_size)
+    assert sizes[-1] - sizes[5] < one_round / 2, sizes  # ten more rounds, less than half a round of growth
+
+
+def _growing_writer(path: str, name: str) -> None:
+    # A tiny initial map: every process has to grow it, or adopt another's growth.
+    with Journal(path, map_size=1 << 20) as journal:
+        for i in range(60):
+            journal.append_batch([Append("proc", 1, {"by": name, "i": i}, {f"{name}-{i}".encode(): bytes(30_000)})])
+
+
+def test_processes_sharing_a_journal_survive_each_others_map_growth(tmp_path: Path) -> None:
+    path = str(tmp_path / "j")
+    Journal(path, map_size=1 << 20).close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_growing_writer, args=(path, f"p{n}")) for n in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    with Journal(path, readonly=True) as journal:
+        assert [r.position for r in journal.read(0)] == list(range(1, 181))
+        assert journal.stats()["blobs"] == 180
+        assert journal.stats()["map_bytes"] > 1 << 20
