@@ -5,6 +5,7 @@ from __future__ import annotations
 import mailbox
 from pathlib import Path
 
+import pytest
 from vsmtp_journal import Journal
 
 from vsmtp.config import Config, DeliveryConfig
@@ -66,3 +67,54 @@ def test_an_unwritable_maildir_defers_with_a_retry_time(tmp_path: Path) -> None:
     assert isinstance(outcome, ev.DeliveryDeferred)
     assert "cannot write to the Maildir" in outcome.reason
     assert outcome.retry_at - outcome.at == 1200.0  # the third failure: 5, 10, then 20 minutes
+
+
+def test_renames_waiting_for_a_running_fsync_share_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from vsmtp.delivery import maildir
+
+    real, first_started, release = maildir._fsync_dir, threading.Event(), threading.Event()
+
+    def held_first_time(path: Path) -> None:  # the real fsync, the first one held until released
+        if not first_started.is_set():
+            first_started.set()
+            release.wait(10)
+        real(path)
+
+    monkeypatch.setattr(maildir, "_fsync_dir", held_first_time)
+    syncer = maildir.DirectorySync()
+    first = threading.Thread(target=syncer.sync, args=(tmp_path,))
+    first.start()
+    assert first_started.wait(10)
+    waiting = [threading.Thread(target=syncer.sync, args=(tmp_path,)) for _ in range(5)]
+    for thread in waiting:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while syncer._directories[tmp_path].requested < 6:  # all five announced their renames
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    release.set()
+    for thread in [first, *waiting]:
+        thread.join(10)
+    assert syncer.fsyncs == 2  # the held one, then one for all five that came during it
+
+
+def test_concurrent_deliveries_all_land(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        paths = list(pool.map(lambda i: deliver(tmp_path / "M", f"{i}.Vq.host", [b"x\r\n"]), range(200)))
+    assert len({p.name for p in paths}) == 200 and all(p.read_bytes() == b"x\r\n" for p in paths)
+
+
+def test_a_failed_directory_fsync_fails_the_deliveries_it_covered(tmp_path: Path) -> None:
+    from vsmtp.delivery import maildir
+
+    syncer = maildir.DirectorySync()
+    with pytest.raises(FileNotFoundError):
+        syncer.sync(tmp_path / "missing")
+    (tmp_path / "there").mkdir()
+    syncer.sync(tmp_path / "there")
+    assert syncer.fsyncs == 1

@@ -3,13 +3,22 @@
 File names follow the Maildir convention "time.unique.host" with a unique part derived from
 the queue id and the recipient, so that a delivery interrupted between the rename and the
 journal commit is recognised on the next attempt instead of written twice. Synchronous: run
-it in a worker thread.
+it in worker threads.
+
+The rename into new/ must reach the disk before the delivery is journaled, which takes an
+fsync of the directory. Deliveries running at the same time into the same Maildir share one:
+DirectorySync lets the first thread sync for everyone whose rename came before it started,
+so under load a busy mailbox costs one directory fsync per round, not one per message.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -19,9 +28,15 @@ def file_name(*, accepted_at: float, queue_id: str, recipient: str, hostname: st
     return f"{int(accepted_at)}.V{queue_id}R{digest}.{host}"
 
 
+_ensured: set[Path] = set()  # Maildirs known to exist: no three mkdir calls per message
+
+
 def ensure(maildir: Path) -> None:
+    if maildir in _ensured and (maildir / "tmp").is_dir():
+        return
     for sub in ("tmp", "new", "cur"):
         (maildir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    _ensured.add(maildir)
 
 
 def find(maildir: Path, name: str, *, look_in_cur: bool) -> Path | None:
@@ -53,8 +68,82 @@ def deliver(maildir: Path, name: str, parts: list[bytes]) -> Path:
         os.close(fd)
     final = maildir / "new" / name
     os.rename(tmp, final)
-    _fsync_dir(maildir / "new")  # the rename itself must survive a crash
+    pending = getattr(_batch, "directories", None)
+    if pending is not None:
+        pending.add(maildir / "new")  # synced once when the batch ends
+    else:
+        directories.sync(maildir / "new")  # the rename itself must survive a crash
     return final
+
+
+_batch = threading.local()
+
+
+@contextmanager
+def batch() -> Iterator[None]:
+    """Deliveries in this block (in this thread) sync each directory once, when it ends.
+    Nothing delivered inside may be reported as delivered before the block has exited."""
+    pending: set[Path] = set()
+    _batch.directories = pending
+    try:
+        yield
+    finally:
+        _batch.directories = None
+    for directory in pending:
+        directories.sync(directory)
+
+
+@dataclass(slots=True)
+class _Directory:
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    requested: int = 0  # renames announced so far
+    synced: int = 0  # renames an fsync has covered
+    syncing: bool = False
+    failed: tuple[int, OSError] | None = None  # (covering up to, error) of the last failed round
+
+
+class DirectorySync:
+    """One directory fsync for every rename that came before it (group commit for directories)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._directories: dict[Path, _Directory] = {}
+        self.fsyncs = 0  # how many were made (tests check that they are shared)
+
+    def sync(self, path: Path) -> None:
+        """Return once an fsync of `path` that began after this call has completed."""
+        with self._lock:
+            state = self._directories.setdefault(path, _Directory())
+        with state.lock:
+            state.requested += 1
+            mine = state.requested
+            while state.synced < mine:
+                if state.failed is not None and state.failed[0] >= mine:
+                    raise state.failed[1]
+                if state.syncing:
+                    state.lock.wait()
+                    continue
+                state.syncing, covering = True, state.requested
+                error = None
+                state.lock.release()
+                try:
+                    _fsync_dir(path)
+                    self.fsyncs += 1
+                except OSError as exc:
+                    error = exc
+                finally:
+                    state.lock.acquire()
+                    state.syncing = False
+                    if error is None:
+                        state.synced = covering
+                    else:
+                        state.failed = (covering, error)
+                    state.lock.notify_all()
+                if error is not None:
+                    raise error
+
+
+directories = DirectorySync()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -105,6 +105,9 @@ class Scheduler:
                 await self.projection.wait_touched(timeout=max(wait, 0.0))
 
 
+BATCH = 32  # jobs one worker delivers in one thread call
+
+
 class Worker:
     def __init__(self, *, config: Config, journal: Journal, writer: GroupCommitWriter, scheduler: Scheduler) -> None:
         self.config = config
@@ -115,11 +118,41 @@ class Worker:
     async def run(self, receive: trio.MemoryReceiveChannel[DeliveryJob]) -> None:
         async with receive, trio.open_nursery() as recording:
             async for job in receive:
-                outcomes = await trio.to_thread.run_sync(self.deliver, job)
+                # Whatever else is waiting goes along in the same thread call: one hand-off and
+                # one directory fsync per Maildir for the lot, instead of one per message.
+                jobs = [job]
+                while len(jobs) < BATCH:
+                    try:
+                        jobs.append(receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                results = await trio.to_thread.run_sync(self.deliver_batch, jobs)
                 # The outcome is journaled while this worker takes its next job: it rides along
                 # with the next commit someone waits for. Losing it in a crash costs nothing but
                 # a look into the Maildir (recovered messages check for the file first).
-                recording.start_soon(self._record, job, outcomes)
+                for each, outcomes in zip(jobs, results, strict=True):
+                    recording.start_soon(self._record, each, outcomes)
+
+    def deliver_batch(self, jobs: list[DeliveryJob]) -> list[list[ev.JournalEvent]]:
+        """deliver() each job; the Maildir directories are synced once at the end."""
+        results = []
+        try:
+            with maildir.batch():
+                for job in jobs:
+                    results.append(self.deliver(job))
+        except OSError as exc:  # a directory could not be synced: none of the renames is sure
+            log.warning("cannot sync Maildir directories: %s", exc)
+            reason = f"cannot write to the Maildir: {exc}"
+            results = [
+                [
+                    _deferred(job, o.recipient, attempts, now=o.at, transport="maildir", reason=reason)
+                    if isinstance(o, ev.DeliverySucceeded)
+                    else o
+                    for o, (_, attempts) in zip(outcomes, job.recipients, strict=True)
+                ]
+                for job, outcomes in zip(jobs, results, strict=True)
+            ]
+        return results
 
     async def _record(self, job: DeliveryJob, outcomes: list[ev.JournalEvent]) -> None:
         try:
