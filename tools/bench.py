@@ -99,16 +99,37 @@ def machine_cpu_seconds() -> float:
     return busy / CLOCK_TICK
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its children (vsmtp's receiving processes)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return [pid, *children]
+
+
 def process_cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / CLOCK_TICK  # utime + stime
+    """CPU time of `pid` and its children, utime + stime."""
+    total = 0
+    for each in process_tree(pid):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(stat[11]) + int(stat[12])
+    return total / CLOCK_TICK
 
 
 def peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
+    """The sum of the peak resident sizes of `pid` and its children."""
+    total = 0
+    for each in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def count_files(directory: Path) -> int:

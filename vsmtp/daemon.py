@@ -5,42 +5,48 @@ lives in the modules it starts."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 
 import trio
-from vsmtp_journal import GroupCommitWriter, Journal, follow
+from vsmtp_journal import GroupCommitWriter, Journal, doorbell, follow
 
 from . import config as config_mod
 from . import telemetry
-from .config import Config
+from .config import Config, ListenerConfig
 from .delivery import Scheduler, serve_delivery
 from .errors import ConfigError
 from .net.server import Bound, SmtpService
 from .plugins import PluginManager
 from .queue import events as qe
 from .queue.projection import QueueProjection
+from .queue.retention import run_retention
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Running:
-    """Handles on a started server, for tests and tools."""
+    """Handles on a started server, for tests and tools. A receiving process has no projection
+    or scheduler; a delivery process (several workers) has no SMTP service."""
 
     bound: list[Bound]
     journal: Journal
     writer: GroupCommitWriter
-    projection: QueueProjection
+    projection: QueueProjection | None
     scheduler: Scheduler | None
     plugins: PluginManager
-    smtp: SmtpService
+    smtp: SmtpService | None
     cancel_scope: trio.CancelScope
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float) -> None:
         """Stop gracefully: no new sessions, open transactions get `grace` seconds, then all ends."""
-        await self.smtp.shutdown(self.smtp.settings.config.limits.shutdown_grace if grace is None else grace)
+        if self.smtp is not None:
+            await self.smtp.shutdown(grace)
         self.cancel_scope.cancel()
 
 
@@ -48,8 +54,17 @@ async def serve(
     config: Config,
     *,
     plugins: PluginManager | None = None,
+    receive: bool = True,
+    deliver: bool = True,
+    sockets: list[tuple[ListenerConfig, socket.socket]] | None = None,
+    doorbell_in: int | None = None,
+    doorbell_out: int | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run vsmtp in this process: by default everything (one process). `receive=False` is the
+    delivery process of several (workers.py), `deliver=False` a receiving process, accepting on
+    `sockets` bound by the supervisor. A receiving process rings `doorbell_out` after each
+    commit; the delivery process listens on `doorbell_in` to see those commits at once."""
     telemetry.setup(config.telemetry)
     if plugins is None:
         plugins = PluginManager()
@@ -58,30 +73,37 @@ async def serve(
     try:
         async with trio.open_nursery() as outer:
             # The writer outlives everything else: services stopping still journal their last words.
-            writer = GroupCommitWriter(journal)
+            ring = None if doorbell_out is None else partial(_ring, doorbell_out)
+            writer = GroupCommitWriter(journal, on_commit=ring)
             await outer.start(writer.serve)
             with trio.CancelScope() as services:
                 async with trio.open_nursery() as nursery:
-                    projection = QueueProjection(journal, writer)
-                    projection.catch_up()
-                    log.info(
-                        "journal %s: %d records, %d messages pending",
-                        config.journal.path,
-                        projection.state.position,
-                        len(projection.state.messages),
-                    )
-                    await nursery.start(projection.run)
-                    await nursery.start(_observe, journal, writer, plugins)
-                    scheduler = None
-                    if config.delivery.enabled:
-                        scheduler = await nursery.start(
-                            lambda task_status: serve_delivery(
-                                config=config, journal=journal, writer=writer, projection=projection, task_status=task_status
-                            )
+                    projection = scheduler = smtp = None
+                    if doorbell_in is not None:
+                        nursery.start_soon(doorbell.listen, doorbell_in, writer)
+                    if deliver:
+                        projection = QueueProjection(journal, writer)
+                        projection.catch_up()
+                        log.info(
+                            "journal %s: %d records, %d messages pending",
+                            config.journal.path,
+                            projection.state.position,
+                            len(projection.state.messages),
                         )
-                    smtp = SmtpService(config, writer)
-                    bound = await nursery.start(smtp.serve)
-                    log.info("vsmtp ready")
+                        await nursery.start(projection.run)
+                        await nursery.start(projection.run_checkpoints, config.journal.checkpoint_interval)
+                        await nursery.start(run_retention, journal, writer, projection, config.retention)
+                        await nursery.start(_observe, journal, writer, plugins)
+                        if config.delivery.enabled:
+                            scheduler = await nursery.start(
+                                lambda task_status: serve_delivery(
+                                    config=config, journal=journal, writer=writer, projection=projection, task_status=task_status
+                                )
+                            )
+                    bound: list[Bound] = []
+                    if receive:
+                        smtp = SmtpService(config, writer)
+                        bound = await nursery.start(lambda task_status: smtp.serve(sockets=sockets, task_status=task_status))
                     task_status.started(
                         Running(
                             bound=bound,
@@ -97,6 +119,10 @@ async def serve(
             outer.cancel_scope.cancel()
     finally:
         journal.close()
+
+
+def _ring(fd: int, position: int) -> None:
+    doorbell.ring(fd)
 
 
 async def _observe(
@@ -122,12 +148,14 @@ async def run_until_signalled(config: Config, config_path: str | None = None) ->
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             running: Running = await nursery.start(_serve_then_leave, config, nursery.cancel_scope)
+            log.info("vsmtp ready (one process, pid %d)", os.getpid())
             stopping = False
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     reload(running, config_path)
                 elif not stopping:
                     stopping = True
+                    assert running.smtp is not None
                     grace = running.smtp.settings.config.limits.shutdown_grace
                     log.info("received %s: stopping (open transactions have %.0fs to finish)", signal.Signals(signum).name, grace)
                     nursery.start_soon(running.stop, grace)
@@ -143,6 +171,7 @@ async def _serve_then_leave(config: Config, scope: trio.CancelScope, task_status
 
 def reload(running: Running, config_path: str | None) -> None:
     """Re-read the configuration and certificates for new sessions; keep the old ones on error."""
+    assert running.smtp is not None
     try:
         new = config_mod.load(config_path)
         running.smtp.reload(new)

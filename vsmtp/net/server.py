@@ -88,6 +88,44 @@ async def open_listeners(config: Config) -> list[tuple[ListenerConfig, trio.Sock
     return bound
 
 
+BACKLOG = 1024
+
+
+def bind_sockets(config: Config, copies: int) -> list[list[tuple[ListenerConfig, socket.socket]]]:
+    """Bind every address of every listener `copies` times with SO_REUSEPORT, one set of
+    listening sockets per receiving process: the kernel spreads connections between them.
+    Port 0 is resolved by the first copy and the others join it. Same skip rules as
+    open_listeners."""
+    sets: list[list[tuple[ListenerConfig, socket.socket]]] = [[] for _ in range(copies)]
+    for listener in config.listeners:
+        for address in listener.addresses:
+            host, port = parse_address(address)
+            try:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                for sockets in sets:
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                        if family == socket.AF_INET6:
+                            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                        sock.bind((host, port))
+                        sock.listen(BACKLOG)
+                    except OSError:
+                        sock.close()
+                        raise
+                    port = sock.getsockname()[1]
+                    sockets.append((listener, sock))
+            except OSError as exc:
+                if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    log.warning("listener %s: cannot bind %s (%s); skipped", listener.name, address, exc.strerror)
+                    continue
+                raise OSError(exc.errno, f"listener {listener.name}: cannot bind {address}: {exc.strerror}") from exc
+    if not sets[0]:
+        raise OSError(errno.EADDRNOTAVAIL, "no listener address could be bound")
+    return sets
+
+
 class SmtpService:
     def __init__(self, config: Config, writer: GroupCommitWriter) -> None:
         self.settings = Settings.build(config)
@@ -106,8 +144,17 @@ class SmtpService:
         if old != {(lst.name, lst.role, lst.addresses) for lst in config.listeners}:
             log.warning("listener addresses or roles changed: they take effect at the next restart")
 
-    async def serve(self, *, task_status: trio.TaskStatus[list[Bound]] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await open_listeners(self.settings.config)
+    async def serve(
+        self,
+        *,
+        sockets: list[tuple[ListenerConfig, socket.socket]] | None = None,
+        task_status: trio.TaskStatus[list[Bound]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept on the configured addresses, or on `sockets` already bound (bind_sockets)."""
+        if sockets is None:
+            listeners = await open_listeners(self.settings.config)
+        else:
+            listeners = [(lst, trio.SocketListener(trio.socket.from_stdlib_socket(sock))) for lst, sock in sockets]
         bound = []
         async with trio.open_nursery() as sessions:
             with self._listen_scope:

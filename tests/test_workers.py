@@ -1,0 +1,112 @@
+"""`vsmtp serve` with several receiving processes: one port, one journal, one delivery process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import time
+from pathlib import Path
+
+import pytest
+
+from .daemon import Daemon, run_cli
+from .test_crash import maildir
+
+CONFIG = 'workers = 2\n[[listeners]]\naddresses = ["127.0.0.1:0"]\n'
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def receivers(daemon: Daemon, count: int = 2, timeout: float = 20) -> list[int]:
+    assert daemon.proc is not None
+    deadline = time.monotonic() + timeout
+    while len(pids := children(daemon.proc.pid)) < count:  # bounded by the deadline
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)
+    return pids
+
+
+def send(port: int, count: int, tag: str) -> list[str]:
+    """`count` messages, one connection each (so the kernel spreads them); their queue ids."""
+    ids = []
+    for n in range(count):
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.ehlo("client.test")
+            client.mail("a@example.org")
+            client.rcpt("bob@localhost")
+            code, text = client.data(f"Subject: {tag} {n}\r\n\r\nbody {n}\r\n")
+            assert code == 250, text
+            ids.append(text.decode().rsplit(" ", 1)[-1])
+    return ids
+
+
+def wait_files(workdir: Path, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while len(maildir(workdir)) < count:  # bounded by the deadline
+        assert time.monotonic() < deadline, f"{len(maildir(workdir))} of {count} delivered"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Daemon:
+    daemon = Daemon(tmp_path, CONFIG)
+    yield daemon  # type: ignore[misc]
+    daemon.kill()
+
+
+@pytest.mark.slow
+def test_two_receiving_processes_share_the_port_and_the_journal(daemon: Daemon) -> None:
+    port = daemon.start()
+    assert len(receivers(daemon)) == 2
+    ids = send(port, 30, "spread")
+    wait_files(daemon.workdir, 30)
+    log = daemon.log()
+    assert "receiver-1" in log and "receiver-2" in log
+    by_process = {name: sum(f"{name} vsmtp.net.session: {qid}" in log for qid in ids) for name in ("receiver-1", "receiver-2")}
+    assert sum(by_process.values()) == 30 and all(by_process.values()), by_process  # both took some
+    verify = run_cli(daemon.workdir, "journal", "verify")
+    assert verify.returncode == 0, verify.stdout  # positions gapless across the writers
+    assert len({p.name for p in maildir(daemon.workdir)}) == 30
+
+
+@pytest.mark.slow
+def test_a_receiving_process_that_dies_is_restarted_and_service_goes_on(daemon: Daemon) -> None:
+    port = daemon.start()
+    first = receivers(daemon)
+    os.kill(first[0], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while "restarting" not in daemon.log():  # bounded
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)
+    after = receivers(daemon)
+    assert first[0] not in after and first[1] in after
+    send(port, 20, "after")
+    wait_files(daemon.workdir, 20)
+
+
+@pytest.mark.slow
+def test_receiving_processes_exit_when_the_supervisor_is_killed(daemon: Daemon) -> None:
+    daemon.start()
+    pids = receivers(daemon)
+    daemon.kill(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, "receiving processes outlived the supervisor"
+        time.sleep(0.05)

@@ -1,0 +1,221 @@
+"""Several processes: `workers` receiving processes and one delivery process, one journal.
+
+Python runs one instruction at a time per process, so one process uses one core. With
+`workers = N` (N >= 1), `vsmtp serve` becomes a supervisor that:
+
+- binds every listening address N times with SO_REUSEPORT (net/server.py, bind_sockets), so
+  the kernel spreads connections across the receiving processes, and keeps the sockets: a
+  receiving process that dies is restarted on the same sockets and no queued connection is
+  lost;
+- starts N receiving processes (`python -m vsmtp.workers`, below), each with its own journal
+  writer appending to the shared LMDB environment (LMDB serialises their transactions, so
+  positions stay unique and gapless);
+- runs delivery itself: the queue projection, the scheduler and the observers, woken by a
+  doorbell pipe the receiving processes ring after each commit (vsmtp_journal.doorbell);
+- forwards SIGHUP (reload) and SIGTERM (graceful stop) to the receiving processes, which are
+  in their own process group so that a terminal's Ctrl-C reaches only the supervisor.
+
+Each receiving process holds the read end of a "lifeline" pipe whose write end only the
+supervisor has: if the supervisor dies, even by SIGKILL, the pipe reads EOF and the receiving
+processes exit at once instead of serving on without delivery.
+
+`workers = 0` keeps everything in one process (daemon.serve), as the in-process tests run it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from . import config as config_mod
+from .config import Config
+from .daemon import Running, serve
+from .net.server import Settings, bind_sockets
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+RESTART_DELAY = (0.5, 30.0)  # first and longest wait before restarting a receiving process
+
+
+@dataclass(slots=True)
+class _Child:
+    index: int
+    sockets: list[tuple[config_mod.ListenerConfig, socket.socket]]
+    process: trio.Process | None = None
+    exits: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: str | None, *, log_level: str = "INFO") -> None:
+        self.config = config
+        self.config_path = config_path
+        self.log_level = log_level
+        self.stopping = False
+        self.children: list[_Child] = []
+        self._lifeline_r, self._lifeline_w = os.pipe()
+        self._doorbell_r, self._doorbell_w = os.pipe()
+        os.set_blocking(self._doorbell_w, False)
+
+    async def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully; a second one stops at once."""
+        workers = self.config.workers
+        Settings.build(self.config)  # certificates checked (or generated) once, before any receiver starts
+        sets = bind_sockets(self.config, workers)
+        self.children = [_Child(index, sockets) for index, sockets in enumerate(sets, start=1)]
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as nursery:
+                running: Running = await nursery.start(self._deliver, nursery.cancel_scope)
+                for listener, sock in sets[0]:
+                    host, port = sock.getsockname()[:2]
+                    log.info("listener %s (%s): accepting SMTP on %s port %d", listener.name, listener.role, host, port)
+                children = trio.CancelScope()
+                nursery.start_soon(self._supervise_all, children)
+                log.info("vsmtp ready: %d receiving processes and this delivery process (pid %d)", workers, os.getpid())
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if signum == signal.SIGHUP:
+                        log.info("received SIGHUP: the receiving processes reload the configuration")
+                        self._signal_children(signal.SIGHUP)
+                    elif not self.stopping:
+                        self.stopping = True
+                        grace = self.config.limits.shutdown_grace
+                        log.info("received %s: stopping (open transactions have %.0fs to finish)", name, grace)
+                        nursery.start_soon(self._stop, running, children, grace)
+                    else:
+                        log.warning("received %s again: stopping now", name)
+                        self._signal_children(signal.SIGTERM)  # a second one: they stop at once
+                        running.cancel_scope.cancel()
+
+    async def _deliver(self, scope: trio.CancelScope, task_status: trio.TaskStatus[Running]) -> None:
+        # The doorbell's write end stays open here too, so the listener never reads EOF while
+        # no receiving process runs (between a crash and its restart).
+        await serve(self.config, receive=False, doorbell_in=self._doorbell_r, task_status=task_status)
+        scope.cancel()  # delivery has stopped: leave the signal loop too
+
+    async def _stop(self, running: Running, children: trio.CancelScope, grace: float) -> None:
+        for child in self.children:
+            for _, sock in child.sockets:
+                sock.close()  # our copies: the port closes once each receiver closes its own
+        self._signal_children(signal.SIGTERM)
+        with trio.move_on_after(grace + 10):
+            for child in self.children:
+                if child.process is not None:
+                    await child.process.wait()
+        self._signal_children(signal.SIGKILL)  # still there after the grace: cut
+        children.cancel()
+        await running.stop(0)
+
+    def _signal_children(self, signum: int) -> None:
+        for child in self.children:
+            if child.process is not None and child.process.returncode is None:
+                child.process.send_signal(signum)
+
+    async def _supervise_all(self, scope: trio.CancelScope) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                for child in self.children:
+                    nursery.start_soon(self._supervise, child)
+
+    async def _supervise(self, child: _Child) -> None:
+        """Run one receiving process; restart it (after a growing delay) if it dies."""
+        delay = RESTART_DELAY[0]
+        while not self.stopping:
+            started = trio.current_time()
+            child.process = await trio.lowlevel.open_process(
+                self._argv(child),
+                pass_fds=[self._lifeline_r, self._doorbell_w, *(sock.fileno() for _, sock in child.sockets)],
+                process_group=0,
+            )
+            code = await child.process.wait()
+            child.exits.append(code)
+            if self.stopping:
+                return
+            delay = RESTART_DELAY[0] if trio.current_time() - started > 60 else min(delay * 2, RESTART_DELAY[1])
+            log.error("receiving process %d (pid %d) exited with %s; restarting in %.1fs", child.index, child.process.pid, code, delay)
+            await trio.sleep(delay)
+
+    def _argv(self, child: _Child) -> list[str]:
+        spec = {
+            "index": child.index,
+            "config": self.config_path,
+            "log_level": self.log_level,
+            "lifeline": self._lifeline_r,
+            "doorbell": self._doorbell_w,
+            "sockets": [[listener.name, sock.fileno()] for listener, sock in child.sockets],
+        }
+        return [sys.executable, "-m", "vsmtp.workers", json.dumps(spec)]
+
+
+# -- the receiving process ----------------------------------------------------------------
+
+
+def receiver_main(argv: Sequence[str]) -> int:
+    spec = json.loads(argv[0])
+    logging.basicConfig(level=spec["log_level"], format=f"%(asctime)s %(levelname)s receiver-{spec['index']} %(name)s: %(message)s")
+    config = config_mod.load(spec["config"])
+    by_name = {listener.name: listener for listener in config.listeners}
+    sockets = [(by_name[name], socket.socket(fileno=fd)) for name, fd in spec["sockets"]]
+    trio.run(_receive, config, spec, sockets)
+    return 0
+
+
+async def _receive(config: Config, spec: dict[str, object], sockets: list[tuple[config_mod.ListenerConfig, socket.socket]]) -> None:
+    from .daemon import reload
+
+    lifeline = spec["lifeline"]
+    assert isinstance(lifeline, int)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_lifeline, lifeline)
+            running: Running = await nursery.start(
+                lambda task_status: _serve_then_leave(config, spec, sockets, nursery.cancel_scope, task_status)
+            )
+            stopping = False
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    reload(running, spec["config"])  # type: ignore[arg-type]
+                elif not stopping:
+                    stopping = True
+                    assert running.smtp is not None
+                    nursery.start_soon(running.stop, running.smtp.settings.config.limits.shutdown_grace)
+                else:
+                    running.cancel_scope.cancel()
+
+
+async def _serve_then_leave(
+    config: Config,
+    spec: dict[str, object],
+    sockets: list[tuple[config_mod.ListenerConfig, socket.socket]],
+    scope: trio.CancelScope,
+    task_status: trio.TaskStatus[Running],
+) -> None:
+    doorbell = spec["doorbell"]
+    assert isinstance(doorbell, int)
+    await serve(config, deliver=False, sockets=sockets, doorbell_out=doorbell, task_status=task_status)
+    scope.cancel()
+
+
+async def _watch_lifeline(fd: int) -> None:
+    os.set_blocking(fd, False)
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            if not os.read(fd, 1):
+                break
+        except BlockingIOError:
+            continue
+    log.critical("the supervisor is gone: exiting at once")
+    os._exit(70)  # EX_SOFTWARE; what was acknowledged is in the journal already
+
+
+if __name__ == "__main__":
+    sys.exit(receiver_main(sys.argv[1:]))
