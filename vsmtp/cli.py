@@ -6,6 +6,7 @@
     vsmtp journal export [--format jsonl] [--since TIME] [--message ID]
     vsmtp journal stats [--json]
     vsmtp journal verify [--json]
+    vsmtp journal rebuild [--write] [--json]
     vsmtp trace ID [--json]             ID: a queue id or a Message-ID
     vsmtp config show [--config FILE]
 
@@ -34,7 +35,8 @@ from vsmtp_journal import verify as verify_journal
 from . import config as config_mod
 from .errors import VsmtpError
 from .queue import events as qe
-from .queue import history
+from .queue import history, projection
+from .queue import state as qstate
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_journal_verify)
 
+    rebuild = journal.add_parser("rebuild", parents=[common], help="fold the queue state from the start; compare with the checkpoint")
+    rebuild.add_argument("--write", action="store_true", help="store the rebuilt state as the newest checkpoint")
+    rebuild.add_argument("--json", action="store_true")
+    rebuild.set_defaults(func=_journal_rebuild)
+
     trace = sub.add_parser("trace", parents=[common], help="the whole life of one message, as a timeline")
     trace.add_argument("id", metavar="ID", help="a queue id or a Message-ID")
     trace.add_argument("--json", action="store_true")
@@ -111,7 +118,12 @@ def _serve(args: argparse.Namespace, config: config_mod.Config) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("vsmtp").info("configuration: %s", config.source)
-    trio.run(run_until_signalled, config, args.config)
+    if config.workers == 0:
+        trio.run(run_until_signalled, config, args.config)
+    else:
+        from .workers import Supervisor
+
+        trio.run(Supervisor(config, args.config, log_level=args.log_level).run)
     return 0
 
 
@@ -214,6 +226,43 @@ def _journal_verify(args: argparse.Namespace, config: config_mod.Config) -> int:
         verdict = "clean" if report.clean else f"{len(report.problems)} problem(s)"
         print(f"{config.journal.path}: {report.records} records, {report.blobs_checked} blobs checked: {verdict}")
     return 0 if report.clean else 1
+
+
+def _journal_rebuild(args: argparse.Namespace, config: config_mod.Config) -> int:
+    with Journal(config.journal.path, readonly=not args.write) as journal:
+        started = time.monotonic()
+        rebuilt = projection.rebuild(journal)
+        seconds = time.monotonic() - started
+        checkpoint = projection.latest_checkpoint(journal)
+        live = None if checkpoint is None else qstate.fold(checkpoint, journal.read(checkpoint.position))
+        if args.write:
+            projection.write_checkpoint(journal, rebuilt)
+        horizon = journal.horizon()
+    matches = None if live is None else live == rebuilt
+    result = {
+        "from": horizon,
+        "to": rebuilt.position,
+        "seconds": round(seconds, 3),
+        "pending": len(rebuilt.messages),
+        "accepted": rebuilt.accepted,
+        "completed": rebuilt.completed,
+        "checkpoint": None if checkpoint is None else checkpoint.position,
+        "matches": matches,
+        "written": args.write,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        start = "position 0" if not horizon else f"the snapshot at position {horizon} (older records purged)"
+        print(f"rebuilt from {start} to position {rebuilt.position} in {seconds:.2f}s: {len(rebuilt.messages)} messages pending")
+        if checkpoint is None:
+            print("no checkpoint to compare with")
+        else:
+            verdict = "matches" if matches else "DIFFERS from"
+            print(f"the rebuilt state {verdict} the checkpoint at position {checkpoint.position} plus the records after it")
+        if args.write:
+            print(f"written as the checkpoint at position {rebuilt.position}")
+    return 1 if matches is False else 0
 
 
 def _trace(args: argparse.Namespace, config: config_mod.Config) -> int:

@@ -8,6 +8,7 @@ relative to the directory vsmtp runs in (the embedded default keeps everything u
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import socket
 import tomllib
@@ -80,6 +81,19 @@ class LocalConfig:
 class JournalConfig:
     path: str = "var/journal"
     max_size: int = 0  # bytes; 0 means limited only by the disk
+    # MAIL is answered 452 4.3.1 while less than this (plus 1.5 times a declared SIZE) is left
+    # for the journal, by max_size or on the disk: Postfix's queue_minfree.
+    min_free: int = 16 * MiB
+    checkpoint_interval: float = 60.0  # seconds between snapshots of the queue state
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetentionConfig:
+    """How long the journal keeps what is finished (queue/retention.py)."""
+
+    blobs: float = 7 * 86400.0  # seconds after acceptance a finished message's body is kept
+    events: float = 30 * 86400.0  # seconds records are kept (then only up to a checkpoint)
+    interval: float = 3600.0  # seconds between retention passes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +127,8 @@ class TelemetryConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     hostname: str = field(default_factory=socket.getfqdn)
+    # Receiving processes (workers.py): one per core by default; 0 runs everything in one process.
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
     local: LocalConfig = LocalConfig()
     relay: RelayConfig = RelayConfig()
@@ -120,6 +136,7 @@ class Config:
     smtp: SmtpConfig = SmtpConfig()
     journal: JournalConfig = JournalConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    retention: RetentionConfig = RetentionConfig()
     limits: LimitsConfig = LimitsConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     plugins: tuple[str, ...] = ()  # entry-point names in group "vsmtp", loaded in this order

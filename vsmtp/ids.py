@@ -19,3 +19,9 @@ def _encode(number: int, width: int) -> str:
 def new_id() -> str:
     """19 characters: microseconds since the epoch (11), then about 39 random bits (8)."""
     return _encode(time.time_ns() // 1000, 11) + _encode(secrets.randbelow(len(_ALPHABET) ** 8), 8)
+
+
+def time_prefix(seconds: float) -> str:
+    """The first characters of every id made at `seconds` since the epoch: ids made before
+    it sort before this string."""
+    return _encode(int(seconds * 1_000_000), 11)

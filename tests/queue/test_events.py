@@ -35,6 +35,8 @@ SAMPLES: list[ev.JournalEvent] = [
     ev.SessionClosed(at=1.0, session_id="S", reason="quit"),
     ev.TlsStarted(at=1.0, session_id="S", version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", bits=256),
     ev.DataReceived(at=1.0, session_id="S", size=10, reply="250 2.0.0 Ok: queued as Q"),
+    ev.MailRefused(at=1.0, session_id="S", reverse_path="a@b.c", reply="452 4.3.1 Insufficient system storage"),
+    ev.JournalPurged(at=1.0, blobs=3, records=10, through=10),
 ]
 
 

@@ -11,7 +11,7 @@ import email.utils
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -274,6 +274,9 @@ class Session:
             case ev.MailFrom(reverse_path=path, params=params):
                 if self.listener.role == "submission" and not self.conn.tls:
                     return replies.TLS_REQUIRED  # RFC 8314 / Postfix smtpd_tls_security_level=encrypt
+                if not self._room_for(params):
+                    await self._journal(qe.MailRefused(at=now, session_id=self.id, reverse_path=path, reply=str(replies.STORAGE_FULL)))
+                    return replies.STORAGE_FULL
                 self.tx = Transaction(reverse_path=path, params=dict(params))
                 await self._journal(qe.MailReceived(at=now, session_id=self.id, reverse_path=path, params=params))
                 return replies.SENDER_OK
@@ -327,6 +330,12 @@ class Session:
                 tx.recipient_params[address] = params
         await self._journal(qe.RecipientAccepted(at=now, session_id=self.id, address=address))
         return reply
+
+    def _room_for(self, params: Mapping[str, str | None]) -> bool:
+        """Postfix's queue_minfree check: room for min_free, plus 1.5 times a declared SIZE."""
+        size = params.get("SIZE") or "0"
+        declared = int(size) if size.isdigit() else 0
+        return self.writer.has_room(self.config.journal.min_free + declared * 3 // 2)
 
     def _check_recipient(self, address: str) -> Reply:
         verdict = policy.recipient_verdict(address, self.config, relay_allowed=self.relay_allowed)

@@ -169,6 +169,26 @@ class MailReceived(JournalEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class JournalPurged(JournalEvent):
+    """A retention pass removed message bodies and/or the records up to `through`."""
+
+    TAG = "journal.purged"
+    blobs: int
+    records: int
+    through: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailRefused(JournalEvent):
+    """MAIL FROM answered with an error before any transaction began (e.g. storage short)."""
+
+    TAG = "session.mail_refused"
+    session_id: str
+    reverse_path: str
+    reply: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RecipientAccepted(JournalEvent):
     TAG = "recipient.accepted"
     session_id: str

@@ -8,9 +8,9 @@ O(log n) and replaying the journal from position 0 gives an equal state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from immutables import Map
 from vsmtp_journal import Record
@@ -115,6 +115,65 @@ def _recipient(
     if message.done:
         return replace(state, messages=state.messages.delete(queue_id), completed=state.completed + 1, **counters)
     return replace(state, messages=state.messages.set(queue_id, message), **counters)
+
+
+SNAPSHOT_VERSION = 1
+
+
+def to_snapshot(state: QueueState) -> dict[str, Any]:
+    """The state as plain data (for CBOR): what a checkpoint stores."""
+    return {
+        "version": SNAPSHOT_VERSION,
+        "position": state.position,
+        "counters": [state.accepted, state.delivered, state.failed, state.completed],
+        "messages": [
+            [
+                m.queue_id,
+                m.reverse_path,
+                m.blob,
+                m.size,
+                m.accepted_at,
+                m.message_id,
+                [[r.address, r.status, r.attempts, r.next_attempt, r.last_error] for r in m.recipients],
+            ]
+            for m in state.messages.values()
+        ],
+    }
+
+
+def from_snapshot(data: Mapping[str, Any]) -> QueueState:
+    """The inverse of to_snapshot. Raises ValueError for a snapshot this version cannot read."""
+    if data.get("version") != SNAPSHOT_VERSION:
+        raise ValueError(f"snapshot version {data.get('version')!r}, this vsmtp reads {SNAPSHOT_VERSION}")
+    try:
+        accepted, delivered, failed, completed = data["counters"]
+        messages = Map(
+            (
+                queue_id,
+                MessageState(
+                    queue_id=queue_id,
+                    reverse_path=reverse_path,
+                    blob=blob,
+                    size=size,
+                    accepted_at=accepted_at,
+                    message_id=message_id,
+                    recipients=tuple(
+                        RecipientState(address=a, status=st, attempts=n, next_attempt=t, last_error=e) for a, st, n, t, e in rcpts
+                    ),
+                ),
+            )
+            for queue_id, reverse_path, blob, size, accepted_at, message_id, rcpts in data["messages"]
+        )
+        return QueueState(
+            position=data["position"],
+            messages=messages,
+            accepted=accepted,
+            delivered=delivered,
+            failed=failed,
+            completed=completed,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"snapshot does not read: {exc}") from exc
 
 
 def fold(state: QueueState, records: Iterable[Record]) -> QueueState:
