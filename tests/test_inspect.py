@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import smtplib
@@ -132,3 +133,29 @@ def test_verify_is_clean_then_precise_on_a_damaged_copy(running: tuple[Daemon, s
     assert f"refers to blob {key.decode()!r}, which is missing" in out
     report = json.loads(run_cli(copy, "journal", "verify", "--json").stdout)
     assert report["clean"] is False and len(report["problems"]) == 3
+
+
+@pytest.mark.slow
+def test_journal_rebuild_compares_with_the_checkpoint_and_can_repair_it(running: tuple[Daemon, str]) -> None:
+    import signal
+
+    from vsmtp_journal import Journal
+
+    from vsmtp.queue.projection import latest_checkpoint
+    from vsmtp.queue.state import to_snapshot
+
+    daemon, _ = running
+    daemon.kill(signal.SIGTERM)  # a graceful stop writes a last checkpoint
+    result = run_cli(daemon.workdir, "journal", "rebuild", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["matches"] is True and report["checkpoint"] is not None and report["from"] == 0
+    with Journal(daemon.workdir / "var" / "journal") as journal:
+        good = latest_checkpoint(journal)
+        assert good is not None and good.completed == 1
+        journal.write_snapshot(good.position, to_snapshot(dataclasses.replace(good, completed=7)))  # damaged
+    damaged = run_cli(daemon.workdir, "journal", "rebuild")
+    assert damaged.returncode == 1 and "DIFFERS from the checkpoint" in damaged.stdout
+    repaired = run_cli(daemon.workdir, "journal", "rebuild", "--write")
+    assert repaired.returncode == 1 and "written as the checkpoint" in repaired.stdout
+    assert run_cli(daemon.workdir, "journal", "rebuild").returncode == 0

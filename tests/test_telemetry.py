@@ -33,6 +33,36 @@ async def test_console_exporter_prints_a_session_span(start_server: Any, config:
     assert len(sessions) == 1
     assert sessions[0]["attributes"]["net.peer.ip"] == "127.0.0.1"
     assert sessions[0]["attributes"]["vsmtp.close_reason"] == "quit"
+    assert sessions[0]["attributes"]["vsmtp.journal.batch_records"] >= 1  # the commit that made the message durable
+    assert 0 < sessions[0]["attributes"]["vsmtp.journal.commit_seconds"] < 10
+
+
+async def test_journal_commits_are_measured_as_metrics(start_server: Any, config: Config) -> None:
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    running = await start_server(config)
+    telemetry.setup(config.telemetry, metric_readers=[reader])  # commits from now on are recorded here
+    try:
+        for n in range(3):
+            await sendmail(running, "a@example.org", ["bob@localhost"], f"Subject: {n}\r\n\r\nx\r\n")
+        await wait_delivered(running, 3)
+        running.cancel_scope.cancel()
+        data = reader.get_metrics_data()
+    finally:
+        telemetry.setup(TelemetryConfig())
+    assert data is not None
+    points = {
+        metric.name: metric.data.data_points[0]
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    records = points[telemetry.METRIC_COMMIT_RECORDS]
+    duration = points[telemetry.METRIC_COMMIT_DURATION]
+    assert records.count == duration.count >= 3  # at least one commit per durable message
+    assert records.sum >= 3 * 6  # every record committed: opened, helo, mail, rcpt, accepted, data (x3) and more
+    assert 0 < duration.sum < 30
 
 
 def _json_objects(text: str) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import trio
-from vsmtp_journal import GroupCommitWriter, Journal, doorbell, follow
+from vsmtp_journal import Commit, GroupCommitWriter, Journal, doorbell, follow
 
 from . import config as config_mod
 from . import telemetry
@@ -73,8 +73,7 @@ async def serve(
     try:
         async with trio.open_nursery() as outer:
             # The writer outlives everything else: services stopping still journal their last words.
-            ring = None if doorbell_out is None else partial(_ring, doorbell_out)
-            writer = GroupCommitWriter(journal, on_commit=ring)
+            writer = GroupCommitWriter(journal, on_commit=partial(_committed, doorbell_out))
             await outer.start(writer.serve)
             with trio.CancelScope() as services:
                 async with trio.open_nursery() as nursery:
@@ -121,8 +120,10 @@ async def serve(
         journal.close()
 
 
-def _ring(fd: int, position: int) -> None:
-    doorbell.ring(fd)
+def _committed(doorbell_out: int | None, commit: Commit) -> None:
+    telemetry.record_commit(commit.records, commit.seconds)
+    if doorbell_out is not None:
+        doorbell.ring(doorbell_out)
 
 
 async def _observe(

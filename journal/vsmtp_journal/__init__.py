@@ -13,10 +13,11 @@ from .codec import Record, decode_record, encode_record
 from .errors import CorruptRecord, JournalError, JournalFull
 from .store import Append, Journal
 from .verify import Problem, Report, verify
-from .writer import GroupCommitWriter, follow
+from .writer import Commit, GroupCommitWriter, follow
 
 __all__ = [
     "Append",
+    "Commit",
     "CorruptRecord",
     "GroupCommitWriter",
     "Journal",

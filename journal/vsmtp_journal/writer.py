@@ -9,6 +9,7 @@ the next batch. Many sessions, one fsync: this is where throughput comes from.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,17 @@ class _Pending:
     error: BaseException | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One synced transaction: the positions it wrote and how long it took (from the moment
+    the batch was handed to LMDB until the sync returned)."""
+
+    first: int
+    last: int
+    records: int
+    seconds: float
+
+
 @dataclass(slots=True)
 class BatchStats:
     """What the last commit did; read by telemetry."""
@@ -46,10 +58,11 @@ class BatchStats:
 class GroupCommitWriter:
     """The one writer task of a process. Run `serve` in a nursery, then `append` from anywhere."""
 
-    def __init__(self, journal: Journal, *, linger: float = LINGER, on_commit: Callable[[int], None] | None = None) -> None:
+    def __init__(self, journal: Journal, *, linger: float = LINGER, on_commit: Callable[[Commit], None] | None = None) -> None:
         self.journal = journal
         self.linger = linger
-        self.on_commit = on_commit  # called with the last position after each commit (e.g. to wake another process)
+        self.on_commit = on_commit  # called after each commit: metrics, waking another process
+        self.recent: deque[Commit] = deque(maxlen=256)  # the last commits, for commit_of
         self.last_committed = journal.last_position()
         self.stats = BatchStats()
         self._queue: list[_Pending] = []
@@ -109,6 +122,13 @@ class GroupCommitWriter:
         while self.last_committed <= after:
             await self._committed.wait()
 
+    def commit_of(self, position: int) -> Commit | None:
+        """The recent commit that wrote `position` (for a span's attributes), if still known."""
+        for commit in reversed(self.recent):
+            if commit.first <= position <= commit.last:
+                return commit
+        return None
+
     def notice_commits(self) -> None:
         """Another process sharing the journal committed: wake whoever waits for new records."""
         last = self.journal.last_position()
@@ -165,10 +185,12 @@ class GroupCommitWriter:
             if p.done is not None:
                 p.done.set()
         self.last_committed = max(self.last_committed, positions[-1])
+        commit = Commit(first=positions[0], last=positions[-1], records=len(batch), seconds=trio.current_time() - started)
+        self.recent.append(commit)
         if self.on_commit is not None:
-            self.on_commit(positions[-1])
+            self.on_commit(commit)
         self.stats.records = len(batch)
-        self.stats.seconds = trio.current_time() - started
+        self.stats.seconds = commit.seconds
         self.stats.commits += 1
         self.stats.total_records += len(batch)
         committed, self._committed = self._committed, trio.Event()

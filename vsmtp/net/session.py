@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 from vsmtp_journal import GroupCommitWriter, JournalError, JournalFull
 
 from .. import ids, telemetry
@@ -395,13 +395,18 @@ class Session:
         )
         try:
             # Durable before 250: this await returns only after the synced commit.
-            await self._journal(event, blobs={event.blob: blob}, durable=True)
+            position = await self._journal(event, blobs={event.blob: blob}, durable=True)
         except JournalFull:
             return replies.STORAGE_FULL
         except JournalError as exc:
             log.error("session %s: cannot queue the message: %s", self.id, exc)
             return replies.LOCAL_ERROR
         self.errors = 0  # as Postfix: the error limits count errors without delivering mail
+        commit = self.writer.commit_of(position or 0)
+        if commit is not None:
+            span = trace.get_current_span()
+            span.set_attribute("vsmtp.journal.commit_seconds", commit.seconds)
+            span.set_attribute("vsmtp.journal.batch_records", commit.records)
         log.info("%s: from=<%s> to=%s size=%d session=%s", queue_id, tx.reverse_path, ",".join(tx.recipients), len(blob), self.id)
         return replies.queued(queue_id)
 
