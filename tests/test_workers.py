@@ -110,3 +110,64 @@ def test_receiving_processes_exit_when_the_supervisor_is_killed(daemon: Daemon) 
     while any(alive(pid) for pid in pids):
         assert time.monotonic() < deadline, "receiving processes outlived the supervisor"
         time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_the_per_address_limit_holds_across_receiving_processes(tmp_path: Path) -> None:
+    from .clients import BlockingClient
+
+    daemon = Daemon(tmp_path, CONFIG + "[limits]\nmax_connections_per_ip = 3\n")
+    held: list[BlockingClient] = []
+    try:
+        port = daemon.start()
+        receivers(daemon)
+        for _ in range(3):
+            client = BlockingClient(port)
+            assert client.replies()[0].startswith("220")
+            held.append(client)
+        for _ in range(6):  # whichever process the kernel picks, the fourth is one too many
+            extra = BlockingClient(port)
+            assert extra.replies() == ["421 4.7.0 Error: too many connections from your address"]
+            extra.close()
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while True:  # bounded: the freed place shows once that session has ended
+            again = BlockingClient(port)
+            first = again.replies()[0]
+            again.close()
+            if first.startswith("220"):
+                break
+            assert time.monotonic() < deadline, first
+            time.sleep(0.05)
+    finally:
+        for client in held:
+            client.close()
+        daemon.kill()
+
+
+@pytest.mark.slow
+def test_a_restarted_receiver_uses_the_configuration_in_force_not_a_broken_file(daemon: Daemon) -> None:
+    from .clients import BlockingClient
+
+    port = daemon.start()
+    first = receivers(daemon)
+    daemon.config.write_text("hostname = 42\n")  # broken after the start
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reload failed, keeping the configuration in force" not in daemon.log():  # bounded
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)
+    os.kill(first[0], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while len([pid for pid in receivers(daemon) if pid not in first]) < 1:  # bounded: restarted once
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)
+    for _ in range(8):  # whichever process answers, it greets with the name in force
+        client = BlockingClient(port)
+        try:
+            greeting = client.replies()[0]
+        finally:
+            client.close()
+        assert greeting.startswith("220 ") and " 42 " not in greeting
+    assert daemon.log().count("exited with") == 1, daemon.log()  # no crash loop

@@ -160,6 +160,19 @@ def load(path: str | Path | None = None) -> Config:
     return _build(Config, table, (), _Source(path, text)) if table else Config(source=str(path))
 
 
+def to_table(config: Config) -> dict[str, Any]:
+    """The configuration as plain data (JSON- and TOML-shaped), without its source."""
+    table = dataclasses.asdict(config)
+    del table["source"]
+    return table
+
+
+def from_table(table: Mapping[str, Any], source: str) -> Config:
+    """The inverse of to_table, checked like a file (for a process handed its configuration)."""
+    config: Config = _build(Config, table, (), _Source(Path(source), ""))
+    return dataclasses.replace(config, source=source)
+
+
 @dataclass(frozen=True, slots=True)
 class _Source:
     path: Path

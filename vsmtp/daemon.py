@@ -20,6 +20,7 @@ from . import telemetry
 from .config import Config, ListenerConfig
 from .delivery import Scheduler, serve_delivery
 from .errors import ConfigError
+from .net.counts import ConnectionCounts
 from .net.server import Bound, SmtpService
 from .plugins import PluginManager
 from .queue import events as qe
@@ -59,12 +60,14 @@ async def serve(
     sockets: list[tuple[ListenerConfig, socket.socket]] | None = None,
     doorbell_in: int | None = None,
     doorbell_out: int | None = None,
+    counts: ConnectionCounts | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run vsmtp in this process: by default everything (one process). `receive=False` is the
     delivery process of several (workers.py), `deliver=False` a receiving process, accepting on
     `sockets` bound by the supervisor. A receiving process rings `doorbell_out` after each
-    commit; the delivery process listens on `doorbell_in` to see those commits at once."""
+    commit; the delivery process listens on `doorbell_in` to see those commits at once.
+    `counts` is the connection table the receiving processes share (net/counts.py)."""
     telemetry.setup(config.telemetry)
     if plugins is None:
         plugins = PluginManager()
@@ -101,7 +104,7 @@ async def serve(
                             )
                     bound: list[Bound] = []
                     if receive:
-                        smtp = SmtpService(config, writer)
+                        smtp = SmtpService(config, writer, counts)
                         bound = await nursery.start(lambda task_status: smtp.serve(sockets=sockets, task_status=task_status))
                     task_status.started(
                         Running(

@@ -13,7 +13,9 @@ Python runs one instruction at a time per process, so one process uses one core.
 - runs delivery itself: the queue projection, the scheduler and the observers, woken by a
   doorbell pipe the receiving processes ring after each commit (vsmtp_journal.doorbell);
 - forwards SIGHUP (reload) and SIGTERM (graceful stop) to the receiving processes, which are
-  in their own process group so that a terminal's Ctrl-C reaches only the supervisor.
+  in their own process group so that a terminal's Ctrl-C reaches only the supervisor;
+- shares a connection table (net/counts.py) with them, so the connection limits hold for
+  the server as a whole, not per process.
 
 Each receiving process holds the read end of a "lifeline" pipe whose write end only the
 supervisor has: if the supervisor dies, even by SIGKILL, the pipe reads EOF and the receiving
@@ -32,12 +34,15 @@ import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 import trio
 
 from . import config as config_mod
 from .config import Config
 from .daemon import Running, serve
+from .errors import ConfigError
+from .net import counts
 from .net.server import Settings, bind_sockets
 
 log = logging.getLogger(__name__)
@@ -46,11 +51,27 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 RESTART_DELAY = (0.5, 30.0)  # first and longest wait before restarting a receiving process
 
 
+class _Spec(TypedDict):
+    """What a receiving process is told, as JSON on its command line."""
+
+    index: int  # 1..N, as in its log lines
+    config: str | None  # the file it reloads on SIGHUP
+    table: dict[str, Any]  # the configuration in force, to start with (config.to_table)
+    ready: int  # a pipe to say "serving, signals handled"
+    log_level: str
+    lifeline: int  # fds it inherits
+    doorbell: int
+    counts: tuple[int, int, int]  # fd, rows, its own row
+    sockets: list[tuple[str, int]]  # (listener name, fd)
+
+
 @dataclass(slots=True)
 class _Child:
     index: int
     sockets: list[tuple[config_mod.ListenerConfig, socket.socket]]
     process: trio.Process | None = None
+    ready: bool = False  # its signal handlers are in place: SIGHUP reloads instead of killing it
+    reload_pending: bool = False  # a SIGHUP came before it was ready
     exits: list[int] = field(default_factory=list)
 
 
@@ -64,6 +85,7 @@ class Supervisor:
         self._lifeline_r, self._lifeline_w = os.pipe()
         self._doorbell_r, self._doorbell_w = os.pipe()
         os.set_blocking(self._doorbell_w, False)
+        self._counts = counts.create(config.workers)  # connection counts, a row per receiving process
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop gracefully; a second one stops at once."""
@@ -83,8 +105,7 @@ class Supervisor:
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     if signum == signal.SIGHUP:
-                        log.info("received SIGHUP: the receiving processes reload the configuration")
-                        self._signal_children(signal.SIGHUP)
+                        self._reload()
                     elif not self.stopping:
                         self.stopping = True
                         grace = self.config.limits.shutdown_grace
@@ -114,9 +135,24 @@ class Supervisor:
         children.cancel()
         await running.stop(0)
 
+    def _reload(self) -> None:
+        """Check the file; in force from now on for receiving processes that (re)start. Each
+        running one reloads it on its own (and logs the result)."""
+        try:
+            self.config = config_mod.load(self.config_path)
+            log.info("received SIGHUP: the receiving processes reload the configuration")
+        except (ConfigError, OSError, ValueError) as exc:
+            log.error("received SIGHUP: reload failed, keeping the configuration in force: %s", exc)
+            return
+        self._signal_children(signal.SIGHUP)
+
     def _signal_children(self, signum: int) -> None:
         for child in self.children:
-            if child.process is not None and child.process.returncode is None:
+            if child.process is None or child.process.returncode is not None:
+                continue
+            if signum == signal.SIGHUP and not child.ready:
+                child.reload_pending = True  # the default action of SIGHUP would kill it
+            else:
                 child.process.send_signal(signum)
 
     async def _supervise_all(self, scope: trio.CancelScope) -> None:
@@ -130,12 +166,21 @@ class Supervisor:
         delay = RESTART_DELAY[0]
         while not self.stopping:
             started = trio.current_time()
-            child.process = await trio.lowlevel.open_process(
-                self._argv(child),
-                pass_fds=[self._lifeline_r, self._doorbell_w, *(sock.fileno() for _, sock in child.sockets)],
-                process_group=0,
-            )
-            code = await child.process.wait()
+            ready_r, ready_w = os.pipe()
+            child.ready = child.reload_pending = False
+            try:
+                child.process = await trio.lowlevel.open_process(
+                    self._argv(child, ready_w),
+                    pass_fds=[self._lifeline_r, self._doorbell_w, self._counts, ready_w, *(sock.fileno() for _, sock in child.sockets)],
+                    process_group=0,
+                )
+            finally:
+                os.close(ready_w)
+            async with trio.open_nursery() as watching:
+                watching.start_soon(self._await_ready, child, ready_r)
+                code = await child.process.wait()
+                watching.cancel_scope.cancel()
+            os.close(ready_r)
             child.exits.append(code)
             if self.stopping:
                 return
@@ -143,14 +188,24 @@ class Supervisor:
             log.error("receiving process %d (pid %d) exited with %s; restarting in %.1fs", child.index, child.process.pid, code, delay)
             await trio.sleep(delay)
 
-    def _argv(self, child: _Child) -> list[str]:
-        spec = {
+    async def _await_ready(self, child: _Child, fd: int) -> None:
+        await trio.lowlevel.wait_readable(fd)
+        if os.read(fd, 1) and child.process is not None:
+            child.ready = True
+            if child.reload_pending:
+                child.process.send_signal(signal.SIGHUP)
+
+    def _argv(self, child: _Child, ready: int) -> list[str]:
+        spec: _Spec = {
             "index": child.index,
             "config": self.config_path,
+            "table": config_mod.to_table(self.config),
+            "ready": ready,
             "log_level": self.log_level,
             "lifeline": self._lifeline_r,
             "doorbell": self._doorbell_w,
-            "sockets": [[listener.name, sock.fileno()] for listener, sock in child.sockets],
+            "counts": (self._counts, self.config.workers, child.index - 1),
+            "sockets": [(listener.name, sock.fileno()) for listener, sock in child.sockets],
         }
         return [sys.executable, "-m", "vsmtp.workers", json.dumps(spec)]
 
@@ -159,30 +214,33 @@ class Supervisor:
 
 
 def receiver_main(argv: Sequence[str]) -> int:
-    spec = json.loads(argv[0])
+    spec: _Spec = json.loads(argv[0])
     logging.basicConfig(level=spec["log_level"], format=f"%(asctime)s %(levelname)s receiver-{spec['index']} %(name)s: %(message)s")
-    config = config_mod.load(spec["config"])
+    # The configuration in force, as the supervisor holds it: not the file, which may have
+    # been changed (even broken) since the last successful reload.
+    config = config_mod.from_table(spec["table"], spec["config"] or "<embedded defaults>")
     by_name = {listener.name: listener for listener in config.listeners}
     sockets = [(by_name[name], socket.socket(fileno=fd)) for name, fd in spec["sockets"]]
     trio.run(_receive, config, spec, sockets)
     return 0
 
 
-async def _receive(config: Config, spec: dict[str, object], sockets: list[tuple[config_mod.ListenerConfig, socket.socket]]) -> None:
+async def _receive(config: Config, spec: _Spec, sockets: list[tuple[config_mod.ListenerConfig, socket.socket]]) -> None:
     from .daemon import reload
 
     lifeline = spec["lifeline"]
-    assert isinstance(lifeline, int)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_lifeline, lifeline)
             running: Running = await nursery.start(
                 lambda task_status: _serve_then_leave(config, spec, sockets, nursery.cancel_scope, task_status)
             )
+            os.write(spec["ready"], b"R")  # from here a SIGHUP reloads
+            os.close(spec["ready"])
             stopping = False
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    reload(running, spec["config"])  # type: ignore[arg-type]
+                    reload(running, spec["config"])
                 elif not stopping:
                     stopping = True
                     assert running.smtp is not None
@@ -193,14 +251,14 @@ async def _receive(config: Config, spec: dict[str, object], sockets: list[tuple[
 
 async def _serve_then_leave(
     config: Config,
-    spec: dict[str, object],
+    spec: _Spec,
     sockets: list[tuple[config_mod.ListenerConfig, socket.socket]],
     scope: trio.CancelScope,
     task_status: trio.TaskStatus[Running],
 ) -> None:
-    doorbell = spec["doorbell"]
-    assert isinstance(doorbell, int)
-    await serve(config, deliver=False, sockets=sockets, doorbell_out=doorbell, task_status=task_status)
+    doorbell, (fd, rows, row) = spec["doorbell"], spec["counts"]
+    shared = counts.ConnectionCounts(fd, rows=rows, row=row)
+    await serve(config, deliver=False, sockets=sockets, doorbell_out=doorbell, counts=shared, task_status=task_status)
     scope.cancel()
 
 

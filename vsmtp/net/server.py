@@ -12,7 +12,6 @@ import errno
 import logging
 import socket
 import ssl
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -23,6 +22,7 @@ from vsmtp_journal import GroupCommitWriter
 from ..config import Config, ListenerConfig
 from ..queue import policy
 from ..smtp import replies
+from .counts import ConnectionCounts
 from .session import Peer, Session
 from .tls import server_context
 
@@ -127,11 +127,11 @@ def bind_sockets(config: Config, copies: int) -> list[list[tuple[ListenerConfig,
 
 
 class SmtpService:
-    def __init__(self, config: Config, writer: GroupCommitWriter) -> None:
+    def __init__(self, config: Config, writer: GroupCommitWriter, counts: ConnectionCounts | None = None) -> None:
         self.settings = Settings.build(config)
         self.writer = writer
         self.sessions: set[Session] = set()
-        self.per_ip: Counter[str] = Counter()
+        self.counts = counts or ConnectionCounts()  # shared with the other receiving processes, if any
         self._listen_scope = trio.CancelScope()
         self._idle = trio.Event()
         self._idle.set()
@@ -186,9 +186,9 @@ class SmtpService:
             limits = settings.config.limits
             peer = _peer(stream.socket.getpeername())
             refusal = None
-            if len(self.sessions) >= limits.max_connections:
+            if self.counts.total() >= limits.max_connections:
                 refusal = replies.TOO_MANY_CONNECTIONS
-            elif self.per_ip[peer.host] >= limits.max_connections_per_ip:
+            elif self.counts.of(peer.host) >= limits.max_connections_per_ip:
                 refusal = replies.TOO_MANY_CONNECTIONS_FROM_YOU
             if refusal is not None:
                 log.warning("refused %s on %s: %s", peer.host, listener.name, refusal)
@@ -202,9 +202,7 @@ class SmtpService:
                 nonlocal counted
                 if counted:
                     counted = False
-                    self.per_ip[peer.host] -= 1
-                    if self.per_ip[peer.host] <= 0:
-                        del self.per_ip[peer.host]
+                    self.counts.add(peer.host, -1)
 
             session = Session(
                 stream,
@@ -216,7 +214,7 @@ class SmtpService:
                 on_last_reply=release,
             )
             self.sessions.add(session)
-            self.per_ip[peer.host] += 1
+            self.counts.add(peer.host)
             self._idle = trio.Event() if self._idle.is_set() else self._idle
             try:
                 await session.run()
