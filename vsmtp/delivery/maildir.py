@@ -58,11 +58,10 @@ def deliver(maildir: Path, name: str, parts: list[bytes]) -> Path:
     tmp = maildir / "tmp" / name
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        for part in parts:
-            view = memoryview(part)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+        view = memoryview(b"".join(parts))  # one write for the lot
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -7,6 +7,7 @@ arguments, and the answers are values the delivery layer acts on.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -35,7 +36,13 @@ class LocalRoute:
 
 
 def is_local_domain(domain: str, config: Config) -> bool:
-    return domain.lower() in {d.lower() for d in config.local.domains}
+    return domain.lower() in _lowered(config.local.domains)
+
+
+@functools.lru_cache(maxsize=16)
+def _lowered(names: tuple[str, ...]) -> frozenset[str]:
+    """A configuration's names, lower-cased once (configurations are immutable)."""
+    return frozenset(name.lower() for name in names)
 
 
 def local_user(address: str) -> tuple[str, str]:
@@ -52,7 +59,7 @@ def local_recipient_ok(user: str, config: Config) -> bool:
         return True
     if not _SAFE_USER.match(user):
         return False
-    return config.local.catch_all or user in {u.lower() for u in config.local.users}
+    return config.local.catch_all or user in _lowered(config.local.users)
 
 
 def relay_networks(config: Config) -> tuple[IpNetwork, ...]:

@@ -21,7 +21,7 @@ import trio
 from vsmtp_journal import CorruptRecord, GroupCommitWriter, Journal, JournalError, follow
 
 from . import events as ev
-from .state import QueueState, apply, fold, from_snapshot, to_snapshot
+from .state import QUEUE_TAGS, QueueState, apply, fold, from_snapshot, to_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,13 @@ class QueueProjection:
         task_status.started()
         async with aclosing(follow(self.journal, after=self.state.position, writer=self.writer)) as records:
             async for record in records:
-                event = ev.decode(record)
-                self.state = replace(apply(self.state, event), position=record.position)
-                queue_id = getattr(event, "queue_id", None)
-                if queue_id is not None:
-                    self._touched.add(queue_id)
+                if record.tag in QUEUE_TAGS:
+                    event = ev.decode(record)
+                    self.state = replace(apply(self.state, event), position=record.position)
+                    queue_id = getattr(event, "queue_id", None)
+                    if queue_id is not None:
+                        self._touched.add(queue_id)
+                else:
+                    self.state = replace(self.state, position=record.position)
                 changed, self._changed = self._changed, trio.Event()
                 changed.set()

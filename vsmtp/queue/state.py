@@ -176,8 +176,16 @@ def from_snapshot(data: Mapping[str, Any]) -> QueueState:
         raise ValueError(f"snapshot does not read: {exc}") from exc
 
 
+# The only tags apply() reacts to: other records (sessions, TLS, ...) only move the position,
+# and are not even decoded (most of the journal, and most of the cost of a replay).
+QUEUE_TAGS = frozenset(cls.TAG for cls in (ev.MessageAccepted, ev.DeliverySucceeded, ev.DeliveryFailed, ev.DeliveryDeferred))
+
+
 def fold(state: QueueState, records: Iterable[Record]) -> QueueState:
     """Apply records in order, advancing the state's position."""
+    position = state.position
     for record in records:
-        state = replace(apply(state, ev.decode(record)), position=record.position)
-    return state
+        if record.tag in QUEUE_TAGS:
+            state = apply(state, ev.decode(record))
+        position = record.position
+    return state if state.position == position else replace(state, position=position)
