@@ -32,7 +32,7 @@ _ensured: set[Path] = set()  # Maildirs known to exist: no three mkdir calls per
 
 
 def ensure(maildir: Path) -> None:
-    if maildir in _ensured and (maildir / "tmp").is_dir():
+    if maildir in _ensured:
         return
     for sub in ("tmp", "new", "cur"):
         (maildir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -56,7 +56,13 @@ def deliver(maildir: Path, name: str, parts: list[bytes]) -> Path:
     """Write parts as one message file and make it visible atomically; return its path."""
     ensure(maildir)
     tmp = maildir / "tmp" / name
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o600)
+    except FileNotFoundError:  # removed since we made it: make it again
+        _ensured.discard(maildir)
+        ensure(maildir)
+        fd = os.open(tmp, flags, 0o600)
     try:
         view = memoryview(b"".join(parts))  # one write for the lot
         while view:

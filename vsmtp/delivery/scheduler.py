@@ -86,6 +86,10 @@ class Scheduler:
             recovered=message.queue_id in self._recovered,
         )
 
+    def recovering(self, queue_id: str) -> None:
+        """Its last outcome may be missing from the journal: look for delivered files first."""
+        self._recovered.add(queue_id)
+
     def finished(self, job: DeliveryJob, position: int) -> None:
         flying = self.in_flight.setdefault(job.queue_id, {})
         for address, _ in job.recipients:
@@ -167,6 +171,7 @@ class Worker:
             # The outcome is lost but the message is not: it stays pending and the next
             # attempt finds the Maildir file already there.
             log.error("cannot journal delivery of %s: %s", job.queue_id, exc)
+            self.scheduler.recovering(job.queue_id)  # its next attempt looks for the file first
             await trio.sleep(1.0)  # do not spin while the journal cannot take writes
             position = self.journal.last_position()
         self.scheduler.finished(job, position)
@@ -188,7 +193,7 @@ class Worker:
                 outcomes.append(_deferred(job, address, attempts, now=now, transport="smtp", reason=reason))
                 continue
             try:
-                detail = self._maildir(job, address, route, body)
+                detail = self._maildir(job, address, attempts, route, body)
             except OSError as exc:
                 reason = f"cannot write to the Maildir: {exc}"
                 log.warning("%s: %s: %s", job.queue_id, address, reason)
@@ -197,10 +202,12 @@ class Worker:
             outcomes.append(ev.DeliverySucceeded(at=now, queue_id=job.queue_id, recipient=address, transport="maildir", detail=detail))
         return outcomes
 
-    def _maildir(self, job: DeliveryJob, address: str, route: policy.LocalRoute, body: bytes) -> str:
+    def _maildir(self, job: DeliveryJob, address: str, attempts: int, route: policy.LocalRoute, body: bytes) -> str:
         path = Path(self.config.delivery.maildir.format(user=route.user, domain=route.domain))
         name = maildir.file_name(accepted_at=job.accepted_at, queue_id=job.queue_id, recipient=address, hostname=self.config.hostname)
-        existing = maildir.find(path, name, look_in_cur=job.recovered)
+        # Written before? Only possible if a crash (recovered) or a journal failure (a retry)
+        # came between the rename and the journal commit; a first attempt skips the look.
+        existing = maildir.find(path, name, look_in_cur=job.recovered) if job.recovered or attempts else None
         if existing is not None:
             log.info("%s: %s was already delivered to %s before a restart", job.queue_id, address, existing)
             return str(existing)
