@@ -244,7 +244,9 @@ async def _receive(config: Config, spec: _Spec, sockets: list[tuple[config_mod.L
                 elif not stopping:
                     stopping = True
                     assert running.smtp is not None
-                    nursery.start_soon(running.stop, running.smtp.settings.config.limits.shutdown_grace)
+                    grace = running.smtp.settings.config.limits.shutdown_grace
+                    log.info("stopping: no new sessions, open transactions have %.0fs to finish", grace)
+                    nursery.start_soon(running.stop, grace)
                 else:
                     running.cancel_scope.cancel()
 
