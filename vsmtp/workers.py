@@ -45,7 +45,7 @@ from .errors import ConfigError
 from .net import counts
 from .net.server import Settings, bind_sockets
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("vsmtp.workers")  # not "__main__" in a receiving process
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 RESTART_DELAY = (0.5, 30.0)  # first and longest wait before restarting a receiving process
