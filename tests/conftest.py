@@ -13,7 +13,7 @@ import trio
 import trio.lowlevel
 import trustme
 
-from vsmtp.config import CertificateConfig, Config, DeliveryConfig, JournalConfig, ListenerConfig, RelayConfig, TlsConfig
+from vsmtp.config import CertificateConfig, Config, DeliveryConfig, DnsConfig, JournalConfig, ListenerConfig, RelayConfig, TlsConfig
 from vsmtp.daemon import Running, serve
 
 
@@ -34,6 +34,12 @@ def certificate(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Cer
     return CertificateConfig(certificate=str(directory / "cert.pem"), key=str(directory / "key.pem"))
 
 
+# Loopback only: no test may ask the Internet's DNS. Port 1 answers nothing (ICMP unreachable),
+# so a lookup fails at once and remote mail is deferred. Remote delivery tests start their own
+# DNS server on loopback (tests/dnsserver.py).
+NO_DNS = DnsConfig(nameservers=("127.0.0.1:1",), timeout=2.0)
+
+
 @pytest.fixture
 def config(tmp_path: Path, certificate: CertificateConfig) -> Config:
     """The embedded defaults, on an ephemeral loopback port, with all state under tmp_path.
@@ -48,6 +54,7 @@ def config(tmp_path: Path, certificate: CertificateConfig) -> Config:
         delivery=DeliveryConfig(maildir=str(tmp_path / "mail" / "{user}" / "Maildir"), workers=4),
         relay=RelayConfig(networks=()),
         tls=TlsConfig(directory=str(tmp_path / "tls")),
+        dns=NO_DNS,
     )
 
 

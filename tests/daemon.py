@@ -20,10 +20,15 @@ class Daemon:
     def __init__(self, workdir: Path, config_text: str) -> None:
         self.workdir = workdir
         self.config = workdir / "vsmtp.toml"
-        self.config.write_text(config_text)
+        self.write_config(config_text)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.runs = 0
+
+    def write_config(self, text: str) -> None:
+        if "[dns]" not in text:  # loopback only: never the Internet's DNS (see conftest.NO_DNS)
+            text += '\n[dns]\nnameservers = ["127.0.0.1:1"]\ntimeout = 2.0\n'
+        self.config.write_text(text)
 
     def start(self, *, timeout: float = 20) -> int:
         self.runs += 1

@@ -73,7 +73,7 @@ def test_sigkill_after_250_then_restart_delivers_exactly_once(tmp_path: Path, de
         if not delivery_before_kill:
             assert maildir(tmp_path) == []  # nothing could have been delivered yet
 
-        daemon.config.write_text(CONFIG.format(enabled="true"))
+        daemon.write_config(CONFIG.format(enabled="true"))
         daemon.start()
         wait_until_delivered(tmp_path, queue_id)
         [path] = maildir(tmp_path)

@@ -143,7 +143,7 @@ def test_sighup_reloads_config_and_certificates_without_dropping_sessions(daemon
         assert old.replies()[0].startswith("220 mx.test ")
         old.say(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\n", 2)
 
-        daemon.config.write_text(CONFIG.format(hostname="mx2.test", grace=10))
+        daemon.write_config(CONFIG.format(hostname="mx2.test", grace=10))
         write_certificate(ca, daemon.workdir, "mx2.test")
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGHUP)

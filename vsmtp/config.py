@@ -101,6 +101,18 @@ class DeliveryConfig:
     enabled: bool = True
     workers: int = 8
     maildir: str = "var/mail/{user}/Maildir"  # {user}: local part, {domain}: the domain
+    remote_workers: int = 50  # remote (SMTP) deliveries at once
+    remote_port: int = 25  # the port of other domains' mail hosts (tests use another)
+    retry_first: float = 300.0  # seconds before the first retry, doubling after each failure ...
+    retry_max: float = 3600.0  # ... up to this (Postfix's minimal_ and maximal_backoff_time)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsConfig:
+    """The resolver used for MX lookups."""
+
+    nameservers: tuple[str, ...] = ()  # "host" or "host:port"; none: the system's resolv.conf
+    timeout: float = 10.0  # seconds for one lookup, all servers and retries included
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,6 +149,7 @@ class Config:
     journal: JournalConfig = JournalConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     retention: RetentionConfig = RetentionConfig()
+    dns: DnsConfig = DnsConfig()
     limits: LimitsConfig = LimitsConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     plugins: tuple[str, ...] = ()  # entry-point names in group "vsmtp", loaded in this order

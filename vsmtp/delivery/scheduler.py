@@ -8,6 +8,7 @@ outcome the worker journaled, so nothing is handed out twice.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import math
@@ -15,15 +16,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import dns.asyncresolver
 import trio
 from vsmtp_journal import GroupCommitWriter, Journal, JournalError
 
 from ..config import Config
+from ..net import dns as mx
 from ..queue import events as ev
 from ..queue import policy
 from ..queue.projection import QueueProjection
 from ..queue.state import MessageState
-from . import maildir
+from . import maildir, remote
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +116,25 @@ BATCH = 32  # jobs one worker delivers in one thread call
 
 
 class Worker:
-    def __init__(self, *, config: Config, journal: Journal, writer: GroupCommitWriter, scheduler: Scheduler) -> None:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        journal: Journal,
+        writer: GroupCommitWriter,
+        scheduler: Scheduler,
+        remote_limit: trio.CapacityLimiter | None = None,
+        resolver: dns.asyncresolver.Resolver | None = None,
+    ) -> None:
         self.config = config
         self.journal = journal
         self.writer = writer
         self.scheduler = scheduler
+        self.remote_limit = remote_limit or trio.CapacityLimiter(config.delivery.remote_workers)
+        self.resolver = resolver or mx.resolver(config.dns)
 
     async def run(self, receive: trio.MemoryReceiveChannel[DeliveryJob]) -> None:
-        async with receive, trio.open_nursery() as recording:
+        async with receive, trio.open_nursery() as background:
             async for job in receive:
                 # Whatever else is waiting goes along in the same thread call: one hand-off and
                 # one directory fsync per Maildir for the lot, instead of one per message.
@@ -130,12 +144,50 @@ class Worker:
                         jobs.append(receive.receive_nowait())
                     except trio.WouldBlock:
                         break
-                results = await trio.to_thread.run_sync(self.deliver_batch, jobs)
+                local = []
+                for each in jobs:
+                    mine, by_domain = self._split(each)
+                    if mine is not None:
+                        local.append(mine)
+                    for domain, sub in by_domain.items():  # one SMTP transaction per domain, in the background
+                        background.start_soon(self._deliver_remote, sub, domain)
+                if not local:
+                    continue
+                results = await trio.to_thread.run_sync(self.deliver_batch, local)
                 # The outcome is journaled while this worker takes its next job: it rides along
                 # with the next commit someone waits for. Losing it in a crash costs nothing but
                 # a look into the Maildir (recovered messages check for the file first).
-                for each, outcomes in zip(jobs, results, strict=True):
-                    recording.start_soon(self._record, each, outcomes)
+                for each, outcomes in zip(local, results, strict=True):
+                    background.start_soon(self._record, each, outcomes)
+
+    def _split(self, job: DeliveryJob) -> tuple[DeliveryJob | None, dict[str, DeliveryJob]]:
+        """The job's local recipients as one job, and its remote ones as a job per domain."""
+        local: list[tuple[str, int]] = []
+        by_domain: dict[str, list[tuple[str, int]]] = {}
+        for recipient in job.recipients:
+            route = policy.route(recipient[0], self.config)
+            if isinstance(route, policy.RemoteRoute):
+                by_domain.setdefault(route.domain, []).append(recipient)
+            else:
+                local.append(recipient)
+        return (
+            dataclasses.replace(job, recipients=tuple(local)) if local else None,
+            {domain: dataclasses.replace(job, recipients=tuple(rs)) for domain, rs in by_domain.items()},
+        )
+
+    async def _deliver_remote(self, job: DeliveryJob, domain: str) -> None:
+        async with self.remote_limit:
+            outcomes = await remote.deliver(
+                queue_id=job.queue_id,
+                reverse_path=job.reverse_path,
+                blob=job.blob,
+                domain=domain,
+                recipients=list(job.recipients),
+                config=self.config,
+                journal=self.journal,
+                resolver=self.resolver,
+            )
+        await self._record(job, outcomes)
 
     def deliver_batch(self, jobs: list[DeliveryJob]) -> list[list[ev.JournalEvent]]:
         """deliver() each job; the Maildir directories are synced once at the end."""
@@ -149,7 +201,7 @@ class Worker:
             reason = f"cannot write to the Maildir: {exc}"
             results = [
                 [
-                    _deferred(job, o.recipient, attempts, now=o.at, transport="maildir", reason=reason)
+                    remote.deferred(job.queue_id, o.recipient, attempts, now=o.at, reason=reason, config=self.config, transport="maildir")
                     if isinstance(o, ev.DeliverySucceeded)
                     else o
                     for o, (_, attempts) in zip(outcomes, job.recipients, strict=True)
@@ -187,17 +239,15 @@ class Worker:
                 reason = "message body missing from the journal"
                 outcomes.append(ev.DeliveryFailed(at=now, queue_id=job.queue_id, recipient=address, transport="maildir", reason=reason))
                 continue
-            if route is None:
-                # Relayed mail is kept, not dropped: it waits in the queue for remote delivery.
-                reason = "remote delivery is not available in this version of vsmtp"
-                outcomes.append(_deferred(job, address, attempts, now=now, transport="smtp", reason=reason))
-                continue
+            assert isinstance(route, policy.LocalRoute), "remote recipients go through _deliver_remote"
             try:
                 detail = self._maildir(job, address, attempts, route, body)
             except OSError as exc:
                 reason = f"cannot write to the Maildir: {exc}"
                 log.warning("%s: %s: %s", job.queue_id, address, reason)
-                outcomes.append(_deferred(job, address, attempts, now=now, transport="maildir", reason=reason))
+                outcomes.append(
+                    remote.deferred(job.queue_id, address, attempts, now=now, reason=reason, config=self.config, transport="maildir")
+                )
                 continue
             outcomes.append(ev.DeliverySucceeded(at=now, queue_id=job.queue_id, recipient=address, transport="maildir", detail=detail))
         return outcomes
@@ -216,12 +266,6 @@ class Worker:
         return str(maildir.deliver(path, name, [headers, body]))
 
 
-def _deferred(job: DeliveryJob, address: str, attempts: int, *, now: float, transport: str, reason: str) -> ev.DeliveryDeferred:
-    """A failed attempt, to be tried again on the policy's schedule."""
-    retry_at = policy.retry_at(attempts + 1, now=now)
-    return ev.DeliveryDeferred(at=now, queue_id=job.queue_id, recipient=address, transport=transport, reason=reason, retry_at=retry_at)
-
-
 async def serve_delivery(
     *,
     config: Config,
@@ -232,10 +276,14 @@ async def serve_delivery(
 ) -> None:
     scheduler = Scheduler(projection)
     send, receive = trio.open_memory_channel[DeliveryJob](config.delivery.workers)
+    remote_limit = trio.CapacityLimiter(config.delivery.remote_workers)  # SMTP deliveries at once, all workers together
+    resolver = mx.resolver(config.dns)
     async with trio.open_nursery() as nursery:
         async with receive:
             for _ in range(config.delivery.workers):
-                worker = Worker(config=config, journal=journal, writer=writer, scheduler=scheduler)
+                worker = Worker(
+                    config=config, journal=journal, writer=writer, scheduler=scheduler, remote_limit=remote_limit, resolver=resolver
+                )
                 nursery.start_soon(worker.run, receive.clone())
         nursery.start_soon(scheduler.run, send)
         task_status.started(scheduler)

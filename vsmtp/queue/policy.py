@@ -20,8 +20,6 @@ from ..config import Config
 # path could misread. Anything else is refused at RCPT time.
 _SAFE_USER = re.compile(r"\w[\w.+=-]{0,63}\Z")
 
-RETRY_FIRST = 300.0  # seconds: 5 minutes, as Postfix's minimal_backoff_time
-RETRY_MAX = 3600.0  # seconds: the cap on the doubling, as Postfix's maximal_backoff_time
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Verdict = Literal["local", "relay", "relay denied", "unknown user"]
@@ -83,15 +81,24 @@ def recipient_verdict(address: str, config: Config, *, relay_allowed: bool) -> V
     return "local" if local_recipient_ok(user, config) else "unknown user"
 
 
-def route(address: str, config: Config) -> LocalRoute | None:
-    """The route of an accepted recipient; None if it is not local (no remote delivery yet)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteRoute:
+    """Deliver over SMTP to the domain's mail hosts (its MX, or the domain itself)."""
+
+    domain: str
+
+
+def route(address: str, config: Config) -> LocalRoute | RemoteRoute:
+    """The route of an accepted recipient: a local Maildir, or the domain's mail hosts."""
     user, domain = local_user(address)
     if domain and not is_local_domain(domain, config):
-        return None
+        return RemoteRoute(domain=domain)
     return LocalRoute(user=user, domain=domain or config.local.domains[0].lower())
 
 
-def retry_at(attempts: int, *, now: float) -> float:
-    """When to try again after `attempts` failed attempts: 5 min doubling, capped at 1 h."""
-    delay = min(RETRY_FIRST * float(2 ** max(attempts - 1, 0)), RETRY_MAX)
+def retry_at(attempts: int, *, now: float, config: Config) -> float:
+    """When to try again after `attempts` failed attempts: `delivery.retry_first` (5 min)
+    doubling after each failure, capped at `delivery.retry_max` (1 h), as Postfix's backoff."""
+    delivery = config.delivery
+    delay = min(delivery.retry_first * float(2 ** max(attempts - 1, 0)), delivery.retry_max)
     return now + delay

@@ -116,7 +116,8 @@ class QueueProjection:
         changed.set()
 
     async def wait_touched(self, *, timeout: float = math.inf) -> None:
-        """Block until some message is touched, or `timeout` seconds pass."""
+        """Block until some message is touched, or `timeout` seconds pass. Always a checkpoint."""
+        await trio.lowlevel.checkpoint()
         with trio.move_on_after(timeout):
             while not self._touched:
                 await self._changed.wait()

@@ -1,0 +1,188 @@
+"""Remote delivery end to end: vsmtp takes a message over SMTP, finds the domain's mail hosts
+on a DNS server on loopback, and delivers to receiving SMTP servers on loopback."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+import trustme
+
+from vsmtp.config import Config, DnsConfig
+from vsmtp.daemon import Running
+
+from ..conftest import sendmail, with_changes
+from ..dnsserver import DnsServer
+from ..smtpsink import Sink
+
+ZONE = """
+$TTL 300
+@           SOA  ns.test. hostmaster.test. 1 3600 600 86400 300
+@           NS   ns.test.
+far         MX   10 mx1.far
+far         MX   20 mx2.far
+mx1.far     A    127.0.0.2
+mx2.far     A    127.0.0.3
+flat        A    127.0.0.4
+nomail      MX   0 .
+slow        MX   10 mx.slow
+mx.slow     A    127.0.0.5
+quick       MX   10 mx.quick
+mx.quick    A    127.0.0.6
+"""
+
+
+@pytest.fixture
+def dns_server() -> Any:
+    with DnsServer(ZONE, "test.") as server:
+        yield server
+
+
+@pytest.fixture
+async def port() -> int:
+    """A port free on 127.0.0.2-6 (the mail hosts all listen on the one remote_port)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.7")
+    number: int = listeners[0].socket.getsockname()[1]
+    await listeners[0].aclose()
+    return number
+
+
+@pytest.fixture
+def sender(config: Config, dns_server: DnsServer, port: int) -> Config:
+    return with_changes(
+        config,
+        relay={"networks": ("127.0.0.0/8",)},
+        dns=DnsConfig(nameservers=(f"{dns_server.host}:{dns_server.port}",), timeout=3),
+        delivery={"remote_port": port, "retry_first": 0.3, "retry_max": 0.6},
+    )
+
+
+@pytest.fixture
+def start_sink(nursery: trio.Nursery, port: int) -> Callable[..., Any]:
+    async def start(host: str, **kwargs: Any) -> Sink:
+        sink = Sink(host=host, port=port, **kwargs)
+        await nursery.start(sink.serve)
+        return sink
+
+    return start
+
+
+async def outcomes(running: Running, queue_id_count: int = 1, *, timeout: float = 15) -> list[Any]:
+    """delivery.* records, once `queue_id_count` messages are complete."""
+    with trio.fail_after(timeout):
+        while running.projection.state.completed < queue_id_count:
+            await running.projection.wait_touched(timeout=0.05)
+    return [r for r in running.journal.read(0) if r.tag.startswith("delivery.")]
+
+
+MESSAGE = "Subject: far away\r\n\r\n.a line that starts with a dot\r\nbye\r\n"
+
+
+async def test_the_lowest_preference_mx_gets_the_message(start_server: Any, sender: Config, start_sink: Any) -> None:
+    first, second = await start_sink("127.0.0.2"), await start_sink("127.0.0.3")
+    running = await start_server(sender)
+    await sendmail(running, "a@example.org", ["user@far.test", "other@far.test"], MESSAGE)
+    records = await outcomes(running)
+    assert [r.tag for r in records] == ["delivery.succeeded", "delivery.succeeded"]
+    assert "mx1.far.test[127.0.0.2]" in records[0].payload["detail"]
+    [got] = first.received  # both recipients in one transaction
+    assert got.recipients == ["user@far.test", "other@far.test"] and got.reverse_path == "a@example.org"
+    assert got.data.endswith(b"Subject: far away\r\n\r\n.a line that starts with a dot\r\nbye\r\n")  # dot-stuffing undone
+    assert got.data.startswith(b"Received: from ")
+    assert second.received == [] and second.sessions == 0
+    running.cancel_scope.cancel()
+
+
+async def test_the_next_mx_when_the_first_refuses_connections(start_server: Any, sender: Config, start_sink: Any) -> None:
+    second = await start_sink("127.0.0.3")  # nothing listens on mx1's 127.0.0.2
+    running = await start_server(sender)
+    await sendmail(running, "a@example.org", ["user@far.test"], MESSAGE)
+    [record] = await outcomes(running)
+    assert record.tag == "delivery.succeeded" and "mx2.far.test[127.0.0.3]" in record.payload["detail"]
+    assert len(second.received) == 1
+    running.cancel_scope.cancel()
+
+
+async def test_a_domain_without_mx_gets_mail_at_its_own_address(start_server: Any, sender: Config, start_sink: Any) -> None:
+    sink = await start_sink("127.0.0.4")
+    running = await start_server(sender)
+    await sendmail(running, "a@example.org", ["user@flat.test"], MESSAGE)
+    [record] = await outcomes(running)
+    assert record.tag == "delivery.succeeded" and len(sink.received) == 1
+    running.cancel_scope.cancel()
+
+
+async def test_null_mx_fails_for_good(start_server: Any, sender: Config) -> None:
+    running = await start_server(sender)
+    await sendmail(running, "a@example.org", ["user@nomail.test"], MESSAGE)
+    [record] = await outcomes(running)
+    assert record.tag == "delivery.failed" and "null MX" in record.payload["reason"]
+    running.cancel_scope.cancel()
+
+
+async def test_4xx_is_retried_then_delivered(start_server: Any, sender: Config, start_sink: Any) -> None:
+    sink = await start_sink("127.0.0.2", rcpt_replies=[b"451 4.3.0 try again later\r\n"])
+    running = await start_server(sender)
+    await sendmail(running, "a@example.org", ["user@far.test"], MESSAGE)
+    records = await outcomes(running)
+    assert [r.tag for r in records] == ["delivery.deferred", "delivery.succeeded"]
+    assert "451 4.3.0 try again later" in records[0].payload["reason"]
+    assert records[0].payload["retry_at"] - records[0].payload["at"] == pytest.approx(0.3, abs=0.01)
+    assert len(sink.received) == 1 and sink.sessions == 2
+    running.cancel_scope.cancel()
+
+
+async def test_5xx_fails_that_recipient_only(start_server: Any, sender: Config, start_sink: Any) -> None:
+    sink = await start_sink("127.0.0.2", rcpt_replies=[b"550 5.1.1 no such user\r\n"])
+    running = await start_server(sender)
+    await sendmail(running, "a@example.org", ["nobody@far.test", "user@far.test"], MESSAGE)
+    records = await outcomes(running)
+    by_recipient = {r.payload["recipient"]: r for r in records}
+    assert by_recipient["nobody@far.test"].tag == "delivery.failed"
+    assert "550 5.1.1 no such user" in by_recipient["nobody@far.test"].payload["reason"]
+    assert by_recipient["user@far.test"].tag == "delivery.succeeded"
+    assert sink.received[0].recipients == ["user@far.test"]
+    running.cancel_scope.cancel()
+
+
+async def test_a_slow_domain_does_not_hold_back_another(start_server: Any, sender: Config, start_sink: Any) -> None:
+    slow = await start_sink("127.0.0.5", delay=0.5)  # every reply takes 0.5 s: about 3.5 s for a delivery
+    quick = await start_sink("127.0.0.6")
+    running = await start_server(sender)
+    await sendmail(running, "a@example.org", ["user@slow.test"], MESSAGE)
+    await trio.sleep(0.2)  # the slow delivery is under way
+    started = trio.current_time()
+    await sendmail(running, "a@example.org", ["user@quick.test"], MESSAGE)
+    with trio.fail_after(5):
+        while not quick.received:
+            await trio.sleep(0.02)
+    assert trio.current_time() - started < 1.5 and slow.received == []  # quick went first
+    await outcomes(running, 2, timeout=30)
+    assert len(slow.received) == 1
+    running.cancel_scope.cancel()
+
+
+async def test_starttls_when_offered(start_server: Any, sender: Config, start_sink: Any, ca: trustme.CA) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("mx1.far.test").configure_cert(context)
+    sink = await start_sink("127.0.0.2", tls=context)
+    running = await start_server(sender)
+    await sendmail(running, "a@example.org", ["user@far.test"], MESSAGE)
+    [record] = await outcomes(running)
+    assert "(TLS)" in record.payload["detail"] and sink.received[0].tls
+    running.cancel_scope.cancel()
+
+
+async def test_an_unreachable_domain_is_deferred_and_kept(start_server: Any, sender: Config) -> None:
+    running = await start_server(with_changes(sender, delivery={"retry_first": 60.0}))  # nothing listens anywhere
+    await sendmail(running, "a@example.org", ["user@far.test"], MESSAGE)
+    with trio.fail_after(10):
+        while not any(r.tag == "delivery.deferred" for r in running.journal.read(0)):
+            await trio.sleep(0.05)
+    [deferred] = [r for r in running.journal.read(0) if r.tag == "delivery.deferred"]
+    assert "cannot connect" in deferred.payload["reason"]
+    assert len(running.projection.state.messages) == 1  # still queued
+    running.cancel_scope.cancel()

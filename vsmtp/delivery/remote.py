@@ -1,0 +1,75 @@
+"""The SMTP transport: one message to the recipients of one domain (net/outbound.py does the
+talking), turned into journal events. Runs in the delivery process's event loop."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import dns.asyncresolver
+from vsmtp_journal import Journal
+
+from ..config import Config
+from ..net import dns as mx
+from ..net import outbound
+from ..queue import events as ev
+from ..queue import policy
+
+log = logging.getLogger(__name__)
+
+
+async def deliver(
+    *,
+    queue_id: str,
+    reverse_path: str,
+    blob: bytes,
+    domain: str,
+    recipients: list[tuple[str, int]],  # (address, attempts so far)
+    config: Config,
+    journal: Journal,
+    resolver: dns.asyncresolver.Resolver,
+) -> list[ev.JournalEvent]:
+    body = journal.blob(blob)
+    now = time.time()
+    if body is None:
+        reason = "message body missing from the journal"
+        return [ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=a, transport="smtp", reason=reason) for a, _ in recipients]
+    try:
+        hosts = await mx.exchangers(domain, resolver)
+    except mx.DnsPermanent as exc:
+        return [ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=a, transport="smtp", reason=str(exc)) for a, _ in recipients]
+    except mx.DnsTemporary as exc:
+        return [deferred(queue_id, a, n, now=now, reason=str(exc), config=config) for a, n in recipients]
+    addresses = tuple(a for a, _ in recipients)
+    message = outbound.Message(
+        reverse_path=reverse_path,
+        recipients=addresses,
+        body=body,
+        smtputf8=not (reverse_path.isascii() and all(a.isascii() for a in addresses)),
+    )
+    settings = outbound.Settings(helo_name=config.hostname, port=config.delivery.remote_port)
+    outcomes = await outbound.deliver(message, hosts, settings)
+    now = time.time()
+    events: list[ev.JournalEvent] = []
+    for address, attempts in recipients:
+        outcome = outcomes[address]
+        where = f"{outcome.host}[{outcome.address}]" if outcome.host else ""
+        if outcome.status == "delivered":
+            detail = f"{where}{' (TLS)' if outcome.tls else ''}: {outcome.reply}"
+            events.append(ev.DeliverySucceeded(at=now, queue_id=queue_id, recipient=address, transport="smtp", detail=detail))
+        elif outcome.status == "failed":
+            reason = f"{where}: {outcome.reply}" if where else outcome.reply
+            events.append(ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=address, transport="smtp", reason=reason))
+        else:
+            reason = f"{where}: {outcome.reply}" if where else outcome.reply
+            events.append(deferred(queue_id, address, attempts, now=now, reason=reason, config=config))
+        log.info("%s: to=<%s>, relay=%s, status=%s (%s)", queue_id, address, where or "none", outcome.status, outcome.reply)
+    return events
+
+
+def deferred(
+    queue_id: str, address: str, attempts: int, *, now: float, reason: str, config: Config, transport: str = "smtp"
+) -> ev.DeliveryDeferred:
+    """A failed attempt, to be tried again on the configured schedule."""
+    retry_at = policy.retry_at(attempts + 1, now=now, config=config)
+    return ev.DeliveryDeferred(at=now, queue_id=queue_id, recipient=address, transport=transport, reason=reason, retry_at=retry_at)

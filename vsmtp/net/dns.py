@@ -1,0 +1,92 @@
+"""Where mail for a domain goes: its MX hosts and their addresses (RFC 5321 5.1).
+
+- MX records by preference, shuffled among equal preferences;
+- no MX record: the domain itself is the host (the implicit MX), if it has an address;
+- a null MX ("0 .", RFC 7505): the domain accepts no mail, a permanent failure;
+- a domain that does not exist: a permanent failure; a lookup that fails or times out: a
+  temporary one (try later);
+- every host's IPv6 and IPv4 addresses, IPv6 first.
+
+The resolver's nameservers come from `[dns]` in the configuration (tests point them at a
+server on loopback), or from the system's resolv.conf.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.resolver
+
+from ..config import DnsConfig
+from .server import parse_address
+
+
+class DnsTemporary(Exception):
+    """The answer cannot be had now: defer."""
+
+
+class DnsPermanent(Exception):
+    """The answer says mail cannot go there: fail (bounce)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Exchanger:
+    host: str  # without the trailing dot
+    preference: int
+    addresses: tuple[str, ...]  # IPv6 first, then IPv4
+
+
+def resolver(config: DnsConfig) -> dns.asyncresolver.Resolver:
+    if not config.nameservers:
+        made = dns.asyncresolver.Resolver()
+    else:
+        made = dns.asyncresolver.Resolver(configure=False)
+        made.nameservers = []
+        for server in config.nameservers:  # "192.0.2.1", "192.0.2.1:5353", "2001:db8::1" or "[2001:db8::1]:5353"
+            if server.startswith("[") or server.count(":") == 1:
+                host, port = parse_address(server)
+                made.port = port
+            else:
+                host = server
+            made.nameservers.append(host)
+    made.lifetime = config.timeout
+    return made
+
+
+async def exchangers(domain: str, resolve: dns.asyncresolver.Resolver) -> list[Exchanger]:
+    """The hosts to try for `domain`, in order, with their addresses (hosts without any are left out)."""
+    try:
+        answer = await resolve.resolve(domain, "MX")
+        records = [(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in answer]
+    except dns.resolver.NXDOMAIN as exc:
+        raise DnsPermanent(f"domain {domain} does not exist") from exc
+    except dns.resolver.NoAnswer:
+        records = [(0, domain)]  # the implicit MX
+    except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
+        raise DnsTemporary(f"cannot look up MX of {domain}: {exc}") from exc
+    if any(host in ("", ".") for _, host in records) and len(records) == 1:
+        raise DnsPermanent(f"domain {domain} accepts no mail (null MX, RFC 7505)")
+    records = [(pref, host) for pref, host in records if host not in ("", ".")]
+    ordered = sorted(records, key=lambda r: (r[0], random.random()))  # shuffled among equals
+    found = []
+    failures = 0
+    for preference, host in ordered:
+        addresses: list[str] = []
+        for rdtype in ("AAAA", "A"):
+            try:
+                addresses += [r.to_text() for r in await resolve.resolve(host, rdtype)]
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                continue
+            except (dns.resolver.NoNameservers, dns.exception.Timeout):
+                failures += 1
+        if addresses:
+            found.append(Exchanger(host=host, preference=preference, addresses=tuple(addresses)))
+    if not found:
+        if failures:
+            raise DnsTemporary(f"cannot look up the addresses of {domain}'s mail hosts")
+        raise DnsPermanent(f"no address for any mail host of {domain}")
+    return found

@@ -1,0 +1,242 @@
+"""Outbound SMTP: deliver one message to the recipients of one domain, over trio.
+
+The protocol text and reply parsing live in smtp/client.py; this module drives them:
+
+- the domain's mail hosts come from net/dns.py, tried in order, every address of each;
+  a host that refuses the connection, times out, or greets with anything but 2xx is left
+  for the next one;
+- EHLO, or HELO if EHLO is refused; STARTTLS when offered (opportunistic, as Postfix's
+  `smtp_tls_security_level = may`: the certificate is not checked), then EHLO again;
+- SIZE checked against the server's limit before sending; BODY=8BITMIME and SMTPUTF8 passed
+  when the message needs them, and a message that needs what the server lacks fails;
+- MAIL, every RCPT and DATA in one write when the server offers PIPELINING;
+- an outcome per recipient: 2xx delivered, 4xx deferred, 5xx failed; a host that fails
+  after the data was sent is not tried again (the message may have been delivered);
+- timeouts per RFC 5321 4.5.3.2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import trio
+
+from ..smtp import client as smtp
+from ..smtp.errors import ProtocolError
+from ..smtp.replies import Reply
+from .dns import Exchanger
+
+log = logging.getLogger(__name__)
+
+# RFC 5321 4.5.3.2: the client's timeouts, in seconds.
+CONNECT_TIMEOUT = 30.0  # not in the RFC; Postfix's smtp_connect_timeout
+GREETING_TIMEOUT = 300.0  # 4.5.3.2.1
+COMMAND_TIMEOUT = 300.0  # 4.5.3.2.2 (MAIL) and 4.5.3.2.3 (RCPT); also EHLO, STARTTLS
+DATA_INIT_TIMEOUT = 120.0  # 4.5.3.2.4
+DATA_BLOCK_TIMEOUT = 180.0  # 4.5.3.2.5
+DATA_END_TIMEOUT = 600.0  # 4.5.3.2.6
+
+Status = Literal["delivered", "deferred", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: Status
+    reply: str  # what the server said (or why we could not ask)
+    host: str = ""  # the host that gave it
+    address: str = ""
+    tls: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    reverse_path: str
+    recipients: tuple[str, ...]
+    body: bytes
+    smtputf8: bool = False  # the sender asked for SMTPUTF8 (or an address needs it)
+
+
+@dataclass(slots=True, kw_only=True)
+class Settings:
+    helo_name: str
+    port: int = 25
+    timeouts: dict[str, float] = field(default_factory=dict)  # overrides of the constants, by name
+
+
+class _Failed(Exception):
+    """This host did not work out; try the next one."""
+
+    def __init__(self, reply: str, *, final: bool = False) -> None:
+        super().__init__(reply)
+        self.reply = reply
+        self.final = final  # the data may have gone through: do not try another host
+
+
+class _Conversation:
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.reader = smtp.ReplyReader()
+        self.pending: list[Reply] = []
+
+    async def replies(self, count: int, timeout: float) -> list[Reply]:
+        with trio.move_on_after(timeout) as scope:
+            while len(self.pending) < count:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    raise _Failed("connection closed by the server")
+                self.pending += self.reader.feed(bytes(data))
+        if scope.cancelled_caught:
+            raise _Failed(f"timed out after {timeout:.0f}s waiting for a reply")
+        taken, self.pending = self.pending[:count], self.pending[count:]
+        return taken
+
+    async def say(self, data: bytes, timeout: float) -> Reply:
+        await self.send(data, timeout)
+        return (await self.replies(1, timeout))[0]
+
+    async def send(self, data: bytes, timeout: float) -> None:
+        with trio.move_on_after(timeout) as scope:
+            await self.stream.send_all(data)
+        if scope.cancelled_caught:
+            raise _Failed(f"timed out after {timeout:.0f}s sending")
+
+
+async def deliver(message: Message, hosts: Sequence[Exchanger], settings: Settings) -> dict[str, Outcome]:
+    """Try each host in turn until one takes the transaction; an outcome per recipient."""
+    last = "no mail host to try"
+    for exchanger in hosts:
+        for address in exchanger.addresses:
+            try:
+                return await _one_host(message, exchanger.host, address, settings)
+            except _Failed as exc:
+                last = f"{exchanger.host}[{address}]: {exc.reply}"
+                log.info("delivery to %s failed: %s", exchanger.host, last)
+                if exc.final:
+                    return {r: Outcome("deferred", last, exchanger.host, address) for r in message.recipients}
+    return {r: Outcome("deferred", last) for r in message.recipients}
+
+
+async def _one_host(message: Message, host: str, address: str, settings: Settings) -> dict[str, Outcome]:
+    timeout = {
+        "connect": CONNECT_TIMEOUT,
+        "greeting": GREETING_TIMEOUT,
+        "command": COMMAND_TIMEOUT,
+        "data_init": DATA_INIT_TIMEOUT,
+        "data_block": DATA_BLOCK_TIMEOUT,
+        "data_end": DATA_END_TIMEOUT,
+    } | settings.timeouts
+    try:
+        with trio.fail_after(timeout["connect"]):
+            stream: trio.abc.Stream = await trio.open_tcp_stream(address, settings.port)
+    except (OSError, trio.TooSlowError) as exc:
+        raise _Failed(f"cannot connect: {exc}") from exc
+    tls = False
+    try:
+        talk = _Conversation(stream)
+        greeting = (await talk.replies(1, timeout["greeting"]))[0]
+        if greeting.code // 100 != 2:
+            await _quit(talk)
+            raise _Failed(f"greeting: {greeting}")
+        capabilities = await _hello(talk, settings.helo_name, timeout["command"])
+        if capabilities.has("STARTTLS"):
+            reply = await talk.say(smtp.STARTTLS, timeout["command"])
+            if reply.code == 220:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE  # opportunistic: encryption without authentication
+                tls_stream = trio.SSLStream(stream, context, server_hostname=host)
+                with trio.fail_after(timeout["command"]):
+                    await tls_stream.do_handshake()
+                stream = talk.stream = tls_stream
+                talk.reader = smtp.ReplyReader()  # nothing read before TLS counts (STARTTLS injection)
+                tls = True
+                capabilities = await _hello(talk, settings.helo_name, timeout["command"])
+        outcomes = await _transaction(talk, message, capabilities, timeout)
+        await _quit(talk)
+        return {r: Outcome(o.status, o.reply, host, address, tls) for r, o in outcomes.items()}
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError, trio.TooSlowError) as exc:
+        raise _Failed(f"connection lost: {exc}") from exc
+    except ProtocolError as exc:
+        raise _Failed(f"protocol error: {exc}") from exc
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _hello(talk: _Conversation, name: str, timeout: float) -> smtp.Capabilities:
+    reply = await talk.say(smtp.ehlo(name), timeout)
+    if reply.code // 100 == 2:
+        return smtp.Capabilities.from_ehlo(reply)
+    reply = await talk.say(smtp.helo(name), timeout)
+    if reply.code // 100 != 2:
+        raise _Failed(f"HELO: {reply}")
+    return smtp.Capabilities.none()
+
+
+async def _transaction(
+    talk: _Conversation, message: Message, capabilities: smtp.Capabilities, timeout: dict[str, float]
+) -> dict[str, Outcome]:
+    recipients = message.recipients
+    limit = capabilities.size_limit
+    if limit is not None and len(message.body) > limit:
+        reply = f"message size {len(message.body)} exceeds the server's limit {limit}"
+        return {r: Outcome("failed", reply) for r in recipients}
+    params = []
+    if capabilities.has("SIZE"):
+        params.append(f"SIZE={len(message.body)}")
+    if smtp.needs_8bit(message.body):
+        if not capabilities.has("8BITMIME"):
+            return {r: Outcome("failed", "the message has 8-bit data and the server does not offer 8BITMIME") for r in recipients}
+        params.append("BODY=8BITMIME")
+    if message.smtputf8:
+        if not capabilities.has("SMTPUTF8"):
+            return {r: Outcome("failed", "the message needs SMTPUTF8 and the server does not offer it") for r in recipients}
+        params.append("SMTPUTF8")
+    commands = [smtp.mail_from(message.reverse_path, params), *(smtp.rcpt_to(r) for r in recipients)]
+    if capabilities.has("PIPELINING"):
+        await talk.send(b"".join([*commands, smtp.DATA]), timeout["command"])
+        replies = await talk.replies(len(commands) + 1, timeout["command"])
+        mail, rcpts = replies[0], replies[1:-1]
+        data: Reply | None = replies[-1]
+    else:
+        mail = await talk.say(commands[0], timeout["command"])
+        if mail.code // 100 != 2:
+            return _all(recipients, mail)
+        rcpts = [await talk.say(command, timeout["command"]) for command in commands[1:]]
+        data = await talk.say(smtp.DATA, timeout["data_init"]) if any(r.code // 100 == 2 for r in rcpts) else None
+    if mail.code // 100 != 2:
+        return _all(recipients, mail)
+    outcomes = {r: _outcome(reply) for r, reply in zip(recipients, rcpts, strict=True) if reply.code // 100 != 2}
+    accepted = [r for r in recipients if r not in outcomes]
+    if not accepted or data is None or data.code != 354:
+        if data is not None and data.code == 354:  # pipelined DATA went through with no recipient: end it empty
+            await talk.send(b".\r\n", timeout["data_block"])
+            await talk.replies(1, timeout["data_end"])
+        else:
+            await talk.send(smtp.RSET, timeout["command"])
+            await talk.replies(1, timeout["command"])
+        return outcomes | ({r: _outcome(data) for r in accepted} if data is not None else {})
+    try:
+        await talk.send(smtp.dot_stuff(message.body), timeout["data_block"])
+        final = (await talk.replies(1, timeout["data_end"]))[0]
+    except _Failed as exc:
+        raise _Failed(exc.reply, final=True) from exc  # it may have been delivered: do not send it again elsewhere
+    return outcomes | {r: _outcome(final) for r in accepted}
+
+
+def _outcome(reply: Reply) -> Outcome:
+    status: Status = "delivered" if reply.code // 100 == 2 else "deferred" if reply.code // 100 == 4 else "failed"
+    return Outcome(status, str(reply))
+
+
+def _all(recipients: Sequence[str], reply: Reply) -> dict[str, Outcome]:
+    return {r: _outcome(reply) for r in recipients}
+
+
+async def _quit(talk: _Conversation) -> None:
+    with trio.move_on_after(5), contextlib.suppress(_Failed, trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError):
+        await talk.say(smtp.QUIT, 5)
