@@ -101,6 +101,9 @@ class DeliveryConfig:
     enabled: bool = True
     workers: int = 8
     maildir: str = "var/mail/{user}/Maildir"  # {user}: local part, {domain}: the domain
+    mbox: str = "var/mail/{user}.mbox"  # the same placeholders
+    mailbox: Literal["maildir", "mbox"] = "maildir"  # the format of local mailboxes ...
+    mailboxes: Mapping[str, str] = field(default_factory=dict)  # ... unless named here: "user" or "@domain" -> format
     remote_workers: int = 50  # remote (SMTP) deliveries at once
     remote_port: int = 25  # the port of other domains' mail hosts (tests use another)
     retry_first: float = 300.0  # seconds before the first retry, doubling after each failure ...
@@ -170,7 +173,14 @@ def load(path: str | Path | None = None) -> Config:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    return _build(Config, table, (), _Source(path, text)) if table else Config(source=str(path))
+    if not table:
+        return Config(source=str(path))
+    src = _Source(path, text)
+    config: Config = _build(Config, table, (), src)
+    for name, value in config.delivery.mailboxes.items():
+        if value not in ("maildir", "mbox"):
+            raise src.error(("delivery", "mailboxes", name), f"expected 'maildir' or 'mbox', got {value!r}")
+    return config
 
 
 def to_table(config: Config) -> dict[str, Any]:

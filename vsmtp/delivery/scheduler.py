@@ -26,7 +26,7 @@ from ..queue import events as ev
 from ..queue import policy
 from ..queue.projection import QueueProjection
 from ..queue.state import MessageState
-from . import maildir, remote
+from . import maildir, mbox, remote
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class Worker:
             results = [
                 [
                     remote.deferred(job.queue_id, o.recipient, attempts, now=o.at, reason=reason, config=self.config, transport="maildir")
-                    if isinstance(o, ev.DeliverySucceeded)
+                    if isinstance(o, ev.DeliverySucceeded) and o.transport == "maildir"
                     else o
                     for o, (_, attempts) in zip(outcomes, job.recipients, strict=True)
                 ]
@@ -241,16 +241,27 @@ class Worker:
                 continue
             assert isinstance(route, policy.LocalRoute), "remote recipients go through _deliver_remote"
             try:
-                detail = self._maildir(job, address, attempts, route, body)
+                write = self._mbox if route.format == "mbox" else self._maildir
+                detail = write(job, address, attempts, route, body)
             except OSError as exc:
-                reason = f"cannot write to the Maildir: {exc}"
+                reason = f"cannot write to the {'mbox' if route.format == 'mbox' else 'Maildir'}: {exc}"
                 log.warning("%s: %s: %s", job.queue_id, address, reason)
                 outcomes.append(
-                    remote.deferred(job.queue_id, address, attempts, now=now, reason=reason, config=self.config, transport="maildir")
+                    remote.deferred(job.queue_id, address, attempts, now=now, reason=reason, config=self.config, transport=route.format)
                 )
                 continue
-            outcomes.append(ev.DeliverySucceeded(at=now, queue_id=job.queue_id, recipient=address, transport="maildir", detail=detail))
+            outcomes.append(ev.DeliverySucceeded(at=now, queue_id=job.queue_id, recipient=address, transport=route.format, detail=detail))
         return outcomes
+
+    def _mbox(self, job: DeliveryJob, address: str, attempts: int, route: policy.LocalRoute, body: bytes) -> str:
+        path = Path(self.config.delivery.mbox.format(user=route.user, domain=route.domain))
+        headers = f"Return-Path: <{job.reverse_path}>\r\nDelivered-To: {address}\r\n".encode()
+        # Written before a crash or a lost journal record? Our Received header names the queue id.
+        if (job.recovered or attempts) and mbox.has_delivery(path, address, job.queue_id):
+            log.info("%s: %s was already delivered to %s before a restart", job.queue_id, address, path)
+            return str(path)
+        offset = mbox.deliver(path, job.reverse_path, [headers, body])
+        return f"{path} at offset {offset}"
 
     def _maildir(self, job: DeliveryJob, address: str, attempts: int, route: policy.LocalRoute, body: bytes) -> str:
         path = Path(self.config.delivery.maildir.format(user=route.user, domain=route.domain))

@@ -27,10 +27,11 @@ Verdict = Literal["local", "relay", "relay denied", "unknown user"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LocalRoute:
-    """Deliver to a local Maildir."""
+    """Deliver to a local mailbox: a Maildir or an mbox file."""
 
     user: str
     domain: str
+    format: str = "maildir"
 
 
 def is_local_domain(domain: str, config: Config) -> bool:
@@ -93,7 +94,10 @@ def route(address: str, config: Config) -> LocalRoute | RemoteRoute:
     user, domain = local_user(address)
     if domain and not is_local_domain(domain, config):
         return RemoteRoute(domain=domain)
-    return LocalRoute(user=user, domain=domain or config.local.domains[0].lower())
+    domain = domain or config.local.domains[0].lower()
+    mailboxes = config.delivery.mailboxes
+    chosen = mailboxes.get(f"{user}@{domain}") or mailboxes.get(user) or mailboxes.get(f"@{domain}") or config.delivery.mailbox
+    return LocalRoute(user=user, domain=domain, format=chosen)
 
 
 def retry_at(attempts: int, *, now: float, config: Config) -> float:

@@ -1,0 +1,70 @@
+"""The mbox transport (RFC 4155): messages appended to one file, each after a "From " line.
+
+- The "From " line carries the envelope sender (MAILER-DAEMON for the null sender) and the
+  time in asctime form, UTC.
+- Line ends are LF, as every mbox reader expects; a line of the message that starts with
+  "From " (after any number of ">") gets one more ">" (the mboxrd convention), so that no
+  line of a message can be taken for the start of the next.
+- The file is locked with fcntl (lockf) while one message is appended, then fsynced. An
+  append that fails half-way is cut back to the size the file had, so a full disk never
+  leaves half a message behind.
+
+Synchronous: run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import time
+from pathlib import Path
+
+_FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
+
+
+def from_line(reverse_path: str, when: float) -> bytes:
+    sender = reverse_path or "MAILER-DAEMON"
+    return f"From {sender} {time.asctime(time.gmtime(when))}\n".encode()
+
+
+def entry(reverse_path: str, when: float, parts: list[bytes]) -> bytes:
+    """One message as the mbox stores it, blank separator line included."""
+    message = b"".join(parts).replace(b"\r\n", b"\n")
+    message = _FROM_LINE.sub(rb">\1", message)
+    if not message.endswith(b"\n"):
+        message += b"\n"
+    return from_line(reverse_path, when) + message + b"\n"
+
+
+def deliver(path: Path, reverse_path: str, parts: list[bytes], *, when: float | None = None) -> int:
+    """Append one message to the mbox at `path` (created 0600 if missing); return the offset
+    it starts at."""
+    data = entry(reverse_path, time.time() if when is None else when, parts)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, start)  # no half message left behind
+            raise
+        return start
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def has_delivery(path: Path, recipient: str, queue_id: str) -> bool:
+    """Whether the mbox already holds this queue id's copy for `recipient` (after a crash):
+    our Delivered-To line, followed closely by our Received header with the queue id."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return False
+    pattern = re.escape(f"\nDelivered-To: {recipient}\nReceived: ".encode()) + rb"[^\x00]{0,400}? id " + re.escape(queue_id.encode())
+    return re.search(pattern, data) is not None
