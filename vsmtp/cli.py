@@ -8,6 +8,7 @@
     vsmtp journal verify [--json]
     vsmtp journal rebuild [--write] [--json]
     vsmtp trace ID [--json]             ID: a queue id or a Message-ID
+    vsmtp queue list [--json] | show ID [--json] | hold ID | release ID | remove ID | retry ID|--all
     vsmtp config show [--config FILE]
 
 Every command reads the same configuration as the daemon, so run from the daemon's
@@ -36,6 +37,7 @@ from . import config as config_mod
 from .errors import VsmtpError
 from .queue import events as qe
 from .queue import history, projection
+from .queue import inspect as queue_inspect
 from .queue import state as qstate
 
 
@@ -106,6 +108,26 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("id", metavar="ID", help="a queue id or a Message-ID")
     trace.add_argument("--json", action="store_true")
     trace.set_defaults(func=_trace)
+
+    queue = sub.add_parser("queue", help="the messages waiting for delivery, and what to do with them").add_subparsers(metavar="ACTION")
+    queue_list = queue.add_parser("list", parents=[common], help="id, age, size, sender, pending recipients, last error")
+    queue_list.add_argument("--json", action="store_true")
+    queue_list.set_defaults(func=_queue_list)
+    queue_show = queue.add_parser("show", parents=[common], help="one message: envelope, each recipient, headers")
+    queue_show.add_argument("id", metavar="ID")
+    queue_show.add_argument("--json", action="store_true")
+    queue_show.set_defaults(func=_queue_show)
+    for action, text in (
+        ("hold", "deliver nothing of it until released"),
+        ("release", "let a held message be delivered again"),
+        ("remove", "take it out of the queue, undelivered (its history stays)"),
+        ("retry", "try its pending recipients now"),
+    ):
+        acting = queue.add_parser(action, parents=[common], help=text)
+        acting.add_argument("id", metavar="ID", nargs="?")
+        if action == "retry":
+            acting.add_argument("--all", action="store_true", help="every message in the queue")
+        acting.set_defaults(func=_queue_act, action=action)
 
     config = sub.add_parser("config", help="the configuration").add_subparsers(metavar="ACTION")
     config_show = config.add_parser("show", parents=[common], help="print the effective configuration")
@@ -334,6 +356,65 @@ def _jsonable(value: object) -> object:
 
 def _iso(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _queue_list(args: argparse.Namespace, config: config_mod.Config) -> int:
+    with Journal(config.journal.path, readonly=True) as journal:
+        state = queue_inspect.current(journal)
+    now = time.time()
+    rows = [queue_inspect.summary(m, now=now) for m in sorted(state.messages.values(), key=lambda m: m.accepted_at)]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        held = " (held)" if row["held"] else ""
+        print(f"{row['queue_id']}{held}  {_age(row['age'])}  {row['size']} bytes  from <{row['sender']}>")
+        print(f"    to {', '.join(row['pending'])}" + (f"  ({row['last_error']})" if row["last_error"] else ""))
+    print(f"{len(rows)} message(s) in the queue")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _queue_show(args: argparse.Namespace, config: config_mod.Config) -> int:
+    with Journal(config.journal.path, readonly=True) as journal:
+        message = queue_inspect.current(journal).messages.get(args.id)
+        if message is None:
+            print(f"vsmtp: {args.id} is not in the queue", file=sys.stderr)
+            return 1
+        shown = queue_inspect.details(journal, message, now=time.time())
+    if args.json:
+        print(json.dumps(shown))
+        return 0
+    print(f"message {shown['queue_id']}{' (held)' if shown['held'] else ''}  {shown['size']} bytes, queued {_age(shown['age'])} ago")
+    print(f"  from <{shown['sender']}>")
+    for r in shown["recipients"]:
+        error = f"  {r['last_error']}" if r["last_error"] else ""
+        print(f"  to <{r['address']}>  {r['status']}, {r['attempts']} attempt(s){error}")
+    for name, value in shown["headers"]:
+        print(f"  | {name}: {value}")
+    return 0
+
+
+def _queue_act(args: argparse.Namespace, config: config_mod.Config) -> int:
+    if getattr(args, "all", False) == bool(args.id):
+        print(f"vsmtp: queue {args.action} needs a queue id" + (" or --all" if args.action == "retry" else ""), file=sys.stderr)
+        return 2
+    with Journal(config.journal.path) as journal:
+        state = queue_inspect.current(journal)
+        ids = sorted(state.messages) if getattr(args, "all", False) else [args.id]
+        for queue_id in ids:
+            if queue_id not in state.messages:
+                print(f"vsmtp: {queue_id} is not in the queue", file=sys.stderr)
+                return 1
+            position = queue_inspect.act(journal, args.action, queue_id)
+            print(f"{queue_id}: {args.action} recorded at position {position}")
+    return 0
 
 
 def _config_show(args: argparse.Namespace, config: config_mod.Config) -> int:

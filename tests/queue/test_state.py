@@ -56,3 +56,35 @@ def test_apply_does_not_change_its_input() -> None:
     apply(before, succeeded("a@localhost"))
     assert (before.messages, before.delivered) == snapshot
     assert before.messages["Q"].recipients[0].status == "pending"
+
+
+def test_operator_actions_fold_into_the_state() -> None:
+    from vsmtp.queue.state import from_snapshot, to_snapshot
+
+    state = apply(
+        QueueState(),
+        ev.MessageAccepted(at=1.0, queue_id="Q", session_id="S", reverse_path="a@b", recipients=("x@far.test",), blob=b"Q", size=1),
+    )
+    state = apply(state, ev.DeliveryDeferred(at=2.0, queue_id="Q", recipient="x@far.test", transport="smtp", reason="r", retry_at=999.0))
+    held = apply(state, ev.MessageHeld(at=3.0, queue_id="Q", by="t"))
+    assert held.messages["Q"].held and from_snapshot(to_snapshot(held)) == held
+    retried = apply(held, ev.RetryRequested(at=4.0, queue_id="Q", by="t"))
+    assert retried.messages["Q"].recipients[0].next_attempt == 0.0 and retried.messages["Q"].held
+    released = apply(retried, ev.MessageReleased(at=5.0, queue_id="Q", by="t"))
+    assert not released.messages["Q"].held
+    removed = apply(released, ev.MessageRemoved(at=6.0, queue_id="Q", by="t"))
+    assert "Q" not in removed.messages and removed.removed == 1
+    assert apply(removed, ev.MessageHeld(at=7.0, queue_id="Q", by="t")) == removed  # gone: nothing to hold
+
+
+def test_a_version_1_snapshot_still_reads() -> None:
+    from vsmtp.queue.state import from_snapshot
+
+    old = {
+        "version": 1,
+        "position": 7,
+        "counters": [1, 0, 0, 0],
+        "messages": [["Q", "a@b", b"Q", 1, 1.0, "", [["x@l", "pending", 0, 0.0, ""]]]],
+    }
+    state = from_snapshot(old)
+    assert state.position == 7 and not state.messages["Q"].held and state.removed == 0

@@ -64,6 +64,8 @@ class Scheduler:
         return jobs
 
     def _job_for(self, message: MessageState, *, now: float) -> DeliveryJob | None:
+        if message.held:
+            return None  # its release touches it again
         position = self.projection.state.position
         flying = self.in_flight.setdefault(message.queue_id, {})
         due = []

@@ -169,6 +169,40 @@ class MailReceived(JournalEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MessageHeld(JournalEvent):
+    """An operator put the message on hold: no delivery until it is released."""
+
+    TAG = "message.held"
+    queue_id: str
+    by: str  # who asked: "cli (uid 0)", a plugin's name ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageReleased(JournalEvent):
+    TAG = "message.released"
+    queue_id: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageRemoved(JournalEvent):
+    """An operator removed the message: it leaves the queue undelivered (its history stays)."""
+
+    TAG = "message.removed"
+    queue_id: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryRequested(JournalEvent):
+    """An operator asked for the pending recipients to be tried now."""
+
+    TAG = "message.retry_requested"
+    queue_id: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JournalPurged(JournalEvent):
     """A retention pass removed message bodies and/or the records up to `through`."""
 

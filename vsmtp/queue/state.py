@@ -38,6 +38,7 @@ class MessageState:
     accepted_at: float
     recipients: tuple[RecipientState, ...]  # in RCPT order; a few, so a tuple is cheapest
     message_id: str = ""
+    held: bool = False  # an operator put it on hold: not delivered until released
 
     @property
     def done(self) -> bool:
@@ -58,6 +59,7 @@ class QueueState:
     delivered: int = 0
     failed: int = 0
     completed: int = 0  # messages whose every recipient is final
+    removed: int = 0  # messages an operator removed from the queue
 
 
 def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueState:
@@ -75,6 +77,8 @@ def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueS
             recipients=tuple(RecipientState(address=a) for a in dict.fromkeys(event.recipients)),
         )
         return replace(state, messages=state.messages.set(event.queue_id, message), accepted=state.accepted + 1)
+    if isinstance(event, ev.MessageHeld | ev.MessageReleased | ev.RetryRequested | ev.MessageRemoved):
+        return _operator(state, event)
     if isinstance(event, ev.DeliverySucceeded):
         return _recipient(state, event.queue_id, event.recipient, status="delivered", attempt=True)
     if isinstance(event, ev.DeliveryFailed):
@@ -84,6 +88,21 @@ def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueS
             state, event.queue_id, event.recipient, status="pending", attempt=True, error=event.reason, retry_at=event.retry_at
         )
     return state
+
+
+def _operator(state: QueueState, event: ev.MessageHeld | ev.MessageReleased | ev.RetryRequested | ev.MessageRemoved) -> QueueState:
+    """An operator's action on a queued message (vsmtp queue ...)."""
+    found = state.messages.get(event.queue_id)
+    if found is None:
+        return state  # already complete or removed: nothing to act on
+    if isinstance(event, ev.MessageRemoved):
+        return replace(state, messages=state.messages.delete(event.queue_id), removed=state.removed + 1)
+    if isinstance(event, ev.RetryRequested):
+        due = tuple(replace(r, next_attempt=0.0) if r.status == "pending" else r for r in found.recipients)
+        changed = replace(found, recipients=due)
+    else:
+        changed = replace(found, held=isinstance(event, ev.MessageHeld))
+    return replace(state, messages=state.messages.set(event.queue_id, changed))
 
 
 def _recipient(
@@ -117,7 +136,7 @@ def _recipient(
     return replace(state, messages=state.messages.set(queue_id, message), **counters)
 
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2 added `held` per message and the `removed` counter; 1 still reads
 
 
 def to_snapshot(state: QueueState) -> dict[str, Any]:
@@ -125,7 +144,7 @@ def to_snapshot(state: QueueState) -> dict[str, Any]:
     return {
         "version": SNAPSHOT_VERSION,
         "position": state.position,
-        "counters": [state.accepted, state.delivered, state.failed, state.completed],
+        "counters": [state.accepted, state.delivered, state.failed, state.completed, state.removed],
         "messages": [
             [
                 m.queue_id,
@@ -135,6 +154,7 @@ def to_snapshot(state: QueueState) -> dict[str, Any]:
                 m.accepted_at,
                 m.message_id,
                 [[r.address, r.status, r.attempts, r.next_attempt, r.last_error] for r in m.recipients],
+                m.held,
             ]
             for m in state.messages.values()
         ],
@@ -143,10 +163,12 @@ def to_snapshot(state: QueueState) -> dict[str, Any]:
 
 def from_snapshot(data: Mapping[str, Any]) -> QueueState:
     """The inverse of to_snapshot. Raises ValueError for a snapshot this version cannot read."""
-    if data.get("version") != SNAPSHOT_VERSION:
-        raise ValueError(f"snapshot version {data.get('version')!r}, this vsmtp reads {SNAPSHOT_VERSION}")
+    version = data.get("version")
+    if version not in (1, SNAPSHOT_VERSION):
+        raise ValueError(f"snapshot version {version!r}, this vsmtp reads 1 to {SNAPSHOT_VERSION}")
     try:
-        accepted, delivered, failed, completed = data["counters"]
+        accepted, delivered, failed, completed, *more = data["counters"]
+        removed = more[0] if more else 0
         messages = Map(
             (
                 queue_id,
@@ -160,9 +182,10 @@ def from_snapshot(data: Mapping[str, Any]) -> QueueState:
                     recipients=tuple(
                         RecipientState(address=a, status=st, attempts=n, next_attempt=t, last_error=e) for a, st, n, t, e in rcpts
                     ),
+                    held=bool(rest[0]) if rest else False,
                 ),
             )
-            for queue_id, reverse_path, blob, size, accepted_at, message_id, rcpts in data["messages"]
+            for queue_id, reverse_path, blob, size, accepted_at, message_id, rcpts, *rest in data["messages"]
         )
         return QueueState(
             position=data["position"],
@@ -171,6 +194,7 @@ def from_snapshot(data: Mapping[str, Any]) -> QueueState:
             delivered=delivered,
             failed=failed,
             completed=completed,
+            removed=removed,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"snapshot does not read: {exc}") from exc
@@ -178,7 +202,19 @@ def from_snapshot(data: Mapping[str, Any]) -> QueueState:
 
 # The only tags apply() reacts to: other records (sessions, TLS, ...) only move the position,
 # and are not even decoded (most of the journal, and most of the cost of a replay).
-QUEUE_TAGS = frozenset(cls.TAG for cls in (ev.MessageAccepted, ev.DeliverySucceeded, ev.DeliveryFailed, ev.DeliveryDeferred))
+QUEUE_TAGS = frozenset(
+    cls.TAG
+    for cls in (
+        ev.MessageAccepted,
+        ev.DeliverySucceeded,
+        ev.DeliveryFailed,
+        ev.DeliveryDeferred,
+        ev.MessageHeld,
+        ev.MessageReleased,
+        ev.MessageRemoved,
+        ev.RetryRequested,
+    )
+)
 
 
 def fold(state: QueueState, records: Iterable[Record]) -> QueueState:

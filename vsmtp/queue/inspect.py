@@ -1,0 +1,66 @@
+"""The queue as the operator's tools see it: the state now, one message's details, and the
+events that record an operator's action (vsmtp queue ...)."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import os
+import time
+from typing import Any
+
+from vsmtp_journal import Journal
+
+from . import events as ev
+from .projection import latest_checkpoint
+from .state import MessageState, QueueState, fold
+
+ACTIONS: dict[str, type[ev.MessageHeld | ev.MessageReleased | ev.MessageRemoved | ev.RetryRequested]] = {
+    "hold": ev.MessageHeld,
+    "release": ev.MessageReleased,
+    "remove": ev.MessageRemoved,
+    "retry": ev.RetryRequested,
+}
+
+
+def current(journal: Journal) -> QueueState:
+    """The queue now: the newest checkpoint and the records after it (what the daemon holds)."""
+    base = latest_checkpoint(journal) or QueueState()
+    return fold(base, journal.read(base.position))
+
+
+def summary(message: MessageState, *, now: float) -> dict[str, Any]:
+    pending = message.pending()
+    errors = [r.last_error for r in message.recipients if r.last_error]
+    return {
+        "queue_id": message.queue_id,
+        "age": round(now - message.accepted_at, 1),
+        "size": message.size,
+        "sender": message.reverse_path,
+        "pending": [r.address for r in pending],
+        "held": message.held,
+        "next_attempt": min((r.next_attempt for r in pending), default=0.0),
+        "last_error": errors[-1] if errors else "",
+    }
+
+
+def details(journal: Journal, message: MessageState, *, now: float) -> dict[str, Any]:
+    """Envelope, every recipient's status, and the message's headers."""
+    body = journal.blob(message.blob) or b""
+    head = body.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+    return summary(message, now=now) | {
+        "message_id": message.message_id,
+        "recipients": [
+            {"address": r.address, "status": r.status, "attempts": r.attempts, "next_attempt": r.next_attempt, "last_error": r.last_error}
+            for r in message.recipients
+        ],
+        "headers": [[name, str(value)] for name, value in parsed.items()],
+    }
+
+
+def act(journal: Journal, action: str, queue_id: str) -> int:
+    """Journal an operator's action on a queued message; its position. The running daemon
+    sees it within a moment (its projection follows the journal)."""
+    event = ACTIONS[action](at=time.time(), queue_id=queue_id, by=f"vsmtp queue {action} (uid {os.getuid()})")
+    return journal.append(*ev.encode(event))
