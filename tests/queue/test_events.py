@@ -37,6 +37,7 @@ SAMPLES: list[ev.JournalEvent] = [
     ev.DataReceived(at=1.0, session_id="S", size=10, reply="250 2.0.0 Ok: queued as Q"),
     ev.MailRefused(at=1.0, session_id="S", reverse_path="a@b.c", reply="452 4.3.1 Insufficient system storage"),
     ev.JournalPurged(at=1.0, blobs=3, records=10, through=10),
+    ev.MessageBounced(at=1.0, queue_id="Q", bounce_id="B", recipients=("a@localhost",)),
     ev.MessageHeld(at=1.0, queue_id="Q", by="vsmtp queue hold (uid 0)"),
     ev.MessageReleased(at=1.0, queue_id="Q", by="vsmtp queue release (uid 0)"),
     ev.RetryRequested(at=1.0, queue_id="Q", by="vsmtp queue retry (uid 0)"),

@@ -26,8 +26,20 @@ def test_message_leaves_the_state_when_every_recipient_is_final() -> None:
     state = apply(state, succeeded("a@localhost"))
     assert [r.address for r in state.messages["Q"].pending()] == ["b@localhost"]
     state = apply(state, ev.DeliveryFailed(at=12.0, queue_id="Q", recipient="b@localhost", transport="maildir", reason="no"))
+    assert state.messages["Q"].bounce_due  # final, with a failure: it waits for its bounce
+    assert (state.delivered, state.failed, state.completed) == (1, 1, 0)
+    state = apply(state, ev.MessageBounced(at=13.0, queue_id="Q", bounce_id="B", recipients=("b@localhost",)))
     assert "Q" not in state.messages
     assert (state.delivered, state.failed, state.completed) == (1, 1, 1)
+
+
+def test_a_failed_message_from_the_null_sender_is_held_not_bounced() -> None:
+    state = apply(
+        QueueState(),
+        ev.MessageAccepted(at=1.0, queue_id="B", session_id="", reverse_path="", recipients=("x@far.test",), blob=b"B", size=1),
+    )
+    state = apply(state, ev.DeliveryFailed(at=2.0, queue_id="B", recipient="x@far.test", transport="smtp", reason="550 no"))
+    assert state.messages["B"].held and not state.messages["B"].bounce_due
 
 
 def test_deferral_keeps_the_recipient_pending_with_a_retry_time() -> None:

@@ -186,3 +186,77 @@ async def test_an_unreachable_domain_is_deferred_and_kept(start_server: Any, sen
     assert "cannot connect" in deferred.payload["reason"]
     assert len(running.projection.state.messages) == 1  # still queued
     running.cancel_scope.cancel()
+
+
+async def send_with_dsn(running: Running, sender: str, recipient: str, *, mail: list[str], rcpt: list[str]) -> None:
+    import smtplib
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", running.bound[0].port, timeout=10) as client:
+            client.ehlo("client.test")
+            assert client.mail(sender, mail)[0] == 250
+            assert client.rcpt(recipient, rcpt)[0] == 250
+            assert client.data("Message-ID: <orig.1@client.test>\r\nSubject: will bounce\r\n\r\nthe body\r\n")[0] == 250
+
+    await trio.to_thread.run_sync(send)
+
+
+async def test_5xx_bounces_to_the_sender_as_a_delivery_status_notification(start_server: Any, sender: Config, start_sink: Any) -> None:
+    import email
+    import email.policy
+
+    from ..conftest import maildir_files
+
+    await start_sink("127.0.0.2", rcpt_replies=[b"550 5.1.1 <nobody@far.test>: no such user\r\n"])
+    running = await start_server(sender)
+    await send_with_dsn(
+        running,
+        "alice@localhost",
+        "nobody@far.test",
+        mail=["RET=FULL", "ENVID=env-42"],
+        rcpt=["NOTIFY=FAILURE", "ORCPT=rfc822;Nobody@far.test"],
+    )
+    with trio.fail_after(15):
+        while not maildir_files(sender, "alice"):
+            await trio.sleep(0.05)
+    [path] = maildir_files(sender, "alice")
+    dsn = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert dsn["Return-Path"] == "<>" and dsn["Auto-Submitted"] == "auto-replied"
+    assert dsn.get_content_type() == "multipart/report" and dsn.get_param("report-type") == "delivery-status"
+    human, status, returned = dsn.get_payload()
+    assert "nobody@far.test" in human.get_content()
+    per_message, per_recipient = status.get_payload()
+    assert per_message["Original-Envelope-Id"] == "env-42" and per_message["Reporting-MTA"] == "dns; mx.test"
+    assert per_recipient["Final-Recipient"] == "rfc822; nobody@far.test"
+    assert per_recipient["Original-Recipient"] == "rfc822;Nobody@far.test"
+    assert per_recipient["Action"] == "failed" and per_recipient["Status"] == "5.1.1"
+    assert per_recipient["Remote-MTA"] == "dns; mx1.far.test"
+    assert per_recipient["Diagnostic-Code"].startswith("smtp; 550 5.1.1")
+    assert returned.get_content_type() == "message/rfc822"  # RET=FULL: the whole message
+    assert b"the body" in returned.as_bytes()
+    records = [r for r in running.journal.read(0) if r.tag == "message.bounced"]
+    assert len(records) == 1 and records[0].payload["recipients"] == ["nobody@far.test"]
+    running.cancel_scope.cancel()
+
+
+async def test_no_bounce_when_the_recipient_asked_for_none_nor_for_the_null_sender(
+    start_server: Any, sender: Config, start_sink: Any
+) -> None:
+    from ..conftest import maildir_files
+
+    await start_sink("127.0.0.2", rcpt_replies=[b"550 5.1.1 no\r\n", b"550 5.1.1 no\r\n"])
+    running = await start_server(sender)
+    await send_with_dsn(running, "alice@localhost", "nobody@far.test", mail=[], rcpt=["NOTIFY=NEVER"])
+    await send_with_dsn(running, "", "nobody@far.test", mail=[], rcpt=[])
+    with trio.fail_after(15):
+        while (
+            not any(r.tag == "message.bounced" for r in running.journal.read(0))
+            or len([r for r in running.journal.read(0) if r.tag == "delivery.failed"]) < 2
+        ):
+            await trio.sleep(0.05)
+    [bounced] = [r for r in running.journal.read(0) if r.tag == "message.bounced"]
+    assert bounced.payload["bounce_id"] == ""  # NOTIFY=NEVER: settled without a bounce
+    [kept] = running.projection.state.messages.values()  # the null sender's failure: kept, held, not bounced
+    assert kept.reverse_path == "" and kept.held
+    assert maildir_files(sender, "alice") == []
+    running.cancel_scope.cancel()

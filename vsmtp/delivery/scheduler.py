@@ -26,7 +26,7 @@ from ..queue import events as ev
 from ..queue import policy
 from ..queue.projection import QueueProjection
 from ..queue.state import MessageState
-from . import maildir, mbox, remote
+from . import bounce, maildir, mbox, remote
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,20 @@ class DeliveryJob:
 
 
 class Scheduler:
-    def __init__(self, projection: QueueProjection) -> None:
+    def __init__(
+        self,
+        projection: QueueProjection,
+        *,
+        config: Config | None = None,
+        journal: Journal | None = None,
+        writer: GroupCommitWriter | None = None,
+    ) -> None:
         self.projection = projection
+        self.config = config
+        self.journal = journal
+        self.writer = writer
+        self._bouncing: set[str] = set()  # bounces being queued: not twice
+        self._bounce_due: set[str] = set()
         # queue id -> recipient -> None while its attempt runs, then the position of its outcome
         self.in_flight: dict[str, dict[str, int | None]] = {}
         self._retries: list[tuple[float, str]] = []  # heap of (due time, queue id)
@@ -54,6 +66,7 @@ class Scheduler:
         for queue_id in queue_ids:
             message = self.projection.state.messages.get(queue_id)
             if message is None:  # complete (or removed): nothing left to remember
+                self._bouncing.discard(queue_id)
                 if all(p is not None for p in self.in_flight.get(queue_id, {}).values()):
                     self.in_flight.pop(queue_id, None)
                     self._recovered.discard(queue_id)
@@ -66,6 +79,9 @@ class Scheduler:
     def _job_for(self, message: MessageState, *, now: float) -> DeliveryJob | None:
         if message.held:
             return None  # its release touches it again
+        if message.bounce_due:
+            self._bounce_due.add(message.queue_id)
+            return None
         position = self.projection.state.position
         flying = self.in_flight.setdefault(message.queue_id, {})
         due = []
@@ -91,6 +107,24 @@ class Scheduler:
             recovered=message.queue_id in self._recovered,
         )
 
+    async def _bounce(self, queue_id: str) -> None:
+        """Queue the bounce of a message whose failures are final, with message.bounced, in one
+        transaction; the projection then drops the message and picks up the bounce."""
+        message = self.projection.state.messages.get(queue_id)
+        assert self.journal is not None and self.config is not None and self.writer is not None
+        try:
+            if message is not None and message.bounce_due:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(bounce.bounce_now, self.journal, message, self.config)
+                self.writer.notice_commits()  # written outside the writer: wake the projection
+        except JournalError as exc:
+            log.error("cannot queue the bounce of %s: %s", queue_id, exc)
+            await trio.sleep(5.0)
+            self._bouncing.discard(queue_id)
+            self.projection.touch(queue_id)  # try again
+        # On success it stays in _bouncing until the projection has dropped the message
+        # (due_jobs forgets it then): a touch in between must not queue a second bounce.
+
     def recovering(self, queue_id: str) -> None:
         """Its last outcome may be missing from the journal: look for delivered files first."""
         self._recovered.add(queue_id)
@@ -102,7 +136,7 @@ class Scheduler:
         self.projection.touch(job.queue_id)
 
     async def run(self, send: trio.MemorySendChannel[DeliveryJob]) -> None:
-        async with send:
+        async with send, trio.open_nursery() as bouncing:
             while True:
                 now = time.time()
                 touched = self.projection.take_touched()
@@ -110,6 +144,10 @@ class Scheduler:
                     touched.add(heapq.heappop(self._retries)[1])
                 for job in self.due_jobs(touched, now=now):
                     await send.send(job)
+                for queue_id in self._bounce_due - self._bouncing:
+                    self._bouncing.add(queue_id)
+                    bouncing.start_soon(self._bounce, queue_id)
+                self._bounce_due.clear()
                 wait = self._retries[0][0] - time.time() if self._retries else math.inf
                 await self.projection.wait_touched(timeout=max(wait, 0.0))
 
@@ -287,7 +325,7 @@ async def serve_delivery(
     projection: QueueProjection,
     task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    scheduler = Scheduler(projection)
+    scheduler = Scheduler(projection, config=config, journal=journal, writer=writer)
     send, receive = trio.open_memory_channel[DeliveryJob](config.delivery.workers)
     remote_limit = trio.CapacityLimiter(config.delivery.remote_workers)  # SMTP deliveries at once, all workers together
     resolver = mx.resolver(config.dns)

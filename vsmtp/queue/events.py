@@ -169,6 +169,18 @@ class MailReceived(JournalEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MessageBounced(JournalEvent):
+    """The sender was told which recipients failed: a delivery status notification (RFC 3464)
+    queued as `bounce_id`, in the same transaction. No bounce is sent when every failed
+    recipient asked for none (NOTIFY=NEVER): then `bounce_id` is empty."""
+
+    TAG = "message.bounced"
+    queue_id: str
+    bounce_id: str
+    recipients: tuple[str, ...]  # the failed recipients it reports
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MessageHeld(JournalEvent):
     """An operator put the message on hold: no delivery until it is released."""
 

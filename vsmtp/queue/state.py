@@ -44,6 +44,11 @@ class MessageState:
     def done(self) -> bool:
         return all(r.status != "pending" for r in self.recipients)
 
+    @property
+    def bounce_due(self) -> bool:
+        """Every recipient is final, some failed, and the sender can be told (not <>)."""
+        return self.done and bool(self.reverse_path) and any(r.status == "failed" for r in self.recipients)
+
     def pending(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.status == "pending"]
 
@@ -77,6 +82,10 @@ def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueS
             recipients=tuple(RecipientState(address=a) for a in dict.fromkeys(event.recipients)),
         )
         return replace(state, messages=state.messages.set(event.queue_id, message), accepted=state.accepted + 1)
+    if isinstance(event, ev.MessageBounced):
+        if event.queue_id not in state.messages:
+            return state
+        return replace(state, messages=state.messages.delete(event.queue_id), completed=state.completed + 1)
     if isinstance(event, ev.MessageHeld | ev.MessageReleased | ev.RetryRequested | ev.MessageRemoved):
         return _operator(state, event)
     if isinstance(event, ev.DeliverySucceeded):
@@ -131,8 +140,13 @@ def _recipient(
         "delivered": state.delivered + (status == "delivered"),
         "failed": state.failed + (status == "failed"),
     }
-    if message.done:
+    if message.done and not any(r.status == "failed" for r in message.recipients):
         return replace(state, messages=state.messages.delete(queue_id), completed=state.completed + 1, **counters)
+    if message.done and not message.reverse_path:
+        # A bounce (or other mail from <>) that failed: never bounced in turn (no loops), but
+        # kept in the queue, held, for the operator to see and remove.
+        message = replace(message, held=True)
+    # Done with failures, from a sender: it stays until its bounce is queued (message.bounced).
     return replace(state, messages=state.messages.set(queue_id, message), **counters)
 
 
@@ -209,6 +223,7 @@ QUEUE_TAGS = frozenset(
         ev.DeliverySucceeded,
         ev.DeliveryFailed,
         ev.DeliveryDeferred,
+        ev.MessageBounced,
         ev.MessageHeld,
         ev.MessageReleased,
         ev.MessageRemoved,
