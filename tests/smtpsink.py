@@ -33,6 +33,8 @@ class Sink:
     greeting: bytes = b"220 sink.test ESMTP\r\n"
     received: list[Received] = field(default_factory=list)
     sessions: int = 0
+    active: int = 0  # sessions open now ...
+    most_active: int = 0  # ... and the most at once
     delay: float = 0.0  # seconds before each reply: a slow server
 
     def __post_init__(self) -> None:
@@ -46,6 +48,8 @@ class Sink:
 
     async def _session(self, stream: trio.abc.Stream) -> None:
         self.sessions += 1
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
         tls = False
         buffer = b""
         mail, rcpts, accepted = "", [], []
@@ -121,4 +125,5 @@ class Sink:
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
             pass
         finally:
+            self.active -= 1
             await trio.aclose_forcefully(stream)

@@ -106,6 +106,8 @@ class DeliveryConfig:
     mailboxes: Mapping[str, str] = field(default_factory=dict)  # ... unless named here: "user" or "@domain" -> format
     remote_workers: int = 50  # remote (SMTP) deliveries at once
     remote_port: int = 25  # the port of other domains' mail hosts (tests use another)
+    per_domain: int = 20  # SMTP deliveries at once to one destination domain
+    lifetime: float = 5 * 86400.0  # seconds a message may wait in the queue; then it fails (and bounces)
     retry_first: float = 300.0  # seconds before the first retry, doubling after each failure ...
     retry_max: float = 3600.0  # ... up to this (Postfix's minimal_ and maximal_backoff_time)
 

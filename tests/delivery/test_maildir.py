@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import mailbox
+import time
 from pathlib import Path
 
 import pytest
@@ -62,11 +64,17 @@ def test_an_unwritable_maildir_defers_with_a_retry_time(tmp_path: Path) -> None:
     with Journal(tmp_path / "j") as journal:
         journal.append("x", 1, None, blobs={b"Q": b"m"})
         worker = Worker(config=config, journal=journal, writer=None, scheduler=None)  # type: ignore[arg-type]
-        job = DeliveryJob(queue_id="Q", reverse_path="", blob=b"Q", accepted_at=5.0, recipients=(("bob@localhost", 2),), recovered=False)
+        job = DeliveryJob(
+            queue_id="Q", reverse_path="", blob=b"Q", accepted_at=time.time(), recipients=(("bob@localhost", 2),), recovered=False
+        )
         [outcome] = worker.deliver(job)
+        old = dataclasses.replace(job, accepted_at=time.time() - config.delivery.lifetime)
+        [expired] = worker.deliver(old)
     assert isinstance(outcome, ev.DeliveryDeferred)
     assert "cannot write to the Maildir" in outcome.reason
     assert outcome.retry_at - outcome.at == 1200.0  # the third failure: 5, 10, then 20 minutes
+    # Queued for longer than delivery.lifetime (5 days): no more retries, a failure (and a bounce).
+    assert isinstance(expired, ev.DeliveryFailed) and expired.reason.startswith("message expired: not delivered in 5 days")
 
 
 def test_renames_waiting_for_a_running_fsync_share_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

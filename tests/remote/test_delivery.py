@@ -260,3 +260,13 @@ async def test_no_bounce_when_the_recipient_asked_for_none_nor_for_the_null_send
     assert kept.reverse_path == "" and kept.held
     assert maildir_files(sender, "alice") == []
     running.cancel_scope.cancel()
+
+
+async def test_connections_to_one_domain_are_limited(start_server: Any, sender: Config, start_sink: Any) -> None:
+    sink = await start_sink("127.0.0.2", delay=0.05)
+    running = await start_server(with_changes(sender, delivery={"per_domain": 1}))
+    for n in range(4):
+        await sendmail(running, "a@example.org", [f"user{n}@far.test"], MESSAGE)
+    await outcomes(running, 4)
+    assert len(sink.received) == 4 and sink.most_active == 1
+    running.cancel_scope.cancel()

@@ -36,6 +36,8 @@ _REPLY = re.compile(r"^[245]\d\d ")
 
 def status_of(reason: str) -> str:
     """The RFC 3463 status for a failure reason: the server's own, else ours."""
+    if reason.startswith("message expired"):
+        return "4.4.7"  # RFC 3463: delivery time expired
     if "null MX" in reason:
         return "5.1.10"  # RFC 7505 section 4.2
     if "does not exist" in reason:

@@ -23,6 +23,7 @@ async def deliver(
     queue_id: str,
     reverse_path: str,
     blob: bytes,
+    accepted_at: float,
     domain: str,
     recipients: list[tuple[str, int]],  # (address, attempts so far)
     config: Config,
@@ -39,7 +40,7 @@ async def deliver(
     except mx.DnsPermanent as exc:
         return [ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=a, transport="smtp", reason=str(exc)) for a, _ in recipients]
     except mx.DnsTemporary as exc:
-        return [deferred(queue_id, a, n, now=now, reason=str(exc), config=config) for a, n in recipients]
+        return [deferred(queue_id, a, n, now=now, reason=str(exc), config=config, accepted_at=accepted_at) for a, n in recipients]
     addresses = tuple(a for a, _ in recipients)
     message = outbound.Message(
         reverse_path=reverse_path,
@@ -62,14 +63,27 @@ async def deliver(
             events.append(ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=address, transport="smtp", reason=reason))
         else:
             reason = f"{where}: {outcome.reply}" if where else outcome.reply
-            events.append(deferred(queue_id, address, attempts, now=now, reason=reason, config=config))
+            events.append(deferred(queue_id, address, attempts, now=now, reason=reason, config=config, accepted_at=accepted_at))
         log.info("%s: to=<%s>, relay=%s, status=%s (%s)", queue_id, address, where or "none", outcome.status, outcome.reply)
     return events
 
 
 def deferred(
-    queue_id: str, address: str, attempts: int, *, now: float, reason: str, config: Config, transport: str = "smtp"
-) -> ev.DeliveryDeferred:
-    """A failed attempt, to be tried again on the configured schedule."""
+    queue_id: str,
+    address: str,
+    attempts: int,
+    *,
+    now: float,
+    reason: str,
+    config: Config,
+    accepted_at: float,
+    transport: str = "smtp",
+) -> ev.DeliveryDeferred | ev.DeliveryFailed:
+    """A failed attempt, to be tried again on the configured schedule; or, once the message
+    has been queued for `delivery.lifetime`, a failure (Postfix's maximal_queue_lifetime)."""
     retry_at = policy.retry_at(attempts + 1, now=now, config=config)
+    if retry_at - accepted_at > config.delivery.lifetime:
+        days = config.delivery.lifetime / 86400
+        expired = f"message expired: not delivered in {days:g} days in the queue (last error: {reason})"
+        return ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=address, transport=transport, reason=expired)
     return ev.DeliveryDeferred(at=now, queue_id=queue_id, recipient=address, transport=transport, reason=reason, retry_at=retry_at)

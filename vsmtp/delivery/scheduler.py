@@ -164,6 +164,7 @@ class Worker:
         writer: GroupCommitWriter,
         scheduler: Scheduler,
         remote_limit: trio.CapacityLimiter | None = None,
+        domain_limits: dict[str, trio.CapacityLimiter] | None = None,
         resolver: dns.asyncresolver.Resolver | None = None,
     ) -> None:
         self.config = config
@@ -171,6 +172,7 @@ class Worker:
         self.writer = writer
         self.scheduler = scheduler
         self.remote_limit = remote_limit or trio.CapacityLimiter(config.delivery.remote_workers)
+        self.domain_limits = {} if domain_limits is None else domain_limits  # shared by the workers
         self.resolver = resolver or mx.resolver(config.dns)
 
     async def run(self, receive: trio.MemoryReceiveChannel[DeliveryJob]) -> None:
@@ -216,11 +218,13 @@ class Worker:
         )
 
     async def _deliver_remote(self, job: DeliveryJob, domain: str) -> None:
-        async with self.remote_limit:
+        per_domain = self.domain_limits.setdefault(domain, trio.CapacityLimiter(self.config.delivery.per_domain))
+        async with per_domain, self.remote_limit:  # a busy domain waits for itself, not for the others
             outcomes = await remote.deliver(
                 queue_id=job.queue_id,
                 reverse_path=job.reverse_path,
                 blob=job.blob,
+                accepted_at=job.accepted_at,
                 domain=domain,
                 recipients=list(job.recipients),
                 config=self.config,
@@ -241,7 +245,16 @@ class Worker:
             reason = f"cannot write to the Maildir: {exc}"
             results = [
                 [
-                    remote.deferred(job.queue_id, o.recipient, attempts, now=o.at, reason=reason, config=self.config, transport="maildir")
+                    remote.deferred(
+                        job.queue_id,
+                        o.recipient,
+                        attempts,
+                        now=o.at,
+                        reason=reason,
+                        config=self.config,
+                        accepted_at=job.accepted_at,
+                        transport="maildir",
+                    )
                     if isinstance(o, ev.DeliverySucceeded) and o.transport == "maildir"
                     else o
                     for o, (_, attempts) in zip(outcomes, job.recipients, strict=True)
@@ -287,7 +300,16 @@ class Worker:
                 reason = f"cannot write to the {'mbox' if route.format == 'mbox' else 'Maildir'}: {exc}"
                 log.warning("%s: %s: %s", job.queue_id, address, reason)
                 outcomes.append(
-                    remote.deferred(job.queue_id, address, attempts, now=now, reason=reason, config=self.config, transport=route.format)
+                    remote.deferred(
+                        job.queue_id,
+                        address,
+                        attempts,
+                        now=now,
+                        reason=reason,
+                        config=self.config,
+                        accepted_at=job.accepted_at,
+                        transport=route.format,
+                    )
                 )
                 continue
             outcomes.append(ev.DeliverySucceeded(at=now, queue_id=job.queue_id, recipient=address, transport=route.format, detail=detail))
@@ -329,11 +351,18 @@ async def serve_delivery(
     send, receive = trio.open_memory_channel[DeliveryJob](config.delivery.workers)
     remote_limit = trio.CapacityLimiter(config.delivery.remote_workers)  # SMTP deliveries at once, all workers together
     resolver = mx.resolver(config.dns)
+    domain_limits: dict[str, trio.CapacityLimiter] = {}
     async with trio.open_nursery() as nursery:
         async with receive:
             for _ in range(config.delivery.workers):
                 worker = Worker(
-                    config=config, journal=journal, writer=writer, scheduler=scheduler, remote_limit=remote_limit, resolver=resolver
+                    config=config,
+                    journal=journal,
+                    writer=writer,
+                    scheduler=scheduler,
+                    remote_limit=remote_limit,
+                    domain_limits=domain_limits,
+                    resolver=resolver,
                 )
                 nursery.start_soon(worker.run, receive.clone())
         nursery.start_soon(scheduler.run, send)
