@@ -7,6 +7,7 @@ with a scripted reply when a test asks for one (for 4xx and 5xx cases).
 
 from __future__ import annotations
 
+import base64
 import ssl
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ class Received:
     recipients: list[str]
     data: bytes
     tls: bool
+    user: str = ""  # who authenticated, if anyone
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Sink:
     active: int = 0  # sessions open now ...
     most_active: int = 0  # ... and the most at once
     delay: float = 0.0  # seconds before each reply: a slow server
+    auth: tuple[str, str] | None = None  # AUTH PLAIN required (offered after STARTTLS only)
 
     def __post_init__(self) -> None:
         self.rcpt_replies, self.data_replies = deque(self.rcpt_replies), deque(self.data_replies)
@@ -51,6 +54,7 @@ class Sink:
         self.active += 1
         self.most_active = max(self.most_active, self.active)
         tls = False
+        user = ""
         buffer = b""
         mail, rcpts, accepted = "", [], []
 
@@ -77,6 +81,7 @@ class Sink:
                 verb = command[:4].upper()
                 if verb == b"EHLO":
                     extensions = [b"PIPELINING", b"SIZE 10000000", b"8BITMIME"] + ([b"STARTTLS"] if self.tls and not tls else [])
+                    extensions += [b"AUTH PLAIN"] if self.auth and tls else []
                     lines = [self.name.encode(), *extensions]
                     await reply(b"".join(b"250-" + x + b"\r\n" for x in lines[:-1]) + b"250 " + lines[-1] + b"\r\n")
                 elif verb == b"HELO":
@@ -86,6 +91,19 @@ class Sink:
                     stream = trio.SSLStream(stream, self.tls, server_side=True)
                     await stream.do_handshake()
                     tls, buffer = True, b""
+                elif verb == b"AUTH":
+                    token = command.split()[-1]
+                    try:
+                        _, name, password = base64.b64decode(token).split(b"\0")
+                    except ValueError:
+                        name = password = b""
+                    if self.auth is not None and tls and (name.decode(), password.decode()) == self.auth:
+                        user = name.decode()
+                        await reply(b"235 2.7.0 authenticated\r\n")
+                    else:
+                        await reply(b"535 5.7.8 authentication failed\r\n")
+                elif verb == b"MAIL" and self.auth is not None and not user:
+                    await reply(b"530 5.7.0 authentication required\r\n")
                 elif verb == b"MAIL":
                     mail, rcpts, accepted = command.split(b"<", 1)[1].split(b">", 1)[0].decode(), [], []
                     await reply(b"250 2.1.0 ok\r\n")
@@ -112,7 +130,7 @@ class Sink:
                         body = body[1:]
                     answer = self.data_replies.popleft() if self.data_replies else b"250 2.0.0 ok: queued\r\n"
                     if answer.startswith(b"2"):
-                        self.received.append(Received(mail, accepted, body, tls))
+                        self.received.append(Received(mail, accepted, body, tls, user))
                     await reply(answer)
                 elif verb == b"RSET":
                     mail, rcpts, accepted = "", [], []

@@ -113,6 +113,16 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RelayhostConfig:
+    """A smarthost: all mail for other domains goes there instead of to their MX hosts."""
+
+    url: str = ""  # "smtp://host:port" (STARTTLS) or "smtps://host:port" (TLS from the start); "" : none
+    username: str = ""  # AUTH PLAIN credentials, sent only over TLS
+    password: str = ""
+    tls: Literal["may", "require"] = "may"  # require: never send mail to it unencrypted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DnsConfig:
     """The resolver used for MX lookups."""
 
@@ -155,6 +165,7 @@ class Config:
     delivery: DeliveryConfig = DeliveryConfig()
     retention: RetentionConfig = RetentionConfig()
     dns: DnsConfig = DnsConfig()
+    relayhost: RelayhostConfig = RelayhostConfig()
     limits: LimitsConfig = LimitsConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     plugins: tuple[str, ...] = ()  # entry-point names in group "vsmtp", loaded in this order
@@ -179,6 +190,8 @@ def load(path: str | Path | None = None) -> Config:
         return Config(source=str(path))
     src = _Source(path, text)
     config: Config = _build(Config, table, (), src)
+    if config.relayhost.url and not re.match(r"^smtps?://[^/:]+(:\d+)?/?$|^smtps?://\[[0-9a-fA-F:]+\](:\d+)?/?$", config.relayhost.url):
+        raise src.error(("relayhost", "url"), f"expected smtp://host:port or smtps://host:port, got {config.relayhost.url!r}")
     for name, value in config.delivery.mailboxes.items():
         if value not in ("maildir", "mbox"):
             raise src.error(("delivery", "mailboxes", name), f"expected 'maildir' or 'mbox', got {value!r}")

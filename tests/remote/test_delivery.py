@@ -270,3 +270,47 @@ async def test_connections_to_one_domain_are_limited(start_server: Any, sender: 
     await outcomes(running, 4)
     assert len(sink.received) == 4 and sink.most_active == 1
     running.cancel_scope.cancel()
+
+
+async def test_relay_through_a_smarthost_with_auth_over_starttls(
+    start_server: Any, sender: Config, start_sink: Any, port: int, ca: trustme.CA
+) -> None:
+    from vsmtp.config import RelayhostConfig
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("smarthost.test").configure_cert(context)
+    smarthost = await start_sink("127.0.0.8", tls=context, auth=("relayuser", "s3cret"))
+    relay = RelayhostConfig(url=f"smtp://127.0.0.8:{port}", username="relayuser", password="s3cret", tls="require")
+    running = await start_server(with_changes(sender, relayhost=relay))
+    await sendmail(running, "a@example.org", ["someone@far.test", "other@flat.test"], MESSAGE)  # two domains, no MX asked
+    records = await outcomes(running)
+    assert [r.tag for r in records] == ["delivery.succeeded", "delivery.succeeded"]
+    assert all("127.0.0.8" in r.payload["detail"] and "(TLS)" in r.payload["detail"] for r in records)
+    assert {tuple(m.recipients) for m in smarthost.received} == {("someone@far.test",), ("other@flat.test",)}
+    assert all(m.tls and m.user == "relayuser" for m in smarthost.received)
+    running.cancel_scope.cancel()
+
+
+async def test_a_smarthost_that_refuses_the_credentials_or_lacks_tls_gets_nothing(
+    start_server: Any, sender: Config, start_sink: Any, port: int, ca: trustme.CA
+) -> None:
+    from vsmtp.config import RelayhostConfig
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("smarthost.test").configure_cert(context)
+    with_tls = await start_sink("127.0.0.8", tls=context, auth=("relayuser", "s3cret"))
+    plain = await start_sink("127.0.0.9")  # no STARTTLS
+    wrong = RelayhostConfig(url=f"smtp://127.0.0.8:{port}", username="relayuser", password="wrong")
+    cleartext = RelayhostConfig(url=f"smtp://127.0.0.9:{port}", username="relayuser", password="s3cret")
+    for relay in (wrong, cleartext):
+        running = await start_server(
+            with_changes(sender, relayhost=relay, journal={"path": f"{sender.journal.path}-{relay.password}{relay.url[-6:]}"})
+        )
+        await sendmail(running, "a@example.org", ["someone@far.test"], MESSAGE)
+        with trio.fail_after(10):
+            while not any(r.tag == "delivery.deferred" for r in running.journal.read(0)):
+                await trio.sleep(0.05)
+        [deferred] = [r for r in running.journal.read(0) if r.tag == "delivery.deferred"]
+        assert ("AUTH: 535" in deferred.payload["reason"]) if relay is wrong else ("without TLS" in deferred.payload["reason"])
+        running.cancel_scope.cancel()
+    assert with_tls.received == [] and plain.received == []

@@ -35,8 +35,9 @@ async def deliver(
     if body is None:
         reason = "message body missing from the journal"
         return [ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=a, transport="smtp", reason=reason) for a, _ in recipients]
+    relay = policy.smarthost(config)
     try:
-        hosts = await mx.exchangers(domain, resolver)
+        hosts = await (mx.host(relay.host, resolver) if relay is not None else mx.exchangers(domain, resolver))
     except mx.DnsPermanent as exc:
         return [ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=a, transport="smtp", reason=str(exc)) for a, _ in recipients]
     except mx.DnsTemporary as exc:
@@ -49,6 +50,11 @@ async def deliver(
         smtputf8=not (reverse_path.isascii() and all(a.isascii() for a in addresses)),
     )
     settings = outbound.Settings(helo_name=config.hostname, port=config.delivery.remote_port)
+    if relay is not None:
+        settings.port, settings.implicit_tls = relay.port, relay.implicit_tls
+        settings.require_tls = config.relayhost.tls == "require"
+        if config.relayhost.username:
+            settings.auth = (config.relayhost.username, config.relayhost.password)
     outcomes = await outbound.deliver(message, hosts, settings)
     now = time.time()
     events: list[ev.JournalEvent] = []

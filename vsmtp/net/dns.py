@@ -13,6 +13,7 @@ server on loopback), or from the system's resolv.conf.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from dataclasses import dataclass
 
@@ -90,3 +91,23 @@ async def exchangers(domain: str, resolve: dns.asyncresolver.Resolver) -> list[E
             raise DnsTemporary(f"cannot look up the addresses of {domain}'s mail hosts")
         raise DnsPermanent(f"no address for any mail host of {domain}")
     return found
+
+
+async def host(name: str, resolve: dns.asyncresolver.Resolver) -> list[Exchanger]:
+    """A named host (a smarthost: no MX lookup), or an IP address as it is."""
+    try:
+        ipaddress.ip_address(name)
+        return [Exchanger(host=name, preference=0, addresses=(name,))]
+    except ValueError:
+        pass
+    addresses: list[str] = []
+    for rdtype in ("AAAA", "A"):
+        try:
+            addresses += [r.to_text() for r in await resolve.resolve(name, rdtype)]
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            continue
+        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
+            raise DnsTemporary(f"cannot look up {name}: {exc}") from exc
+    if not addresses:
+        raise DnsTemporary(f"the relay host {name} has no address")  # a configuration problem: keep the mail
+    return [Exchanger(host=name, preference=0, addresses=tuple(addresses))]

@@ -65,6 +65,9 @@ class Message:
 class Settings:
     helo_name: str
     port: int = 25
+    implicit_tls: bool = False  # TLS from the first byte (smtps://, RFC 8314)
+    require_tls: bool = False  # never send over a connection that is not encrypted
+    auth: tuple[str, str] | None = None  # AUTH PLAIN (RFC 4954) username and password, only over TLS
     timeouts: dict[str, float] = field(default_factory=dict)  # overrides of the constants, by name
 
 
@@ -137,25 +140,33 @@ async def _one_host(message: Message, host: str, address: str, settings: Setting
         raise _Failed(f"cannot connect: {exc}") from exc
     tls = False
     try:
+        if settings.implicit_tls:
+            stream = await _tls(stream, host, timeout["command"])
+            tls = True
         talk = _Conversation(stream)
         greeting = (await talk.replies(1, timeout["greeting"]))[0]
         if greeting.code // 100 != 2:
             await _quit(talk)
             raise _Failed(f"greeting: {greeting}")
         capabilities = await _hello(talk, settings.helo_name, timeout["command"])
-        if capabilities.has("STARTTLS"):
+        if not tls and capabilities.has("STARTTLS"):
             reply = await talk.say(smtp.STARTTLS, timeout["command"])
             if reply.code == 220:
-                context = ssl.create_default_context()
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE  # opportunistic: encryption without authentication
-                tls_stream = trio.SSLStream(stream, context, server_hostname=host)
-                with trio.fail_after(timeout["command"]):
-                    await tls_stream.do_handshake()
-                stream = talk.stream = tls_stream
+                stream = talk.stream = await _tls(stream, host, timeout["command"])
                 talk.reader = smtp.ReplyReader()  # nothing read before TLS counts (STARTTLS injection)
                 tls = True
                 capabilities = await _hello(talk, settings.helo_name, timeout["command"])
+        if settings.require_tls and not tls:
+            await _quit(talk)
+            raise _Failed("TLS is required for this destination and the server does not offer STARTTLS")
+        if settings.auth is not None:
+            if not tls:
+                await _quit(talk)
+                raise _Failed("refusing to send credentials over a connection without TLS")
+            reply = await talk.say(smtp.auth_plain(*settings.auth), timeout["command"])
+            if reply.code != 235:
+                await _quit(talk)
+                raise _Failed(f"AUTH: {reply}")
         outcomes = await _transaction(talk, message, capabilities, timeout)
         await _quit(talk)
         return {r: Outcome(o.status, o.reply, host, address, tls) for r, o in outcomes.items()}
@@ -165,6 +176,16 @@ async def _one_host(message: Message, host: str, address: str, settings: Setting
         raise _Failed(f"protocol error: {exc}") from exc
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def _tls(stream: trio.abc.Stream, host: str, timeout: float) -> trio.SSLStream[trio.abc.Stream]:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # encryption without authentication (Postfix's "may" and "encrypt")
+    tls_stream = trio.SSLStream(stream, context, server_hostname=host)
+    with trio.fail_after(timeout):
+        await tls_stream.do_handshake()
+    return tls_stream
 
 
 async def _hello(talk: _Conversation, name: str, timeout: float) -> smtp.Capabilities:

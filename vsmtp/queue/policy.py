@@ -89,6 +89,29 @@ class RemoteRoute:
     domain: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Smarthost:
+    host: str
+    port: int
+    implicit_tls: bool  # smtps://
+
+
+def smarthost(config: Config) -> Smarthost | None:
+    """relayhost.url parsed: smtp://host[:25] or smtps://host[:465]; None when not set."""
+    url = config.relayhost.url
+    if not url:
+        return None
+    scheme, _, rest = url.partition("://")
+    rest = rest.rstrip("/")
+    if rest.startswith("["):
+        host, _, port = rest[1:].partition("]")
+        port = port.lstrip(":")
+    else:
+        host, _, port = rest.partition(":")
+    implicit = scheme == "smtps"
+    return Smarthost(host=host, port=int(port) if port else (465 if implicit else 25), implicit_tls=implicit)
+
+
 def route(address: str, config: Config) -> LocalRoute | RemoteRoute:
     """The route of an accepted recipient: a local Maildir, or the domain's mail hosts."""
     user, domain = local_user(address)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -121,6 +122,12 @@ def rcpt_to(forward_path: str, params: Iterable[str] = ()) -> bytes:
 
 def _with_params(command: str, params: Iterable[str]) -> bytes:
     return (" ".join([command, *params]) + "\r\n").encode("utf-8")
+
+
+def auth_plain(username: str, password: str) -> bytes:
+    """AUTH PLAIN with its initial response (RFC 4954, RFC 4616)."""
+    token = base64.b64encode(b"\0" + username.encode() + b"\0" + password.encode()).decode()
+    return f"AUTH PLAIN {token}\r\n".encode()
 
 
 DATA = b"DATA\r\n"
