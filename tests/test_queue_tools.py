@@ -48,6 +48,11 @@ def test_list_show_hold_retry_release_remove_on_a_running_server(tmp_path: Path)
         assert ["Subject", "waiting"] in shown["headers"]
         assert "user@far.test" in run_cli(daemon.workdir, "queue", "show", queue_id).stdout
 
+        stats = json.loads(run_cli(daemon.workdir, "queue", "stats", "--json").stdout)
+        assert stats["domains"] == {"far.test": dict.fromkeys(stats["buckets"], 0) | {"5m": 1}}
+        table = run_cli(daemon.workdir, "queue", "stats").stdout.splitlines()
+        assert table[0].split() == ["T", *stats["buckets"]] and table[2].split()[:3] == ["far.test", "1", "1"]
+
         assert run_cli(daemon.workdir, "queue", "hold", queue_id).returncode == 0
         assert queue(daemon)[0]["held"]
         assert run_cli(daemon.workdir, "queue", "retry", queue_id).returncode == 0

@@ -8,7 +8,7 @@
     vsmtp journal verify [--json]
     vsmtp journal rebuild [--write] [--json]
     vsmtp trace ID [--json]             ID: a queue id or a Message-ID
-    vsmtp queue list [--json] | show ID [--json] | hold ID | release ID | remove ID | retry ID|--all
+    vsmtp queue list [--json] | stats [--json] | show ID [--json] | hold ID | release ID | remove ID | retry ID|--all
     vsmtp config show [--config FILE]
 
 Every command reads the same configuration as the daemon, so run from the daemon's
@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     queue_list = queue.add_parser("list", parents=[common], help="id, age, size, sender, pending recipients, last error")
     queue_list.add_argument("--json", action="store_true")
     queue_list.set_defaults(func=_queue_list)
+    queue_stats = queue.add_parser("stats", parents=[common], help="pending recipients by domain and age (like qshape)")
+    queue_stats.add_argument("--json", action="store_true")
+    queue_stats.set_defaults(func=_queue_stats)
     queue_show = queue.add_parser("show", parents=[common], help="one message: envelope, each recipient, headers")
     queue_show.add_argument("id", metavar="ID")
     queue_show.add_argument("--json", action="store_true")
@@ -379,6 +382,26 @@ def _age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"
     return f"{seconds:.0f}s"
+
+
+def _queue_stats(args: argparse.Namespace, config: config_mod.Config) -> int:
+    with Journal(config.journal.path, readonly=True) as journal:
+        shaped = queue_inspect.shape(queue_inspect.current(journal), now=time.time())
+    if args.json:
+        print(json.dumps(shaped))
+        return 0
+    buckets = shaped["buckets"]
+    rows = [("", "T", *buckets)]
+    totals = [0] * len(buckets)
+    for domain, row in shaped["domains"].items():
+        counts = [row[b] for b in buckets]
+        totals = [t + c for t, c in zip(totals, counts, strict=True)]
+        rows.append((domain, str(sum(counts)), *map(str, counts)))
+    rows.insert(1, ("TOTAL", str(sum(totals)), *map(str, totals)))
+    width = max(len(r[0]) for r in rows)
+    for r in rows:
+        print(f"{r[0]:>{width}} " + " ".join(f"{c:>5}" for c in r[1:]))
+    return 0
 
 
 def _queue_show(args: argparse.Namespace, config: config_mod.Config) -> int:

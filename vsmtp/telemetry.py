@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProces
 from .config import TelemetryConfig
 
 SPAN_SESSION = "smtp.session"  # one per SMTP connection
+SPAN_DELIVERY = "smtp.delivery"  # one per remote delivery attempt, linked to the receiving session
 
 METRIC_COMMIT_DURATION = "vsmtp.journal.commit.duration"
 METRIC_COMMIT_RECORDS = "vsmtp.journal.commit.records"
@@ -68,3 +69,8 @@ def tracer() -> trace.Tracer:
 def record_commit(records: int, seconds: float) -> None:
     _commit_duration.record(seconds)
     _commit_records.record(records)
+
+
+def enabled() -> bool:
+    """Whether spans are recorded (so that work only a span needs can be skipped)."""
+    return not isinstance(_provider, trace.NoOpTracerProvider)

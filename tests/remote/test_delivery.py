@@ -314,3 +314,34 @@ async def test_a_smarthost_that_refuses_the_credentials_or_lacks_tls_gets_nothin
         assert ("AUTH: 535" in deferred.payload["reason"]) if relay is wrong else ("without TLS" in deferred.payload["reason"])
         running.cancel_scope.cancel()
     assert with_tls.received == [] and plain.received == []
+
+
+async def test_a_delivery_span_links_to_the_receiving_session(
+    start_server: Any, sender: Config, start_sink: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+    import json
+
+    from vsmtp import telemetry
+    from vsmtp.config import TelemetryConfig
+
+    from ..test_telemetry import _json_objects
+
+    await start_sink("127.0.0.2")
+    running = await start_server(dataclasses.replace(sender, telemetry=TelemetryConfig(exporter="console")))
+    out = ""
+    try:
+        await sendmail(running, "a@example.org", ["user@far.test"], MESSAGE)
+        await outcomes(running)
+        with trio.fail_after(5):
+            while telemetry.SPAN_DELIVERY not in out or telemetry.SPAN_SESSION not in out:
+                await trio.sleep(0.02)
+                out += capfd.readouterr().out
+    finally:
+        running.cancel_scope.cancel()
+        telemetry.setup(TelemetryConfig())
+    spans = [json.loads(chunk) for chunk in _json_objects(out)]
+    [session] = [s for s in spans if s["name"] == telemetry.SPAN_SESSION]
+    [delivery] = [s for s in spans if s["name"] == telemetry.SPAN_DELIVERY]
+    assert delivery["attributes"]["net.peer.name"] == "mx1.far.test" and delivery["attributes"]["vsmtp.domain"] == "far.test"
+    assert [link["context"]["trace_id"] for link in delivery["links"]] == [session["context"]["trace_id"]]

@@ -7,8 +7,10 @@ import logging
 import time
 
 import dns.asyncresolver
+from opentelemetry import propagate, trace
 from vsmtp_journal import Journal
 
+from .. import telemetry
 from ..config import Config
 from ..net import dns as mx
 from ..net import outbound
@@ -55,7 +57,18 @@ async def deliver(
         settings.require_tls = config.relayhost.tls == "require"
         if config.relayhost.username:
             settings.auth = (config.relayhost.username, config.relayhost.password)
-    outcomes = await outbound.deliver(message, hosts, settings)
+    with telemetry.tracer().start_as_current_span(
+        telemetry.SPAN_DELIVERY, kind=trace.SpanKind.CLIENT, links=_session_link(journal, queue_id)
+    ) as span:
+        span.set_attribute("vsmtp.queue_id", queue_id)
+        span.set_attribute("vsmtp.domain", domain)
+        span.set_attribute("vsmtp.recipients", len(recipients))
+        outcomes = await outbound.deliver(message, hosts, settings)
+        first = next(iter(outcomes.values()))
+        span.set_attribute("net.peer.name", first.host)
+        span.set_attribute("net.peer.ip", first.address)
+        span.set_attribute("vsmtp.tls", first.tls)
+        span.set_attribute("vsmtp.statuses", sorted({o.status for o in outcomes.values()}))
     now = time.time()
     events: list[ev.JournalEvent] = []
     for address, attempts in recipients:
@@ -72,6 +85,20 @@ async def deliver(
             events.append(deferred(queue_id, address, attempts, now=now, reason=reason, config=config, accepted_at=accepted_at))
         log.info("%s: to=<%s>, relay=%s, status=%s (%s)", queue_id, address, where or "none", outcome.status, outcome.reply)
     return events
+
+
+def _session_link(journal: Journal, queue_id: str) -> list[trace.Link]:
+    """A link to the span of the session that received the message (its trace context is in
+    message.accepted), when tracing is on."""
+    if not telemetry.enabled():
+        return []
+    position = journal.lookup(b"queue:" + queue_id.encode())
+    record = journal.get(position) if position is not None else None
+    accepted = ev.decode(record) if record is not None else None
+    if not isinstance(accepted, ev.MessageAccepted) or not accepted.trace_context:
+        return []
+    context = trace.get_current_span(propagate.extract(dict(accepted.trace_context))).get_span_context()
+    return [trace.Link(context)] if context.is_valid else []
 
 
 def deferred(

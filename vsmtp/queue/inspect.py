@@ -64,3 +64,22 @@ def act(journal: Journal, action: str, queue_id: str) -> int:
     sees it within a moment (its projection follows the journal)."""
     event = ACTIONS[action](at=time.time(), queue_id=queue_id, by=f"vsmtp queue {action} (uid {os.getuid()})")
     return journal.append(*ev.encode(event))
+
+
+AGE_BUCKETS = ((300, "5m"), (600, "10m"), (1200, "20m"), (2400, "40m"), (4800, "80m"), (9600, "160m"), (19200, "320m"), (38400, "640m"))
+
+
+def shape(state: QueueState, *, now: float) -> dict[str, Any]:
+    """Pending recipients by destination domain and by age, as Postfix's qshape: a count per
+    domain in each age bucket ("5m": younger than 5 minutes, ..., "older")."""
+    labels = [label for _, label in AGE_BUCKETS] + ["older"]
+    domains: dict[str, dict[str, int]] = {}
+    for message in state.messages.values():
+        age = now - message.accepted_at
+        label = next((name for limit, name in AGE_BUCKETS if age < limit), "older")
+        for recipient in message.pending():
+            domain = recipient.address.rpartition("@")[2].lower() or "(local)"
+            row = domains.setdefault(domain, dict.fromkeys(labels, 0))
+            row[label] += 1
+    ordered = sorted(domains.items(), key=lambda item: -sum(item[1].values()))
+    return {"buckets": labels, "domains": {domain: row for domain, row in ordered}}
