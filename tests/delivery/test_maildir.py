@@ -70,6 +70,7 @@ def test_an_unwritable_maildir_defers_with_a_retry_time(tmp_path: Path) -> None:
         [outcome] = worker.deliver(job)
         old = dataclasses.replace(job, accepted_at=time.time() - config.delivery.lifetime)
         [expired] = worker.deliver(old)
+        assert [type(e) for e in worker.deliver_batch([old])[0]] == [ev.DeliveryFailed, ev.MessageExpired]
     assert isinstance(outcome, ev.DeliveryDeferred)
     assert "cannot write to the Maildir" in outcome.reason
     assert outcome.retry_at - outcome.at == 1200.0  # the third failure: 5, 10, then 20 minutes

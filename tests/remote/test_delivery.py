@@ -75,7 +75,7 @@ async def outcomes(running: Running, queue_id_count: int = 1, *, timeout: float 
     with trio.fail_after(timeout):
         while running.projection.state.completed < queue_id_count:
             await running.projection.wait_touched(timeout=0.05)
-    return [r for r in running.journal.read(0) if r.tag.startswith("delivery.")]
+    return [r for r in running.journal.read(0) if r.tag.startswith("delivery.") and r.tag != "delivery.attempted"]
 
 
 MESSAGE = "Subject: far away\r\n\r\n.a line that starts with a dot\r\nbye\r\n"
@@ -103,6 +103,9 @@ async def test_the_next_mx_when_the_first_refuses_connections(start_server: Any,
     [record] = await outcomes(running)
     assert record.tag == "delivery.succeeded" and "mx2.far.test[127.0.0.3]" in record.payload["detail"]
     assert len(second.received) == 1
+    attempts = [r.payload for r in running.journal.read(0) if r.tag == "delivery.attempted"]
+    assert [(a["host"], a["address"]) for a in attempts] == [("mx1.far.test", "127.0.0.2"), ("mx2.far.test", "127.0.0.3")]
+    assert "cannot connect" in attempts[0]["reply"] and attempts[1]["reply"].startswith("250")
     running.cancel_scope.cancel()
 
 

@@ -43,7 +43,9 @@ async def deliver(
     except mx.DnsPermanent as exc:
         return [ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=a, transport="smtp", reason=str(exc)) for a, _ in recipients]
     except mx.DnsTemporary as exc:
-        return [deferred(queue_id, a, n, now=now, reason=str(exc), config=config, accepted_at=accepted_at) for a, n in recipients]
+        return with_expiry(
+            [deferred(queue_id, a, n, now=now, reason=str(exc), config=config, accepted_at=accepted_at) for a, n in recipients]
+        )
     addresses = tuple(a for a, _ in recipients)
     message = outbound.Message(
         reverse_path=reverse_path,
@@ -63,14 +65,17 @@ async def deliver(
         span.set_attribute("vsmtp.queue_id", queue_id)
         span.set_attribute("vsmtp.domain", domain)
         span.set_attribute("vsmtp.recipients", len(recipients))
-        outcomes = await outbound.deliver(message, hosts, settings)
+        tried: list[outbound.Attempt] = []
+        outcomes = await outbound.deliver(message, hosts, settings, tried)
         first = next(iter(outcomes.values()))
         span.set_attribute("net.peer.name", first.host)
         span.set_attribute("net.peer.ip", first.address)
         span.set_attribute("vsmtp.tls", first.tls)
         span.set_attribute("vsmtp.statuses", sorted({o.status for o in outcomes.values()}))
     now = time.time()
-    events: list[ev.JournalEvent] = []
+    events: list[ev.JournalEvent] = [
+        ev.DeliveryAttempted(at=now, queue_id=queue_id, host=a.host, address=a.address, tls=a.tls, reply=a.reply) for a in tried
+    ]
     for address, attempts in recipients:
         outcome = outcomes[address]
         where = f"{outcome.host}[{outcome.address}]" if outcome.host else ""
@@ -84,7 +89,15 @@ async def deliver(
             reason = f"{where}: {outcome.reply}" if where else outcome.reply
             events.append(deferred(queue_id, address, attempts, now=now, reason=reason, config=config, accepted_at=accepted_at))
         log.info("%s: to=<%s>, relay=%s, status=%s (%s)", queue_id, address, where or "none", outcome.status, outcome.reply)
-    return events
+    return with_expiry(events)
+
+
+def with_expiry(events: list[ev.JournalEvent]) -> list[ev.JournalEvent]:
+    """`events`, and message.expired after them for the recipients that ran out of time."""
+    expired = [e for e in events if isinstance(e, ev.DeliveryFailed) and e.reason.startswith("message expired")]
+    if not expired:
+        return events
+    return [*events, ev.MessageExpired(at=expired[0].at, queue_id=expired[0].queue_id, recipients=tuple(e.recipient for e in expired))]
 
 
 def _session_link(journal: Journal, queue_id: str) -> list[trace.Link]:

@@ -239,7 +239,7 @@ class Worker:
         try:
             with maildir.batch():
                 for job in jobs:
-                    results.append(self.deliver(job))
+                    results.append(remote.with_expiry(self.deliver(job)))
         except OSError as exc:  # a directory could not be synced: none of the renames is sure
             log.warning("cannot sync Maildir directories: %s", exc)
             reason = f"cannot write to the Maildir: {exc}"
@@ -248,7 +248,7 @@ class Worker:
                     remote.deferred(
                         job.queue_id,
                         o.recipient,
-                        attempts,
+                        dict(job.recipients)[o.recipient],
                         now=o.at,
                         reason=reason,
                         config=self.config,
@@ -257,7 +257,7 @@ class Worker:
                     )
                     if isinstance(o, ev.DeliverySucceeded) and o.transport == "maildir"
                     else o
-                    for o, (_, attempts) in zip(outcomes, job.recipients, strict=True)
+                    for o in outcomes
                 ]
                 for job, outcomes in zip(jobs, results, strict=True)
             ]

@@ -109,18 +109,37 @@ class _Conversation:
             raise _Failed(f"timed out after {timeout:.0f}s sending")
 
 
-async def deliver(message: Message, hosts: Sequence[Exchanger], settings: Settings) -> dict[str, Outcome]:
-    """Try each host in turn until one takes the transaction; an outcome per recipient."""
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One connection to one address of one host, and how it ended."""
+
+    host: str
+    address: str
+    tls: bool
+    reply: str  # the server's last word, or why there was none
+
+
+async def deliver(
+    message: Message, hosts: Sequence[Exchanger], settings: Settings, attempts: list[Attempt] | None = None
+) -> dict[str, Outcome]:
+    """Try each host in turn until one takes the transaction; an outcome per recipient.
+    Each connection tried is added to `attempts`."""
+    attempts = [] if attempts is None else attempts
     last = "no mail host to try"
     for exchanger in hosts:
         for address in exchanger.addresses:
             try:
-                return await _one_host(message, exchanger.host, address, settings)
+                outcomes = await _one_host(message, exchanger.host, address, settings)
             except _Failed as exc:
+                attempts.append(Attempt(exchanger.host, address, False, exc.reply))
                 last = f"{exchanger.host}[{address}]: {exc.reply}"
                 log.info("delivery to %s failed: %s", exchanger.host, last)
                 if exc.final:
                     return {r: Outcome("deferred", last, exchanger.host, address) for r in message.recipients}
+                continue
+            first = next(iter(outcomes.values()))
+            attempts.append(Attempt(exchanger.host, address, first.tls, "; ".join(sorted({o.reply for o in outcomes.values()}))))
+            return outcomes
     return {r: Outcome("deferred", last) for r in message.recipients}
 
 

@@ -169,6 +169,28 @@ class MailReceived(JournalEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryAttempted(JournalEvent):
+    """One connection of a remote delivery: to which host and address, with or without TLS,
+    and the server's reply (or why there was none). The recipients' outcomes follow."""
+
+    TAG = "delivery.attempted"
+    queue_id: str
+    host: str
+    address: str
+    tls: bool
+    reply: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageExpired(JournalEvent):
+    """The message waited `delivery.lifetime` for these recipients: they failed for good."""
+
+    TAG = "message.expired"
+    queue_id: str
+    recipients: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MessageBounced(JournalEvent):
     """The sender was told which recipients failed: a delivery status notification (RFC 3464)
     queued as `bounce_id`, in the same transaction. No bounce is sent when every failed
