@@ -107,6 +107,7 @@ class DeliveryConfig:
     remote_workers: int = 50  # remote (SMTP) deliveries at once
     remote_port: int = 25  # the port of other domains' mail hosts (tests use another)
     per_domain: int = 20  # SMTP deliveries at once to one destination domain
+    tls_policy: Mapping[str, str] = field(default_factory=dict)  # destination domain -> "may" | "require"
     lifetime: float = 5 * 86400.0  # seconds a message may wait in the queue; then it fails (and bounces)
     retry_first: float = 300.0  # seconds before the first retry, doubling after each failure ...
     retry_max: float = 3600.0  # ... up to this (Postfix's minimal_ and maximal_backoff_time)
@@ -192,6 +193,9 @@ def load(path: str | Path | None = None) -> Config:
     config: Config = _build(Config, table, (), src)
     if config.relayhost.url and not re.match(r"^smtps?://[^/:]+(:\d+)?/?$|^smtps?://\[[0-9a-fA-F:]+\](:\d+)?/?$", config.relayhost.url):
         raise src.error(("relayhost", "url"), f"expected smtp://host:port or smtps://host:port, got {config.relayhost.url!r}")
+    for name, value in config.delivery.tls_policy.items():
+        if value not in ("may", "require"):
+            raise src.error(("delivery", "tls_policy", name), f"expected 'may' or 'require', got {value!r}")
     for name, value in config.delivery.mailboxes.items():
         if value not in ("maildir", "mbox"):
             raise src.error(("delivery", "mailboxes", name), f"expected 'maildir' or 'mbox', got {value!r}")

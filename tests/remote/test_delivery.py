@@ -348,3 +348,16 @@ async def test_a_delivery_span_links_to_the_receiving_session(
     [delivery] = [s for s in spans if s["name"] == telemetry.SPAN_DELIVERY]
     assert delivery["attributes"]["net.peer.name"] == "mx1.far.test" and delivery["attributes"]["vsmtp.domain"] == "far.test"
     assert [link["context"]["trace_id"] for link in delivery["links"]] == [session["context"]["trace_id"]]
+
+
+async def test_a_domain_that_requires_tls_gets_nothing_in_clear(start_server: Any, sender: Config, start_sink: Any) -> None:
+    sink = await start_sink("127.0.0.2")  # offers no STARTTLS
+    running = await start_server(with_changes(sender, delivery={"tls_policy": {"far.test": "require"}, "retry_first": 60.0}))
+    await sendmail(running, "a@example.org", ["user@far.test"], MESSAGE)
+    with trio.fail_after(10):
+        while not any(r.tag == "delivery.deferred" for r in running.journal.read(0)):
+            await trio.sleep(0.05)
+    first = next(r for r in running.journal.read(0) if r.tag == "delivery.attempted")
+    assert first.payload["host"] == "mx1.far.test" and "TLS is required" in first.payload["reply"]
+    assert sink.received == [] and sink.sessions == 1  # it connected, saw no STARTTLS, and left
+    running.cancel_scope.cancel()

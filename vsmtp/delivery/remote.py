@@ -54,6 +54,7 @@ async def deliver(
         smtputf8=not (reverse_path.isascii() and all(a.isascii() for a in addresses)),
     )
     settings = outbound.Settings(helo_name=config.hostname, port=config.delivery.remote_port)
+    settings.require_tls = config.delivery.tls_policy.get(domain.lower()) == "require"
     if relay is not None:
         settings.port, settings.implicit_tls = relay.port, relay.implicit_tls
         settings.require_tls = config.relayhost.tls == "require"
