@@ -118,11 +118,23 @@ async def test_a_domain_without_mx_gets_mail_at_its_own_address(start_server: An
     running.cancel_scope.cancel()
 
 
-async def test_null_mx_fails_for_good(start_server: Any, sender: Config) -> None:
+async def test_null_mx_fails_for_good_and_bounces(start_server: Any, sender: Config) -> None:
+    import email
+    import email.policy
+
+    from ..conftest import maildir_files
+
     running = await start_server(sender)
-    await sendmail(running, "a@example.org", ["user@nomail.test"], MESSAGE)
+    await sendmail(running, "alice@localhost", ["user@nomail.test"], MESSAGE)
     [record] = await outcomes(running)
     assert record.tag == "delivery.failed" and "null MX" in record.payload["reason"]
+    with trio.fail_after(10):
+        while not maildir_files(sender, "alice"):
+            await trio.sleep(0.05)
+    [path] = maildir_files(sender, "alice")
+    dsn = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    [_, per_recipient] = dsn.get_payload()[1].get_payload()
+    assert per_recipient["Status"] == "5.1.10" and per_recipient["Final-Recipient"] == "rfc822; user@nomail.test"
     running.cancel_scope.cancel()
 
 
