@@ -39,6 +39,7 @@ class Sink:
     most_active: int = 0  # ... and the most at once
     delay: float = 0.0  # seconds before each reply: a slow server
     auth: tuple[str, str] | None = None  # AUTH PLAIN required (offered after STARTTLS only)
+    data_delay: float = 0.0  # seconds between taking a message and saying so (its 250)
 
     def __post_init__(self) -> None:
         self.rcpt_replies, self.data_replies = deque(self.rcpt_replies), deque(self.data_replies)
@@ -131,6 +132,7 @@ class Sink:
                     answer = self.data_replies.popleft() if self.data_replies else b"250 2.0.0 ok: queued\r\n"
                     if answer.startswith(b"2"):
                         self.received.append(Received(mail, accepted, body, tls, user))
+                    await trio.sleep(self.data_delay)
                     await reply(answer)
                 elif verb == b"RSET":
                     mail, rcpts, accepted = "", [], []

@@ -40,6 +40,8 @@ SAMPLES: list[ev.JournalEvent] = [
     ev.MessageBounced(at=1.0, queue_id="Q", bounce_id="B", recipients=("a@localhost",)),
     ev.DeliveryAttempted(at=1.0, queue_id="Q", host="mx.far.test", address="192.0.2.1", tls=True, reply="250 2.0.0 ok"),
     ev.MessageExpired(at=1.0, queue_id="Q", recipients=("a@far.test",)),
+    ev.DeliveryStarted(at=1.0, queue_id="Q", recipients=("a@far.test",), host="mx.far.test", address="192.0.2.1"),
+    ev.PossibleDuplicate(at=1.0, queue_id="Q", recipient="a@far.test", detail="mx.far.test[192.0.2.1]: 250 ok"),
     ev.MessageHeld(at=1.0, queue_id="Q", by="vsmtp queue hold (uid 0)"),
     ev.MessageReleased(at=1.0, queue_id="Q", by="vsmtp queue release (uid 0)"),
     ev.RetryRequested(at=1.0, queue_id="Q", by="vsmtp queue retry (uid 0)"),

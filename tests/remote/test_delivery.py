@@ -75,7 +75,7 @@ async def outcomes(running: Running, queue_id_count: int = 1, *, timeout: float 
     with trio.fail_after(timeout):
         while running.projection.state.completed < queue_id_count:
             await running.projection.wait_touched(timeout=0.05)
-    return [r for r in running.journal.read(0) if r.tag.startswith("delivery.") and r.tag != "delivery.attempted"]
+    return [r for r in running.journal.read(0) if r.tag in ("delivery.succeeded", "delivery.deferred", "delivery.failed")]
 
 
 MESSAGE = "Subject: far away\r\n\r\n.a line that starts with a dot\r\nbye\r\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import dns.asyncresolver
 from opentelemetry import propagate, trace
@@ -31,6 +32,8 @@ async def deliver(
     config: Config,
     journal: Journal,
     resolver: dns.asyncresolver.Resolver,
+    in_doubt: frozenset[str] = frozenset(),  # recipients whose last attempt was cut after its data
+    before_data: Callable[[list[str], str, str], Awaitable[None]] | None = None,
 ) -> list[ev.JournalEvent]:
     body = journal.blob(blob)
     now = time.time()
@@ -53,7 +56,7 @@ async def deliver(
         body=body,
         smtputf8=not (reverse_path.isascii() and all(a.isascii() for a in addresses)),
     )
-    settings = outbound.Settings(helo_name=config.hostname, port=config.delivery.remote_port)
+    settings = outbound.Settings(helo_name=config.hostname, port=config.delivery.remote_port, before_data=before_data)
     settings.require_tls = config.delivery.tls_policy.get(domain.lower()) == "require"
     if relay is not None:
         settings.port, settings.implicit_tls = relay.port, relay.implicit_tls
@@ -83,6 +86,9 @@ async def deliver(
         if outcome.status == "delivered":
             detail = f"{where}{' (TLS)' if outcome.tls else ''}: {outcome.reply}"
             events.append(ev.DeliverySucceeded(at=now, queue_id=queue_id, recipient=address, transport="smtp", detail=detail))
+            if address in in_doubt:
+                log.warning("%s: %s may have received this message twice (an attempt was cut off after its data)", queue_id, address)
+                events.append(ev.PossibleDuplicate(at=now, queue_id=queue_id, recipient=address, detail=detail))
         elif outcome.status == "failed":
             reason = f"{where}: {outcome.reply}" if where else outcome.reply
             events.append(ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=address, transport="smtp", reason=reason))

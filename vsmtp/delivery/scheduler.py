@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import dns.asyncresolver
@@ -39,6 +40,7 @@ class DeliveryJob:
     accepted_at: float
     recipients: tuple[tuple[str, int], ...]  # (address, attempts so far)
     recovered: bool  # pending when the process started: a crash may have cut an attempt short
+    in_doubt: frozenset[str] = frozenset()  # recipients whose data went out without a final answer
 
 
 class Scheduler:
@@ -105,6 +107,7 @@ class Scheduler:
             accepted_at=message.accepted_at,
             recipients=tuple(due),
             recovered=message.queue_id in self._recovered,
+            in_doubt=frozenset(r.address for r in message.recipients if r.in_doubt),
         )
 
     async def _bounce(self, queue_id: str) -> None:
@@ -220,18 +223,35 @@ class Worker:
     async def _deliver_remote(self, job: DeliveryJob, domain: str) -> None:
         per_domain = self.domain_limits.setdefault(domain, trio.CapacityLimiter(self.config.delivery.per_domain))
         async with per_domain, self.remote_limit:  # a busy domain waits for itself, not for the others
-            outcomes = await remote.deliver(
-                queue_id=job.queue_id,
-                reverse_path=job.reverse_path,
-                blob=job.blob,
-                accepted_at=job.accepted_at,
-                domain=domain,
-                recipients=list(job.recipients),
-                config=self.config,
-                journal=self.journal,
-                resolver=self.resolver,
-            )
+            try:
+                outcomes = await self._remote_outcomes(job, domain)
+            except JournalError as exc:  # delivery.started could not be journaled: the data did not go
+                reason = f"cannot journal the start of the delivery: {exc}"
+                outcomes = [
+                    remote.deferred(job.queue_id, a, n, now=time.time(), reason=reason, config=self.config, accepted_at=job.accepted_at)
+                    for a, n in job.recipients
+                ]
         await self._record(job, outcomes)
+
+    async def _remote_outcomes(self, job: DeliveryJob, domain: str) -> list[ev.JournalEvent]:
+        return await remote.deliver(
+            queue_id=job.queue_id,
+            reverse_path=job.reverse_path,
+            blob=job.blob,
+            accepted_at=job.accepted_at,
+            domain=domain,
+            recipients=list(job.recipients),
+            config=self.config,
+            journal=self.journal,
+            resolver=self.resolver,
+            in_doubt=job.in_doubt,
+            before_data=partial(self._started, job.queue_id),
+        )
+
+    async def _started(self, queue_id: str, recipients: list[str], host: str, address: str) -> None:
+        """delivery.started, durable before the data goes (a crash after it risks a duplicate)."""
+        event = ev.DeliveryStarted(at=time.time(), queue_id=queue_id, recipients=tuple(recipients), host=host, address=address)
+        await self.writer.append(*ev.encode(event), durable=True, urgent=True)
 
     def deliver_batch(self, jobs: list[DeliveryJob]) -> list[list[ev.JournalEvent]]:
         """deliver() each job; the Maildir directories are synced once at the end."""

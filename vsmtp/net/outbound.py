@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -68,6 +68,9 @@ class Settings:
     implicit_tls: bool = False  # TLS from the first byte (smtps://, RFC 8314)
     require_tls: bool = False  # never send over a connection that is not encrypted
     auth: tuple[str, str] | None = None  # AUTH PLAIN (RFC 4954) username and password, only over TLS
+    # Awaited after the 354 and before the data goes (recipients, host, address): the caller
+    # journals that an attempt is under way, so a crash after it is known to risk a duplicate.
+    before_data: Callable[[list[str], str, str], Awaitable[None]] | None = None
     timeouts: dict[str, float] = field(default_factory=dict)  # overrides of the constants, by name
 
 
@@ -186,7 +189,7 @@ async def _one_host(message: Message, host: str, address: str, settings: Setting
             if reply.code != 235:
                 await _quit(talk)
                 raise _Failed(f"AUTH: {reply}")
-        outcomes = await _transaction(talk, message, capabilities, timeout)
+        outcomes = await _transaction(talk, message, capabilities, timeout, before_data=_bound(settings, host, address))
         await _quit(talk)
         return {r: Outcome(o.status, o.reply, host, address, tls) for r, o in outcomes.items()}
     except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError, trio.TooSlowError) as exc:
@@ -217,8 +220,24 @@ async def _hello(talk: _Conversation, name: str, timeout: float) -> smtp.Capabil
     return smtp.Capabilities.none()
 
 
+def _bound(settings: Settings, host: str, address: str) -> Callable[[list[str]], Awaitable[None]] | None:
+    hook = settings.before_data
+    if hook is None:
+        return None
+
+    async def call(recipients: list[str]) -> None:
+        await hook(recipients, host, address)
+
+    return call
+
+
 async def _transaction(
-    talk: _Conversation, message: Message, capabilities: smtp.Capabilities, timeout: dict[str, float]
+    talk: _Conversation,
+    message: Message,
+    capabilities: smtp.Capabilities,
+    timeout: dict[str, float],
+    *,
+    before_data: Callable[[list[str]], Awaitable[None]] | None = None,
 ) -> dict[str, Outcome]:
     recipients = message.recipients
     limit = capabilities.size_limit
@@ -260,6 +279,8 @@ async def _transaction(
             await talk.send(smtp.RSET, timeout["command"])
             await talk.replies(1, timeout["command"])
         return outcomes | ({r: _outcome(data) for r in accepted} if data is not None else {})
+    if before_data is not None:
+        await before_data(accepted)
     try:
         await talk.send(smtp.dot_stuff(message.body), timeout["data_block"])
         final = (await talk.replies(1, timeout["data_end"]))[0]

@@ -169,6 +169,30 @@ class MailReceived(JournalEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryStarted(JournalEvent):
+    """A remote host said 354 and the message data is about to go: committed durably first,
+    so that after a crash the next delivery of these recipients is known to be a possible
+    duplicate (the host may have taken it without our hearing its 250)."""
+
+    TAG = "delivery.started"
+    queue_id: str
+    recipients: tuple[str, ...]
+    host: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PossibleDuplicate(JournalEvent):
+    """A recipient was delivered after an attempt that was cut off once its data had been
+    sent: it may have received the message twice (SMTP is at least once)."""
+
+    TAG = "delivery.possible_duplicate"
+    queue_id: str
+    recipient: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeliveryAttempted(JournalEvent):
     """One connection of a remote delivery: to which host and address, with or without TLS,
     and the server's reply (or why there was none). The recipients' outcomes follow."""

@@ -27,6 +27,7 @@ class RecipientState:
     attempts: int = 0
     next_attempt: float = 0.0  # seconds since the epoch; 0 means now
     last_error: str = ""
+    in_doubt: bool = False  # its data went to a remote host without a final answer (delivery.started)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +83,14 @@ def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueS
             recipients=tuple(RecipientState(address=a) for a in dict.fromkeys(event.recipients)),
         )
         return replace(state, messages=state.messages.set(event.queue_id, message), accepted=state.accepted + 1)
+    if isinstance(event, ev.DeliveryStarted):
+        found = state.messages.get(event.queue_id)
+        if found is None:
+            return state
+        marked = tuple(
+            replace(r, in_doubt=True) if r.address in event.recipients and r.status == "pending" else r for r in found.recipients
+        )
+        return replace(state, messages=state.messages.set(event.queue_id, replace(found, recipients=marked)))
     if isinstance(event, ev.MessageBounced):
         if event.queue_id not in state.messages:
             return state
@@ -134,6 +143,7 @@ def _recipient(
         attempts=current.attempts + (1 if attempt else 0),
         next_attempt=retry_at,
         last_error=error or current.last_error,
+        in_doubt=current.in_doubt and status == "pending",  # a final outcome settles the doubt
     )
     message = replace(message, recipients=tuple(updated if r is current else r for r in message.recipients))
     counters = {
@@ -167,7 +177,7 @@ def to_snapshot(state: QueueState) -> dict[str, Any]:
                 m.size,
                 m.accepted_at,
                 m.message_id,
-                [[r.address, r.status, r.attempts, r.next_attempt, r.last_error] for r in m.recipients],
+                [[r.address, r.status, r.attempts, r.next_attempt, r.last_error, r.in_doubt] for r in m.recipients],
                 m.held,
             ]
             for m in state.messages.values()
@@ -194,7 +204,8 @@ def from_snapshot(data: Mapping[str, Any]) -> QueueState:
                     accepted_at=accepted_at,
                     message_id=message_id,
                     recipients=tuple(
-                        RecipientState(address=a, status=st, attempts=n, next_attempt=t, last_error=e) for a, st, n, t, e in rcpts
+                        RecipientState(address=a, status=st, attempts=n, next_attempt=t, last_error=e, in_doubt=bool(d and d[0]))
+                        for a, st, n, t, e, *d in rcpts
                     ),
                     held=bool(rest[0]) if rest else False,
                 ),
@@ -224,6 +235,7 @@ QUEUE_TAGS = frozenset(
         ev.DeliveryFailed,
         ev.DeliveryDeferred,
         ev.MessageBounced,
+        ev.DeliveryStarted,
         ev.MessageHeld,
         ev.MessageReleased,
         ev.MessageRemoved,
