@@ -146,7 +146,7 @@ async def test_4xx_is_retried_then_delivered(start_server: Any, sender: Config, 
     assert [r.tag for r in records] == ["delivery.deferred", "delivery.succeeded"]
     assert "451 4.3.0 try again later" in records[0].payload["reason"]
     assert records[0].payload["retry_at"] - records[0].payload["at"] == pytest.approx(0.3, abs=0.01)
-    assert len(sink.received) == 1 and sink.sessions == 2
+    assert len(sink.received) == 1 and sink.sessions == 1  # the retry reused the connection (RSET, then again)
     running.cancel_scope.cancel()
 
 
@@ -372,4 +372,24 @@ async def test_a_domain_that_requires_tls_gets_nothing_in_clear(start_server: An
     first = next(r for r in running.journal.read(0) if r.tag == "delivery.attempted")
     assert first.payload["host"] == "mx1.far.test" and "TLS is required" in first.payload["reply"]
     assert sink.received == [] and sink.sessions == 1  # it connected, saw no STARTTLS, and left
+    running.cancel_scope.cancel()
+
+
+async def test_one_connection_carries_several_messages_to_a_host(start_server: Any, sender: Config, start_sink: Any) -> None:
+    sink = await start_sink("127.0.0.2")
+    running = await start_server(sender)
+    for n in range(3):
+        await sendmail(running, "a@example.org", [f"user{n}@far.test"], MESSAGE)
+        await outcomes(running, n + 1)
+    assert len(sink.received) == 3 and sink.sessions == 1  # one connection, kept between messages
+    running.cancel_scope.cancel()
+
+
+async def test_no_reuse_when_the_cache_is_off(start_server: Any, sender: Config, start_sink: Any) -> None:
+    sink = await start_sink("127.0.0.2")
+    running = await start_server(with_changes(sender, delivery={"connection_idle": 0.0}))
+    for n in range(2):
+        await sendmail(running, "a@example.org", [f"user{n}@far.test"], MESSAGE)
+        await outcomes(running, n + 1)
+    assert len(sink.received) == 2 and sink.sessions == 2
     running.cancel_scope.cancel()

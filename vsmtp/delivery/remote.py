@@ -34,6 +34,7 @@ async def deliver(
     resolver: dns.asyncresolver.Resolver,
     in_doubt: frozenset[str] = frozenset(),  # recipients whose last attempt was cut after its data
     before_data: Callable[[list[str], str, str], Awaitable[None]] | None = None,
+    cache: outbound.ConnectionCache | None = None,
 ) -> list[ev.JournalEvent]:
     body = journal.blob(blob)
     now = time.time()
@@ -56,7 +57,7 @@ async def deliver(
         body=body,
         smtputf8=not (reverse_path.isascii() and all(a.isascii() for a in addresses)),
     )
-    settings = outbound.Settings(helo_name=config.hostname, port=config.delivery.remote_port, before_data=before_data)
+    settings = outbound.Settings(helo_name=config.hostname, port=config.delivery.remote_port, before_data=before_data, cache=cache)
     settings.require_tls = config.delivery.tls_policy.get(domain.lower()) == "require"
     if relay is not None:
         settings.port, settings.implicit_tls = relay.port, relay.implicit_tls

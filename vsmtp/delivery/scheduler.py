@@ -23,6 +23,7 @@ from vsmtp_journal import GroupCommitWriter, Journal, JournalError
 
 from ..config import Config
 from ..net import dns as mx
+from ..net import outbound
 from ..queue import events as ev
 from ..queue import policy
 from ..queue.projection import QueueProjection
@@ -169,6 +170,7 @@ class Worker:
         remote_limit: trio.CapacityLimiter | None = None,
         domain_limits: dict[str, trio.CapacityLimiter] | None = None,
         resolver: dns.asyncresolver.Resolver | None = None,
+        connections: outbound.ConnectionCache | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
@@ -177,6 +179,7 @@ class Worker:
         self.remote_limit = remote_limit or trio.CapacityLimiter(config.delivery.remote_workers)
         self.domain_limits = {} if domain_limits is None else domain_limits  # shared by the workers
         self.resolver = resolver or mx.resolver(config.dns)
+        self.connections = connections  # shared by the workers; None: a connection per delivery
 
     async def run(self, receive: trio.MemoryReceiveChannel[DeliveryJob]) -> None:
         async with receive, trio.open_nursery() as background:
@@ -246,6 +249,7 @@ class Worker:
             resolver=self.resolver,
             in_doubt=job.in_doubt,
             before_data=partial(self._started, job.queue_id),
+            cache=self.connections,
         )
 
     async def _started(self, queue_id: str, recipients: list[str], host: str, address: str) -> None:
@@ -372,7 +376,9 @@ async def serve_delivery(
     remote_limit = trio.CapacityLimiter(config.delivery.remote_workers)  # SMTP deliveries at once, all workers together
     resolver = mx.resolver(config.dns)
     domain_limits: dict[str, trio.CapacityLimiter] = {}
+    connections = outbound.ConnectionCache(idle=config.delivery.connection_idle)
     async with trio.open_nursery() as nursery:
+        await nursery.start(connections.run)
         async with receive:
             for _ in range(config.delivery.workers):
                 worker = Worker(
@@ -383,6 +389,7 @@ async def serve_delivery(
                     remote_limit=remote_limit,
                     domain_limits=domain_limits,
                     resolver=resolver,
+                    connections=connections,
                 )
                 nursery.start_soon(worker.run, receive.clone())
         nursery.start_soon(scheduler.run, send)

@@ -71,6 +71,7 @@ class Settings:
     # Awaited after the 354 and before the data goes (recipients, host, address): the caller
     # journals that an attempt is under way, so a crash after it is known to risk a duplicate.
     before_data: Callable[[list[str], str, str], Awaitable[None]] | None = None
+    cache: ConnectionCache | None = None  # keep the connection for the next message to the host
     timeouts: dict[str, float] = field(default_factory=dict)  # overrides of the constants, by name
 
 
@@ -146,8 +147,8 @@ async def deliver(
     return {r: Outcome("deferred", last) for r in message.recipients}
 
 
-async def _one_host(message: Message, host: str, address: str, settings: Settings) -> dict[str, Outcome]:
-    timeout = {
+def _timeouts(settings: Settings) -> dict[str, float]:
+    return {
         "connect": CONNECT_TIMEOUT,
         "greeting": GREETING_TIMEOUT,
         "command": COMMAND_TIMEOUT,
@@ -155,12 +156,62 @@ async def _one_host(message: Message, host: str, address: str, settings: Setting
         "data_block": DATA_BLOCK_TIMEOUT,
         "data_end": DATA_END_TIMEOUT,
     } | settings.timeouts
+
+
+@dataclass(slots=True)
+class _Open:
+    """A connection past its greeting, EHLO, TLS and AUTH: ready for MAIL."""
+
+    talk: _Conversation
+    tls: bool
+    capabilities: smtp.Capabilities
+    idle_since: float = 0.0
+
+
+_LOST = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError, trio.TooSlowError)
+
+
+async def _one_host(message: Message, host: str, address: str, settings: Settings) -> dict[str, Outcome]:
+    timeout = _timeouts(settings)
+    key = (host, address, settings.port, settings.implicit_tls, settings.require_tls, settings.auth)
+    cache = settings.cache
+    conn = cache.take(key) if cache is not None else None
+    if conn is not None:  # reused: RSET proves it is still there (RFC 5321 4.1.1.5)
+        try:
+            if (await conn.talk.say(smtp.RSET, timeout["command"])).code != 250:
+                raise _Failed("RSET refused")
+        except BaseException as exc:
+            await trio.aclose_forcefully(conn.talk.stream)
+            if not isinstance(exc, (_Failed, ProtocolError, *_LOST)):
+                raise  # cancelled
+            conn = None
+    if conn is None:
+        conn = await _open(host, address, settings, timeout)
+    kept = False
+    try:
+        outcomes = await _transaction(conn.talk, message, conn.capabilities, timeout, before_data=_bound(settings, host, address))
+        if cache is not None and cache.put(key, conn):
+            kept = True
+        else:
+            await _quit(conn.talk)
+    except _LOST as exc:
+        raise _Failed(f"connection lost: {exc}") from exc
+    except ProtocolError as exc:
+        raise _Failed(f"protocol error: {exc}") from exc
+    finally:
+        if not kept:  # done, failed or cancelled: closed, unless the cache has it
+            await trio.aclose_forcefully(conn.talk.stream)
+    return {r: Outcome(o.status, o.reply, host, address, conn.tls) for r, o in outcomes.items()}
+
+
+async def _open(host: str, address: str, settings: Settings, timeout: dict[str, float]) -> _Open:
     try:
         with trio.fail_after(timeout["connect"]):
             stream: trio.abc.Stream = await trio.open_tcp_stream(address, settings.port)
     except (OSError, trio.TooSlowError) as exc:
         raise _Failed(f"cannot connect: {exc}") from exc
     tls = False
+    opened: _Open | None = None
     try:
         if settings.implicit_tls:
             stream = await _tls(stream, host, timeout["command"])
@@ -189,15 +240,71 @@ async def _one_host(message: Message, host: str, address: str, settings: Setting
             if reply.code != 235:
                 await _quit(talk)
                 raise _Failed(f"AUTH: {reply}")
-        outcomes = await _transaction(talk, message, capabilities, timeout, before_data=_bound(settings, host, address))
-        await _quit(talk)
-        return {r: Outcome(o.status, o.reply, host, address, tls) for r, o in outcomes.items()}
-    except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError, trio.TooSlowError) as exc:
+        opened = _Open(talk, tls, capabilities)
+    except _LOST as exc:
         raise _Failed(f"connection lost: {exc}") from exc
     except ProtocolError as exc:
         raise _Failed(f"protocol error: {exc}") from exc
     finally:
-        await trio.aclose_forcefully(stream)
+        if opened is None:  # failed, or cancelled: never leave the socket open
+            await trio.aclose_forcefully(stream)
+    return opened
+
+
+class ConnectionCache:
+    """Connections kept open after a delivery for the next message to the same host (as
+    Postfix's smtp connection cache): at most `per_host` idle ones per host, each closed
+    after `idle` seconds unused. `run` closes the stale ones; run it in a nursery."""
+
+    def __init__(self, *, idle: float = 2.0, per_host: int = 4) -> None:
+        self.idle = idle
+        self.per_host = per_host
+        self._idle: dict[tuple[object, ...], list[_Open]] = {}
+        self.reused = 0  # deliveries that found a connection here (tests look)
+
+    def take(self, key: tuple[object, ...]) -> _Open | None:
+        now = trio.current_time()
+        waiting = self._idle.get(key, [])
+        while waiting:
+            conn = waiting.pop()
+            if now - conn.idle_since < self.idle:
+                self.reused += 1
+                return conn
+            waiting.insert(0, conn)  # stale: left for run() to close
+            break
+        return None
+
+    def put(self, key: tuple[object, ...], conn: _Open) -> bool:
+        waiting = self._idle.setdefault(key, [])
+        if len(waiting) >= self.per_host:
+            return False
+        conn.idle_since = trio.current_time()
+        waiting.append(conn)
+        return True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(max(self.idle / 2, 0.1))
+                now = trio.current_time()
+                for key, waiting in list(self._idle.items()):
+                    stale = [c for c in waiting if now - c.idle_since >= self.idle]
+                    self._idle[key] = [c for c in waiting if c not in stale]
+                    for conn in stale:
+                        try:
+                            await _quit(conn.talk)
+                        finally:
+                            await trio.aclose_forcefully(conn.talk.stream)
+                    if not self._idle[key]:
+                        del self._idle[key]
+        finally:
+            # Shielded: a cancelled close of one TLS stream must not leave the others open.
+            with trio.CancelScope(shield=True):
+                for waiting in self._idle.values():
+                    for conn in waiting:
+                        await trio.aclose_forcefully(conn.talk.stream)
+            self._idle.clear()
 
 
 async def _tls(stream: trio.abc.Stream, host: str, timeout: float) -> trio.SSLStream[trio.abc.Stream]:
