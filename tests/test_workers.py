@@ -171,3 +171,21 @@ def test_a_restarted_receiver_uses_the_configuration_in_force_not_a_broken_file(
             client.close()
         assert greeting.startswith("220 ") and " 42 " not in greeting
     assert daemon.log().count("exited with") == 1, daemon.log()  # no crash loop
+
+
+@pytest.mark.slow
+def test_a_second_vsmtp_on_the_same_journal_refuses_to_start(daemon: Daemon) -> None:
+    import subprocess
+
+    from .daemon import VSMTP
+
+    daemon.start()
+    second = subprocess.run(
+        [VSMTP, "serve", "--config", str(daemon.config)], cwd=daemon.workdir, capture_output=True, text=True, timeout=30
+    )
+    assert second.returncode == 1
+    assert f"another vsmtp (pid {daemon.proc.pid}) is already serving the journal" in second.stderr  # type: ignore[union-attr]
+    one_process = daemon.workdir / "one.toml"  # the single-process mode takes the same lock
+    one_process.write_text(daemon.config.read_text().replace("workers = 2", "workers = 0"))
+    single = subprocess.run([VSMTP, "serve", "--config", str(one_process)], cwd=daemon.workdir, capture_output=True, text=True, timeout=30)
+    assert single.returncode == 1 and "is already serving the journal" in single.stderr

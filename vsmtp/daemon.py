@@ -4,13 +4,17 @@ lives in the modules it starts."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import signal
 import socket
+from collections.abc import Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import trio
 from vsmtp_journal import Commit, GroupCommitWriter, Journal, doorbell, follow
@@ -19,7 +23,7 @@ from . import config as config_mod
 from . import telemetry
 from .config import Config, ListenerConfig
 from .delivery import Scheduler, serve_delivery
-from .errors import ConfigError
+from .errors import ConfigError, VsmtpError
 from .net.counts import ConnectionCounts
 from .net.server import Bound, SmtpService
 from .plugins import PluginManager
@@ -82,7 +86,7 @@ async def serve(
                 async with trio.open_nursery() as nursery:
                     projection = scheduler = smtp = None
                     if doorbell_in is not None:
-                        nursery.start_soon(doorbell.listen, doorbell_in, writer)
+                        nursery.start_soon(doorbell.listen, doorbell_in, writer.notice_commits)
                     if deliver:
                         projection = QueueProjection(journal, writer)
                         projection.catch_up()
@@ -123,6 +127,26 @@ async def serve(
         journal.close()
 
 
+@contextlib.contextmanager
+def journal_lock(path: str) -> Iterator[None]:
+    """Be the only vsmtp serving this journal: two would deliver every message twice (and,
+    with SO_REUSEPORT, share the port without a word). Held for as long as the block runs."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(directory / "serve.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise VsmtpError(f"another vsmtp (pid {other}) is already serving the journal at {path}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _committed(doorbell_out: int | None, commit: Commit) -> None:
     telemetry.record_commit(commit.records, commit.seconds)
     if doorbell_out is not None:
@@ -149,7 +173,7 @@ async def _observe(
 async def run_until_signalled(config: Config, config_path: str | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully; a second one stops at once.
     SIGHUP reloads the configuration."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    with journal_lock(config.journal.path), trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             running: Running = await nursery.start(_serve_then_leave, config, nursery.cancel_scope)
             log.info("vsmtp ready (one process, pid %d)", os.getpid())

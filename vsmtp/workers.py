@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import trio
+from vsmtp_journal import doorbell
 
 from . import config as config_mod
 from .config import Config
-from .daemon import Running, serve
+from .daemon import Running, journal_lock, serve
 from .errors import ConfigError
 from .net import counts
 from .net.server import Settings, bind_sockets
@@ -89,6 +90,10 @@ class Supervisor:
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop gracefully; a second one stops at once."""
+        with journal_lock(self.config.journal.path):  # before binding: a second vsmtp must not join the port
+            await self._run()
+
+    async def _run(self) -> None:
         workers = self.config.workers
         Settings.build(self.config)  # certificates checked (or generated) once, before any receiver starts
         sets = bind_sockets(self.config, workers)
@@ -265,14 +270,7 @@ async def _serve_then_leave(
 
 
 async def _watch_lifeline(fd: int) -> None:
-    os.set_blocking(fd, False)
-    while True:
-        await trio.lowlevel.wait_readable(fd)
-        try:
-            if not os.read(fd, 1):
-                break
-        except BlockingIOError:
-            continue
+    await doorbell.listen(fd, lambda: None)  # nobody writes to it: it returns when the supervisor is gone
     log.critical("the supervisor is gone: exiting at once")
     os._exit(70)  # EX_SOFTWARE; what was acknowledged is in the journal already
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 
 import trio
-
-from .writer import GroupCommitWriter
 
 
 def ring(fd: int) -> None:
@@ -25,8 +24,10 @@ def ring(fd: int) -> None:
         os.write(fd, b".")
 
 
-async def listen(fd: int, writer: GroupCommitWriter) -> None:
-    """Until the write ends are all closed, wake `writer`'s waiters at each ring."""
+async def listen(fd: int, on_ring: Callable[[], None]) -> None:
+    """Call `on_ring` at each ring (e.g. GroupCommitWriter.notice_commits); return when every
+    write end is closed. A pipe nobody writes to but whose closing matters (a lifeline) is
+    listened to the same way."""
     os.set_blocking(fd, False)
     while True:
         await trio.lowlevel.wait_readable(fd)
@@ -35,4 +36,4 @@ async def listen(fd: int, writer: GroupCommitWriter) -> None:
                 return
         except BlockingIOError:
             continue
-        writer.notice_commits()
+        on_ring()

@@ -27,7 +27,9 @@ from vsmtp_journal import Append, Journal
 from .. import ids
 from ..config import Config
 from ..queue import events as ev
+from ..queue import history
 from ..queue.state import MessageState
+from .outcomes import EXPIRED
 
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 _REMOTE = re.compile(r"^([A-Za-z0-9.-]+)\[([0-9A-Fa-f:.]+)\]: ")
@@ -36,7 +38,7 @@ _REPLY = re.compile(r"^[245]\d\d ")
 
 def status_of(reason: str) -> str:
     """The RFC 3463 status for a failure reason: the server's own, else ours."""
-    if reason.startswith("message expired"):
+    if reason.startswith(EXPIRED):
         return "4.4.7"  # RFC 3463: delivery time expired
     if "null MX" in reason:
         return "5.1.10"  # RFC 7505 section 4.2
@@ -122,11 +124,9 @@ def plan(journal: Journal, message: MessageState, config: Config, *, now: float)
     """The records that settle `message`'s failures: the bounce (if anyone wants one) and
     message.bounced, to be appended in one transaction."""
     failed = [(r.address, r.last_error or "delivery failed") for r in message.recipients if r.status == "failed"]
-    position = journal.lookup(b"queue:" + message.queue_id.encode())
-    record = journal.get(position) if position is not None else None
-    accepted = ev.decode(record) if record is not None else None
+    accepted = history.accepted(journal, message.queue_id)
     original = journal.blob(message.blob)
-    if not isinstance(accepted, ev.MessageAccepted) or original is None:  # purged: headers unknown
+    if accepted is None or original is None:  # purged: headers unknown
         accepted = ev.MessageAccepted(
             at=message.accepted_at, queue_id=message.queue_id, session_id="", reverse_path=message.reverse_path,
             recipients=tuple(r.address for r in message.recipients), blob=message.blob, size=message.size,

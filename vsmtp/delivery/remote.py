@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import dns.asyncresolver
+import trio
 from opentelemetry import propagate, trace
 from vsmtp_journal import Journal
 
@@ -16,7 +17,8 @@ from ..config import Config
 from ..net import dns as mx
 from ..net import outbound
 from ..queue import events as ev
-from ..queue import policy
+from ..queue import history, policy
+from .outcomes import deferred, with_expiry
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ async def deliver(
     before_data: Callable[[list[str], str, str], Awaitable[None]] | None = None,
     cache: outbound.ConnectionCache | None = None,
 ) -> list[ev.JournalEvent]:
-    body = journal.blob(blob)
+    body = await trio.to_thread.run_sync(journal.blob, blob)  # up to limits.message_size: not in the event loop
     now = time.time()
     if body is None:
         reason = "message body missing from the journal"
@@ -100,44 +102,13 @@ async def deliver(
     return with_expiry(events)
 
 
-def with_expiry(events: list[ev.JournalEvent]) -> list[ev.JournalEvent]:
-    """`events`, and message.expired after them for the recipients that ran out of time."""
-    expired = [e for e in events if isinstance(e, ev.DeliveryFailed) and e.reason.startswith("message expired")]
-    if not expired:
-        return events
-    return [*events, ev.MessageExpired(at=expired[0].at, queue_id=expired[0].queue_id, recipients=tuple(e.recipient for e in expired))]
-
-
 def _session_link(journal: Journal, queue_id: str) -> list[trace.Link]:
     """A link to the span of the session that received the message (its trace context is in
     message.accepted), when tracing is on."""
     if not telemetry.enabled():
         return []
-    position = journal.lookup(b"queue:" + queue_id.encode())
-    record = journal.get(position) if position is not None else None
-    accepted = ev.decode(record) if record is not None else None
-    if not isinstance(accepted, ev.MessageAccepted) or not accepted.trace_context:
+    accepted = history.accepted(journal, queue_id)
+    if accepted is None or not accepted.trace_context:
         return []
     context = trace.get_current_span(propagate.extract(dict(accepted.trace_context))).get_span_context()
     return [trace.Link(context)] if context.is_valid else []
-
-
-def deferred(
-    queue_id: str,
-    address: str,
-    attempts: int,
-    *,
-    now: float,
-    reason: str,
-    config: Config,
-    accepted_at: float,
-    transport: str = "smtp",
-) -> ev.DeliveryDeferred | ev.DeliveryFailed:
-    """A failed attempt, to be tried again on the configured schedule; or, once the message
-    has been queued for `delivery.lifetime`, a failure (Postfix's maximal_queue_lifetime)."""
-    retry_at = policy.retry_at(attempts + 1, now=now, config=config)
-    if retry_at - accepted_at > config.delivery.lifetime:
-        days = config.delivery.lifetime / 86400
-        expired = f"message expired: not delivered in {days:g} days in the queue (last error: {reason})"
-        return ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=address, transport=transport, reason=expired)
-    return ev.DeliveryDeferred(at=now, queue_id=queue_id, recipient=address, transport=transport, reason=reason, retry_at=retry_at)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import dns.asyncresolver
 import trio
 from vsmtp_journal import GroupCommitWriter, Journal, JournalError
 
@@ -29,6 +28,7 @@ from ..queue import policy
 from ..queue.projection import QueueProjection
 from ..queue.state import MessageState
 from . import bounce, maildir, mbox, remote
+from .outcomes import deferred, with_expiry
 
 log = logging.getLogger(__name__)
 
@@ -160,26 +160,18 @@ BATCH = 32  # jobs one worker delivers in one thread call
 
 
 class Worker:
-    def __init__(
-        self,
-        *,
-        config: Config,
-        journal: Journal,
-        writer: GroupCommitWriter,
-        scheduler: Scheduler,
-        remote_limit: trio.CapacityLimiter | None = None,
-        domain_limits: dict[str, trio.CapacityLimiter] | None = None,
-        resolver: dns.asyncresolver.Resolver | None = None,
-        connections: outbound.ConnectionCache | None = None,
-    ) -> None:
+    """Delivers the jobs the scheduler sends. One Worker serves `delivery.workers` loops
+    (run); what they share (limits, resolver, kept connections) is its state."""
+
+    def __init__(self, *, config: Config, journal: Journal, writer: GroupCommitWriter, scheduler: Scheduler) -> None:
         self.config = config
         self.journal = journal
         self.writer = writer
         self.scheduler = scheduler
-        self.remote_limit = remote_limit or trio.CapacityLimiter(config.delivery.remote_workers)
-        self.domain_limits = {} if domain_limits is None else domain_limits  # shared by the workers
-        self.resolver = resolver or mx.resolver(config.dns)
-        self.connections = connections  # shared by the workers; None: a connection per delivery
+        self.remote_limit = trio.CapacityLimiter(config.delivery.remote_workers)  # SMTP deliveries at once, in all
+        self.domain_limits: dict[str, trio.CapacityLimiter] = {}  # and per destination domain
+        self.resolver = mx.resolver(config.dns)
+        self.connections = outbound.ConnectionCache(idle=config.delivery.connection_idle)  # run() by serve_delivery
 
     async def run(self, receive: trio.MemoryReceiveChannel[DeliveryJob]) -> None:
         async with receive, trio.open_nursery() as background:
@@ -231,7 +223,7 @@ class Worker:
             except JournalError as exc:  # delivery.started could not be journaled: the data did not go
                 reason = f"cannot journal the start of the delivery: {exc}"
                 outcomes = [
-                    remote.deferred(job.queue_id, a, n, now=time.time(), reason=reason, config=self.config, accepted_at=job.accepted_at)
+                    deferred(job.queue_id, a, n, now=time.time(), reason=reason, config=self.config, accepted_at=job.accepted_at)
                     for a, n in job.recipients
                 ]
         await self._record(job, outcomes)
@@ -263,13 +255,13 @@ class Worker:
         try:
             with maildir.batch():
                 for job in jobs:
-                    results.append(remote.with_expiry(self.deliver(job)))
+                    results.append(with_expiry(self.deliver(job)))
         except OSError as exc:  # a directory could not be synced: none of the renames is sure
             log.warning("cannot sync Maildir directories: %s", exc)
             reason = f"cannot write to the Maildir: {exc}"
             results = [
                 [
-                    remote.deferred(
+                    deferred(
                         job.queue_id,
                         o.recipient,
                         dict(job.recipients)[o.recipient],
@@ -324,7 +316,7 @@ class Worker:
                 reason = f"cannot write to the {'mbox' if route.format == 'mbox' else 'Maildir'}: {exc}"
                 log.warning("%s: %s: %s", job.queue_id, address, reason)
                 outcomes.append(
-                    remote.deferred(
+                    deferred(
                         job.queue_id,
                         address,
                         attempts,
@@ -373,24 +365,11 @@ async def serve_delivery(
 ) -> None:
     scheduler = Scheduler(projection, config=config, journal=journal, writer=writer)
     send, receive = trio.open_memory_channel[DeliveryJob](config.delivery.workers)
-    remote_limit = trio.CapacityLimiter(config.delivery.remote_workers)  # SMTP deliveries at once, all workers together
-    resolver = mx.resolver(config.dns)
-    domain_limits: dict[str, trio.CapacityLimiter] = {}
-    connections = outbound.ConnectionCache(idle=config.delivery.connection_idle)
+    worker = Worker(config=config, journal=journal, writer=writer, scheduler=scheduler)
     async with trio.open_nursery() as nursery:
-        await nursery.start(connections.run)
+        await nursery.start(worker.connections.run)
         async with receive:
             for _ in range(config.delivery.workers):
-                worker = Worker(
-                    config=config,
-                    journal=journal,
-                    writer=writer,
-                    scheduler=scheduler,
-                    remote_limit=remote_limit,
-                    domain_limits=domain_limits,
-                    resolver=resolver,
-                    connections=connections,
-                )
                 nursery.start_soon(worker.run, receive.clone())
         nursery.start_soon(scheduler.run, send)
         task_status.started(scheduler)

@@ -75,17 +75,11 @@ async def exchangers(domain: str, resolve: dns.asyncresolver.Resolver) -> list[E
     ordered = sorted(records, key=lambda r: (r[0], random.random()))  # shuffled among equals
     found = []
     failures = 0
-    for preference, host in ordered:
-        addresses: list[str] = []
-        for rdtype in ("AAAA", "A"):
-            try:
-                addresses += [r.to_text() for r in await resolve.resolve(host, rdtype)]
-            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-                continue
-            except (dns.resolver.NoNameservers, dns.exception.Timeout):
-                failures += 1
+    for preference, name in ordered:
+        addresses, failed = await _addresses(name, resolve)
+        failures += failed
         if addresses:
-            found.append(Exchanger(host=host, preference=preference, addresses=tuple(addresses)))
+            found.append(Exchanger(host=name, preference=preference, addresses=addresses))
     if not found:
         if failures:
             raise DnsTemporary(f"cannot look up the addresses of {domain}'s mail hosts")
@@ -100,14 +94,24 @@ async def host(name: str, resolve: dns.asyncresolver.Resolver) -> list[Exchanger
         return [Exchanger(host=name, preference=0, addresses=(name,))]
     except ValueError:
         pass
+    addresses, failed = await _addresses(name, resolve)
+    if failed:
+        raise DnsTemporary(f"cannot look up the addresses of {name}")
+    if not addresses:
+        raise DnsTemporary(f"the relay host {name} has no address")  # a configuration problem: keep the mail
+    return [Exchanger(host=name, preference=0, addresses=addresses)]
+
+
+async def _addresses(name: str, resolve: dns.asyncresolver.Resolver) -> tuple[tuple[str, ...], int]:
+    """`name`'s IPv6 then IPv4 addresses, and how many of the two lookups failed (rather than
+    said "none")."""
     addresses: list[str] = []
+    failed = 0
     for rdtype in ("AAAA", "A"):
         try:
             addresses += [r.to_text() for r in await resolve.resolve(name, rdtype)]
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             continue
-        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
-            raise DnsTemporary(f"cannot look up {name}: {exc}") from exc
-    if not addresses:
-        raise DnsTemporary(f"the relay host {name} has no address")  # a configuration problem: keep the mail
-    return [Exchanger(host=name, preference=0, addresses=tuple(addresses))]
+        except (dns.resolver.NoNameservers, dns.exception.Timeout):
+            failed += 1
+    return tuple(addresses), failed

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import trio
@@ -34,12 +34,14 @@ from .dns import Exchanger
 log = logging.getLogger(__name__)
 
 # RFC 5321 4.5.3.2: the client's timeouts, in seconds.
-CONNECT_TIMEOUT = 30.0  # not in the RFC; Postfix's smtp_connect_timeout
-GREETING_TIMEOUT = 300.0  # 4.5.3.2.1
-COMMAND_TIMEOUT = 300.0  # 4.5.3.2.2 (MAIL) and 4.5.3.2.3 (RCPT); also EHLO, STARTTLS
-DATA_INIT_TIMEOUT = 120.0  # 4.5.3.2.4
-DATA_BLOCK_TIMEOUT = 180.0  # 4.5.3.2.5
-DATA_END_TIMEOUT = 600.0  # 4.5.3.2.6
+TIMEOUTS = {
+    "connect": 30.0,  # not in the RFC; Postfix's smtp_connect_timeout
+    "greeting": 300.0,  # 4.5.3.2.1
+    "command": 300.0,  # 4.5.3.2.2 (MAIL) and 4.5.3.2.3 (RCPT); also EHLO, STARTTLS
+    "data_init": 120.0,  # 4.5.3.2.4
+    "data_block": 180.0,  # 4.5.3.2.5
+    "data_end": 600.0,  # 4.5.3.2.6
+}
 
 Status = Literal["delivered", "deferred", "failed"]
 
@@ -72,7 +74,6 @@ class Settings:
     # journals that an attempt is under way, so a crash after it is known to risk a duplicate.
     before_data: Callable[[list[str], str, str], Awaitable[None]] | None = None
     cache: ConnectionCache | None = None  # keep the connection for the next message to the host
-    timeouts: dict[str, float] = field(default_factory=dict)  # overrides of the constants, by name
 
 
 class _Failed(Exception):
@@ -147,17 +148,6 @@ async def deliver(
     return {r: Outcome("deferred", last) for r in message.recipients}
 
 
-def _timeouts(settings: Settings) -> dict[str, float]:
-    return {
-        "connect": CONNECT_TIMEOUT,
-        "greeting": GREETING_TIMEOUT,
-        "command": COMMAND_TIMEOUT,
-        "data_init": DATA_INIT_TIMEOUT,
-        "data_block": DATA_BLOCK_TIMEOUT,
-        "data_end": DATA_END_TIMEOUT,
-    } | settings.timeouts
-
-
 @dataclass(slots=True)
 class _Open:
     """A connection past its greeting, EHLO, TLS and AUTH: ready for MAIL."""
@@ -172,7 +162,7 @@ _LOST = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSErr
 
 
 async def _one_host(message: Message, host: str, address: str, settings: Settings) -> dict[str, Outcome]:
-    timeout = _timeouts(settings)
+    timeout = TIMEOUTS
     key = (host, address, settings.port, settings.implicit_tls, settings.require_tls, settings.auth)
     cache = settings.cache
     conn = cache.take(key) if cache is not None else None

@@ -68,34 +68,16 @@ def _peer(sockname: object) -> Peer:
     return Peer(host=str(sockname[0]), port=int(sockname[1]))
 
 
-async def open_listeners(config: Config) -> list[tuple[ListenerConfig, trio.SocketListener]]:
-    """Bind every address of every listener. An address family this host lacks (no IPv6
-    loopback, say) is skipped with a warning; any other failure to bind is fatal."""
-    bound = []
-    for listener in config.listeners:
-        for address in listener.addresses:
-            host, port = parse_address(address)
-            try:
-                for sock_listener in await trio.open_tcp_listeners(port, host=host):
-                    bound.append((listener, sock_listener))
-            except OSError as exc:
-                if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                    log.warning("listener %s: cannot bind %s (%s); skipped", listener.name, address, exc.strerror)
-                    continue
-                raise OSError(exc.errno, f"listener {listener.name}: cannot bind {address}: {exc.strerror}") from exc
-    if not bound:
-        raise OSError(errno.EADDRNOTAVAIL, "no listener address could be bound")
-    return bound
-
-
 BACKLOG = 1024
 
 
 def bind_sockets(config: Config, copies: int) -> list[list[tuple[ListenerConfig, socket.socket]]]:
     """Bind every address of every listener `copies` times with SO_REUSEPORT, one set of
     listening sockets per receiving process: the kernel spreads connections between them.
-    Port 0 is resolved by the first copy and the others join it. Same skip rules as
-    open_listeners."""
+    Port 0 is resolved by the first copy and the others join it. An address family this
+    host lacks (no IPv6 loopback, say) is skipped with a warning; any other failure to bind
+    is fatal. (SO_REUSEPORT would let a second vsmtp join the port: daemon.journal_lock
+    keeps a second one from starting at all.)"""
     sets: list[list[tuple[ListenerConfig, socket.socket]]] = [[] for _ in range(copies)]
     for listener in config.listeners:
         for address in listener.addresses:
@@ -152,9 +134,8 @@ class SmtpService:
     ) -> None:
         """Accept on the configured addresses, or on `sockets` already bound (bind_sockets)."""
         if sockets is None:
-            listeners = await open_listeners(self.settings.config)
-        else:
-            listeners = [(lst, trio.SocketListener(trio.socket.from_stdlib_socket(sock))) for lst, sock in sockets]
+            sockets = bind_sockets(self.settings.config, 1)[0]
+        listeners = [(lst, trio.SocketListener(trio.socket.from_stdlib_socket(sock))) for lst, sock in sockets]
         bound = []
         async with trio.open_nursery() as sessions:
             with self._listen_scope:

@@ -227,37 +227,37 @@ class MessageBounced(JournalEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MessageHeld(JournalEvent):
-    """An operator put the message on hold: no delivery until it is released."""
+class OperatorAction(JournalEvent):
+    """What an operator did to a queued message (vsmtp queue ...); the subclasses name it."""
+
+    queue_id: str
+    by: str  # who asked: "vsmtp queue hold (uid 0)", a plugin's name ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageHeld(OperatorAction):
+    """No delivery until it is released."""
 
     TAG = "message.held"
-    queue_id: str
-    by: str  # who asked: "cli (uid 0)", a plugin's name ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MessageReleased(JournalEvent):
+class MessageReleased(OperatorAction):
     TAG = "message.released"
-    queue_id: str
-    by: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MessageRemoved(JournalEvent):
-    """An operator removed the message: it leaves the queue undelivered (its history stays)."""
+class MessageRemoved(OperatorAction):
+    """Out of the queue, undelivered (its history stays)."""
 
     TAG = "message.removed"
-    queue_id: str
-    by: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RetryRequested(JournalEvent):
-    """An operator asked for the pending recipients to be tried now."""
+class RetryRequested(OperatorAction):
+    """Its pending recipients are to be tried now."""
 
     TAG = "message.retry_requested"
-    queue_id: str
-    by: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -37,6 +37,14 @@ def locate(journal: Journal, ident: str) -> int | None:
     return None
 
 
+def accepted(journal: Journal, queue_id: str) -> ev.MessageAccepted | None:
+    """The message.accepted record of a queue id, through the index (None once purged)."""
+    position = journal.lookup(b"queue:" + queue_id.encode())
+    record = journal.get(position) if position is not None else None
+    event = ev.decode(record) if record is not None else None
+    return event if isinstance(event, ev.MessageAccepted) else None
+
+
 def trace(journal: Journal, ident: str) -> Trace | None:
     position = locate(journal, ident)
     if position is None:

@@ -15,7 +15,7 @@ from . import events as ev
 from .projection import latest_checkpoint
 from .state import MessageState, QueueState, fold
 
-ACTIONS: dict[str, type[ev.MessageHeld | ev.MessageReleased | ev.MessageRemoved | ev.RetryRequested]] = {
+ACTIONS: dict[str, type[ev.OperatorAction]] = {
     "hold": ev.MessageHeld,
     "release": ev.MessageReleased,
     "remove": ev.MessageRemoved,

@@ -95,7 +95,7 @@ def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueS
         if event.queue_id not in state.messages:
             return state
         return replace(state, messages=state.messages.delete(event.queue_id), completed=state.completed + 1)
-    if isinstance(event, ev.MessageHeld | ev.MessageReleased | ev.RetryRequested | ev.MessageRemoved):
+    if isinstance(event, ev.OperatorAction):
         return _operator(state, event)
     if isinstance(event, ev.DeliverySucceeded):
         return _recipient(state, event.queue_id, event.recipient, status="delivered", attempt=True)
@@ -108,7 +108,7 @@ def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueS
     return state
 
 
-def _operator(state: QueueState, event: ev.MessageHeld | ev.MessageReleased | ev.RetryRequested | ev.MessageRemoved) -> QueueState:
+def _operator(state: QueueState, event: ev.OperatorAction) -> QueueState:
     """An operator's action on a queued message (vsmtp queue ...)."""
     found = state.messages.get(event.queue_id)
     if found is None:
