@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,15 +22,15 @@ from .store import Append, Journal
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 2048  # records per transaction: bounds the latency a huge burst adds to one commit
+MAX_BATCH = 2048  # appends (records or groups) per transaction: bounds the latency a huge burst adds to one commit
 LINGER = 0.1  # seconds a record nobody waits for may wait for a durable one to ride along with
 
 
 @dataclass(slots=True)
 class _Pending:
-    append: Append
+    appends: list[Append]  # committed together, in one transaction (append_group)
     done: trio.Event | None
-    position: int = 0
+    positions: list[int] = field(default_factory=list)
     error: BaseException | None = None
 
 
@@ -101,20 +101,26 @@ class GroupCommitWriter:
 
         Raises JournalError (JournalFull when out of space) if the batch could not be committed.
         """
+        positions = await self.append_group([Append(tag, version, payload, blobs or {}, index)], durable=durable, urgent=urgent)
+        return positions[0] if positions else None
+
+    async def append_group(self, appends: Sequence[Append], *, durable: bool = True, urgent: bool = True) -> list[int]:
+        """Queue records that must be committed together (all in one transaction, or none);
+        with durable=True wait for that commit and return their positions ([] otherwise)."""
         if not self._running:
             raise JournalError("the journal writer is not running")
-        pending = _Pending(Append(tag, version, payload, blobs or {}, index), trio.Event() if durable else None)
+        pending = _Pending(list(appends), trio.Event() if durable else None)
         self._queue.append(pending)
         self._work.set()
         if pending.done is None:
-            return None  # rides along with the next durable commit, or is committed after `linger`
+            return []  # rides along with the next durable commit, or is committed after `linger`
         if urgent:
             self._urgent.set()
         # else: wait for the commit, but let it come with the next urgent one (or the linger)
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
-        return pending.position
+        return pending.positions
 
     async def wait_committed(self, after: int) -> None:
         """Block until a record with a position greater than `after` is committed (by this
@@ -164,7 +170,7 @@ class GroupCommitWriter:
             await self._commit(batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
-        appends = [p.append for p in batch]
+        appends = [a for p in batch for a in p.appends]
         started = trio.current_time()
         try:
             # Shielded: once a batch is handed to LMDB, its waiters must learn the outcome.
@@ -174,25 +180,26 @@ class GroupCommitWriter:
             log.error("journal commit of %d records failed: %s", len(batch), exc)
             if isinstance(exc, JournalFull):
                 self._room = None
-                self.shortfall = sum(1024 + sum(map(len, p.append.blobs.values())) for p in batch)
+                self.shortfall = sum(1024 + sum(map(len, a.blobs.values())) for a in appends)
             for p in batch:
                 p.error = exc
                 if p.done is not None:
                     p.done.set()
             return
-        for p, position in zip(batch, positions, strict=True):
-            p.position = position
+        taken = 0
+        for p in batch:
+            p.positions, taken = positions[taken : taken + len(p.appends)], taken + len(p.appends)
             if p.done is not None:
                 p.done.set()
         self.last_committed = max(self.last_committed, positions[-1])
-        commit = Commit(first=positions[0], last=positions[-1], records=len(batch), seconds=trio.current_time() - started)
+        commit = Commit(first=positions[0], last=positions[-1], records=len(appends), seconds=trio.current_time() - started)
         self.recent.append(commit)
         if self.on_commit is not None:
             self.on_commit(commit)
-        self.stats.records = len(batch)
+        self.stats.records = len(appends)
         self.stats.seconds = commit.seconds
         self.stats.commits += 1
-        self.stats.total_records += len(batch)
+        self.stats.total_records += len(appends)
         committed, self._committed = self._committed, trio.Event()
         committed.set()
 

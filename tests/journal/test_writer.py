@@ -113,3 +113,24 @@ async def test_lazy_records_are_committed_when_the_writer_stops(tmp_path: Path) 
         await writer.append("session.closed", 1, 0, durable=False)
         nursery.cancel_scope.cancel()
     assert journal.get(1) is not None  # not lost with the stop
+
+
+async def test_a_group_is_committed_whole_and_contiguous(tmp_path: Path, nursery: trio.Nursery) -> None:
+    from vsmtp_journal import Append
+
+    journal = Journal(tmp_path / "j")
+    writer = GroupCommitWriter(journal)
+    await nursery.start(writer.serve)
+    group: list[int] = []
+
+    async def grouped() -> None:
+        group.extend(await writer.append_group([Append("g", 1, {"n": n}, {f"b{n}".encode(): b"x"}) for n in range(3)]))
+
+    async with trio.open_nursery() as senders:
+        for i in range(50):
+            senders.start_soon(lambda i=i: writer.append("t", 1, {"i": i}))
+        senders.start_soon(grouped)
+    assert group == list(range(group[0], group[0] + 3))  # nothing of the others in between
+    assert [journal.get(p).payload["n"] for p in group] == [0, 1, 2]  # type: ignore[union-attr]
+    assert writer.commit_of(group[0]) is writer.commit_of(group[2])  # one transaction
+    nursery.cancel_scope.cancel()

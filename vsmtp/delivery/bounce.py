@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import email.utils
 import re
-import time
 from collections.abc import Mapping
 
 from vsmtp_journal import Append, Journal
@@ -122,7 +121,8 @@ def compose(
 
 def plan(journal: Journal, message: MessageState, config: Config, *, now: float) -> list[Append]:
     """The records that settle `message`'s failures: the bounce (if anyone wants one) and
-    message.bounced, to be appended in one transaction."""
+    message.bounced, to be appended in one transaction (GroupCommitWriter.append_group).
+    Reads the journal: run it in a worker thread."""
     failed = [(r.address, r.last_error or "delivery failed") for r in message.recipients if r.status == "failed"]
     accepted = history.accepted(journal, message.queue_id)
     original = journal.blob(message.blob)
@@ -152,8 +152,3 @@ def plan(journal: Journal, message: MessageState, config: Config, *, now: float)
     )
     done = ev.MessageBounced(at=now, queue_id=message.queue_id, bounce_id=bounce_id, recipients=tuple(r for r, _ in wanted))
     return [Append(*ev.encode(dsn), blobs={dsn.blob: body}, index=ev.index_keys(dsn)), Append(*ev.encode(done))]
-
-
-def bounce_now(journal: Journal, message: MessageState, config: Config) -> list[int]:
-    """Plan and append in one synced transaction (synchronous: run it in a worker thread)."""
-    return journal.append_batch(plan(journal, message, config, now=time.time()))

@@ -118,9 +118,9 @@ class Scheduler:
         assert self.journal is not None and self.config is not None and self.writer is not None
         try:
             if message is not None and message.bounce_due:
+                appends = await trio.to_thread.run_sync(partial(bounce.plan, self.journal, message, self.config, now=time.time()))
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(bounce.bounce_now, self.journal, message, self.config)
-                self.writer.notice_commits()  # written outside the writer: wake the projection
+                    await self.writer.append_group(appends)  # the DSN and message.bounced: both or neither
         except JournalError as exc:
             log.error("cannot queue the bounce of %s: %s", queue_id, exc)
             await trio.sleep(5.0)
