@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 VSMTP = str(Path(sys.executable).with_name("vsmtp"))
@@ -59,6 +60,15 @@ class Daemon:
 
     def log(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("serve-*.log")))
+
+
+def wait_until(predicate: Callable[[], object], what: Callable[[], str] | str, *, timeout: float = 20, interval: float = 0.05) -> None:
+    """Poll `predicate` until it holds; fail with `what` (a text, or a function making one:
+    a log, say) after `timeout` seconds. The bound every waiting loop of the tests needs."""
+    deadline = time.monotonic() + timeout
+    while not predicate():  # bounded by the deadline
+        assert time.monotonic() < deadline, what() if callable(what) else what
+        time.sleep(interval)
 
 
 def run_cli(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:

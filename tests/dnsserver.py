@@ -1,4 +1,4 @@
-"""A small authoritative DNS server on loopback, answering from a zone file.
+"""A small authoritative DNS server on loopback, answering from a zone file (tests/remote/test.zone).
 
 Built on dnspython's zone and message classes; UDP only (answers here are small), in a
 thread so that trio and blocking tests can both use it. Enough for MX, A, AAAA, NXDOMAIN and

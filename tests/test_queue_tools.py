@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .daemon import Daemon, run_cli
+from .daemon import Daemon, run_cli, wait_until
 
 # Remote mail cannot go anywhere (the tests' DNS answers nothing): it waits in the queue.
 CONFIG = '[[listeners]]\naddresses = ["127.0.0.1:0"]\n[delivery]\nretry_first = 3600\n'
@@ -21,13 +21,6 @@ def queue(daemon: Daemon) -> list[dict[str, Any]]:
     assert out.returncode == 0, out.stderr
     rows: list[dict[str, Any]] = json.loads(out.stdout)
     return rows
-
-
-def wait_until(predicate: Any, what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # bounded by the deadline
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .daemon import Daemon, run_cli
+from .daemon import Daemon, run_cli, wait_until
 from .test_crash import maildir
 
 CONFIG = 'workers = 2\n[[listeners]]\naddresses = ["127.0.0.1:0"]\n'
@@ -35,12 +35,10 @@ def alive(pid: int) -> bool:
 
 
 def receivers(daemon: Daemon, count: int = 2, timeout: float = 20) -> list[int]:
-    assert daemon.proc is not None
-    deadline = time.monotonic() + timeout
-    while len(pids := children(daemon.proc.pid)) < count:  # bounded by the deadline
-        assert time.monotonic() < deadline, daemon.log()
-        time.sleep(0.05)
-    return pids
+    proc = daemon.proc
+    assert proc is not None
+    wait_until(lambda: len(children(proc.pid)) >= count, daemon.log, timeout=timeout)
+    return children(proc.pid)
 
 
 def send(port: int, count: int, tag: str) -> list[str]:
@@ -58,10 +56,7 @@ def send(port: int, count: int, tag: str) -> list[str]:
 
 
 def wait_files(workdir: Path, count: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while len(maildir(workdir)) < count:  # bounded by the deadline
-        assert time.monotonic() < deadline, f"{len(maildir(workdir))} of {count} delivered"
-        time.sleep(0.05)
+    wait_until(lambda: len(maildir(workdir)) >= count, lambda: f"{len(maildir(workdir))} of {count} delivered", timeout=timeout)
 
 
 @pytest.fixture
@@ -91,10 +86,7 @@ def test_a_receiving_process_that_dies_is_restarted_and_service_goes_on(daemon: 
     port = daemon.start()
     first = receivers(daemon)
     os.kill(first[0], signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while "restarting" not in daemon.log():  # bounded
-        assert time.monotonic() < deadline, daemon.log()
-        time.sleep(0.05)
+    wait_until(lambda: "restarting" in daemon.log(), daemon.log)
     after = receivers(daemon)
     assert first[0] not in after and first[1] in after
     send(port, 20, "after")
@@ -106,10 +98,7 @@ def test_receiving_processes_exit_when_the_supervisor_is_killed(daemon: Daemon) 
     daemon.start()
     pids = receivers(daemon)
     daemon.kill(signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in pids):
-        assert time.monotonic() < deadline, "receiving processes outlived the supervisor"
-        time.sleep(0.05)
+    wait_until(lambda: not any(alive(pid) for pid in pids), "receiving processes outlived the supervisor", timeout=10)
 
 
 @pytest.mark.slow
@@ -154,15 +143,9 @@ def test_a_restarted_receiver_uses_the_configuration_in_force_not_a_broken_file(
     daemon.config.write_text("hostname = 42\n")  # broken after the start
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while "reload failed, keeping the configuration in force" not in daemon.log():  # bounded
-        assert time.monotonic() < deadline, daemon.log()
-        time.sleep(0.05)
+    wait_until(lambda: "reload failed, keeping the configuration in force" in daemon.log(), daemon.log, timeout=10)
     os.kill(first[0], signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while len([pid for pid in receivers(daemon) if pid not in first]) < 1:  # bounded: restarted once
-        assert time.monotonic() < deadline, daemon.log()
-        time.sleep(0.05)
+    wait_until(lambda: any(pid not in first for pid in receivers(daemon)), daemon.log)  # restarted once
     for _ in range(8):  # whichever process answers, it greets with the name in force
         client = BlockingClient(port)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -100,6 +101,17 @@ def test_journal_files_are_private(tmp_path: Path) -> None:
     assert (tmp_path / "j" / "data.mdb").stat().st_mode & 0o077 == 0
 
 
+def run_processes(target: Callable[..., None], args: list[tuple[object, ...]]) -> None:
+    """Run target(*a) for each a, each in its own (spawned) process, at once; all must succeed."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=target, args=a) for a in args]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+
+
 def _writer_process(path: str, name: str, count: int) -> None:
     with Journal(path) as journal:
         for i in range(count):
@@ -109,13 +121,7 @@ def _writer_process(path: str, name: str, count: int) -> None:
 def test_several_processes_append_without_gaps_or_duplicates(tmp_path: Path) -> None:
     path = str(tmp_path / "j")
     Journal(path).close()
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer_process, args=(path, f"p{n}", 150)) for n in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    run_processes(_writer_process, [(path, f"p{n}", 150) for n in range(3)])
     with Journal(path, readonly=True) as journal:
         records = list(journal.read(0))
     assert [r.position for r in records] == list(range(1, 451))
@@ -184,13 +190,7 @@ def _growing_writer(path: str, name: str) -> None:
 def test_processes_sharing_a_journal_survive_each_others_map_growth(tmp_path: Path) -> None:
     path = str(tmp_path / "j")
     Journal(path, map_size=1 << 20).close()
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_growing_writer, args=(path, f"p{n}")) for n in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    run_processes(_growing_writer, [(path, f"p{n}") for n in range(3)])
     with Journal(path, readonly=True) as journal:
         assert [r.position for r in journal.read(0)] == list(range(1, 181))
         assert journal.stats()["blobs"] == 180

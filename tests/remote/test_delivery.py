@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,26 +19,12 @@ from ..conftest import sendmail, with_changes
 from ..dnsserver import DnsServer
 from ..smtpsink import Sink
 
-ZONE = """
-$TTL 300
-@           SOA  ns.test. hostmaster.test. 1 3600 600 86400 300
-@           NS   ns.test.
-far         MX   10 mx1.far
-far         MX   20 mx2.far
-mx1.far     A    127.0.0.2
-mx2.far     A    127.0.0.3
-flat        A    127.0.0.4
-nomail      MX   0 .
-slow        MX   10 mx.slow
-mx.slow     A    127.0.0.5
-quick       MX   10 mx.quick
-mx.quick    A    127.0.0.6
-"""
+ZONE = Path(__file__).with_name("test.zone")
 
 
 @pytest.fixture
 def dns_server() -> Any:
-    with DnsServer(ZONE, "test.") as server:
+    with DnsServer.from_file(ZONE, "test.") as server:
         yield server
 
 
@@ -375,21 +362,14 @@ async def test_a_domain_that_requires_tls_gets_nothing_in_clear(start_server: An
     running.cancel_scope.cancel()
 
 
-async def test_one_connection_carries_several_messages_to_a_host(start_server: Any, sender: Config, start_sink: Any) -> None:
+@pytest.mark.parametrize(("idle", "sessions"), [(2.0, 1), (0.0, 3)])
+async def test_one_connection_carries_several_messages_to_a_host(
+    start_server: Any, sender: Config, start_sink: Any, idle: float, sessions: int
+) -> None:
     sink = await start_sink("127.0.0.2")
-    running = await start_server(sender)
+    running = await start_server(with_changes(sender, delivery={"connection_idle": idle}))
     for n in range(3):
         await sendmail(running, "a@example.org", [f"user{n}@far.test"], MESSAGE)
         await outcomes(running, n + 1)
-    assert len(sink.received) == 3 and sink.sessions == 1  # one connection, kept between messages
-    running.cancel_scope.cancel()
-
-
-async def test_no_reuse_when_the_cache_is_off(start_server: Any, sender: Config, start_sink: Any) -> None:
-    sink = await start_sink("127.0.0.2")
-    running = await start_server(with_changes(sender, delivery={"connection_idle": 0.0}))
-    for n in range(2):
-        await sendmail(running, "a@example.org", [f"user{n}@far.test"], MESSAGE)
-        await outcomes(running, n + 1)
-    assert len(sink.received) == 2 and sink.sessions == 2
+    assert len(sink.received) == 3 and sink.sessions == sessions  # kept between messages, unless connection_idle = 0
     running.cancel_scope.cancel()

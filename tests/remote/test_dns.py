@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vsmtp.config import DnsConfig
@@ -9,28 +11,12 @@ from vsmtp.net import dns as mx
 
 from ..dnsserver import DnsServer
 
-ZONE = """
-$TTL 300
-@        SOA  ns.test. hostmaster.test. 1 3600 600 86400 300
-@        NS   ns.test.
-multi    MX   20 mx2.multi
-multi    MX   10 mx1.multi
-mx1.multi A   127.0.0.2
-mx1.multi AAAA ::1
-mx2.multi A   127.0.0.3
-implicit A    127.0.0.4
-nullmx   MX   0 .
-nohost   MX   10 ghost.nohost
-equal    MX   10 a.equal
-equal    MX   10 b.equal
-a.equal  A    127.0.0.5
-b.equal  A    127.0.0.6
-"""
+ZONE = Path(__file__).with_name("test.zone")
 
 
 @pytest.fixture
 def server() -> DnsServer:
-    with DnsServer(ZONE, "test.") as running:
+    with DnsServer.from_file(ZONE, "test.") as running:
         yield running  # type: ignore[misc]
 
 
@@ -47,14 +33,14 @@ async def test_exchangers_come_by_preference_with_ipv6_first(server: DnsServer) 
 
 
 async def test_no_mx_means_the_domain_itself(server: DnsServer) -> None:
-    [only] = await mx.exchangers("implicit.test", resolver(server))
-    assert (only.host, only.addresses) == ("implicit.test", ("127.0.0.4",))
-    assert ("implicit.test.", "MX") in server.queries
+    [only] = await mx.exchangers("flat.test", resolver(server))
+    assert (only.host, only.addresses) == ("flat.test", ("127.0.0.4",))
+    assert ("flat.test.", "MX") in server.queries
 
 
 async def test_null_mx_and_missing_domains_are_permanent(server: DnsServer) -> None:
     with pytest.raises(mx.DnsPermanent, match="null MX"):
-        await mx.exchangers("nullmx.test", resolver(server))
+        await mx.exchangers("nomail.test", resolver(server))
     with pytest.raises(mx.DnsPermanent, match="does not exist"):
         await mx.exchangers("nowhere.test", resolver(server))
     with pytest.raises(mx.DnsPermanent, match="no address"):
