@@ -49,9 +49,9 @@ class Scheduler:
         self,
         projection: QueueProjection,
         *,
-        config: Config | None = None,
-        journal: Journal | None = None,
-        writer: GroupCommitWriter | None = None,
+        config: Config,
+        journal: Journal,
+        writer: GroupCommitWriter,
     ) -> None:
         self.projection = projection
         self.config = config
@@ -115,7 +115,6 @@ class Scheduler:
         """Queue the bounce of a message whose failures are final, with message.bounced, in one
         transaction; the projection then drops the message and picks up the bounce."""
         message = self.projection.state.messages.get(queue_id)
-        assert self.journal is not None and self.config is not None and self.writer is not None
         try:
             if message is not None and message.bounce_due:
                 appends = await trio.to_thread.run_sync(partial(bounce.plan, self.journal, message, self.config, now=time.time()))
@@ -205,11 +204,13 @@ class Worker:
         local: list[tuple[str, int]] = []
         by_domain: dict[str, list[tuple[str, int]]] = {}
         for recipient in job.recipients:
-            route = policy.route(recipient[0], self.config)
-            if isinstance(route, policy.RemoteRoute):
-                by_domain.setdefault(route.domain, []).append(recipient)
+            domain = policy.remote_domain(recipient[0], self.config)
+            if domain is not None:
+                by_domain.setdefault(domain, []).append(recipient)
             else:
                 local.append(recipient)
+        if not by_domain:
+            return job, {}
         return (
             dataclasses.replace(job, recipients=tuple(local)) if local else None,
             {domain: dataclasses.replace(job, recipients=tuple(rs)) for domain, rs in by_domain.items()},

@@ -112,11 +112,18 @@ def smarthost(config: Config) -> Smarthost | None:
     return Smarthost(host=host, port=int(port) if port else (465 if implicit else 25), implicit_tls=implicit)
 
 
+def remote_domain(address: str, config: Config) -> str | None:
+    """The recipient's domain if it is not ours (mail for it goes out over SMTP), else None."""
+    _, domain = local_user(address)
+    return domain if domain and not is_local_domain(domain, config) else None
+
+
 def route(address: str, config: Config) -> LocalRoute | RemoteRoute:
-    """The route of an accepted recipient: a local Maildir, or the domain's mail hosts."""
+    """The route of an accepted recipient: a local mailbox, or the domain's mail hosts."""
+    remote = remote_domain(address, config)
+    if remote is not None:
+        return RemoteRoute(domain=remote)
     user, domain = local_user(address)
-    if domain and not is_local_domain(domain, config):
-        return RemoteRoute(domain=domain)
     domain = domain or config.local.domains[0].lower()
     mailboxes = config.delivery.mailboxes
     chosen = mailboxes.get(f"{user}@{domain}") or mailboxes.get(user) or mailboxes.get(f"@{domain}") or config.delivery.mailbox
