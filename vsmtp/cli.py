@@ -69,72 +69,52 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", "-c", metavar="FILE", help="TOML configuration (default: the embedded one)")
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    serve = sub.add_parser("serve", parents=[common], help="run the MTA until SIGTERM/SIGINT")
+    def command(group: Any, name: str, func: Any, text: str, *, json: bool = False) -> argparse.ArgumentParser:
+        """A subcommand that reads the configuration; `json` adds --json."""
+        made: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=text)
+        if json:
+            made.add_argument("--json", action="store_true", help="for scripts: JSON instead of text")
+        made.set_defaults(func=func)
+        return made
+
+    serve = command(sub, "serve", _serve, "run the MTA until SIGTERM/SIGINT")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    serve.set_defaults(func=_serve)
 
     journal = sub.add_parser("journal", help="read the journal").add_subparsers(metavar="ACTION")
-    tail = journal.add_parser("tail", parents=[common], help="the last events, one line each")
+    tail = command(journal, "tail", _journal_tail, "the last events, one line each", json=True)
     tail.add_argument("-n", type=int, default=50, metavar="N", help="how many events (default 50; 0 for all)")
-    tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument("-f", "--follow", action="store_true", help="then print new events as they are committed (Ctrl-C stops)")
-    tail.set_defaults(func=_journal_tail)
-
-    show = journal.add_parser("show", parents=[common], help="one event, whole")
-    show.add_argument("position", type=int)
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=_journal_show)
-
-    export = journal.add_parser("export", parents=[common], help="events as JSON lines, for other tools")
+    command(journal, "show", _journal_show, "one event, whole", json=True).add_argument("position", type=int)
+    export = command(journal, "export", _journal_export, "events as JSON lines, for other tools")
     export.add_argument("--format", choices=["jsonl"], default="jsonl")
     export.add_argument("--since", type=_parse_time, metavar="TIME", help="ISO 8601 (2026-11-24T20:00:00Z) or seconds since the epoch")
     export.add_argument("--message", metavar="ID", help="only the history of this message (queue id or Message-ID)")
-    export.set_defaults(func=_journal_export)
-
-    stats = journal.add_parser("stats", parents=[common], help="size, records per tag, oldest and newest")
-    stats.add_argument("--json", action="store_true")
-    stats.set_defaults(func=_journal_stats)
-
-    verify = journal.add_parser("verify", parents=[common], help="check positions, records and blobs; exit 1 if damaged")
-    verify.add_argument("--json", action="store_true")
-    verify.set_defaults(func=_journal_verify)
-
-    rebuild = journal.add_parser("rebuild", parents=[common], help="fold the queue state from the start; compare with the checkpoint")
+    command(journal, "stats", _journal_stats, "size, records per tag, oldest and newest", json=True)
+    command(journal, "verify", _journal_verify, "check positions, records and blobs; exit 1 if damaged", json=True)
+    rebuild = command(journal, "rebuild", _journal_rebuild, "fold the queue state from the start; compare with the checkpoint", json=True)
     rebuild.add_argument("--write", action="store_true", help="store the rebuilt state as the newest checkpoint")
-    rebuild.add_argument("--json", action="store_true")
-    rebuild.set_defaults(func=_journal_rebuild)
 
-    trace = sub.add_parser("trace", parents=[common], help="the whole life of one message, as a timeline")
+    trace = command(sub, "trace", _trace, "the whole life of one message, as a timeline", json=True)
     trace.add_argument("id", metavar="ID", help="a queue id or a Message-ID")
-    trace.add_argument("--json", action="store_true")
-    trace.set_defaults(func=_trace)
 
     queue = sub.add_parser("queue", help="the messages waiting for delivery, and what to do with them").add_subparsers(metavar="ACTION")
-    queue_list = queue.add_parser("list", parents=[common], help="id, age, size, sender, pending recipients, last error")
-    queue_list.add_argument("--json", action="store_true")
-    queue_list.set_defaults(func=_queue_list)
-    queue_stats = queue.add_parser("stats", parents=[common], help="pending recipients by domain and age (like qshape)")
-    queue_stats.add_argument("--json", action="store_true")
-    queue_stats.set_defaults(func=_queue_stats)
-    queue_show = queue.add_parser("show", parents=[common], help="one message: envelope, each recipient, headers")
-    queue_show.add_argument("id", metavar="ID")
-    queue_show.add_argument("--json", action="store_true")
-    queue_show.set_defaults(func=_queue_show)
+    command(queue, "list", _queue_list, "id, age, size, sender, pending recipients, last error", json=True)
+    command(queue, "stats", _queue_stats, "pending recipients by domain and age (like qshape)", json=True)
+    command(queue, "show", _queue_show, "one message: envelope, each recipient, headers", json=True).add_argument("id", metavar="ID")
     for action, text in (
         ("hold", "deliver nothing of it until released"),
         ("release", "let a held message be delivered again"),
         ("remove", "take it out of the queue, undelivered (its history stays)"),
         ("retry", "try its pending recipients now"),
     ):
-        acting = queue.add_parser(action, parents=[common], help=text)
+        acting = command(queue, action, _queue_act, text)
         acting.add_argument("id", metavar="ID", nargs="?")
         if action == "retry":
             acting.add_argument("--all", action="store_true", help="every message in the queue")
-        acting.set_defaults(func=_queue_act, action=action)
+        acting.set_defaults(action=action)
 
     config = sub.add_parser("config", help="the configuration").add_subparsers(metavar="ACTION")
-    config_show = config.add_parser("show", parents=[common], help="print the effective configuration")
-    config_show.set_defaults(func=_config_show)
+    command(config, "show", _config_show, "print the effective configuration")
     return parser
 
 
