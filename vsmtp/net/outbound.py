@@ -86,9 +86,12 @@ class _Failed(Exception):
 
 
 class _Conversation:
+    """A ClientConnection (smtp/client.py) over a trio stream: it sends what the connection
+    allows and reads until the replies it waits for have come, within a timeout."""
+
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self.reader = smtp.ReplyReader()
+        self.conn = smtp.ClientConnection()
         self.pending: list[Reply] = []
 
     async def replies(self, count: int, timeout: float) -> list[Reply]:
@@ -97,7 +100,7 @@ class _Conversation:
                 data = await self.stream.receive_some(65536)
                 if not data:
                     raise _Failed("connection closed by the server")
-                self.pending += self.reader.feed(bytes(data))
+                self.pending += [answer.reply for answer in self.conn.receive_data(bytes(data))]
         if scope.cancelled_caught:
             raise _Failed(f"timed out after {timeout:.0f}s waiting for a reply")
         taken, self.pending = self.pending[:count], self.pending[count:]
@@ -152,9 +155,7 @@ async def deliver(
 class _Open:
     """A connection past its greeting, EHLO, TLS and AUTH: ready for MAIL."""
 
-    talk: _Conversation
-    tls: bool
-    capabilities: smtp.Capabilities
+    talk: _Conversation  # its ClientConnection knows the capabilities and whether TLS is on
     idle_since: float = 0.0
 
 
@@ -168,7 +169,7 @@ async def _one_host(message: Message, host: str, address: str, settings: Setting
     conn = cache.take(key) if cache is not None else None
     if conn is not None:  # reused: RSET proves it is still there (RFC 5321 4.1.1.5)
         try:
-            if (await conn.talk.say(smtp.RSET, timeout["command"])).code != 250:
+            if (await conn.talk.say(conn.talk.conn.rset(), timeout["command"])).code != 250:
                 raise _Failed("RSET refused")
         except BaseException as exc:
             await trio.aclose_forcefully(conn.talk.stream)
@@ -179,7 +180,7 @@ async def _one_host(message: Message, host: str, address: str, settings: Setting
         conn = await _open(host, address, settings, timeout)
     kept = False
     try:
-        outcomes = await _transaction(conn.talk, message, conn.capabilities, timeout, before_data=_bound(settings, host, address))
+        outcomes = await _transaction(conn.talk, message, timeout, before_data=_bound(settings, host, address))
         if cache is not None and cache.put(key, conn):
             kept = True
         else:
@@ -191,7 +192,7 @@ async def _one_host(message: Message, host: str, address: str, settings: Setting
     finally:
         if not kept:  # done, failed or cancelled: closed, unless the cache has it
             await trio.aclose_forcefully(conn.talk.stream)
-    return {r: Outcome(o.status, o.reply, host, address, conn.tls) for r, o in outcomes.items()}
+    return {r: Outcome(o.status, o.reply, host, address, conn.talk.conn.tls) for r, o in outcomes.items()}
 
 
 async def _open(host: str, address: str, settings: Settings, timeout: dict[str, float]) -> _Open:
@@ -200,37 +201,35 @@ async def _open(host: str, address: str, settings: Settings, timeout: dict[str, 
             stream: trio.abc.Stream = await trio.open_tcp_stream(address, settings.port)
     except (OSError, trio.TooSlowError) as exc:
         raise _Failed(f"cannot connect: {exc}") from exc
-    tls = False
     opened: _Open | None = None
     try:
-        if settings.implicit_tls:
-            stream = await _tls(stream, host, timeout["command"])
-            tls = True
         talk = _Conversation(stream)
+        if settings.implicit_tls:
+            stream = talk.stream = await _tls(stream, host, timeout["command"])
+            talk.conn.implicit_tls()
         greeting = (await talk.replies(1, timeout["greeting"]))[0]
         if greeting.code // 100 != 2:
-            await _quit(talk)
             raise _Failed(f"greeting: {greeting}")
-        capabilities = await _hello(talk, settings.helo_name, timeout["command"])
-        if not tls and capabilities.has("STARTTLS"):
-            reply = await talk.say(smtp.STARTTLS, timeout["command"])
+        await _hello(talk, settings.helo_name, timeout["command"])
+        if not talk.conn.tls and talk.conn.capabilities.has("STARTTLS"):
+            reply = await talk.say(talk.conn.starttls(), timeout["command"])
             if reply.code == 220:
                 stream = talk.stream = await _tls(stream, host, timeout["command"])
-                talk.reader = smtp.ReplyReader()  # nothing read before TLS counts (STARTTLS injection)
-                tls = True
-                capabilities = await _hello(talk, settings.helo_name, timeout["command"])
-        if settings.require_tls and not tls:
+                talk.conn.tls_started()  # what was read before TLS is forgotten (STARTTLS injection)
+                talk.pending.clear()
+                await _hello(talk, settings.helo_name, timeout["command"])
+        if settings.require_tls and not talk.conn.tls:
             await _quit(talk)
             raise _Failed("TLS is required for this destination and the server does not offer STARTTLS")
         if settings.auth is not None:
-            if not tls:
+            if not talk.conn.tls:
                 await _quit(talk)
                 raise _Failed("refusing to send credentials over a connection without TLS")
-            reply = await talk.say(smtp.auth_plain(*settings.auth), timeout["command"])
+            reply = await talk.say(talk.conn.auth_plain(*settings.auth), timeout["command"])
             if reply.code != 235:
                 await _quit(talk)
                 raise _Failed(f"AUTH: {reply}")
-        opened = _Open(talk, tls, capabilities)
+        opened = _Open(talk)
     except _LOST as exc:
         raise _Failed(f"connection lost: {exc}") from exc
     except ProtocolError as exc:
@@ -307,14 +306,12 @@ async def _tls(stream: trio.abc.Stream, host: str, timeout: float) -> trio.SSLSt
     return tls_stream
 
 
-async def _hello(talk: _Conversation, name: str, timeout: float) -> smtp.Capabilities:
-    reply = await talk.say(smtp.ehlo(name), timeout)
+async def _hello(talk: _Conversation, name: str, timeout: float) -> None:
+    reply = await talk.say(talk.conn.ehlo(name), timeout)
     if reply.code // 100 == 2:
-        return smtp.Capabilities.from_ehlo(reply)
-    reply = await talk.say(smtp.helo(name), timeout)
-    if reply.code // 100 != 2:
-        raise _Failed(f"HELO: {reply}")
-    return smtp.Capabilities.none()
+        return
+    if reply.code == 421 or (await talk.say(talk.conn.helo(name), timeout)).code // 100 != 2:
+        raise _Failed(f"EHLO/HELO: {reply}")
 
 
 def _bound(settings: Settings, host: str, address: str) -> Callable[[list[str]], Awaitable[None]] | None:
@@ -331,55 +328,45 @@ def _bound(settings: Settings, host: str, address: str) -> Callable[[list[str]],
 async def _transaction(
     talk: _Conversation,
     message: Message,
-    capabilities: smtp.Capabilities,
     timeout: dict[str, float],
     *,
     before_data: Callable[[list[str]], Awaitable[None]] | None = None,
 ) -> dict[str, Outcome]:
+    conn = talk.conn
+    capabilities = conn.capabilities
     recipients = message.recipients
-    limit = capabilities.size_limit
-    if limit is not None and len(message.body) > limit:
-        reply = f"message size {len(message.body)} exceeds the server's limit {limit}"
-        return {r: Outcome("failed", reply) for r in recipients}
-    params = []
-    if capabilities.has("SIZE"):
-        params.append(f"SIZE={len(message.body)}")
-    if smtp.needs_8bit(message.body):
-        if not capabilities.has("8BITMIME"):
-            return {r: Outcome("failed", "the message has 8-bit data and the server does not offer 8BITMIME") for r in recipients}
-        params.append("BODY=8BITMIME")
-    if message.smtputf8:
-        if not capabilities.has("SMTPUTF8"):
-            return {r: Outcome("failed", "the message needs SMTPUTF8 and the server does not offer it") for r in recipients}
-        params.append("SMTPUTF8")
-    commands = [smtp.mail_from(message.reverse_path, params), *(smtp.rcpt_to(r) for r in recipients)]
-    if capabilities.has("PIPELINING"):
-        await talk.send(b"".join([*commands, smtp.DATA]), timeout["command"])
-        replies = await talk.replies(len(commands) + 1, timeout["command"])
+    try:
+        params = smtp.mail_params(capabilities, size=len(message.body), eight_bit=smtp.needs_8bit(message.body), smtputf8=message.smtputf8)
+    except smtp.Unsupported as exc:
+        return {r: Outcome("failed", str(exc)) for r in recipients}
+    if capabilities.has("PIPELINING"):  # MAIL, every RCPT and DATA in one write (RFC 2920)
+        await talk.send(
+            b"".join([conn.mail(message.reverse_path, params), *(conn.rcpt(r) for r in recipients), conn.data()]), timeout["command"]
+        )
+        replies = await talk.replies(len(recipients) + 2, timeout["command"])
         mail, rcpts = replies[0], replies[1:-1]
         data: Reply | None = replies[-1]
     else:
-        mail = await talk.say(commands[0], timeout["command"])
+        mail = await talk.say(conn.mail(message.reverse_path, params), timeout["command"])
         if mail.code // 100 != 2:
             return _all(recipients, mail)
-        rcpts = [await talk.say(command, timeout["command"]) for command in commands[1:]]
-        data = await talk.say(smtp.DATA, timeout["data_init"]) if any(r.code // 100 == 2 for r in rcpts) else None
+        rcpts = [await talk.say(conn.rcpt(r), timeout["command"]) for r in recipients]
+        data = await talk.say(conn.data(), timeout["data_init"]) if any(r.code // 100 == 2 for r in rcpts) else None
     if mail.code // 100 != 2:
         return _all(recipients, mail)
     outcomes = {r: _outcome(reply) for r, reply in zip(recipients, rcpts, strict=True) if reply.code // 100 != 2}
     accepted = [r for r in recipients if r not in outcomes]
     if not accepted or data is None or data.code != 354:
         if data is not None and data.code == 354:  # pipelined DATA went through with no recipient: end it empty
-            await talk.send(b".\r\n", timeout["data_block"])
+            await talk.send(conn.message(b""), timeout["data_block"])
             await talk.replies(1, timeout["data_end"])
         else:
-            await talk.send(smtp.RSET, timeout["command"])
-            await talk.replies(1, timeout["command"])
+            await talk.say(conn.rset(), timeout["command"])
         return outcomes | ({r: _outcome(data) for r in accepted} if data is not None else {})
     if before_data is not None:
         await before_data(accepted)
     try:
-        await talk.send(smtp.dot_stuff(message.body), timeout["data_block"])
+        await talk.send(conn.message(message.body), timeout["data_block"])
         final = (await talk.replies(1, timeout["data_end"]))[0]
     except _Failed as exc:
         raise _Failed(exc.reply, final=True) from exc  # it may have been delivered: do not send it again elsewhere
@@ -396,5 +383,7 @@ def _all(recipients: Sequence[str], reply: Reply) -> dict[str, Outcome]:
 
 
 async def _quit(talk: _Conversation) -> None:
+    if talk.conn.state in (smtp.State.CLOSED, smtp.State.TLS, smtp.State.BODY) or talk.conn.awaiting:
+        return  # nothing to say politely
     with trio.move_on_after(5), contextlib.suppress(_Failed, trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError):
-        await talk.say(smtp.QUIT, 5)
+        await talk.say(talk.conn.quit(), 5)

@@ -1,23 +1,38 @@
-"""Sans-IO SMTP client pieces: the mirror of server.py. No trio, no sockets, no clock.
+"""ClientConnection: the client side of SMTP as a pure state machine, the mirror of server.py.
+No trio, no sockets, no clock.
 
-- ReplyReader turns the bytes a server sends into Reply objects (RFC 5321 4.2: a multi-line
-  reply is "250-..." lines ended by "250 ..."), with limits on what a peer may send.
-- Capabilities reads an EHLO reply (RFC 5321 4.1.1.1): keywords and their parameters.
-- Commands are built here, so the driver (net/outbound.py) never formats protocol text.
-- dot_stuff prepares a message for DATA (RFC 5321 4.5.2).
+Each command goes in through a method that checks it may be sent now and returns the bytes
+to write; the bytes the server sends go in through receive_data(), which returns each
+complete reply paired with the command it answers (an `Answer`) and moves the state on.
+The connection knows what was offered (EHLO), whether TLS is on, and which commands still
+wait for a reply, so the driver (net/outbound.py) cannot get the sequence wrong:
 
-    reader = ReplyReader()
-    replies = reader.feed(bytes_from_the_server)      # zero or more complete replies
+- MAIL needs a successful EHLO/HELO; RCPT needs MAIL; DATA needs a RCPT; the message needs
+  DATA's 354; AUTH needs TLS (credentials never go in clear);
+- more than one command in flight only when the server offered PIPELINING (RFC 2920), and
+  EHLO, STARTTLS, AUTH, DATA, the message and QUIT end a group;
+- STARTTLS's 220 discards whatever the server sent with it (RFC 3207 section 4.2: nothing
+  read before TLS counts, the STARTTLS injection defence) and asks for EHLO again;
+- a reply nobody asked for is the server's protocol error; 421 closes the connection.
+
+    conn = ClientConnection()
+    answers = conn.receive_data(greeting_bytes)   # [Answer("GREETING", Reply(220, ...))]
+    sock.send(conn.ehlo("me.example"))
+
+The reply reader (ReplyReader), EHLO's capabilities (Capabilities), MAIL's parameters
+(mail_params) and dot-stuffing (dot_stuff) are here too, each usable on its own.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
+import enum
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import ProtocolError
+from .errors import LocalProtocolError, ProtocolError
 from .replies import Reply
 
 MAX_LINE = 4096  # longer than RFC 5321's 512 for replies, with room for long EHLO lines
@@ -101,39 +116,205 @@ class Capabilities:
         return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-# -- commands ----------------------------------------------------------------------------------
+# -- the connection -------------------------------------------------------------------------
 
 
-def ehlo(name: str) -> bytes:
-    return f"EHLO {name}\r\n".encode()
+class State(enum.Enum):
+    GREETING = "greeting"  # waiting for the server's first word
+    HELLO = "hello"  # greeted (or TLS just started): EHLO or HELO next
+    READY = "ready"  # introduced: STARTTLS, AUTH, MAIL, RSET, QUIT
+    TLS = "tls"  # STARTTLS took 220: the driver does the handshake, then tls_started()
+    TRANSACTION = "transaction"  # MAIL sent: RCPT, DATA, RSET
+    BODY = "body"  # DATA took 354: the message next
+    CLOSED = "closed"  # QUIT answered, 421, or the greeting refused
 
 
-def helo(name: str) -> bytes:
-    return f"HELO {name}\r\n".encode()
+@dataclass(frozen=True, slots=True)
+class Answer:
+    command: str  # GREETING, EHLO, HELO, STARTTLS, AUTH, MAIL, RCPT, DATA, MESSAGE, RSET, QUIT
+    reply: Reply
 
 
-def mail_from(reverse_path: str, params: Iterable[str] = ()) -> bytes:
-    return _with_params(f"MAIL FROM:<{reverse_path}>", params)
+_ENDS_GROUP = frozenset({"GREETING", "EHLO", "HELO", "STARTTLS", "AUTH", "DATA", "MESSAGE", "QUIT"})  # RFC 2920 3.1
 
 
-def rcpt_to(forward_path: str, params: Iterable[str] = ()) -> bytes:
-    return _with_params(f"RCPT TO:<{forward_path}>", params)
+class ClientConnection:
+    def __init__(self) -> None:
+        self.state = State.GREETING
+        self.capabilities = Capabilities.none()
+        self.tls = False
+        self.authenticated = False
+        self.recipients_sent = 0
+        self._reader = ReplyReader()
+        self._awaiting: collections.deque[str] = collections.deque(["GREETING"])
+
+    @property
+    def awaiting(self) -> int:
+        """Commands sent (or the greeting) whose reply has not come yet."""
+        return len(self._awaiting)
+
+    # -- commands: each returns the bytes to send ----------------------------------------------
+
+    def ehlo(self, name: str) -> bytes:
+        self._expect(State.HELLO, "EHLO")
+        return self._send("EHLO", f"EHLO {name}\r\n".encode())
+
+    def helo(self, name: str) -> bytes:
+        self._expect(State.HELLO, "HELO")
+        return self._send("HELO", f"HELO {name}\r\n".encode())
+
+    def starttls(self) -> bytes:
+        self._expect(State.READY, "STARTTLS")
+        if self.tls or not self.capabilities.has("STARTTLS"):
+            raise LocalProtocolError("STARTTLS was not offered" if not self.tls else "TLS is already on")
+        return self._send("STARTTLS", b"STARTTLS\r\n")
+
+    def tls_started(self) -> None:
+        """The driver finished the TLS handshake after STARTTLS's 220: start over with EHLO."""
+        self._expect(State.TLS, "a TLS handshake")
+        self._tls_on()
+
+    def implicit_tls(self) -> None:
+        """The connection is TLS from its first byte (smtps, RFC 8314): set before the greeting."""
+        self._expect(State.GREETING, "implicit TLS")
+        self.tls = True
+
+    def auth_plain(self, username: str, password: str) -> bytes:
+        """AUTH PLAIN with its initial response (RFC 4954, RFC 4616); only over TLS."""
+        self._expect(State.READY, "AUTH")
+        if not self.tls:
+            raise LocalProtocolError("credentials go only over TLS")
+        token = base64.b64encode(b"\0" + username.encode() + b"\0" + password.encode()).decode()
+        return self._send("AUTH", f"AUTH PLAIN {token}\r\n".encode())
+
+    def mail(self, reverse_path: str, params: Iterable[str] = ()) -> bytes:
+        self._expect(State.READY, "MAIL")
+        self.recipients_sent = 0
+        sent = self._send("MAIL", _with_params(f"MAIL FROM:<{reverse_path}>", params))
+        self.state = State.TRANSACTION  # pipelined RCPTs may follow before the reply
+        return sent
+
+    def rcpt(self, forward_path: str, params: Iterable[str] = ()) -> bytes:
+        self._expect(State.TRANSACTION, "RCPT")
+        self.recipients_sent += 1
+        return self._send("RCPT", _with_params(f"RCPT TO:<{forward_path}>", params))
+
+    def data(self) -> bytes:
+        self._expect(State.TRANSACTION, "DATA")
+        if not self.recipients_sent:
+            raise LocalProtocolError("DATA without a recipient")
+        return self._send("DATA", b"DATA\r\n")
+
+    def message(self, body: bytes) -> bytes:
+        """The message, dot-stuffed and ended, once DATA took 354."""
+        self._expect(State.BODY, "the message")
+        return self._send("MESSAGE", dot_stuff(body) if body else b".\r\n")
+
+    def rset(self) -> bytes:
+        if self.state not in (State.READY, State.TRANSACTION):
+            raise LocalProtocolError(f"RSET in state {self.state.value}")
+        return self._send("RSET", b"RSET\r\n")
+
+    def quit(self) -> bytes:
+        if self.state in (State.CLOSED, State.TLS, State.BODY):
+            raise LocalProtocolError(f"QUIT in state {self.state.value}")
+        return self._send("QUIT", b"QUIT\r\n")
+
+    # -- replies -------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Answer]:
+        """The replies in `data`, each with the command it answers. Raises ProtocolError for
+        what is not a reply, or a reply nothing waits for."""
+        if self.state is State.TLS:
+            return []  # sent in the clear after 220, before the handshake: discarded (RFC 3207)
+        answers = []
+        for reply in self._reader.feed(data):
+            if not self._awaiting:
+                raise ProtocolError(f"a reply nothing asked for: {reply}")
+            answer = Answer(self._awaiting.popleft(), reply)
+            self._advance(answer)
+            answers.append(answer)
+            if answer.command == "STARTTLS" and answer.reply.code == 220:
+                self._reader = ReplyReader()  # the rest of this read is discarded with it
+                break
+        return answers
+
+    def _advance(self, answer: Answer) -> None:
+        code = answer.reply.code
+        command = answer.command
+        if code == 421 or command == "QUIT" or (command == "GREETING" and code // 100 != 2):
+            self.state = State.CLOSED
+            self._awaiting.clear()
+        elif command == "GREETING":
+            self.state = State.HELLO
+        elif command in ("EHLO", "HELO"):
+            if code // 100 == 2:
+                self.capabilities = Capabilities.from_ehlo(answer.reply) if command == "EHLO" else Capabilities.none()
+                self.state = State.READY
+        elif command == "STARTTLS":
+            if code == 220:
+                self.state = State.TLS
+        elif command == "AUTH":
+            self.authenticated = code == 235
+        elif command == "MAIL":
+            if code // 100 != 2 and not self._awaiting:
+                self.state = State.READY  # nothing pipelined behind it: the transaction never began
+        elif command == "DATA":
+            # 354: the message next. Anything else: the transaction is over (RFC 5321 3.3).
+            self.state = State.BODY if code == 354 else State.READY
+        elif command in ("MESSAGE", "RSET"):
+            self.state = State.READY
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _expect(self, state: State, what: str) -> None:
+        if self.state is not state:
+            raise LocalProtocolError(f"{what} in state {self.state.value}")
+
+    def _send(self, command: str, data: bytes) -> bytes:
+        if self._awaiting:
+            waiting = self._awaiting[-1]
+            if not self.capabilities.has("PIPELINING"):
+                raise LocalProtocolError(f"{command} before the reply to {waiting}: the server did not offer PIPELINING")
+            if waiting in _ENDS_GROUP and not (waiting == "DATA" and command == "MESSAGE" and self.state is State.BODY):
+                raise LocalProtocolError(f"{command} after {waiting} before its reply (RFC 2920 3.1)")
+        if self.state is State.BODY and command != "MESSAGE":
+            raise LocalProtocolError(f"{command} while the server waits for the message")
+        self._awaiting.append(command)
+        return data
+
+    def _tls_on(self) -> None:
+        self.tls = True
+        self.capabilities = Capabilities.none()  # RFC 3207 4.2: forget what was said before TLS
+        self.authenticated = False
+        self._reader = ReplyReader()
+        self.state = State.HELLO
 
 
 def _with_params(command: str, params: Iterable[str]) -> bytes:
     return (" ".join([command, *params]) + "\r\n").encode("utf-8")
 
 
-def auth_plain(username: str, password: str) -> bytes:
-    """AUTH PLAIN with its initial response (RFC 4954, RFC 4616)."""
-    token = base64.b64encode(b"\0" + username.encode() + b"\0" + password.encode()).decode()
-    return f"AUTH PLAIN {token}\r\n".encode()
+class Unsupported(Exception):
+    """The message needs what the server does not offer; the text says what."""
 
 
-DATA = b"DATA\r\n"
-STARTTLS = b"STARTTLS\r\n"
-QUIT = b"QUIT\r\n"
-RSET = b"RSET\r\n"
+def mail_params(capabilities: Capabilities, *, size: int, eight_bit: bool, smtputf8: bool) -> list[str]:
+    """MAIL's parameters for a message (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8), or
+    Unsupported when the server cannot take it."""
+    limit = capabilities.size_limit
+    if limit is not None and size > limit:
+        raise Unsupported(f"message size {size} exceeds the server's limit {limit}")
+    params = [f"SIZE={size}"] if capabilities.has("SIZE") else []
+    if eight_bit:
+        if not capabilities.has("8BITMIME"):
+            raise Unsupported("the message has 8-bit data and the server does not offer 8BITMIME")
+        params.append("BODY=8BITMIME")
+    if smtputf8:
+        if not capabilities.has("SMTPUTF8"):
+            raise Unsupported("the message needs SMTPUTF8 and the server does not offer it")
+        params.append("SMTPUTF8")
+    return params
 
 
 def dot_stuff(message: bytes) -> bytes:
