@@ -107,6 +107,7 @@ class DeliveryConfig:
     remote_workers: int = 50  # remote (SMTP) deliveries at once
     remote_port: int = 25  # the port of other domains' mail hosts (tests use another)
     per_domain: int = 20  # SMTP deliveries at once to one destination domain
+    per_host: int = 20  # SMTP deliveries at once to one mail host address, whatever the domain
     connection_idle: float = 2.0  # seconds a connection to a remote host stays open for the next message (0: none)
     tls_policy: Mapping[str, str] = field(default_factory=dict)  # destination domain -> "may" | "require"
     lifetime: float = 5 * 86400.0  # seconds a message may wait in the queue; then it fails (and bounces)

@@ -274,6 +274,16 @@ async def test_connections_to_one_domain_are_limited(start_server: Any, sender: 
     running.cancel_scope.cancel()
 
 
+async def test_connections_to_one_host_are_limited_across_domains(start_server: Any, sender: Config, start_sink: Any) -> None:
+    sink = await start_sink("127.0.0.2", delay=0.05)
+    running = await start_server(with_changes(sender, delivery={"per_host": 1, "connection_idle": 0}))
+    for n in range(4):
+        await sendmail(running, "a@example.org", [f"user{n}@{('one', 'two')[n % 2]}.test"], MESSAGE)
+    await outcomes(running, 4)
+    assert len(sink.received) == 4 and sink.most_active == 1
+    running.cancel_scope.cancel()
+
+
 async def test_relay_through_a_smarthost_with_auth_over_starttls(
     start_server: Any, sender: Config, start_sink: Any, port: int, ca: trustme.CA
 ) -> None:

@@ -37,6 +37,7 @@ async def deliver(
     in_doubt: frozenset[str] = frozenset(),  # recipients whose last attempt was cut after its data
     before_data: Callable[[list[str], str, str], Awaitable[None]] | None = None,
     cache: outbound.ConnectionCache | None = None,
+    host_limits: outbound.HostLimits | None = None,
 ) -> list[ev.JournalEvent]:
     body = await trio.to_thread.run_sync(journal.blob, blob)  # up to limits.message_size: not in the event loop
     now = time.time()
@@ -60,6 +61,7 @@ async def deliver(
         smtputf8=not (reverse_path.isascii() and all(a.isascii() for a in addresses)),
     )
     settings = outbound.Settings(helo_name=config.hostname, port=config.delivery.remote_port, before_data=before_data, cache=cache)
+    settings.host_limits = host_limits
     settings.require_tls = config.delivery.tls_policy.get(domain.lower()) == "require"
     if relay is not None:
         settings.port, settings.implicit_tls = relay.port, relay.implicit_tls

@@ -169,6 +169,7 @@ class Worker:
         self.scheduler = scheduler
         self.remote_limit = trio.CapacityLimiter(config.delivery.remote_workers)  # SMTP deliveries at once, in all
         self.domain_limits: dict[str, trio.CapacityLimiter] = {}  # and per destination domain
+        self.host_limits = outbound.HostLimits(config.delivery.per_host)  # and per host address
         self.resolver = mx.resolver(config.dns)
         self.connections = outbound.ConnectionCache(idle=config.delivery.connection_idle)  # run() by serve_delivery
 
@@ -242,7 +243,8 @@ class Worker:
             resolver=self.resolver,
             in_doubt=job.in_doubt,
             before_data=partial(self._started, job.queue_id),
-            cache=self.connections,
+            cache=self.connections if self.config.delivery.connection_idle > 0 else None,
+            host_limits=self.host_limits,
         )
 
     async def _started(self, queue_id: str, recipients: list[str], host: str, address: str) -> None:

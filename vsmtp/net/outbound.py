@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,6 +74,7 @@ class Settings:
     # journals that an attempt is under way, so a crash after it is known to risk a duplicate.
     before_data: Callable[[list[str], str, str], Awaitable[None]] | None = None
     cache: ConnectionCache | None = None  # keep the connection for the next message to the host
+    host_limits: HostLimits | None = None  # deliveries at once to one host address, across domains
 
 
 class _Failed(Exception):
@@ -162,7 +163,34 @@ class _Open:
 _LOST = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError, trio.TooSlowError)
 
 
+class HostLimits:
+    """At most `per_host` deliveries at once to one address, whatever the domains it serves
+    (many domains share a provider's mail hosts). A slot is given back when its delivery ends;
+    addresses nobody waits for are forgotten."""
+
+    def __init__(self, per_host: int) -> None:
+        self.per_host = per_host
+        self._limits: dict[str, trio.CapacityLimiter] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, address: str) -> AsyncIterator[None]:
+        limiter = self._limits.setdefault(address, trio.CapacityLimiter(self.per_host))
+        try:
+            async with limiter:
+                yield
+        finally:
+            if limiter.borrowed_tokens == 0 and limiter.statistics().tasks_waiting == 0:
+                self._limits.pop(address, None)
+
+
 async def _one_host(message: Message, host: str, address: str, settings: Settings) -> dict[str, Outcome]:
+    if settings.host_limits is None:
+        return await _one_host_now(message, host, address, settings)
+    async with settings.host_limits.slot(address):
+        return await _one_host_now(message, host, address, settings)
+
+
+async def _one_host_now(message: Message, host: str, address: str, settings: Settings) -> dict[str, Outcome]:
     timeout = TIMEOUTS
     key = (host, address, settings.port, settings.implicit_tls, settings.require_tls, settings.auth)
     cache = settings.cache
