@@ -111,6 +111,7 @@ class DeliveryConfig:
     connection_idle: float = 2.0  # seconds a connection to a remote host stays open for the next message (0: none)
     tls_policy: Mapping[str, str] = field(default_factory=dict)  # destination domain -> "may" | "require"
     lifetime: float = 5 * 86400.0  # seconds a message may wait in the queue; then it fails (and bounces)
+    delay_warning: float = 0.0  # seconds after which the sender is told the message is delayed (once); 0: never
     retry_first: float = 300.0  # seconds before the first retry, doubling after each failure ...
     retry_max: float = 3600.0  # ... up to this (Postfix's minimal_ and maximal_backoff_time)
 

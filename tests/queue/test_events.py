@@ -38,6 +38,7 @@ SAMPLES: list[ev.JournalEvent] = [
     ev.MailRefused(at=1.0, session_id="S", reverse_path="a@b.c", reply="452 4.3.1 Insufficient system storage"),
     ev.JournalPurged(at=1.0, blobs=3, records=10, through=10),
     ev.MessageBounced(at=1.0, queue_id="Q", bounce_id="B", recipients=("a@localhost",)),
+    ev.MessageDelayWarned(at=1.0, queue_id="Q", warning_id="W", recipients=("a@localhost",)),
     ev.DeliveryAttempted(at=1.0, queue_id="Q", host="mx.far.test", address="192.0.2.1", tls=True, reply="250 2.0.0 ok"),
     ev.MessageExpired(at=1.0, queue_id="Q", recipients=("a@far.test",)),
     ev.DeliveryStarted(at=1.0, queue_id="Q", recipients=("a@far.test",), host="mx.far.test", address="192.0.2.1"),

@@ -383,3 +383,63 @@ async def test_one_connection_carries_several_messages_to_a_host(
         await outcomes(running, n + 1)
     assert len(sink.received) == 3 and sink.sessions == sessions  # kept between messages, unless connection_idle = 0
     running.cancel_scope.cancel()
+
+
+def dsn_in(config: Config, user: str, count: int = 1) -> list[Any]:
+    import email
+    import email.policy
+
+    from ..conftest import maildir_files
+
+    return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in maildir_files(config, user)[:count]]
+
+
+async def wait_for_files(config: Config, user: str, count: int = 1, timeout: float = 15) -> None:
+    from ..conftest import maildir_files
+
+    with trio.fail_after(timeout):
+        while len(maildir_files(config, user)) < count:
+            await trio.sleep(0.05)
+
+
+async def test_notify_success_reports_delivered_here_and_relayed_elsewhere(start_server: Any, sender: Config, start_sink: Any) -> None:
+    await start_sink("127.0.0.2")
+    running = await start_server(sender)
+    await send_with_dsn(running, "alice@localhost", "bob@localhost", mail=["ENVID=ok-1"], rcpt=["NOTIFY=SUCCESS"])
+    await wait_for_files(sender, "alice")
+    await send_with_dsn(running, "alice@localhost", "someone@far.test", mail=[], rcpt=["NOTIFY=SUCCESS,FAILURE"])
+    await wait_for_files(sender, "alice", 2)
+    await send_with_dsn(running, "alice@localhost", "bob@localhost", mail=[], rcpt=[])  # no NOTIFY: no success notice
+    await wait_for_files(sender, "bob", 2)
+    await outcomes(running, 5)  # 3 messages and 2 notices, all complete
+    here, there = sorted(dsn_in(sender, "alice", 2), key=lambda m: m.as_string().count("relayed"))
+    for notice, action in ((here, "delivered"), (there, "relayed")):
+        assert notice["Subject"] == "Successful Mail Delivery Report" and notice.get_content_type() == "multipart/report"
+        _, status, returned = notice.get_payload()
+        _, per_recipient = status.get_payload()
+        assert per_recipient["Action"] == action and per_recipient["Status"] == "2.0.0"
+        assert returned.get_content_type() == "text/rfc822-headers"
+    assert here.get_payload()[1].get_payload()[0]["Original-Envelope-Id"] == "ok-1"
+    assert len(dsn_in(sender, "alice", 5)) == 2  # nothing for the third message
+    assert [r.payload["bounce_id"] != "" for r in running.journal.read(0) if r.tag == "message.bounced"] == [True, True]
+    running.cancel_scope.cancel()
+
+
+async def test_a_delay_warning_goes_once_while_the_message_waits(start_server: Any, sender: Config) -> None:
+    running = await start_server(with_changes(sender, delivery={"delay_warning": 0.5}))  # far.test's hosts are not listening
+    await send_with_dsn(running, "alice@localhost", "user@far.test", mail=[], rcpt=[])
+    await send_with_dsn(running, "alice@localhost", "user@far.test", mail=[], rcpt=["NOTIFY=FAILURE"])  # no DELAY asked
+    await wait_for_files(sender, "alice")
+    with trio.fail_after(15):  # a few more retries: still one warning each
+        while sum(r.tag == "delivery.deferred" for r in running.journal.read(0)) < 8:
+            await trio.sleep(0.05)
+    [notice] = dsn_in(sender, "alice", 5)
+    assert notice["Subject"] == "Delayed Mail (still being retried)"
+    _, status, _ = notice.get_payload()
+    _, per_recipient = status.get_payload()
+    assert per_recipient["Action"] == "delayed" and per_recipient["Status"].startswith("4.")
+    assert per_recipient["Final-Recipient"] == "rfc822; user@far.test" and per_recipient["Will-Retry-Until"]
+    warned = [r.payload for r in running.journal.read(0) if r.tag == "message.delay_warned"]
+    assert sorted(w["warning_id"] != "" for w in warned) == [False, True]  # one warning each, one of them empty
+    assert len([m for m in running.projection.state.messages.values() if m.reverse_path]) == 2  # both still queued
+    running.cancel_scope.cancel()

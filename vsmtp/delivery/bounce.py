@@ -1,4 +1,4 @@
-"""Bounces: a delivery status notification (RFC 3464) for the recipients that failed.
+"""Bounces and other delivery status notifications (RFC 3464): failures, successes, delays.
 
 A message whose recipients are all final, some failed, stays in the queue state until this
 module has queued its bounce: the DSN (a new message from the null sender to the original
@@ -10,23 +10,26 @@ neither lose the bounce nor send it twice.
   Original-Recipient from ORCPT, Action, Status, Remote-MTA, Diagnostic-Code), and the
   original's headers (text/rfc822-headers), or the whole original (message/rfc822) when the
   sender asked for RET=FULL;
-- ENVID is returned as Original-Envelope-Id; a recipient that asked NOTIFY=NEVER, or that
-  did not list FAILURE in its NOTIFY, is left out; if that leaves nobody, no bounce is sent;
-- never a bounce for a message from the null sender (a bounce cannot bounce).
+- ENVID is returned as Original-Envelope-Id; NOTIFY is honoured (RFC 3461 4.1): a failed
+  recipient is reported unless its NOTIFY leaves out FAILURE, a delivered one only if it
+  asked for SUCCESS ("delivered" into a mailbox here, "relayed" when handed to another
+  host), a delayed one (delivery.delay_warning, off by default) unless it left out DELAY;
+  if that leaves nobody, no notice is sent;
+- never a notice for a message from the null sender (a bounce cannot bounce).
 """
 
 from __future__ import annotations
 
 import email.utils
 import re
-from collections.abc import Mapping
+from dataclasses import dataclass
 
 from vsmtp_journal import Append, Journal
 
 from .. import ids
 from ..config import Config
 from ..queue import events as ev
-from ..queue import history
+from ..queue import history, policy
 from ..queue.state import MessageState
 from .outcomes import EXPIRED
 
@@ -47,9 +50,32 @@ def status_of(reason: str) -> str:
     return found.group(1) if found and found.group(1).startswith("5") else "5.0.0"
 
 
-def wants_failure_notice(params: Mapping[str, str | None] | None) -> bool:
-    notify = ((params or {}).get("NOTIFY") or "FAILURE").upper().split(",")
-    return "NEVER" not in notify and "FAILURE" in notify
+def delay_status_of(reason: str) -> str:
+    """The RFC 3463 status of a delay: the server's 4.x.x, else 4.0.0."""
+    found = _STATUS.search(reason)
+    return found.group(1) if found and found.group(1).startswith("4") else "4.0.0"
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One recipient's block in a DSN."""
+
+    recipient: str
+    action: str  # failed, delayed, delivered (into a mailbox here) or relayed (to a host without DSN)
+    status: str  # RFC 3463
+    reason: str  # the diagnostic; "" for none
+
+
+_SUBJECTS = {
+    "failed": "Undelivered Mail Returned to Sender",
+    "delayed": "Delayed Mail (still being retried)",
+    "delivered": "Successful Mail Delivery Report",
+}
+_SAYS = {
+    "failed": "Your message could not be delivered to one or more recipients.",
+    "delayed": "Your message could not be delivered yet to one or more recipients. It is still being retried; you need not send it again.",
+    "delivered": "Your message was delivered to the recipients below.",
+}
 
 
 def compose(
@@ -57,21 +83,25 @@ def compose(
     message: MessageState,
     original: bytes,
     accepted: ev.MessageAccepted,
-    failed: list[tuple[str, str]],  # (recipient, reason)
+    reports: list[Report],
     hostname: str,
     bounce_id: str,
     now: float,
+    retry_until: float | None = None,  # for delay warnings: when the message expires
 ) -> bytes:
+    actions = {r.action for r in reports}
+    kind = "failed" if "failed" in actions else "delayed" if "delayed" in actions else "delivered"
     boundary = f"{bounce_id}/{hostname}"
     date = email.utils.formatdate(now)
     arrival = email.utils.formatdate(message.accepted_at)
     head, _, _ = original.partition(b"\r\n\r\n")
-    full = (accepted.mail_params.get("RET") or "").upper() == "FULL"
+    # RET=FULL asks for the whole message back in a failure notice (RFC 3461 4.3); other notices carry its headers.
+    full = kind == "failed" and (accepted.mail_params.get("RET") or "").upper() == "FULL"
     lines = [
         "Return-Path: <>",
         f"From: MAILER-DAEMON@{hostname} (Mail Delivery System)",
         f"To: <{message.reverse_path}>",
-        "Subject: Undelivered Mail Returned to Sender",
+        f"Subject: {_SUBJECTS[kind]}",
         f"Date: {date}",
         f"Message-ID: <{bounce_id}@{hostname}>",
         "Auto-Submitted: auto-replied",
@@ -85,10 +115,10 @@ def compose(
         "",
         f"This is the mail system at host {hostname}.",
         "",
-        "Your message could not be delivered to one or more recipients.",
+        _SAYS[kind],
         f"It is attached below{' in full' if full else ' (its headers)'}.",
         "",
-        *(f"<{recipient}>: {reason}" for recipient, reason in failed),
+        *(f"<{r.recipient}>: {r.action}{': ' + r.reason if r.reason else ''}" for r in reports),
         "",
         f"--{boundary}",
         "Content-Type: message/delivery-status",
@@ -99,18 +129,19 @@ def compose(
         f"Arrival-Date: {arrival}",
         "",
     ]
-    for recipient, reason in failed:
-        params = accepted.recipient_params.get(recipient) or {}
-        remote = _REMOTE.match(reason)
-        diagnostic = reason[remote.end() :] if remote else reason
-        kind = "smtp" if _REPLY.match(diagnostic) else "x-vsmtp"
+    for report in reports:
+        params = accepted.recipient_params.get(report.recipient) or {}
+        remote = _REMOTE.match(report.reason)
+        diagnostic = report.reason[remote.end() :] if remote else report.reason
+        kind_of_code = "smtp" if _REPLY.match(diagnostic) else "x-vsmtp"
         lines += [
-            f"Final-Recipient: rfc822; {recipient}",
+            f"Final-Recipient: rfc822; {report.recipient}",
             *([f"Original-Recipient: {params['ORCPT']}"] if params.get("ORCPT") else []),
-            "Action: failed",
-            f"Status: {status_of(reason)}",
+            f"Action: {report.action}",
+            f"Status: {report.status}",
             *([f"Remote-MTA: dns; {remote.group(1)}"] if remote else []),
-            f"Diagnostic-Code: {kind}; {diagnostic}",
+            *([f"Diagnostic-Code: {kind_of_code}; {diagnostic}"] if diagnostic else []),
+            *([f"Will-Retry-Until: {email.utils.formatdate(retry_until)}"] if report.action == "delayed" and retry_until else []),
             "",
         ]
     lines += [f"--{boundary}", "Content-Type: message/rfc822" if full else "Content-Type: text/rfc822-headers", "", ""]
@@ -119,11 +150,7 @@ def compose(
     return text + attached + (b"" if attached.endswith(b"\r\n") else b"\r\n") + f"\r\n--{boundary}--\r\n".encode()
 
 
-def plan(journal: Journal, message: MessageState, config: Config, *, now: float) -> list[Append]:
-    """The records that settle `message`'s failures: the bounce (if anyone wants one) and
-    message.bounced, to be appended in one transaction (GroupCommitWriter.append_group).
-    Reads the journal: run it in a worker thread."""
-    failed = [(r.address, r.last_error or "delivery failed") for r in message.recipients if r.status == "failed"]
+def _original(journal: Journal, message: MessageState) -> tuple[ev.MessageAccepted, bytes]:
     accepted = history.accepted(journal, message.queue_id)
     original = journal.blob(message.blob)
     if accepted is None or original is None:  # purged: headers unknown
@@ -132,23 +159,73 @@ def plan(journal: Journal, message: MessageState, config: Config, *, now: float)
             recipients=tuple(r.address for r in message.recipients), blob=message.blob, size=message.size,
         )  # fmt: skip
         original = original or b"X-Vsmtp-Note: the original message is no longer in the journal\r\n\r\n"
-    wanted = [(r, why) for r, why in failed if wants_failure_notice(accepted.recipient_params.get(r))]
-    if not wanted:
-        done = ev.MessageBounced(at=now, queue_id=message.queue_id, bounce_id="", recipients=tuple(r for r, _ in failed))
-        return [Append(*ev.encode(done))]
-    bounce_id = ids.new_id()
-    body = compose(
-        message=message, original=original, accepted=accepted, failed=wanted, hostname=config.hostname, bounce_id=bounce_id, now=now
-    )
+    return accepted, original
+
+
+def _notice(message: MessageState, body: bytes, notice_id: str, config: Config, now: float) -> Append:
+    """The notice as a new message from <> to the sender, ready to append."""
     dsn = ev.MessageAccepted(
         at=now,
-        queue_id=bounce_id,
+        queue_id=notice_id,
         session_id="",
         reverse_path="",
         recipients=(message.reverse_path,),
-        blob=bounce_id.encode(),
+        blob=notice_id.encode(),
         size=len(body),
-        message_id=f"<{bounce_id}@{config.hostname}>",
+        message_id=f"<{notice_id}@{config.hostname}>",
     )
-    done = ev.MessageBounced(at=now, queue_id=message.queue_id, bounce_id=bounce_id, recipients=tuple(r for r, _ in wanted))
-    return [Append(*ev.encode(dsn), blobs={dsn.blob: body}, index=ev.index_keys(dsn)), Append(*ev.encode(done))]
+    return Append(*ev.encode(dsn), blobs={dsn.blob: body}, index=ev.index_keys(dsn))
+
+
+def plan(journal: Journal, message: MessageState, config: Config, *, now: float) -> list[Append]:
+    """The records that settle a finished message's report: the DSN (failures, and successes
+    asked with NOTIFY=SUCCESS; none if nobody wants one) and message.bounced, to be appended
+    in one transaction (GroupCommitWriter.append_group). Reads the journal: run it in a
+    worker thread."""
+    reports = []
+    settled = []
+    for r in message.recipients:
+        if r.status == "failed":
+            settled.append(r.address)
+            if r.wants("FAILURE"):
+                reports.append(Report(r.address, "failed", status_of(r.last_error), r.last_error or "delivery failed"))
+        elif r.status == "delivered" and r.wants("SUCCESS"):
+            settled.append(r.address)
+            # Handed to another host, which was not asked to report further: "relayed" (RFC 3464 2.3.3).
+            remote = policy.remote_domain(r.address, config) is not None
+            reports.append(Report(r.address, "relayed" if remote else "delivered", "2.0.0", ""))
+    if not reports:
+        done = ev.MessageBounced(at=now, queue_id=message.queue_id, bounce_id="", recipients=tuple(settled))
+        return [Append(*ev.encode(done))]
+    accepted, original = _original(journal, message)
+    bounce_id = ids.new_id()
+    body = compose(
+        message=message, original=original, accepted=accepted, reports=reports, hostname=config.hostname, bounce_id=bounce_id, now=now
+    )
+    done = ev.MessageBounced(at=now, queue_id=message.queue_id, bounce_id=bounce_id, recipients=tuple(r.recipient for r in reports))
+    return [_notice(message, body, bounce_id, config, now), Append(*ev.encode(done))]
+
+
+def plan_delay_warning(journal: Journal, message: MessageState, config: Config, *, now: float) -> list[Append]:
+    """The records of a delay warning (Postfix's delay_warning_time): the DSN with Action:
+    delayed for the pending recipients that want it, and message.delay_warned, in one
+    transaction. Reads the journal: run it in a worker thread."""
+    pending = [r for r in message.recipients if r.status == "pending"]
+    reports = [Report(r.address, "delayed", delay_status_of(r.last_error), r.last_error) for r in pending if r.wants("DELAY")]
+    if not reports:
+        done = ev.MessageDelayWarned(at=now, queue_id=message.queue_id, warning_id="", recipients=())
+        return [Append(*ev.encode(done))]
+    accepted, original = _original(journal, message)
+    warning_id = ids.new_id()
+    body = compose(
+        message=message,
+        original=original,
+        accepted=accepted,
+        reports=reports,
+        hostname=config.hostname,
+        bounce_id=warning_id,
+        now=now,
+        retry_until=message.accepted_at + config.delivery.lifetime,
+    )
+    done = ev.MessageDelayWarned(at=now, queue_id=message.queue_id, warning_id=warning_id, recipients=tuple(r.recipient for r in reports))
+    return [_notice(message, body, warning_id, config, now), Append(*ev.encode(done))]

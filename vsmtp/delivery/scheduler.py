@@ -13,12 +13,13 @@ import heapq
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import trio
-from vsmtp_journal import GroupCommitWriter, Journal, JournalError
+from vsmtp_journal import Append, GroupCommitWriter, Journal, JournalError
 
 from ..config import Config
 from ..net import dns as mx
@@ -59,6 +60,8 @@ class Scheduler:
         self.writer = writer
         self._bouncing: set[str] = set()  # bounces being queued: not twice
         self._bounce_due: set[str] = set()
+        self._warning: set[str] = set()  # delay warnings being queued, until the projection has them
+        self._warning_due: set[str] = set()
         # queue id -> recipient -> None while its attempt runs, then the position of its outcome
         self.in_flight: dict[str, dict[str, int | None]] = {}
         self._retries: list[tuple[float, str]] = []  # heap of (due time, queue id)
@@ -70,6 +73,7 @@ class Scheduler:
             message = self.projection.state.messages.get(queue_id)
             if message is None:  # complete (or removed): nothing left to remember
                 self._bouncing.discard(queue_id)
+                self._warning.discard(queue_id)
                 if all(p is not None for p in self.in_flight.get(queue_id, {}).values()):
                     self.in_flight.pop(queue_id, None)
                     self._recovered.discard(queue_id)
@@ -85,6 +89,7 @@ class Scheduler:
         if message.bounce_due:
             self._bounce_due.add(message.queue_id)
             return None
+        self._check_delay(message, now=now)
         position = self.projection.state.position
         flying = self.in_flight.setdefault(message.queue_id, {})
         due = []
@@ -111,22 +116,46 @@ class Scheduler:
             in_doubt=frozenset(r.address for r in message.recipients if r.in_doubt),
         )
 
+    def _check_delay(self, message: MessageState, *, now: float) -> None:
+        """A delay warning is due once the message has waited delivery.delay_warning (0: never)."""
+        after = self.config.delivery.delay_warning
+        if message.delay_warned:
+            self._warning.discard(message.queue_id)
+            return
+        if not after or not message.reverse_path or not message.pending():
+            return
+        due = message.accepted_at + after
+        if due <= now:
+            self._warning_due.add(message.queue_id)
+        else:
+            heapq.heappush(self._retries, (due, message.queue_id))
+
     async def _bounce(self, queue_id: str) -> None:
-        """Queue the bounce of a message whose failures are final, with message.bounced, in one
-        transaction; the projection then drops the message and picks up the bounce."""
+        """Queue the report of a finished message (its bounce, or the successes asked for), with
+        message.bounced, in one transaction; the projection then drops the message and picks up
+        the report."""
         message = self.projection.state.messages.get(queue_id)
-        try:
-            if message is not None and message.bounce_due:
-                appends = await trio.to_thread.run_sync(partial(bounce.plan, self.journal, message, self.config, now=time.time()))
-                with trio.CancelScope(shield=True):
-                    await self.writer.append_group(appends)  # the DSN and message.bounced: both or neither
-        except JournalError as exc:
-            log.error("cannot queue the bounce of %s: %s", queue_id, exc)
-            await trio.sleep(5.0)
-            self._bouncing.discard(queue_id)
-            self.projection.touch(queue_id)  # try again
+        if message is not None and message.bounce_due:
+            await self._notice(queue_id, bounce.plan, message, self._bouncing)
         # On success it stays in _bouncing until the projection has dropped the message
         # (due_jobs forgets it then): a touch in between must not queue a second bounce.
+
+    async def _warn(self, queue_id: str) -> None:
+        """Queue a delay warning with message.delay_warned, in one transaction."""
+        message = self.projection.state.messages.get(queue_id)
+        if message is not None and not message.delay_warned and message.pending():
+            await self._notice(queue_id, bounce.plan_delay_warning, message, self._warning)
+
+    async def _notice(self, queue_id: str, planner: Callable[..., list[Append]], message: MessageState, underway: set[str]) -> None:
+        try:
+            appends = await trio.to_thread.run_sync(partial(planner, self.journal, message, self.config, now=time.time()))
+            with trio.CancelScope(shield=True):
+                await self.writer.append_group(appends)  # the DSN and its event: both or neither
+        except JournalError as exc:
+            log.error("cannot queue the delivery notice of %s: %s", queue_id, exc)
+            await trio.sleep(5.0)
+            underway.discard(queue_id)
+            self.projection.touch(queue_id)  # try again
 
     def recovering(self, queue_id: str) -> None:
         """Its last outcome may be missing from the journal: look for delivered files first."""
@@ -151,6 +180,10 @@ class Scheduler:
                     self._bouncing.add(queue_id)
                     bouncing.start_soon(self._bounce, queue_id)
                 self._bounce_due.clear()
+                for queue_id in self._warning_due - self._warning:
+                    self._warning.add(queue_id)
+                    bouncing.start_soon(self._warn, queue_id)
+                self._warning_due.clear()
                 wait = self._retries[0][0] - time.time() if self._retries else math.inf
                 await self.projection.wait_touched(timeout=max(wait, 0.0))
 

@@ -216,14 +216,27 @@ class MessageExpired(JournalEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MessageBounced(JournalEvent):
-    """The sender was told which recipients failed: a delivery status notification (RFC 3464)
-    queued as `bounce_id`, in the same transaction. No bounce is sent when every failed
-    recipient asked for none (NOTIFY=NEVER): then `bounce_id` is empty."""
+    """The sender was told how the message ended: a delivery status notification (RFC 3464)
+    queued as `bounce_id`, in the same transaction, for the recipients that failed and for
+    those delivered that asked for it (NOTIFY=SUCCESS). No notice is sent when none of them
+    asked for one (NOTIFY=NEVER): then `bounce_id` is empty."""
 
     TAG = "message.bounced"
     queue_id: str
     bounce_id: str
-    recipients: tuple[str, ...]  # the failed recipients it reports
+    recipients: tuple[str, ...]  # the recipients it reports
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageDelayWarned(JournalEvent):
+    """The message waited `delivery.delay_warning` for some recipients: the sender was told it
+    is delayed (a DSN with Action: delayed, queued as `warning_id` in the same transaction;
+    empty when no recipient wanted it, NOTIFY without DELAY). Once per message."""
+
+    TAG = "message.delay_warned"
+    queue_id: str
+    warning_id: str
+    recipients: tuple[str, ...]  # the delayed recipients it reports
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -28,6 +28,13 @@ class RecipientState:
     next_attempt: float = 0.0  # seconds since the epoch; 0 means now
     last_error: str = ""
     in_doubt: bool = False  # its data went to a remote host without a final answer (delivery.started)
+    notify: str = ""  # its NOTIFY parameter (RFC 3461), upper case; "" when not given
+
+    def wants(self, kind: str) -> bool:
+        """Whether this recipient asked to be reported on `kind` (SUCCESS, FAILURE or DELAY).
+        Without NOTIFY the sender hears of failures and delays (RFC 3461 4.1)."""
+        asked = self.notify.split(",") if self.notify else ["FAILURE", "DELAY"]
+        return kind in asked and "NEVER" not in asked
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +47,7 @@ class MessageState:
     recipients: tuple[RecipientState, ...]  # in RCPT order; a few, so a tuple is cheapest
     message_id: str = ""
     held: bool = False  # an operator put it on hold: not delivered until released
+    delay_warned: bool = False  # the sender was told it is delayed (message.delay_warned)
 
     @property
     def done(self) -> bool:
@@ -47,8 +55,9 @@ class MessageState:
 
     @property
     def bounce_due(self) -> bool:
-        """Every recipient is final, some failed, and the sender can be told (not <>)."""
-        return self.done and bool(self.reverse_path) and any(r.status == "failed" for r in self.recipients)
+        """Every recipient is final, and the sender (not <>) is owed a report: some failed, or
+        one delivered asked for NOTIFY=SUCCESS."""
+        return self.done and bool(self.reverse_path) and _to_report(self.recipients)
 
     def pending(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.status == "pending"]
@@ -73,6 +82,7 @@ def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueS
     if isinstance(event, ev.MessageAccepted):
         if event.queue_id in state.messages:
             return state
+        params = event.recipient_params
         message = MessageState(
             queue_id=event.queue_id,
             reverse_path=event.reverse_path,
@@ -80,7 +90,10 @@ def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueS
             size=event.size,
             accepted_at=event.at,
             message_id=event.message_id,
-            recipients=tuple(RecipientState(address=a) for a in dict.fromkeys(event.recipients)),
+            recipients=tuple(
+                RecipientState(address=a, notify=((params.get(a) or {}).get("NOTIFY") or "").upper())
+                for a in dict.fromkeys(event.recipients)
+            ),
         )
         return replace(state, messages=state.messages.set(event.queue_id, message), accepted=state.accepted + 1)
     if isinstance(event, ev.DeliveryStarted):
@@ -95,6 +108,11 @@ def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueS
         if event.queue_id not in state.messages:
             return state
         return replace(state, messages=state.messages.delete(event.queue_id), completed=state.completed + 1)
+    if isinstance(event, ev.MessageDelayWarned):
+        found = state.messages.get(event.queue_id)
+        if found is None:
+            return state
+        return replace(state, messages=state.messages.set(event.queue_id, replace(found, delay_warned=True)))
     if isinstance(event, ev.OperatorAction):
         return _operator(state, event)
     if isinstance(event, ev.DeliverySucceeded):
@@ -150,7 +168,7 @@ def _recipient(
         "delivered": state.delivered + (status == "delivered"),
         "failed": state.failed + (status == "failed"),
     }
-    if message.done and not any(r.status == "failed" for r in message.recipients):
+    if message.done and not (message.reverse_path and _to_report(message.recipients)) and not _failed(message.recipients):
         return replace(state, messages=state.messages.delete(queue_id), completed=state.completed + 1, **counters)
     if message.done and not message.reverse_path:
         # A bounce (or other mail from <>) that failed: never bounced in turn (no loops), but
@@ -160,7 +178,17 @@ def _recipient(
     return replace(state, messages=state.messages.set(queue_id, message), **counters)
 
 
-SNAPSHOT_VERSION = 2  # 2 added `held` per message and the `removed` counter; 1 still reads
+def _failed(recipients: Iterable[RecipientState]) -> bool:
+    return any(r.status == "failed" for r in recipients)
+
+
+def _to_report(recipients: Iterable[RecipientState]) -> bool:
+    return any(r.status == "failed" or (r.status == "delivered" and r.wants("SUCCESS")) for r in recipients)
+
+
+# 2 added `held` per message and the `removed` counter; 3 `notify` per recipient and
+# `delay_warned` per message. Older versions still read.
+SNAPSHOT_VERSION = 3
 
 
 def to_snapshot(state: QueueState) -> dict[str, Any]:
@@ -177,8 +205,9 @@ def to_snapshot(state: QueueState) -> dict[str, Any]:
                 m.size,
                 m.accepted_at,
                 m.message_id,
-                [[r.address, r.status, r.attempts, r.next_attempt, r.last_error, r.in_doubt] for r in m.recipients],
+                [[r.address, r.status, r.attempts, r.next_attempt, r.last_error, r.in_doubt, r.notify] for r in m.recipients],
                 m.held,
+                m.delay_warned,
             ]
             for m in state.messages.values()
         ],
@@ -188,7 +217,7 @@ def to_snapshot(state: QueueState) -> dict[str, Any]:
 def from_snapshot(data: Mapping[str, Any]) -> QueueState:
     """The inverse of to_snapshot. Raises ValueError for a snapshot this version cannot read."""
     version = data.get("version")
-    if version not in (1, SNAPSHOT_VERSION):
+    if version not in range(1, SNAPSHOT_VERSION + 1):
         raise ValueError(f"snapshot version {version!r}, this vsmtp reads 1 to {SNAPSHOT_VERSION}")
     try:
         accepted, delivered, failed, completed, *more = data["counters"]
@@ -204,10 +233,19 @@ def from_snapshot(data: Mapping[str, Any]) -> QueueState:
                     accepted_at=accepted_at,
                     message_id=message_id,
                     recipients=tuple(
-                        RecipientState(address=a, status=st, attempts=n, next_attempt=t, last_error=e, in_doubt=bool(d and d[0]))
-                        for a, st, n, t, e, *d in rcpts
+                        RecipientState(
+                            address=a,
+                            status=st,
+                            attempts=n,
+                            next_attempt=t,
+                            last_error=e,
+                            in_doubt=bool(extra and extra[0]),
+                            notify=extra[1] if len(extra) > 1 else "",
+                        )
+                        for a, st, n, t, e, *extra in rcpts
                     ),
                     held=bool(rest[0]) if rest else False,
+                    delay_warned=bool(rest[1]) if len(rest) > 1 else False,
                 ),
             )
             for queue_id, reverse_path, blob, size, accepted_at, message_id, rcpts, *rest in data["messages"]
@@ -235,6 +273,7 @@ QUEUE_TAGS = frozenset(
         ev.DeliveryFailed,
         ev.DeliveryDeferred,
         ev.MessageBounced,
+        ev.MessageDelayWarned,
         ev.DeliveryStarted,
         ev.MessageHeld,
         ev.MessageReleased,
