@@ -14,9 +14,9 @@ The session span carries the same two figures for the commit that made its (last
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from opentelemetry import metrics, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -27,6 +27,7 @@ from .config import TelemetryConfig
 
 SPAN_SESSION = "smtp.session"  # one per SMTP connection
 SPAN_DELIVERY = "smtp.delivery"  # one per remote delivery attempt, linked to the receiving session
+SPAN_LOCAL = "local.delivery"  # one per message delivered into local mailboxes, linked the same way
 
 METRIC_COMMIT_DURATION = "vsmtp.journal.commit.duration"
 METRIC_COMMIT_RECORDS = "vsmtp.journal.commit.records"
@@ -74,3 +75,12 @@ def record_commit(records: int, seconds: float) -> None:
 def enabled() -> bool:
     """Whether spans are recorded (so that work only a span needs can be skipped)."""
     return not isinstance(_provider, trace.NoOpTracerProvider)
+
+
+def links_to(trace_context: Mapping[str, str]) -> list[trace.Link]:
+    """A link to the span whose W3C context this is (a receiving session's, kept in
+    message.accepted), or none."""
+    if not trace_context:
+        return []
+    context = trace.get_current_span(propagate.extract(dict(trace_context))).get_span_context()
+    return [trace.Link(context)] if context.is_valid else []

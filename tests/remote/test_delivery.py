@@ -328,7 +328,7 @@ async def test_a_smarthost_that_refuses_the_credentials_or_lacks_tls_gets_nothin
     assert with_tls.received == [] and plain.received == []
 
 
-async def test_a_delivery_span_links_to_the_receiving_session(
+async def test_delivery_spans_link_to_the_receiving_session(
     start_server: Any, sender: Config, start_sink: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
     import dataclasses
@@ -343,10 +343,10 @@ async def test_a_delivery_span_links_to_the_receiving_session(
     running = await start_server(dataclasses.replace(sender, telemetry=TelemetryConfig(exporter="console")))
     out = ""
     try:
-        await sendmail(running, "a@example.org", ["user@far.test"], MESSAGE)
+        await sendmail(running, "a@example.org", ["user@far.test", "bob@localhost"], MESSAGE)
         await outcomes(running)
         with trio.fail_after(5):
-            while telemetry.SPAN_DELIVERY not in out or telemetry.SPAN_SESSION not in out:
+            while any(name not in out for name in (telemetry.SPAN_DELIVERY, telemetry.SPAN_SESSION, telemetry.SPAN_LOCAL)):
                 await trio.sleep(0.02)
                 out += capfd.readouterr().out
     finally:
@@ -357,6 +357,9 @@ async def test_a_delivery_span_links_to_the_receiving_session(
     [delivery] = [s for s in spans if s["name"] == telemetry.SPAN_DELIVERY]
     assert delivery["attributes"]["net.peer.name"] == "mx1.far.test" and delivery["attributes"]["vsmtp.domain"] == "far.test"
     assert [link["context"]["trace_id"] for link in delivery["links"]] == [session["context"]["trace_id"]]
+    [local] = [s for s in spans if s["name"] == telemetry.SPAN_LOCAL]
+    assert [link["context"]["trace_id"] for link in local["links"]] == [session["context"]["trace_id"]]
+    assert local["attributes"]["vsmtp.statuses"] == ["delivery.succeeded"]
 
 
 async def test_a_domain_that_requires_tls_gets_nothing_in_clear(start_server: Any, sender: Config, start_sink: Any) -> None:
@@ -442,4 +445,14 @@ async def test_a_delay_warning_goes_once_while_the_message_waits(start_server: A
     warned = [r.payload for r in running.journal.read(0) if r.tag == "message.delay_warned"]
     assert sorted(w["warning_id"] != "" for w in warned) == [False, True]  # one warning each, one of them empty
     assert len([m for m in running.projection.state.messages.values() if m.reverse_path]) == 2  # both still queued
+    running.cancel_scope.cancel()
+
+
+async def test_a_message_sent_with_smtputf8_needs_a_host_that_offers_it(start_server: Any, sender: Config, start_sink: Any) -> None:
+    sink = await start_sink("127.0.0.2")  # offers 8BITMIME, not SMTPUTF8
+    running = await start_server(sender)
+    await send_with_dsn(running, "alice@localhost", "user@far.test", mail=["SMTPUTF8"], rcpt=[])  # ASCII addresses
+    [failed] = [r for r in await outcomes(running, 2) if r.tag == "delivery.failed"]
+    assert "SMTPUTF8" in failed.payload["reason"] and sink.received == []
+    await wait_for_files(sender, "alice")  # and the sender hears why
     running.cancel_scope.cancel()

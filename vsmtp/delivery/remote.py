@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import dns.asyncresolver
 import trio
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from vsmtp_journal import Journal
 
 from .. import telemetry
@@ -39,7 +39,7 @@ async def deliver(
     cache: outbound.ConnectionCache | None = None,
     host_limits: outbound.HostLimits | None = None,
 ) -> list[ev.JournalEvent]:
-    body = await trio.to_thread.run_sync(journal.blob, blob)  # up to limits.message_size: not in the event loop
+    body, accepted = await trio.to_thread.run_sync(_read, journal, blob, queue_id)  # not in the event loop
     now = time.time()
     if body is None:
         reason = "message body missing from the journal"
@@ -58,7 +58,9 @@ async def deliver(
         reverse_path=reverse_path,
         recipients=addresses,
         body=body,
-        smtputf8=not (reverse_path.isascii() and all(a.isascii() for a in addresses)),
+        # RFC 6531 3.4: asked for when the sender asked for it, or when an address needs it.
+        smtputf8=(accepted is not None and "SMTPUTF8" in accepted.mail_params)
+        or not (reverse_path.isascii() and all(a.isascii() for a in addresses)),
     )
     settings = outbound.Settings(helo_name=config.hostname, port=config.delivery.remote_port, before_data=before_data, cache=cache)
     settings.host_limits = host_limits
@@ -69,7 +71,7 @@ async def deliver(
         if config.relayhost.username:
             settings.auth = (config.relayhost.username, config.relayhost.password)
     with telemetry.tracer().start_as_current_span(
-        telemetry.SPAN_DELIVERY, kind=trace.SpanKind.CLIENT, links=_session_link(journal, queue_id)
+        telemetry.SPAN_DELIVERY, kind=trace.SpanKind.CLIENT, links=telemetry.links_to(accepted.trace_context if accepted else {})
     ) as span:
         span.set_attribute("vsmtp.queue_id", queue_id)
         span.set_attribute("vsmtp.domain", domain)
@@ -104,13 +106,6 @@ async def deliver(
     return with_expiry(events)
 
 
-def _session_link(journal: Journal, queue_id: str) -> list[trace.Link]:
-    """A link to the span of the session that received the message (its trace context is in
-    message.accepted), when tracing is on."""
-    if not telemetry.enabled():
-        return []
-    accepted = history.accepted(journal, queue_id)
-    if accepted is None or not accepted.trace_context:
-        return []
-    context = trace.get_current_span(propagate.extract(dict(accepted.trace_context))).get_span_context()
-    return [trace.Link(context)] if context.is_valid else []
+def _read(journal: Journal, blob: bytes, queue_id: str) -> tuple[bytes | None, ev.MessageAccepted | None]:
+    """The message (up to limits.message_size) and how it was accepted (its MAIL parameters)."""
+    return journal.blob(blob), history.accepted(journal, queue_id)

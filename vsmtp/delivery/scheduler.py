@@ -21,11 +21,12 @@ from pathlib import Path
 import trio
 from vsmtp_journal import Append, GroupCommitWriter, Journal, JournalError
 
+from .. import telemetry
 from ..config import Config
 from ..net import dns as mx
 from ..net import outbound
 from ..queue import events as ev
-from ..queue import policy
+from ..queue import history, policy
 from ..queue.projection import QueueProjection
 from ..queue.state import MessageState
 from . import bounce, maildir, mbox, remote
@@ -334,7 +335,20 @@ class Worker:
         self.scheduler.finished(job, position)
 
     def deliver(self, job: DeliveryJob) -> list[ev.JournalEvent]:
-        """Deliver every recipient of the job; return the events that say how it went."""
+        """Deliver every recipient of the job; return the events that say how it went. A span
+        per job when tracing is on, linked to the session that received the message."""
+        if not telemetry.enabled():
+            return self._deliver(job)
+        accepted = history.accepted(self.journal, job.queue_id)
+        links = telemetry.links_to(accepted.trace_context if accepted else {})
+        with telemetry.tracer().start_as_current_span(telemetry.SPAN_LOCAL, links=links) as span:
+            span.set_attribute("vsmtp.queue_id", job.queue_id)
+            span.set_attribute("vsmtp.recipients", len(job.recipients))
+            outcomes = self._deliver(job)
+            span.set_attribute("vsmtp.statuses", sorted({o.TAG for o in outcomes}))
+            return outcomes
+
+    def _deliver(self, job: DeliveryJob) -> list[ev.JournalEvent]:
         body = self.journal.blob(job.blob)
         now = time.time()
         outcomes: list[ev.JournalEvent] = []
