@@ -258,6 +258,7 @@ async def test_no_bounce_when_the_recipient_asked_for_none_nor_for_the_null_send
             await trio.sleep(0.05)
     [bounced] = [r for r in running.journal.read(0) if r.tag == "message.bounced"]
     assert bounced.payload["bounce_id"] == ""  # NOTIFY=NEVER: settled without a bounce
+    await running.projection.wait_position(running.journal.last_position())  # the projection has it too
     [kept] = running.projection.state.messages.values()  # the null sender's failure: kept, held, not bounced
     assert kept.reverse_path == "" and kept.held
     assert maildir_files(sender, "alice") == []
