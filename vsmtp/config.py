@@ -172,6 +172,7 @@ class Config:
     relayhost: RelayhostConfig = RelayhostConfig()
     limits: LimitsConfig = LimitsConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    rules: str = ""  # the rules file (Python, docs/rules.md); "" : none
     plugins: tuple[str, ...] = ()  # entry-point names in group "vsmtp", loaded in this order
     plugin: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # [plugin.NAME] sections
     source: str = "<embedded defaults>"

@@ -75,7 +75,7 @@ async def serve(
     telemetry.setup(config.telemetry)
     if plugins is None:
         plugins = PluginManager()
-        plugins.load(config.plugins)
+        plugins.load(config.plugins, config.plugin)
     journal = Journal(config.journal.path, max_map_size=config.journal.max_size or None)
     try:
         async with trio.open_nursery() as outer:
@@ -108,7 +108,7 @@ async def serve(
                             )
                     bound: list[Bound] = []
                     if receive:
-                        smtp = SmtpService(config, writer, counts)
+                        smtp = SmtpService(config, writer, counts, plugins)
                         bound = await nursery.start(lambda task_status: smtp.serve(sockets=sockets, task_status=task_status))
                     task_status.started(
                         Running(

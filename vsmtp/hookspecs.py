@@ -3,6 +3,18 @@
 Implementations take only the arguments they use (pluggy passes them by name), so new
 arguments can be added without breaking anyone. Any implementation may be a coroutine
 function: vsmtp awaits what it returns.
+
+The stage hooks (vsmtp_connect ... vsmtp_delivery) return a verdict from vsmtp.rules
+(accept(), reject(reply), deny(reply), faccept(), quarantine(name)), or None for no opinion.
+The rules file's functions for the stage run first, then the plugins' in the order the
+configuration names them; the first verdict other than None settles the stage and the
+hooks after it are not called. A hook that raises answers 451 4.3.0 for that transaction;
+it is logged with the plugin's name and the session goes on.
+
+Every stage hook receives `ctx` (vsmtp.rules.Context): the connection facts (client and
+server address, listener, role, TLS, HELO name, authenticated identity, direction), the
+envelope so far, the message from data on, and action methods (add_header, set_header,
+remove_header, rewrite_sender, rewrite_recipient, add_recipient, remove_recipient).
 """
 
 from __future__ import annotations
@@ -30,3 +42,73 @@ def vsmtp_event(event: Any, position: int) -> None:
     May be async. An exception is logged with the plugin's name and does not stop the server
     or other observers.
     """
+
+
+@hookspec
+def vsmtp_configure(name: str, section: dict[str, Any]) -> None:
+    """Read this plugin's configuration section, `[plugin.NAME]` in the config file.
+
+    Called once when the plugin loads, and again after each successful reload (SIGHUP),
+    before any session uses it. Raise ValueError with a clear message for a bad value: the
+    server refuses to start (or the reload is refused) and says so.
+
+    :param name: the name the plugin was loaded under (its entry point name).
+    :param section: the section's keys and values ({} when the config has none).
+
+    Not async.
+    """
+
+
+@hookspec
+def vsmtp_connect(ctx: Any) -> Any:
+    """A client connected, before the greeting. deny() answers with its reply (554 by
+    default) instead of 220 and closes the connection; faccept() trusts the client for the
+    whole session. May be async."""
+
+
+@hookspec
+def vsmtp_helo(ctx: Any) -> Any:
+    """After EHLO or HELO (ctx.helo holds the name). deny() refuses it and every later
+    MAIL of the session. May be async."""
+
+
+@hookspec
+def vsmtp_auth(ctx: Any) -> Any:
+    """After a successful AUTH (ctx.auth holds the identity), before the 235 reply. deny()
+    turns it into a failure. Not called yet: vsmtp does not offer AUTH (see docs/hooks.md).
+    May be async."""
+
+
+@hookspec
+def vsmtp_mail(ctx: Any) -> Any:
+    """After MAIL FROM (ctx.sender, ctx.mail_params), before its reply. deny() refuses the
+    transaction. May be async."""
+
+
+@hookspec
+def vsmtp_rcpt(ctx: Any, recipient: str) -> Any:
+    """For each RCPT TO, before vsmtp's own checks (local user, relaying). `recipient` (also
+    ctx.recipient) is the address; ctx.recipients those accepted before it. reject() refuses
+    this recipient; accept() takes it without vsmtp's own checks (an exception to relaying
+    rules is made this way: take care); deny() refuses it and the rest of the transaction.
+    May be async."""
+
+
+@hookspec
+def vsmtp_data(ctx: Any) -> Any:
+    """The whole message is in (ctx.message), before it is queued: the reply to DATA waits
+    for this stage. Header and envelope actions asked here apply to what is queued.
+    deny() refuses the message; quarantine(name) takes it into that quarantine. May be
+    async."""
+
+
+@hookspec
+def vsmtp_postq(ctx: Any) -> Any:
+    """After the message is queued, before its first delivery. Not called yet (see
+    docs/hooks.md). May be async."""
+
+
+@hookspec
+def vsmtp_delivery(ctx: Any, recipient: str, route: Any) -> Any:
+    """Before a recipient is delivered, with the route vsmtp chose. Not called yet (see
+    docs/hooks.md). May be async."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -35,7 +35,7 @@ class PluginManager:
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
 
-    def load(self, names: Iterable[str]) -> None:
+    def load(self, names: Iterable[str], sections: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         by_name = {ep.name: ep for ep in entry_points(group=GROUP)}
         for name in names:
             ep = by_name.get(name)
@@ -47,6 +47,18 @@ class PluginManager:
             except Exception as exc:
                 raise PluginError(f"plugin {name!r} failed to load: {exc}") from exc
             self.register(plugin, name)
+        self.configure(sections or {})
+
+    def configure(self, sections: Mapping[str, Mapping[str, Any]]) -> None:
+        """Hand each loaded plugin its `[plugin.NAME]` section (vsmtp_configure). A plugin that
+        refuses its settings (ValueError) is a PluginError naming it."""
+        for impl in self.pm.hook.vsmtp_configure.get_hookimpls():
+            name = impl.plugin_name
+            kwargs = {"name": name, "section": dict(sections.get(name, {}))}
+            try:
+                impl.function(*[kwargs[arg] for arg in impl.argnames])
+            except Exception as exc:
+                raise PluginError(f"plugin {name!r}: [plugin.{name}]: {exc}") from exc
 
     def register(self, plugin: object, name: str) -> None:
         self.pm.register(plugin, name=name)

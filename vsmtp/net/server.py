@@ -20,7 +20,10 @@ import trio
 from vsmtp_journal import GroupCommitWriter
 
 from ..config import Config, ListenerConfig
+from ..plugins import PluginManager
 from ..queue import policy
+from ..rules.engine import Stages
+from ..rules.loader import RulesFile
 from ..smtp import replies
 from .counts import ConnectionCounts
 from .session import Peer, Session
@@ -43,13 +46,16 @@ class Settings:
     config: Config
     tls: dict[str, ssl.SSLContext]  # by listener name
     relay_networks: tuple[policy.IpNetwork, ...]
+    stages: Stages  # the rules file and the plugins, run at each stage
 
     @classmethod
-    def build(cls, config: Config) -> Settings:
+    def build(cls, config: Config, plugins: PluginManager | None = None) -> Settings:
+        """Raises ConfigError (RulesError names the rules file's line) when something is wrong."""
         return cls(
             config=config,
             tls={listener.name: server_context(listener, config) for listener in config.listeners},
             relay_networks=policy.relay_networks(config),
+            stages=Stages(plugins, RulesFile.load(config.rules) if config.rules else None),
         )
 
 
@@ -109,8 +115,11 @@ def bind_sockets(config: Config, copies: int) -> list[list[tuple[ListenerConfig,
 
 
 class SmtpService:
-    def __init__(self, config: Config, writer: GroupCommitWriter, counts: ConnectionCounts | None = None) -> None:
-        self.settings = Settings.build(config)
+    def __init__(
+        self, config: Config, writer: GroupCommitWriter, counts: ConnectionCounts | None = None, plugins: PluginManager | None = None
+    ) -> None:
+        self.plugins = plugins
+        self.settings = Settings.build(config, plugins)
         self.writer = writer
         self.sessions: set[Session] = set()
         self.counts = counts or ConnectionCounts()  # shared with the other receiving processes, if any
@@ -122,7 +131,9 @@ class SmtpService:
         """Use `config` for new sessions; running sessions keep theirs. Raises on a bad config
         (for example an unreadable certificate), leaving the old settings in force."""
         old = {(lst.name, lst.role, lst.addresses) for lst in self.settings.config.listeners}
-        self.settings = Settings.build(config)
+        self.settings = Settings.build(config, self.plugins)
+        if self.plugins is not None:
+            self.plugins.configure(config.plugin)
         if old != {(lst.name, lst.role, lst.addresses) for lst in config.listeners}:
             log.warning("listener addresses or roles changed: they take effect at the next restart")
 

@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING
 
 import trio
 from opentelemetry import propagate, trace
-from vsmtp_journal import GroupCommitWriter, JournalError, JournalFull
+from vsmtp_journal import Append, GroupCommitWriter, JournalError, JournalFull
 
 from .. import ids, telemetry
 from ..config import ListenerConfig
 from ..queue import events as qe
 from ..queue import policy
+from ..rules.context import Context, Message, apply_actions, endpoint
+from ..rules.engine import HookFailed
+from ..rules.verdicts import NEXT, Verdict
 from ..smtp import events as ev
 from ..smtp import replies
 from ..smtp.replies import Reply
@@ -52,6 +55,8 @@ class Transaction:
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
     too_big: bool = False
+    denied: Verdict | None = None  # a deny (rcpt stage) holds for the rest of the transaction
+    quarantine: tuple[str, str] = ("", "")  # (queue, by): where a rule sent the message
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +98,18 @@ class Session:
         self.helo = ""
         self.tls_info: tuple[str, str, int] | None = None
         self.tx: Transaction | None = None
+        self.stages = settings.stages
+        self.ctx = Context(
+            session_id=self.id,
+            client=endpoint(peer.host, peer.port),
+            server=endpoint(local.host, local.port),
+            listener=listener.name,
+            role=listener.role,
+            local_domains=frozenset(d.lower() for d in self.config.local.domains),
+        )
+        self.denied: Verdict | None = None  # a deny at connect or helo holds for the session
+        self.faccepted = False  # faccept: no rule, plugin or check runs for the rest of the session
+        self.quarantine: tuple[str, str] = ("", "")  # a quarantine before MAIL holds for every message
         self.errors = 0
         self._out = bytearray()
         self._session_deadline = trio.current_time() + limits.session_duration
@@ -126,7 +143,8 @@ class Session:
                     )
                 )
                 if implicit:
-                    self.conn.tls = True
+                    self.conn.tls = self.ctx.tls = True
+                    self.ctx.tls_version = self.tls_info[0] if self.tls_info else ""
                     await self._journal_tls()
                 reason = await self._converse()
             except trio.BrokenResourceError:
@@ -154,6 +172,12 @@ class Session:
         return self.conn.state in _IN_TRANSACTION
 
     async def _converse(self) -> str:
+        verdict = await self._stage("connect")
+        if verdict.kind in ("deny", "reject"):
+            self._out += self.conn.send(replies.HOOK_FAILED_AT_CONNECT if verdict.answer is replies.HOOK_FAILED else verdict.answer)
+            self.on_last_reply()
+            await self._flush()
+            return "denied at connect"
         self._out += self.conn.send(replies.greeting(self.config.hostname))
         while True:
             event = self.conn.next_event()
@@ -177,6 +201,8 @@ class Session:
                     return "tls handshake failed"
                 await self._journal_tls()
                 self.helo, self.tx = "", None
+                self.ctx.tls, self.ctx.tls_version, self.ctx.helo = True, self.tls_info[0] if self.tls_info else "", ""
+                self.ctx.new_transaction()
             if self.conn.state is State.CLOSED:
                 self.on_last_reply()
                 await self._flush()
@@ -238,6 +264,40 @@ class Session:
         tag, version, payload = qe.encode(event)
         return await self.writer.append(tag, version, payload, blobs=blobs, index=qe.index_keys(event), durable=durable)
 
+    # -- rules and plugins -------------------------------------------------------------------
+
+    async def _stage(self, stage: str, **kwargs: object) -> Verdict:
+        """Run a stage's rules and plugins (rules/engine.py); journal a verdict other than next.
+        A hook that raised comes back as a refusal of this command only (451 4.3.0)."""
+        if self.faccepted or not self.stages.active(stage):
+            return NEXT
+        try:
+            verdict = await self.stages.run(stage, self.ctx, **kwargs)
+        except HookFailed as exc:
+            verdict = Verdict("reject", replies.HOOK_FAILED, by=exc.by)
+            await self._journal_verdict(stage, verdict, "error")
+            return verdict
+        if verdict.kind != "next":
+            await self._journal_verdict(stage, verdict, verdict.kind)
+        if verdict.kind == "faccept":
+            self.faccepted = True
+        return verdict
+
+    async def _journal_verdict(self, stage: str, verdict: Verdict, kind: str) -> None:
+        refusal = verdict.kind in ("reject", "deny")
+        await self._journal(
+            qe.RuleVerdict(
+                at=time.time(),
+                session_id=self.id,
+                stage=stage,
+                by=verdict.by,
+                verdict=kind,
+                reply=str(verdict.answer) if refusal else "",
+                recipient=self.ctx.recipient if stage == "rcpt" else "",
+                queue=verdict.queue,
+            )
+        )
+
     # -- TLS ------------------------------------------------------------------------------
 
     async def _start_tls(self) -> bool:
@@ -268,6 +328,15 @@ class Session:
                 self.helo, self.tx = name, None
                 verb = "EHLO" if isinstance(event, ev.Ehlo) else "HELO"
                 await self._journal(qe.HeloReceived(at=now, session_id=self.id, verb=verb, name=name))
+                self.ctx.helo = name
+                self.ctx.new_transaction()
+                verdict = await self._stage("helo")
+                if verdict.kind == "deny":
+                    self.denied = verdict  # every later MAIL of the session gets the same answer
+                if verdict.kind in ("deny", "reject"):
+                    return verdict.answer
+                if verdict.kind == "quarantine":
+                    self.quarantine = (verdict.queue, verdict.by)
                 if verb == "HELO":
                     return replies.helo(self.config.hostname)
                 return replies.ehlo(self.config.hostname, name, self.conn.extensions.keywords(tls_active=self.conn.tls))
@@ -277,9 +346,9 @@ class Session:
                 if not self._room_for(params):
                     await self._journal(qe.MailRefused(at=now, session_id=self.id, reverse_path=path, reply=str(replies.STORAGE_FULL)))
                     return replies.STORAGE_FULL
-                self.tx = Transaction(reverse_path=path, params=dict(params))
-                await self._journal(qe.MailReceived(at=now, session_id=self.id, reverse_path=path, params=params))
-                return replies.SENDER_OK
+                if self.denied is not None:
+                    return self.denied.answer
+                return await self._mail(path, dict(params), now=now)
             case ev.RcptTo(forward_path=address, params=params):
                 return await self._rcpt(address, dict(params), now=now)
             case ev.Data():
@@ -297,6 +366,7 @@ class Session:
                 return replies.READY_FOR_TLS
             case ev.Rset():
                 self.tx = None
+                self.ctx.new_transaction()
                 return replies.OK
             case ev.Noop():
                 return replies.OK
@@ -312,6 +382,19 @@ class Session:
                 return reply
         raise AssertionError(f"unhandled event {event!r}")
 
+    async def _mail(self, path: str, params: dict[str, str | None], *, now: float) -> Reply:
+        tx = Transaction(reverse_path=path, params=params, quarantine=self.quarantine)
+        await self._journal(qe.MailReceived(at=now, session_id=self.id, reverse_path=path, params=params))
+        self.ctx.new_transaction()
+        self.ctx.sender, self.ctx.mail_params, self.ctx.recipients = path, tx.params, tx.recipients
+        verdict = await self._stage("mail")
+        if verdict.kind in ("deny", "reject"):
+            return verdict.answer
+        if verdict.kind == "quarantine":
+            tx.quarantine = (verdict.queue, verdict.by)
+        self.tx = tx
+        return replies.SENDER_OK
+
     async def _rcpt(self, address: str, params: dict[str, str | None], *, now: float) -> Reply:
         tx = self.tx
         assert tx is not None
@@ -319,8 +402,22 @@ class Session:
             reply = replies.RECIPIENT_OK  # a duplicate RCPT is accepted once
         elif len(tx.recipients) >= self.config.limits.recipients:
             reply = replies.TOO_MANY_RECIPIENTS  # RFC 5321 4.5.3.1.10: 452, the client sends the rest later
+        elif tx.denied is not None:
+            reply = tx.denied.answer
         else:
-            reply = self._check_recipient(address)
+            self.ctx.recipient = address
+            verdict = await self._stage("rcpt", recipient=address)
+            self.ctx.recipient = ""
+            if verdict.kind == "deny":
+                tx.denied = verdict
+            if verdict.kind == "quarantine":
+                tx.quarantine = (verdict.queue, verdict.by)
+            if verdict.kind in ("deny", "reject"):
+                reply = verdict.answer
+            elif verdict.kind in ("accept", "faccept") or self.faccepted:
+                reply = replies.RECIPIENT_OK  # settled by a rule: vsmtp's own checks are skipped
+            else:
+                reply = self._check_recipient(address)
         if reply is not replies.RECIPIENT_OK:
             await self._journal(qe.RecipientRejected(at=now, session_id=self.id, address=address, reply=str(reply)))
             return reply
@@ -373,6 +470,22 @@ class Session:
             if self.config.smtp.bare_line_endings == "reject":
                 return replies.BARE_LINE_ENDING_IN_DATA
             body = _ANY_LINE_END.sub(b"\r\n", body)
+        if tx.denied is not None:
+            return tx.denied.answer
+        actions = []
+        if self.ctx.actions or self.stages.active("data"):
+            self.ctx.message = Message(body)
+            verdict = await self._stage("data")
+            if verdict.kind in ("deny", "reject"):
+                return verdict.answer
+            if verdict.kind == "quarantine":
+                tx.quarantine = (verdict.queue, verdict.by)
+            actions, self.ctx.actions = self.ctx.actions, []
+            apply_actions(self.ctx, actions)
+            body = self.ctx.message.raw  # with the rules' edits
+            tx.reverse_path, tx.recipients = self.ctx.sender or "", list(self.ctx.recipients)
+            if not tx.recipients:
+                return replies.NO_RECIPIENTS_LEFT
         now = time.time()
         queue_id = ids.new_id()
         blob = self._received_header(queue_id, tx, now) + body
@@ -393,9 +506,21 @@ class Session:
             message_id=found.group(1).decode("utf-8", "replace").strip() if found else "",
             trace_context=trace_context,
         )
+        follow: list[qe.JournalEvent] = [
+            qe.RuleAction(at=now, session_id=self.id, queue_id=queue_id, stage=self.ctx.stage, by=a.by, action=a.name, args=a.args)
+            for a in actions
+        ]
+        if tx.quarantine[0]:
+            follow.append(qe.MessageQuarantined(at=now, queue_id=queue_id, queue=tx.quarantine[0], by=tx.quarantine[1]))
+        position: int | None
         try:
             # Durable before 250: this await returns only after the synced commit.
-            position = await self._journal(event, blobs={event.blob: blob}, durable=True)
+            if follow:  # the message, its quarantine and the rules' edits: all or nothing
+                group = [Append(*qe.encode(event), blobs={event.blob: blob}, index=qe.index_keys(event))]
+                group += [Append(*qe.encode(e)) for e in follow]
+                position = (await self.writer.append_group(group, durable=True))[0]
+            else:
+                position = await self._journal(event, blobs={event.blob: blob}, durable=True)
         except JournalFull:
             return replies.STORAGE_FULL
         except JournalError as exc:

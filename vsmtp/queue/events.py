@@ -240,6 +240,17 @@ class MessageDelayWarned(JournalEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MessageQuarantined(JournalEvent):
+    """A rule or plugin put the message in the quarantine `queue`: kept, not delivered, until
+    an operator releases (vsmtp queue release) or removes it. Committed with message.accepted."""
+
+    TAG = "message.quarantined"
+    queue_id: str
+    queue: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OperatorAction(JournalEvent):
     """What an operator did to a queued message (vsmtp queue ...); the subclasses name it."""
 
@@ -291,6 +302,35 @@ class MailRefused(JournalEvent):
     session_id: str
     reverse_path: str
     reply: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuleVerdict(JournalEvent):
+    """A rule or plugin settled a stage with a verdict other than next (docs/rules.md), or
+    raised (verdict "error", answered 451/421)."""
+
+    TAG = "rule.verdict"
+    session_id: str
+    stage: str  # connect, helo, auth, mail, rcpt, data, postq, delivery
+    by: str  # "rules:FUNCTION" or the plugin's name
+    verdict: str  # accept, reject, deny, faccept, quarantine, error
+    reply: str = ""  # what the client was told, for a refusal
+    recipient: str = ""  # at rcpt
+    queue: str = ""  # for quarantine
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuleAction(JournalEvent):
+    """A rule or plugin changed the message or its envelope (add_header, rewrite_sender ...),
+    applied to what was queued as `queue_id`."""
+
+    TAG = "rule.action"
+    session_id: str
+    queue_id: str
+    stage: str
+    by: str
+    action: str
+    args: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

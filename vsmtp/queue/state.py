@@ -48,6 +48,7 @@ class MessageState:
     message_id: str = ""
     held: bool = False  # an operator put it on hold: not delivered until released
     delay_warned: bool = False  # the sender was told it is delayed (message.delay_warned)
+    quarantine: str = ""  # the quarantine it is held in (message.quarantined), until released
 
     @property
     def done(self) -> bool:
@@ -108,6 +109,11 @@ def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueS
         if event.queue_id not in state.messages:
             return state
         return replace(state, messages=state.messages.delete(event.queue_id), completed=state.completed + 1)
+    if isinstance(event, ev.MessageQuarantined):
+        found = state.messages.get(event.queue_id)
+        if found is None:
+            return state
+        return replace(state, messages=state.messages.set(event.queue_id, replace(found, held=True, quarantine=event.queue)))
     if isinstance(event, ev.MessageDelayWarned):
         found = state.messages.get(event.queue_id)
         if found is None:
@@ -136,8 +142,10 @@ def _operator(state: QueueState, event: ev.OperatorAction) -> QueueState:
     if isinstance(event, ev.RetryRequested):
         due = tuple(replace(r, next_attempt=0.0) if r.status == "pending" else r for r in found.recipients)
         changed = replace(found, recipients=due)
+    elif isinstance(event, ev.MessageReleased):
+        changed = replace(found, held=False, quarantine="")  # out of quarantine too
     else:
-        changed = replace(found, held=isinstance(event, ev.MessageHeld))
+        changed = replace(found, held=True)
     return replace(state, messages=state.messages.set(event.queue_id, changed))
 
 
@@ -187,7 +195,7 @@ def _to_report(recipients: Iterable[RecipientState]) -> bool:
 
 
 # 2 added `held` per message and the `removed` counter; 3 `notify` per recipient and
-# `delay_warned` per message. Older versions still read.
+# `delay_warned` and `quarantine` per message. Older versions still read.
 SNAPSHOT_VERSION = 3
 
 
@@ -208,6 +216,7 @@ def to_snapshot(state: QueueState) -> dict[str, Any]:
                 [[r.address, r.status, r.attempts, r.next_attempt, r.last_error, r.in_doubt, r.notify] for r in m.recipients],
                 m.held,
                 m.delay_warned,
+                m.quarantine,
             ]
             for m in state.messages.values()
         ],
@@ -246,6 +255,7 @@ def from_snapshot(data: Mapping[str, Any]) -> QueueState:
                     ),
                     held=bool(rest[0]) if rest else False,
                     delay_warned=bool(rest[1]) if len(rest) > 1 else False,
+                    quarantine=rest[2] if len(rest) > 2 else "",
                 ),
             )
             for queue_id, reverse_path, blob, size, accepted_at, message_id, rcpts, *rest in data["messages"]
@@ -274,6 +284,7 @@ QUEUE_TAGS = frozenset(
         ev.DeliveryDeferred,
         ev.MessageBounced,
         ev.MessageDelayWarned,
+        ev.MessageQuarantined,
         ev.DeliveryStarted,
         ev.MessageHeld,
         ev.MessageReleased,

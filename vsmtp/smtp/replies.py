@@ -131,5 +131,8 @@ def line_too_long(limit: int) -> Reply:
 # Transient trouble on our side: the client keeps the message and tries later.
 STORAGE_FULL = Reply.of(452, "4.3.1", "Insufficient system storage")
 LOCAL_ERROR = Reply.of(451, "4.3.0", "Error: queue file write error")
+NO_RECIPIENTS_LEFT = Reply.of(554, "5.7.1", "No recipients left after the rules")
+HOOK_FAILED = Reply.of(451, "4.3.0", "Temporary local problem, try again later")  # a rule or plugin raised
+HOOK_FAILED_AT_CONNECT = Reply.of(421, "4.3.0", "Temporary local problem, closing transmission channel")
 SHUTTING_DOWN = Reply.of(421, "4.3.2", "Service shutting down, closing transmission channel")
 TIMEOUT = Reply.of(421, "4.4.2", "Error: timeout exceeded")
