@@ -8,7 +8,7 @@
     vsmtp journal verify [--json]
     vsmtp journal rebuild [--write] [--json]
     vsmtp trace ID [--json]             ID: a queue id or a Message-ID
-    vsmtp queue list [--json] | stats [--json] | show ID [--json] | hold ID | release ID | remove ID | retry ID|--all
+    vsmtp queue list [--quarantine NAME] [--json] | stats [--json] | show ID [--json] | hold ID | release ID | remove ID | retry ID|--all
     vsmtp config show [--config FILE]
 
 Every command reads the same configuration as the daemon, so run from the daemon's
@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("id", metavar="ID", help="a queue id or a Message-ID")
 
     queue = sub.add_parser("queue", help="the messages waiting for delivery, and what to do with them").add_subparsers(metavar="ACTION")
-    command(queue, "list", _queue_list, "id, age, size, sender, pending recipients, last error", json=True)
+    listing = command(queue, "list", _queue_list, "id, age, size, sender, pending recipients, last error", json=True)
+    listing.add_argument("--quarantine", metavar="NAME", help="only the messages in this quarantine ('*': in any)")
     command(queue, "stats", _queue_stats, "pending recipients by domain and age (like qshape)", json=True)
     command(queue, "show", _queue_show, "one message: envelope, each recipient, headers", json=True).add_argument("id", metavar="ID")
     for action, text in (
@@ -345,12 +346,15 @@ def _queue_list(args: argparse.Namespace, config: config_mod.Config) -> int:
     with Journal(config.journal.path, readonly=True) as journal:
         state = queue_inspect.current(journal)
     now = time.time()
-    rows = [queue_inspect.summary(m, now=now) for m in sorted(state.messages.values(), key=lambda m: m.accepted_at)]
+    messages = sorted(state.messages.values(), key=lambda m: m.accepted_at)
+    if args.quarantine is not None:
+        messages = [m for m in messages if m.quarantine and args.quarantine in ("*", m.quarantine)]
+    rows = [queue_inspect.summary(m, now=now) for m in messages]
     if args.json:
         print(json.dumps(rows))
         return 0
     for row in rows:
-        held = " (held)" if row["held"] else ""
+        held = f" (quarantine {row['quarantine']})" if row["quarantine"] else " (held)" if row["held"] else ""
         print(f"{row['queue_id']}{held}  {_age(row['age'])}  {row['size']} bytes  from <{row['sender']}>")
         print(f"    to {', '.join(row['pending'])}" + (f"  ({row['last_error']})" if row["last_error"] else ""))
     print(f"{len(rows)} message(s) in the queue")

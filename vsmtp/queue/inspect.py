@@ -39,6 +39,7 @@ def summary(message: MessageState, *, now: float) -> dict[str, Any]:
         "sender": message.reverse_path,
         "pending": [r.address for r in pending],
         "held": message.held,
+        "quarantine": message.quarantine,
         "next_attempt": min((r.next_attempt for r in pending), default=0.0),
         "last_error": errors[-1] if errors else "",
     }
