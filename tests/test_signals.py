@@ -174,3 +174,31 @@ def test_sighup_reloads_config_and_certificates_without_dropping_sessions(daemon
     assert still.replies()[0].startswith("220 mx2.test ")
     still.close()
     assert daemon.proc.poll() is None
+
+
+@pytest.mark.slow
+def test_sighup_reloads_the_rules_and_a_broken_rules_file_keeps_the_old_ones(daemon: Daemon) -> None:
+    rules = daemon.workdir / "rules.py"
+    rules.write_text("from vsmtp.rules import *\n\n@rule.mail\ndef no_a(ctx):\n    return deny('550 5.7.1 rule one')\n")
+    daemon.write_config(CONFIG.format(hostname="mx.test", grace=10).replace("hostname", 'rules = "rules.py"\nhostname', 1))
+
+    def mail_reply() -> str:
+        client = BlockingClient(port)
+        try:
+            client.replies()
+            return client.say(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\n", 2)[-1]
+        finally:
+            client.close()
+
+    port = daemon.start()
+    assert mail_reply().startswith("550 5.7.1 rule one")
+    rules.write_text(rules.read_text().replace("rule one", "rule two"))
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for_log(daemon, "configuration reloaded", count=2)
+    assert mail_reply().startswith("550 5.7.1 rule two")
+    rules.write_text("from vsmtp.rules import *\n\n@rule.mail\ndef broken(ctx)\n    pass\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for_log(daemon, "reload failed, keeping the configuration in force")
+    assert "rules.py:4: " in daemon.log().split("reload failed", 1)[1].splitlines()[0]
+    assert mail_reply().startswith("550 5.7.1 rule two")  # the rules in force stay

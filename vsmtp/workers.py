@@ -45,6 +45,7 @@ from .daemon import Running, journal_lock, serve
 from .errors import ConfigError
 from .net import counts
 from .net.server import Settings, bind_sockets
+from .rules.loader import RulesFile
 
 log = logging.getLogger("vsmtp.workers")  # not "__main__" in a receiving process
 
@@ -144,7 +145,10 @@ class Supervisor:
         """Check the file; in force from now on for receiving processes that (re)start. Each
         running one reloads it on its own (and logs the result)."""
         try:
-            self.config = config_mod.load(self.config_path)
+            new = config_mod.load(self.config_path)
+            if new.rules:
+                RulesFile.load(new.rules)  # a broken rules file keeps the configuration in force too
+            self.config = new
             log.info("received SIGHUP: the receiving processes reload the configuration")
         except (ConfigError, OSError, ValueError) as exc:
             log.error("received SIGHUP: reload failed, keeping the configuration in force: %s", exc)
