@@ -277,7 +277,7 @@ class Worker:
             resolver=self.resolver,
             in_doubt=job.in_doubt,
             before_data=partial(self._started, job.queue_id),
-            cache=self.connections if self.config.delivery.connection_idle > 0 else None,
+            cache=self.connections,
             host_limits=self.host_limits,
         )
 

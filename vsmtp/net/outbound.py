@@ -184,13 +184,12 @@ class HostLimits:
 
 
 async def _one_host(message: Message, host: str, address: str, settings: Settings) -> dict[str, Outcome]:
-    if settings.host_limits is None:
-        return await _one_host_now(message, host, address, settings)
-    async with settings.host_limits.slot(address):
-        return await _one_host_now(message, host, address, settings)
+    limits = settings.host_limits
+    async with limits.slot(address) if limits is not None else contextlib.nullcontext():
+        return await _one_host_unlimited(message, host, address, settings)
 
 
-async def _one_host_now(message: Message, host: str, address: str, settings: Settings) -> dict[str, Outcome]:
+async def _one_host_unlimited(message: Message, host: str, address: str, settings: Settings) -> dict[str, Outcome]:
     timeout = TIMEOUTS
     key = (host, address, settings.port, settings.implicit_tls, settings.require_tls, settings.auth)
     cache = settings.cache
@@ -292,6 +291,9 @@ class ConnectionCache:
         return None
 
     def put(self, key: tuple[object, ...], conn: _Open) -> bool:
+        """Keep `conn`; False when it is not kept (idle = 0 keeps none, or the host has enough)."""
+        if self.idle <= 0:
+            return False
         waiting = self._idle.setdefault(key, [])
         if len(waiting) >= self.per_host:
             return False

@@ -172,7 +172,11 @@ class ClientConnection:
     def tls_started(self) -> None:
         """The driver finished the TLS handshake after STARTTLS's 220: start over with EHLO."""
         self._expect(State.TLS, "a TLS handshake")
-        self._tls_on()
+        self.tls = True
+        self.capabilities = Capabilities.none()  # RFC 3207 4.2: forget what was said before TLS
+        self.authenticated = False
+        self._reader = ReplyReader()
+        self.state = State.HELLO
 
     def implicit_tls(self) -> None:
         """The connection is TLS from its first byte (smtps, RFC 8314): set before the greeting."""
@@ -276,19 +280,12 @@ class ClientConnection:
             waiting = self._awaiting[-1]
             if not self.capabilities.has("PIPELINING"):
                 raise LocalProtocolError(f"{command} before the reply to {waiting}: the server did not offer PIPELINING")
-            if waiting in _ENDS_GROUP and not (waiting == "DATA" and command == "MESSAGE" and self.state is State.BODY):
+            if waiting in _ENDS_GROUP:
                 raise LocalProtocolError(f"{command} after {waiting} before its reply (RFC 2920 3.1)")
         if self.state is State.BODY and command != "MESSAGE":
             raise LocalProtocolError(f"{command} while the server waits for the message")
         self._awaiting.append(command)
         return data
-
-    def _tls_on(self) -> None:
-        self.tls = True
-        self.capabilities = Capabilities.none()  # RFC 3207 4.2: forget what was said before TLS
-        self.authenticated = False
-        self._reader = ReplyReader()
-        self.state = State.HELLO
 
 
 def _with_params(command: str, params: Iterable[str]) -> bytes:
