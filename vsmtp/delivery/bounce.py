@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import email.utils
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vsmtp_journal import Append, Journal
@@ -162,8 +163,34 @@ def _original(journal: Journal, message: MessageState) -> tuple[ev.MessageAccept
     return accepted, original
 
 
-def _notice(message: MessageState, body: bytes, notice_id: str, config: Config, now: float) -> Append:
-    """The notice as a new message from <> to the sender, ready to append."""
+def _records(
+    journal: Journal,
+    message: MessageState,
+    config: Config,
+    reports: list[Report],
+    event: Callable[[str, tuple[str, ...]], ev.JournalEvent],
+    *,
+    now: float,
+    unreported: tuple[str, ...] = (),
+    retry_until: float | None = None,
+) -> list[Append]:
+    """The notice as a new message from <> to the sender, and `event(notice id, recipients
+    reported)` that records it: to be appended in one transaction. Nobody to report: the event
+    alone, with an empty id and `unreported`."""
+    if not reports:
+        return [Append(*ev.encode(event("", unreported)))]
+    accepted, original = _original(journal, message)
+    notice_id = ids.new_id()
+    body = compose(
+        message=message,
+        original=original,
+        accepted=accepted,
+        reports=reports,
+        hostname=config.hostname,
+        bounce_id=notice_id,
+        now=now,
+        retry_until=retry_until,
+    )
     dsn = ev.MessageAccepted(
         at=now,
         queue_id=notice_id,
@@ -174,7 +201,8 @@ def _notice(message: MessageState, body: bytes, notice_id: str, config: Config, 
         size=len(body),
         message_id=f"<{notice_id}@{config.hostname}>",
     )
-    return Append(*ev.encode(dsn), blobs={dsn.blob: body}, index=ev.index_keys(dsn))
+    done = event(notice_id, tuple(r.recipient for r in reports))
+    return [Append(*ev.encode(dsn), blobs={dsn.blob: body}, index=ev.index_keys(dsn)), Append(*ev.encode(done))]
 
 
 def plan(journal: Journal, message: MessageState, config: Config, *, now: float) -> list[Append]:
@@ -190,20 +218,14 @@ def plan(journal: Journal, message: MessageState, config: Config, *, now: float)
             if r.wants("FAILURE"):
                 reports.append(Report(r.address, "failed", status_of(r.last_error), r.last_error or "delivery failed"))
         elif r.status == "delivered" and r.wants("SUCCESS"):
-            settled.append(r.address)
             # Handed to another host, which was not asked to report further: "relayed" (RFC 3464 2.3.3).
             remote = policy.remote_domain(r.address, config) is not None
             reports.append(Report(r.address, "relayed" if remote else "delivered", "2.0.0", ""))
-    if not reports:
-        done = ev.MessageBounced(at=now, queue_id=message.queue_id, bounce_id="", recipients=tuple(settled))
-        return [Append(*ev.encode(done))]
-    accepted, original = _original(journal, message)
-    bounce_id = ids.new_id()
-    body = compose(
-        message=message, original=original, accepted=accepted, reports=reports, hostname=config.hostname, bounce_id=bounce_id, now=now
-    )
-    done = ev.MessageBounced(at=now, queue_id=message.queue_id, bounce_id=bounce_id, recipients=tuple(r.recipient for r in reports))
-    return [_notice(message, body, bounce_id, config, now), Append(*ev.encode(done))]
+
+    def bounced(bounce_id: str, recipients: tuple[str, ...]) -> ev.JournalEvent:
+        return ev.MessageBounced(at=now, queue_id=message.queue_id, bounce_id=bounce_id, recipients=recipients)
+
+    return _records(journal, message, config, reports, bounced, now=now, unreported=tuple(settled))
 
 
 def plan_delay_warning(journal: Journal, message: MessageState, config: Config, *, now: float) -> list[Append]:
@@ -212,20 +234,8 @@ def plan_delay_warning(journal: Journal, message: MessageState, config: Config, 
     transaction. Reads the journal: run it in a worker thread."""
     pending = [r for r in message.recipients if r.status == "pending"]
     reports = [Report(r.address, "delayed", delay_status_of(r.last_error), r.last_error) for r in pending if r.wants("DELAY")]
-    if not reports:
-        done = ev.MessageDelayWarned(at=now, queue_id=message.queue_id, warning_id="", recipients=())
-        return [Append(*ev.encode(done))]
-    accepted, original = _original(journal, message)
-    warning_id = ids.new_id()
-    body = compose(
-        message=message,
-        original=original,
-        accepted=accepted,
-        reports=reports,
-        hostname=config.hostname,
-        bounce_id=warning_id,
-        now=now,
-        retry_until=message.accepted_at + config.delivery.lifetime,
-    )
-    done = ev.MessageDelayWarned(at=now, queue_id=message.queue_id, warning_id=warning_id, recipients=tuple(r.recipient for r in reports))
-    return [_notice(message, body, warning_id, config, now), Append(*ev.encode(done))]
+
+    def warned(warning_id: str, recipients: tuple[str, ...]) -> ev.JournalEvent:
+        return ev.MessageDelayWarned(at=now, queue_id=message.queue_id, warning_id=warning_id, recipients=recipients)
+
+    return _records(journal, message, config, reports, warned, now=now, retry_until=message.accepted_at + config.delivery.lifetime)

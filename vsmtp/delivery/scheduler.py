@@ -46,6 +46,15 @@ class DeliveryJob:
     in_doubt: frozenset[str] = frozenset()  # recipients whose data went out without a final answer
 
 
+# The notices the scheduler queues: kind -> (what plans its records, whether it is still due).
+NOTICES: dict[str, tuple[Callable[..., list[Append]], Callable[[MessageState], bool]]] = {
+    # every recipient final, and the sender owed a report (failures, or NOTIFY=SUCCESS)
+    "bounce": (bounce.plan, lambda message: message.bounce_due),
+    # waited delivery.delay_warning with recipients pending, not warned yet
+    "delay": (bounce.plan_delay_warning, lambda message: not message.delay_warned and bool(message.pending())),
+}
+
+
 class Scheduler:
     def __init__(
         self,
@@ -59,10 +68,11 @@ class Scheduler:
         self.config = config
         self.journal = journal
         self.writer = writer
-        self._bouncing: set[str] = set()  # bounces being queued: not twice
-        self._bounce_due: set[str] = set()
-        self._warning: set[str] = set()  # delay warnings being queued, until the projection has them
-        self._warning_due: set[str] = set()
+        # Notices (NOTICES) found due, and those being queued: (kind, queue id). One stays
+        # "being queued" until the projection shows it done, so a touch meanwhile cannot queue
+        # it twice.
+        self._notices_due: set[tuple[str, str]] = set()
+        self._noticing: set[tuple[str, str]] = set()
         # queue id -> recipient -> None while its attempt runs, then the position of its outcome
         self.in_flight: dict[str, dict[str, int | None]] = {}
         self._retries: list[tuple[float, str]] = []  # heap of (due time, queue id)
@@ -73,8 +83,7 @@ class Scheduler:
         for queue_id in queue_ids:
             message = self.projection.state.messages.get(queue_id)
             if message is None:  # complete (or removed): nothing left to remember
-                self._bouncing.discard(queue_id)
-                self._warning.discard(queue_id)
+                self._noticing -= {(kind, queue_id) for kind in NOTICES}
                 if all(p is not None for p in self.in_flight.get(queue_id, {}).values()):
                     self.in_flight.pop(queue_id, None)
                     self._recovered.discard(queue_id)
@@ -88,7 +97,7 @@ class Scheduler:
         if message.held:
             return None  # its release touches it again
         if message.bounce_due:
-            self._bounce_due.add(message.queue_id)
+            self._notices_due.add(("bounce", message.queue_id))
             return None
         self._check_delay(message, now=now)
         position = self.projection.state.position
@@ -121,41 +130,31 @@ class Scheduler:
         """A delay warning is due once the message has waited delivery.delay_warning (0: never)."""
         after = self.config.delivery.delay_warning
         if message.delay_warned:
-            self._warning.discard(message.queue_id)
+            self._noticing.discard(("delay", message.queue_id))
             return
         if not after or not message.reverse_path or not message.pending():
             return
         due = message.accepted_at + after
         if due <= now:
-            self._warning_due.add(message.queue_id)
+            self._notices_due.add(("delay", message.queue_id))
         else:
             heapq.heappush(self._retries, (due, message.queue_id))
 
-    async def _bounce(self, queue_id: str) -> None:
-        """Queue the report of a finished message (its bounce, or the successes asked for), with
-        message.bounced, in one transaction; the projection then drops the message and picks up
-        the report."""
+    async def _notice(self, kind: str, queue_id: str) -> None:
+        """Queue a notice (the DSN, if anyone wants one) with the event that records it, in one
+        transaction; the projection then shows it done."""
+        planner, still_due = NOTICES[kind]
         message = self.projection.state.messages.get(queue_id)
-        if message is not None and message.bounce_due:
-            await self._notice(queue_id, bounce.plan, message, self._bouncing)
-        # On success it stays in _bouncing until the projection has dropped the message
-        # (due_jobs forgets it then): a touch in between must not queue a second bounce.
-
-    async def _warn(self, queue_id: str) -> None:
-        """Queue a delay warning with message.delay_warned, in one transaction."""
-        message = self.projection.state.messages.get(queue_id)
-        if message is not None and not message.delay_warned and message.pending():
-            await self._notice(queue_id, bounce.plan_delay_warning, message, self._warning)
-
-    async def _notice(self, queue_id: str, planner: Callable[..., list[Append]], message: MessageState, underway: set[str]) -> None:
+        if message is None or not still_due(message):
+            return
         try:
             appends = await trio.to_thread.run_sync(partial(planner, self.journal, message, self.config, now=time.time()))
             with trio.CancelScope(shield=True):
                 await self.writer.append_group(appends)  # the DSN and its event: both or neither
         except JournalError as exc:
-            log.error("cannot queue the delivery notice of %s: %s", queue_id, exc)
+            log.error("cannot queue the %s notice of %s: %s", kind, queue_id, exc)
             await trio.sleep(5.0)
-            underway.discard(queue_id)
+            self._noticing.discard((kind, queue_id))
             self.projection.touch(queue_id)  # try again
 
     def recovering(self, queue_id: str) -> None:
@@ -169,7 +168,7 @@ class Scheduler:
         self.projection.touch(job.queue_id)
 
     async def run(self, send: trio.MemorySendChannel[DeliveryJob]) -> None:
-        async with send, trio.open_nursery() as bouncing:
+        async with send, trio.open_nursery() as noticing:
             while True:
                 now = time.time()
                 touched = self.projection.take_touched()
@@ -177,14 +176,10 @@ class Scheduler:
                     touched.add(heapq.heappop(self._retries)[1])
                 for job in self.due_jobs(touched, now=now):
                     await send.send(job)
-                for queue_id in self._bounce_due - self._bouncing:
-                    self._bouncing.add(queue_id)
-                    bouncing.start_soon(self._bounce, queue_id)
-                self._bounce_due.clear()
-                for queue_id in self._warning_due - self._warning:
-                    self._warning.add(queue_id)
-                    bouncing.start_soon(self._warn, queue_id)
-                self._warning_due.clear()
+                for kind, queue_id in self._notices_due - self._noticing:
+                    self._noticing.add((kind, queue_id))
+                    noticing.start_soon(self._notice, kind, queue_id)
+                self._notices_due.clear()
                 wait = self._retries[0][0] - time.time() if self._retries else math.inf
                 await self.projection.wait_touched(timeout=max(wait, 0.0))
 
