@@ -199,25 +199,21 @@ def _to_report(recipients: Iterable[RecipientState]) -> bool:
 SNAPSHOT_VERSION = 3
 
 
+# A snapshot stores each object as a list of its fields in these orders. A new field goes at
+# the end of its list (with a default), so a shorter list from an older version still reads.
+_COUNTERS = ("accepted", "delivered", "failed", "completed", "removed")
+_MESSAGE = ("queue_id", "reverse_path", "blob", "size", "accepted_at", "message_id", "recipients", "held", "delay_warned", "quarantine")
+_RECIPIENT = ("address", "status", "attempts", "next_attempt", "last_error", "in_doubt", "notify")
+
+
 def to_snapshot(state: QueueState) -> dict[str, Any]:
     """The state as plain data (for CBOR): what a checkpoint stores."""
     return {
         "version": SNAPSHOT_VERSION,
         "position": state.position,
-        "counters": [state.accepted, state.delivered, state.failed, state.completed, state.removed],
+        "counters": [getattr(state, name) for name in _COUNTERS],
         "messages": [
-            [
-                m.queue_id,
-                m.reverse_path,
-                m.blob,
-                m.size,
-                m.accepted_at,
-                m.message_id,
-                [[r.address, r.status, r.attempts, r.next_attempt, r.last_error, r.in_doubt, r.notify] for r in m.recipients],
-                m.held,
-                m.delay_warned,
-                m.quarantine,
-            ]
+            [[[getattr(r, f) for f in _RECIPIENT] for r in m.recipients] if name == "recipients" else getattr(m, name) for name in _MESSAGE]
             for m in state.messages.values()
         ],
     }
@@ -229,48 +225,23 @@ def from_snapshot(data: Mapping[str, Any]) -> QueueState:
     if version not in range(1, SNAPSHOT_VERSION + 1):
         raise ValueError(f"snapshot version {version!r}, this vsmtp reads 1 to {SNAPSHOT_VERSION}")
     try:
-        accepted, delivered, failed, completed, *more = data["counters"]
-        removed = more[0] if more else 0
-        messages = Map(
-            (
-                queue_id,
-                MessageState(
-                    queue_id=queue_id,
-                    reverse_path=reverse_path,
-                    blob=blob,
-                    size=size,
-                    accepted_at=accepted_at,
-                    message_id=message_id,
-                    recipients=tuple(
-                        RecipientState(
-                            address=a,
-                            status=st,
-                            attempts=n,
-                            next_attempt=t,
-                            last_error=e,
-                            in_doubt=bool(extra and extra[0]),
-                            notify=extra[1] if len(extra) > 1 else "",
-                        )
-                        for a, st, n, t, e, *extra in rcpts
-                    ),
-                    held=bool(rest[0]) if rest else False,
-                    delay_warned=bool(rest[1]) if len(rest) > 1 else False,
-                    quarantine=rest[2] if len(rest) > 2 else "",
-                ),
-            )
-            for queue_id, reverse_path, blob, size, accepted_at, message_id, rcpts, *rest in data["messages"]
-        )
-        return QueueState(
-            position=data["position"],
-            messages=messages,
-            accepted=accepted,
-            delivered=delivered,
-            failed=failed,
-            completed=completed,
-            removed=removed,
-        )
+        messages = Map((row[0], _message(row)) for row in data["messages"])
+        return QueueState(position=data["position"], messages=messages, **_fields(_COUNTERS, data["counters"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"snapshot does not read: {exc}") from exc
+
+
+def _message(row: list[Any]) -> MessageState:
+    fields = _fields(_MESSAGE, row)
+    fields["recipients"] = tuple(RecipientState(**_fields(_RECIPIENT, r)) for r in fields["recipients"])
+    return MessageState(**fields)
+
+
+def _fields(names: tuple[str, ...], row: list[Any]) -> dict[str, Any]:
+    """A stored list as keyword arguments; the fields it lacks (an older version) take their defaults."""
+    if len(row) > len(names):
+        raise ValueError(f"{len(row)} values where this version knows {len(names)}")
+    return dict(zip(names, row, strict=False))
 
 
 # The only tags apply() reacts to: other records (sessions, TLS, ...) only move the position,
