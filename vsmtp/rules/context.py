@@ -43,13 +43,14 @@ class Message:
     def __init__(self, raw: bytes) -> None:
         self._raw = raw
         self._parsed: email.message.EmailMessage | None = None
+        self._head: email.message.Message | None = None
         self.edited = False
 
     @property
     def raw(self) -> bytes:
         if self._parsed is not None and self.edited:
             self._raw = self._parsed.as_bytes(policy=email.policy.SMTP)  # only after a part edit
-            self._parsed, self.edited = None, False
+            self._parsed, self._head, self.edited = None, None, False
         return self._raw
 
     @property
@@ -69,9 +70,10 @@ class Message:
     def headers(self, name: str) -> list[str]:
         if self._parsed is not None:
             return [str(v) for v in self._parsed.get_all(name, [])]
-        head = self._raw.split(b"\r\n\r\n", 1)[0]
-        parsed = email.message_from_bytes(head + b"\r\n\r\n", policy=email.policy.default)
-        return [str(v) for v in parsed.get_all(name, [])]
+        if self._head is None:  # the header section alone, parsed once until the next edit
+            head = self._raw.split(b"\r\n\r\n", 1)[0]
+            self._head = email.message_from_bytes(head + b"\r\n\r\n", policy=email.policy.default)
+        return [str(v) for v in self._head.get_all(name, [])]
 
     def attachments(self) -> list[email.message.EmailMessage]:
         return list(self.mime.iter_attachments()) if self.mime.is_multipart() else []
@@ -122,7 +124,7 @@ class Message:
             head = _without_header(head, name)
         if action in ("add_header", "set_header"):
             head = f"{name}: {value}\r\n".encode() + head
-        self._raw, self._parsed = head + body, None
+        self._raw, self._parsed, self._head = head + body, None, None
 
 
 @dataclass(slots=True)

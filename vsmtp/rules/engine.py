@@ -11,7 +11,7 @@ from typing import Any
 from ..plugins import PluginManager
 from . import verdicts
 from .context import Context
-from .loader import RulesFile
+from .loader import STAGES, RulesFile
 from .verdicts import NEXT, Verdict
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,18 @@ class Stages:
     def __init__(self, plugins: PluginManager | None = None, rules: RulesFile | None = None) -> None:
         self.plugins = plugins
         self.rules = rules
+        # Known once (plugins register at start, rules load with the settings): every SMTP
+        # command asks, and most stages of most servers have nothing to run.
+        self._active = frozenset(
+            stage
+            for stage in STAGES
+            if (rules is not None and rules.rules(stage))
+            or (plugins is not None and getattr(plugins.pm.hook, f"vsmtp_{stage}").get_hookimpls())
+        )
 
     def active(self, stage: str) -> bool:
         """Whether anything runs at `stage` (so a session can skip building what it would see)."""
-        if self.rules is not None and self.rules.rules(stage):
-            return True
-        return self.plugins is not None and bool(getattr(self.plugins.pm.hook, f"vsmtp_{stage}").get_hookimpls())
+        return stage in self._active
 
     async def run(self, stage: str, ctx: Context, **kwargs: Any) -> Verdict:
         ctx.stage = stage
