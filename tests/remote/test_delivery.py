@@ -12,7 +12,7 @@ import pytest
 import trio
 import trustme
 
-from vsmtp.config import Config, DnsConfig
+from vsmtp.config import Config, DnsConfig, RelayhostConfig
 from vsmtp.daemon import Running
 
 from ..conftest import sendmail, with_changes
@@ -63,6 +63,13 @@ async def outcomes(running: Running, queue_id_count: int = 1, *, timeout: float 
         while running.projection.state.completed < queue_id_count:
             await running.projection.wait_touched(timeout=0.05)
     return [r for r in running.journal.read(0) if r.tag in ("delivery.succeeded", "delivery.deferred", "delivery.failed")]
+
+
+def server_tls(ca: trustme.CA, name: str) -> ssl.SSLContext:
+    """A receiving server's TLS context, with a certificate for `name` from the test CA."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(name).configure_cert(context)
+    return context
 
 
 MESSAGE = "Subject: far away\r\n\r\n.a line that starts with a dot\r\nbye\r\n"
@@ -168,8 +175,7 @@ async def test_a_slow_domain_does_not_hold_back_another(start_server: Any, sende
 
 
 async def test_starttls_when_offered(start_server: Any, sender: Config, start_sink: Any, ca: trustme.CA) -> None:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("mx1.far.test").configure_cert(context)
+    context = server_tls(ca, "mx1.far.test")
     sink = await start_sink("127.0.0.2", tls=context)
     running = await start_server(sender)
     await sendmail(running, "a@example.org", ["user@far.test"], MESSAGE)
@@ -288,10 +294,7 @@ async def test_connections_to_one_host_are_limited_across_domains(start_server: 
 async def test_relay_through_a_smarthost_with_auth_over_starttls(
     start_server: Any, sender: Config, start_sink: Any, port: int, ca: trustme.CA
 ) -> None:
-    from vsmtp.config import RelayhostConfig
-
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("smarthost.test").configure_cert(context)
+    context = server_tls(ca, "smarthost.test")
     smarthost = await start_sink("127.0.0.8", tls=context, auth=("relayuser", "s3cret"))
     relay = RelayhostConfig(url=f"smtp://127.0.0.8:{port}", username="relayuser", password="s3cret", tls="require")
     running = await start_server(with_changes(sender, relayhost=relay))
@@ -307,10 +310,7 @@ async def test_relay_through_a_smarthost_with_auth_over_starttls(
 async def test_a_smarthost_that_refuses_the_credentials_or_lacks_tls_gets_nothing(
     start_server: Any, sender: Config, start_sink: Any, port: int, ca: trustme.CA
 ) -> None:
-    from vsmtp.config import RelayhostConfig
-
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("smarthost.test").configure_cert(context)
+    context = server_tls(ca, "smarthost.test")
     with_tls = await start_sink("127.0.0.8", tls=context, auth=("relayuser", "s3cret"))
     plain = await start_sink("127.0.0.9")  # no STARTTLS
     wrong = RelayhostConfig(url=f"smtp://127.0.0.8:{port}", username="relayuser", password="wrong")
