@@ -163,12 +163,6 @@ def parse_params(text: str) -> dict[str, str | None]:
     return params
 
 
-def mailbox_of(address: str) -> Mailbox:
-    """Split an address already validated by parse_path into local part and domain."""
-    local, _, domain = address.rpartition("@")
-    return Mailbox(local, domain)
-
-
 class ContentScanner:
     """Watches message content, in chunks of any size, for what must not pass:
 
