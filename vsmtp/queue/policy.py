@@ -66,12 +66,13 @@ def relay_networks(config: Config) -> tuple[IpNetwork, ...]:
     return tuple(ipaddress.ip_network(n, strict=False) for n in config.relay.networks)
 
 
-def may_relay(host: str, networks: tuple[IpNetwork, ...]) -> bool:
-    """Is a client at `host` allowed to send to domains that are not ours (Postfix's mynetworks)?"""
-    address = ipaddress.ip_address(host)
+def may_relay(host: str | ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[IpNetwork, ...]) -> bool:
+    """Is a client at `host` allowed to send to domains that are not ours (Postfix's mynetworks)?
+    Whether an address is in any of `networks`, an IPv4-mapped IPv6 address as its IPv4 one."""
+    address = ipaddress.ip_address(host) if isinstance(host, str) else host
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return any(address in network for network in networks)
+    return any(address.version == network.version and address in network for network in networks)
 
 
 def recipient_verdict(address: str, config: Config, *, relay_allowed: bool) -> Verdict:

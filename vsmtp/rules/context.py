@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..queue import policy
 from .objects import IpAddress
 
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 2.2: printable, no colon
@@ -166,8 +167,8 @@ class Context:
         return "internal" if targets and all(self._is_local(t) for t in targets) else "outgoing"
 
     def _is_local(self, address: str) -> bool:
-        domain = address.rpartition("@")[2].lower()
-        return bool(address) and (domain in self.local_domains or "@" not in address)
+        _, domain = policy.local_user(address)
+        return bool(address) and (not domain or domain in self.local_domains)
 
     def new_transaction(self) -> None:
         self.sender, self.recipients, self.mail_params, self.recipient, self.message = None, [], {}, "", None

@@ -29,6 +29,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ..queue import policy
+
 log = logging.getLogger(__name__)
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -42,12 +44,9 @@ class Networks:
 
     def __contains__(self, address: object) -> bool:
         try:
-            ip = address if isinstance(address, IpAddress) else ipaddress.ip_address(str(address))
+            return policy.may_relay(address if isinstance(address, IpAddress) else str(address), self.networks)
         except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip.version == n.version and ip in n for n in self.networks)
+            return False  # not an address
 
     def __repr__(self) -> str:
         return f"Networks({', '.join(repr(str(n)) for n in self.networks)})"
