@@ -105,7 +105,7 @@ class Session:
             server=endpoint(local.host, local.port),
             listener=listener.name,
             role=listener.role,
-            local_domains=frozenset(d.lower() for d in self.config.local.domains),
+            local_domains=policy.local_domains(self.config),
         )
         self.denied: Verdict | None = None  # a deny at connect or helo holds for the session
         self.faccepted = False  # faccept: no rule, plugin or check runs for the rest of the session
@@ -507,7 +507,7 @@ class Session:
             trace_context=trace_context,
         )
         follow: list[qe.JournalEvent] = [
-            qe.RuleAction(at=now, session_id=self.id, queue_id=queue_id, stage=self.ctx.stage, by=a.by, action=a.name, args=a.args)
+            qe.RuleAction(at=now, session_id=self.id, queue_id=queue_id, stage=a.stage, by=a.by, action=a.name, args=a.args)
             for a in actions
         ]
         if tx.quarantine[0]:

@@ -38,6 +38,11 @@ def is_local_domain(domain: str, config: Config) -> bool:
     return domain.lower() in _lowered(config.local.domains)
 
 
+def local_domains(config: Config) -> frozenset[str]:
+    """`local.domains`, lower-cased (once per configuration)."""
+    return _lowered(config.local.domains)
+
+
 @functools.lru_cache(maxsize=16)
 def _lowered(names: tuple[str, ...]) -> frozenset[str]:
     """A configuration's names, lower-cased once (configurations are immutable)."""

@@ -32,6 +32,7 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Action:
+    stage: str  # where it was asked for
     by: str  # "rules:FUNCTION" or a plugin's name
     name: str  # add_header, set_header, remove_header, rewrite_sender, add_recipient, ...
     args: tuple[str, ...]
@@ -203,7 +204,7 @@ class Context:
     def _record(self, name: str, *args: str) -> None:
         if self.stage in ("connect", "helo", "auth"):
             raise ValueError(f"{name} at the {self.stage} stage: there is no transaction yet")
-        self.actions.append(Action(self.by, name, args))
+        self.actions.append(Action(self.stage, self.by, name, args))
 
 
 def _without_header(head: bytes, name: str) -> bytes:
