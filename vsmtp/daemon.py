@@ -30,6 +30,7 @@ from .plugins import PluginManager
 from .queue import events as qe
 from .queue.projection import QueueProjection
 from .queue.retention import run_retention
+from .rules.engine import Stages
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,15 @@ async def serve(
                         await nursery.start(run_retention, journal, writer, projection, config.retention)
                         await nursery.start(_observe, journal, writer, plugins)
                         if config.delivery.enabled:
+                            stages = Stages.build(config, plugins)  # postq and delivery
                             scheduler = await nursery.start(
                                 lambda task_status: serve_delivery(
-                                    config=config, journal=journal, writer=writer, projection=projection, task_status=task_status
+                                    config=config,
+                                    journal=journal,
+                                    writer=writer,
+                                    projection=projection,
+                                    stages=stages,
+                                    task_status=task_status,
                                 )
                             )
                     bound: list[Bound] = []
@@ -203,6 +210,8 @@ def reload(running: Running, config_path: str | None) -> None:
     try:
         new = config_mod.load(config_path)
         running.smtp.reload(new)
+        if running.scheduler is not None:
+            running.scheduler.stages = running.smtp.settings.stages
     except (ConfigError, OSError, ValueError) as exc:
         log.error("reload failed, keeping the configuration in force: %s", exc)
         return

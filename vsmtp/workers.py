@@ -45,7 +45,7 @@ from .daemon import Running, journal_lock, serve
 from .errors import ConfigError
 from .net import counts
 from .net.server import Settings, bind_sockets
-from .rules.loader import RulesFile
+from .rules.engine import Stages
 
 log = logging.getLogger("vsmtp.workers")  # not "__main__" in a receiving process
 
@@ -111,7 +111,7 @@ class Supervisor:
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     if signum == signal.SIGHUP:
-                        self._reload()
+                        self._reload(running)
                     elif not self.stopping:
                         self.stopping = True
                         grace = self.config.limits.shutdown_grace
@@ -141,13 +141,16 @@ class Supervisor:
         children.cancel()
         await running.stop(0)
 
-    def _reload(self) -> None:
-        """Check the file; in force from now on for receiving processes that (re)start. Each
-        running one reloads it on its own (and logs the result)."""
+    def _reload(self, running: Running) -> None:
+        """Check the file; in force from now on for receiving processes that (re)start, and for
+        this process's postq and delivery stages. Each running receiver reloads it on its own
+        (and logs the result)."""
         try:
             new = config_mod.load(self.config_path)
-            if new.rules:
-                RulesFile.load(new.rules)  # a broken rules file keeps the configuration in force too
+            stages = Stages.build(new, running.plugins)  # a broken rules file keeps the configuration in force too
+            running.plugins.configure(new.plugin)
+            if running.scheduler is not None:
+                running.scheduler.stages = stages
             self.config = new
             log.info("received SIGHUP: the receiving processes reload the configuration")
         except (ConfigError, OSError, ValueError) as exc:

@@ -40,6 +40,10 @@ SAMPLES: list[ev.JournalEvent] = [
     ev.MessageBounced(at=1.0, queue_id="Q", bounce_id="B", recipients=("a@localhost",)),
     ev.MessageDelayWarned(at=1.0, queue_id="Q", warning_id="W", recipients=("a@localhost",)),
     ev.MessageQuarantined(at=1.0, queue_id="Q", queue="spam", by="rules:spam"),
+    ev.MessageFiltered(at=1.0, queue_id="Q", verdict="next"),
+    ev.MessageModified(
+        at=1.0, queue_id="Q", stage="postq", by="rules:x", blob=b"Q.1", size=10, reverse_path="a@b.example", recipients=("c@d.example",)
+    ),
     ev.RuleVerdict(at=1.0, session_id="S", stage="rcpt", by="rules:x", verdict="reject", reply="550 5.7.1 no", recipient="a@b"),
     ev.RuleAction(at=1.0, session_id="S", queue_id="Q", stage="data", by="rules:x", action="add_header", args=("X-A", "1")),
     ev.DeliveryAttempted(at=1.0, queue_id="Q", host="mx.far.test", address="192.0.2.1", tls=True, reply="250 2.0.0 ok"),

@@ -29,7 +29,8 @@ from ..queue import events as ev
 from ..queue import history, policy
 from ..queue.projection import QueueProjection
 from ..queue.state import MessageState
-from . import bounce, maildir, mbox, remote
+from ..rules.engine import Stages
+from . import bounce, maildir, mbox, postq, remote
 from .outcomes import deferred, with_expiry
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,18 @@ class Scheduler:
         config: Config,
         journal: Journal,
         writer: GroupCommitWriter,
+        stages: Stages | None = None,
     ) -> None:
         self.projection = projection
         self.config = config
         self.journal = journal
         self.writer = writer
+        self.stages = stages or Stages()  # the postq and delivery stages (replaced on reload)
+        # Messages whose postq stage is due, and those it runs for (until the projection shows
+        # message.filtered, so a touch meanwhile cannot run it twice).
+        self._filter_due: set[str] = set()
+        self._filtering: set[str] = set()
+        self._filter_limit = trio.CapacityLimiter(max(1, config.delivery.workers))  # postq stages at once
         # Notices (NOTICES) found due, and those being queued: (kind, queue id). One stays
         # "being queued" until the projection shows it done, so a touch meanwhile cannot queue
         # it twice.
@@ -84,6 +92,7 @@ class Scheduler:
             message = self.projection.state.messages.get(queue_id)
             if message is None:  # complete (or removed): nothing left to remember
                 self._noticing -= {(kind, queue_id) for kind in NOTICES}
+                self._filtering.discard(queue_id)
                 if all(p is not None for p in self.in_flight.get(queue_id, {}).values()):
                     self.in_flight.pop(queue_id, None)
                     self._recovered.discard(queue_id)
@@ -96,6 +105,10 @@ class Scheduler:
     def _job_for(self, message: MessageState, *, now: float) -> DeliveryJob | None:
         if message.held:
             return None  # its release touches it again
+        if message.postq:
+            self._filter_due.add(message.queue_id)
+            return None  # delivered once the post-queue stage has run
+        self._filtering.discard(message.queue_id)
         if message.bounce_due:
             self._notices_due.add(("bounce", message.queue_id))
             return None
@@ -157,6 +170,24 @@ class Scheduler:
             self._noticing.discard((kind, queue_id))
             self.projection.touch(queue_id)  # try again
 
+    async def _filter(self, queue_id: str) -> None:
+        """Run the post-queue stage for a message and journal what it decided (postq.py)."""
+        message = self.projection.state.messages.get(queue_id)
+        if message is None or not message.postq:
+            return
+        try:
+            async with self._filter_limit:
+                appends, settled = await postq.run(message, journal=self.journal, stages=self.stages, config=self.config)
+            with trio.CancelScope(shield=True):
+                await self.writer.append_group(appends)  # the verdict, edits and message.filtered: all or none
+        except (JournalError, LookupError) as exc:
+            log.error("%s: cannot run the postq stage: %s", queue_id, exc)
+            settled = False
+        if not settled:
+            await trio.sleep(postq.RETRY)
+            self._filtering.discard(queue_id)
+            self.projection.touch(queue_id)
+
     def recovering(self, queue_id: str) -> None:
         """Its last outcome may be missing from the journal: look for delivered files first."""
         self._recovered.add(queue_id)
@@ -180,6 +211,10 @@ class Scheduler:
                     self._noticing.add((kind, queue_id))
                     noticing.start_soon(self._notice, kind, queue_id)
                 self._notices_due.clear()
+                for queue_id in self._filter_due - self._filtering:
+                    self._filtering.add(queue_id)
+                    noticing.start_soon(self._filter, queue_id)
+                self._filter_due.clear()
                 wait = self._retries[0][0] - time.time() if self._retries else math.inf
                 await self.projection.wait_touched(timeout=max(wait, 0.0))
 
@@ -406,9 +441,10 @@ async def serve_delivery(
     journal: Journal,
     writer: GroupCommitWriter,
     projection: QueueProjection,
+    stages: Stages | None = None,
     task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    scheduler = Scheduler(projection, config=config, journal=journal, writer=writer)
+    scheduler = Scheduler(projection, config=config, journal=journal, writer=writer, stages=stages)
     send, receive = trio.open_memory_channel[DeliveryJob](config.delivery.workers)
     worker = Worker(config=config, journal=journal, writer=writer, scheduler=scheduler)
     async with trio.open_nursery() as nursery:

@@ -23,7 +23,6 @@ from ..config import Config, ListenerConfig
 from ..plugins import PluginManager
 from ..queue import policy
 from ..rules.engine import Stages
-from ..rules.loader import RulesFile
 from ..smtp import replies
 from .counts import ConnectionCounts
 from .session import Peer, Session
@@ -55,7 +54,7 @@ class Settings:
             config=config,
             tls={listener.name: server_context(listener, config) for listener in config.listeners},
             relay_networks=policy.relay_networks(config),
-            stages=Stages(plugins, RulesFile.load(config.rules) if config.rules else None),
+            stages=Stages.build(config, plugins),
         )
 
 

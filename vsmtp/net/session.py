@@ -505,6 +505,7 @@ class Session:
             mail_params=tx.params,
             message_id=found.group(1).decode("utf-8", "replace").strip() if found else "",
             trace_context=trace_context,
+            postq=self.stages.active("postq") and not self.faccepted,
         )
         follow: list[qe.JournalEvent] = [
             qe.RuleAction(at=now, session_id=self.id, queue_id=queue_id, stage=a.stage, by=a.by, action=a.name, args=a.args)

@@ -251,6 +251,35 @@ class MessageQuarantined(JournalEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MessageFiltered(JournalEvent):
+    """The post-queue stage (postq rules and plugins) ran for the message; what it decided
+    is in the same transaction (rule.verdict, rule.action, message.modified, a quarantine
+    or failures). Delivery starts after it."""
+
+    TAG = "message.filtered"
+    queue_id: str
+    verdict: str  # next, accept, deny, reject, quarantine, faccept
+    by: str = ""  # who settled it ("" for next)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageModified(JournalEvent):
+    """After queueing, a rule, a plugin or a content filter changed the message: from now on
+    it is delivered as `blob` (a new body, written in the same transaction; the first body
+    stays in the journal), from `reverse_path` to `recipients`. A recipient not in the list
+    any more is dropped; a new one starts pending."""
+
+    TAG = "message.modified"
+    queue_id: str
+    stage: str  # postq, or the service that changed it
+    by: str
+    blob: bytes
+    size: int
+    reverse_path: str
+    recipients: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OperatorAction(JournalEvent):
     """What an operator did to a queued message (vsmtp queue ...); the subclasses name it."""
 
@@ -394,6 +423,7 @@ class MessageAccepted(JournalEvent):
     recipient_params: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)  # NOTIFY, ORCPT
     message_id: str = ""  # the Message-ID header, if the message has one
     trace_context: Mapping[str, str] = field(default_factory=dict)  # W3C traceparent of the session
+    postq: bool = False  # the post-queue stage is to run before its first delivery (message.filtered)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -39,12 +39,12 @@ class Plan:
 def plan(journal: Journal, state: QueueState, config: RetentionConfig, *, now: float) -> Plan:
     """Decide (read-only) what a purge may remove, given the projection's `state`."""
     before = ids.time_prefix(now - config.blobs).encode()
-    pending = {message.blob for message in state.messages.values()}
     blobs = []
     for key in journal.blob_keys(before=before):
-        if key in pending:
-            continue
-        accepted = journal.lookup(b"queue:" + key)
+        queue_id = key.split(b".", 1)[0]  # a message changed after queueing has QUEUEID.N too
+        if queue_id.decode() in state.messages:
+            continue  # pending: every body it had stays
+        accepted = journal.lookup(b"queue:" + queue_id)
         if accepted is None or accepted > state.position:
             continue  # not folded into this state yet (or not a message body): not ours to judge
         blobs.append(key)

@@ -49,6 +49,7 @@ class MessageState:
     held: bool = False  # an operator put it on hold: not delivered until released
     delay_warned: bool = False  # the sender was told it is delayed (message.delay_warned)
     quarantine: str = ""  # the quarantine it is held in (message.quarantined), until released
+    postq: bool = False  # the post-queue stage has yet to run (until message.filtered)
 
     @property
     def done(self) -> bool:
@@ -91,6 +92,7 @@ def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueS
             size=event.size,
             accepted_at=event.at,
             message_id=event.message_id,
+            postq=event.postq,
             recipients=tuple(
                 RecipientState(address=a, notify=((params.get(a) or {}).get("NOTIFY") or "").upper())
                 for a in dict.fromkeys(event.recipients)
@@ -119,6 +121,13 @@ def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueS
         if found is None:
             return state
         return replace(state, messages=state.messages.set(event.queue_id, replace(found, delay_warned=True)))
+    if isinstance(event, ev.MessageFiltered):
+        found = state.messages.get(event.queue_id)
+        if found is None:
+            return state
+        return replace(state, messages=state.messages.set(event.queue_id, replace(found, postq=False)))
+    if isinstance(event, ev.MessageModified):
+        return _modified(state, event)
     if isinstance(event, ev.OperatorAction):
         return _operator(state, event)
     if isinstance(event, ev.DeliverySucceeded):
@@ -130,6 +139,19 @@ def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueS
             state, event.queue_id, event.recipient, status="pending", attempt=True, error=event.reason, retry_at=event.retry_at
         )
     return state
+
+
+def _modified(state: QueueState, event: ev.MessageModified) -> QueueState:
+    """A new body and envelope: recipients kept keep their state, new ones start pending."""
+    found = state.messages.get(event.queue_id)
+    if found is None:
+        return state
+    known = {r.address: r for r in found.recipients}
+    recipients = tuple(known.get(a) or RecipientState(address=a) for a in dict.fromkeys(event.recipients))
+    changed = replace(found, blob=event.blob, size=event.size, reverse_path=event.reverse_path, recipients=recipients)
+    if not recipients:  # every recipient dropped: nothing left to deliver
+        return replace(state, messages=state.messages.delete(event.queue_id), completed=state.completed + 1)
+    return replace(state, messages=state.messages.set(event.queue_id, changed))
 
 
 def _operator(state: QueueState, event: ev.OperatorAction) -> QueueState:
@@ -195,14 +217,26 @@ def _to_report(recipients: Iterable[RecipientState]) -> bool:
 
 
 # 2 added `held` per message and the `removed` counter; 3 `notify` per recipient and
-# `delay_warned` and `quarantine` per message. Older versions still read.
-SNAPSHOT_VERSION = 3
+# `delay_warned` and `quarantine` per message; 4 `postq` per message. Older versions still read.
+SNAPSHOT_VERSION = 4
 
 
 # A snapshot stores each object as a list of its fields in these orders. A new field goes at
 # the end of its list (with a default), so a shorter list from an older version still reads.
 _COUNTERS = ("accepted", "delivered", "failed", "completed", "removed")
-_MESSAGE = ("queue_id", "reverse_path", "blob", "size", "accepted_at", "message_id", "recipients", "held", "delay_warned", "quarantine")
+_MESSAGE = (
+    "queue_id",
+    "reverse_path",
+    "blob",
+    "size",
+    "accepted_at",
+    "message_id",
+    "recipients",
+    "held",
+    "delay_warned",
+    "quarantine",
+    "postq",
+)
 _RECIPIENT = ("address", "status", "attempts", "next_attempt", "last_error", "in_doubt", "notify")
 
 
@@ -256,6 +290,8 @@ QUEUE_TAGS = frozenset(
         ev.MessageBounced,
         ev.MessageDelayWarned,
         ev.MessageQuarantined,
+        ev.MessageFiltered,
+        ev.MessageModified,
         ev.DeliveryStarted,
         ev.MessageHeld,
         ev.MessageReleased,

@@ -8,6 +8,7 @@ import inspect
 import logging
 from typing import Any
 
+from ..config import Config
 from ..plugins import PluginManager
 from . import verdicts
 from .context import Context
@@ -36,6 +37,11 @@ class Stages:
             if (rules is not None and rules.rules(stage))
             or (plugins is not None and getattr(plugins.pm.hook, f"vsmtp_{stage}").get_hookimpls())
         )
+
+    @classmethod
+    def build(cls, config: Config, plugins: PluginManager | None = None) -> Stages:
+        """The configuration's rules file (RulesError names its line) and `plugins`."""
+        return cls(plugins, RulesFile.load(config.rules) if config.rules else None)
 
     def active(self, stage: str) -> bool:
         """Whether anything runs at `stage` (so a session can skip building what it would see)."""

@@ -1,0 +1,117 @@
+"""The post-queue stage over real SMTP: rules that run after the 250, edit what is delivered
+(message.modified), refuse (a bounce) or quarantine, and a hook that raises (the message
+waits and is filtered again)."""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import email.policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import vsmtp
+from vsmtp.config import Config
+from vsmtp.delivery import postq
+from vsmtp.plugins import PluginManager
+
+from ..conftest import has_tag, maildir_files, wait_delivered, wait_journal
+from .test_stages import rules_file, session
+
+POSTQ = """
+@rule.postq
+def stamp(ctx):
+    ctx.add_header("X-Postq", f"filtered {ctx.queue_id} from {ctx.client.address} helo {ctx.helo}")
+
+
+@rule.postq
+def no_executables(ctx):
+    if ctx.message.remove_attachments(lambda part: (part.get_filename() or "").endswith(".exe")):
+        ctx.add_recipient("security@localhost")
+
+
+@rule.postq
+def refuse(ctx):
+    subject = ctx.message.header("Subject") or ""
+    if subject == "refuse me":
+        return deny("550 5.7.1 not after all")
+    if subject == "quarantine me":
+        return quarantine("later")
+"""
+
+
+def with_exe() -> bytes:
+    message = EmailMessage()
+    message["Subject"] = "with parts"
+    message.set_content("hello\n")
+    message.add_attachment(b"MZ...", maintype="application", subtype="octet-stream", filename="tool.exe")
+    message.add_attachment("notes\n", filename="notes.txt")
+    return message.as_bytes(policy=email.policy.SMTP)
+
+
+async def test_postq_rules_edit_what_is_delivered(start_server: Any, config: Config, tmp_path: Path) -> None:
+    running = await start_server(dataclasses.replace(config, rules=rules_file(tmp_path, POSTQ)))
+    await session(running, lambda c: c.sendmail("a@example.org", ["bob@localhost"], with_exe()))
+    await wait_delivered(running, 1)
+    [path] = maildir_files(config, "bob")
+    delivered = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    accepted = next(r.payload for r in running.journal.read(0) if r.tag == "message.accepted")
+    assert accepted["postq"] is True
+    assert delivered["X-Postq"] == f"filtered {accepted['queue_id']} from 127.0.0.1 helo {delivered['Received'].split()[1]}"
+    assert [p.get_filename() for p in delivered.iter_attachments()] == ["notes.txt"]
+    assert len(maildir_files(config, "security")) == 1  # the recipient a postq rule added
+    records = [r for r in running.journal.read(0) if r.tag.startswith(("message.", "rule."))]
+    [modified] = [r.payload for r in records if r.tag == "message.modified"]
+    assert modified["blob"] == accepted["queue_id"].encode() + b".1" and modified["recipients"] == ["bob@localhost", "security@localhost"]
+    assert running.journal.blob(accepted["blob"]).count(b"tool.exe") >= 1  # the body as received is kept
+    [filtered] = [r.payload for r in records if r.tag == "message.filtered"]
+    assert filtered["verdict"] == "next"
+    assert [r.payload["action"] for r in records if r.tag == "rule.action"] == ["add_header", "add_recipient"]
+    running.cancel_scope.cancel()
+
+
+async def test_a_postq_deny_bounces_and_quarantine_holds(start_server: Any, config: Config, tmp_path: Path) -> None:
+    running = await start_server(dataclasses.replace(config, rules=rules_file(tmp_path, POSTQ)))
+    await session(running, lambda c: c.sendmail("alice@localhost", ["bob@localhost"], "Subject: refuse me\r\n\r\nx\r\n"))
+    await session(running, lambda c: c.sendmail("alice@localhost", ["bob@localhost"], "Subject: quarantine me\r\n\r\nx\r\n"))
+    records = await wait_journal(running, has_tag("message.bounced"))
+    [failed] = [r.payload for r in records if r.tag == "delivery.failed"]
+    assert failed["transport"] == "postq" and "550 5.7.1 not after all" in failed["reason"]
+    await wait_delivered(running, 2)  # the refused message (bounced), then its bounce, to alice
+    assert b"not after all" in maildir_files(config, "alice")[0].read_bytes()
+    with trio.fail_after(10):
+        while not any(m.quarantine for m in running.projection.state.messages.values()):
+            await trio.sleep(0.02)
+    [kept] = running.projection.state.messages.values()
+    assert kept.quarantine == "later" and kept.held and maildir_files(config, "bob") == []
+    running.cancel_scope.cancel()
+
+
+async def test_a_postq_hook_that_raises_is_run_again(
+    start_server: Any, config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postq, "RETRY", 0.2)
+
+    class Flaky:
+        calls = 0
+
+        @vsmtp.hookimpl
+        def vsmtp_postq(self, ctx: Any) -> None:
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise RuntimeError("the scanner is down")
+            ctx.add_header("X-Scanned", "second try")
+
+    plugins = PluginManager()
+    plugins.register(Flaky(), "flaky")
+    running = await start_server(config, plugins=plugins)
+    await session(running, lambda c: c.sendmail("a@example.org", ["bob@localhost"], "Subject: x\r\n\r\nx\r\n"))
+    await wait_delivered(running, 1)
+    assert b"X-Scanned: second try" in maildir_files(config, "bob")[0].read_bytes() and Flaky.calls == 2
+    verdicts = [r.payload for r in running.journal.read(0) if r.tag == "rule.verdict"]
+    assert [(v["stage"], v["by"], v["verdict"]) for v in verdicts] == [("postq", "flaky", "error")]
+    running.cancel_scope.cancel()

@@ -1,0 +1,121 @@
+"""The post-queue stage: the postq rules and plugins, once per message, after it is queued
+and before its first delivery (the scheduler runs it for a message whose message.accepted
+says `postq`).
+
+The rules see the message as queued (with our Received header), its envelope and the facts
+of the session that sent it, read back from the journal. What they decide is journaled in
+one transaction, closed by message.filtered: their verdict and actions, and
+
+- an edited message or envelope: message.modified, with the new body (QUEUEID.N);
+- quarantine(name): message.quarantined;
+- deny or reject: each recipient fails (delivery.failed with the reply), so the sender
+  gets a bounce, as for any failure after acceptance.
+
+A hook that raises leaves the message waiting: the stage runs again RETRY seconds later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+from vsmtp_journal import Append, Journal
+
+from ..config import Config
+from ..queue import events as ev
+from ..queue import history
+from ..queue.state import MessageState
+from ..rules.context import Context, Message, apply_actions
+from ..rules.engine import HookFailed, Stages
+from ..rules.recorded import session_of
+
+log = logging.getLogger(__name__)
+
+RETRY = 60.0  # seconds before a stage whose hook raised runs again
+
+
+async def run(message: MessageState, *, journal: Journal, stages: Stages, config: Config) -> tuple[list[Append], bool]:
+    """The records to journal for `message`, and whether they settle the stage (False: a hook
+    raised; the records are its rule.verdict "error", and the stage is to run again later)."""
+    ctx, body = await trio.to_thread.run_sync(_context, journal, message, config)
+    now = time.time()
+    try:
+        verdict = await stages.run("postq", ctx)
+    except HookFailed as exc:
+        log.warning("%s: %s raised at the postq stage: the message waits %.0fs", message.queue_id, exc.by, RETRY)
+        event = ev.RuleVerdict(at=now, session_id=ctx.session_id, stage="postq", by=exc.by, verdict="error")
+        return [Append(*ev.encode(event))], False
+    records: list[ev.JournalEvent] = []
+    if verdict.kind != "next":
+        reply = str(verdict.answer) if verdict.kind in ("deny", "reject") else ""
+        records.append(
+            ev.RuleVerdict(
+                at=now, session_id=ctx.session_id, stage="postq", by=verdict.by, verdict=verdict.kind, reply=reply, queue=verdict.queue
+            )
+        )
+    actions, ctx.actions = ctx.actions, []
+    apply_actions(ctx, actions)
+    records += [
+        ev.RuleAction(at=now, session_id=ctx.session_id, queue_id=message.queue_id, stage=a.stage, by=a.by, action=a.name, args=a.args)
+        for a in actions
+    ]
+    blobs: dict[bytes, bytes] = {}
+    assert ctx.message is not None
+    edited = ctx.message.raw
+    envelope = (ctx.sender or "", tuple(ctx.recipients))
+    if edited != body or envelope != (message.reverse_path, tuple(r.address for r in message.recipients)):
+        key = _next_blob(message.blob)
+        blobs[key] = edited
+        by = ", ".join(dict.fromkeys(a.by for a in actions)) or verdict.by
+        records.append(
+            ev.MessageModified(
+                at=now,
+                queue_id=message.queue_id,
+                stage="postq",
+                by=by,
+                blob=key,
+                size=len(edited),
+                reverse_path=envelope[0],
+                recipients=envelope[1],
+            )
+        )
+    if verdict.kind == "quarantine":
+        records.append(ev.MessageQuarantined(at=now, queue_id=message.queue_id, queue=verdict.queue, by=verdict.by))
+    elif verdict.kind in ("deny", "reject"):
+        reason = f"refused after queueing by {verdict.by}: {verdict.answer}"
+        records += [
+            ev.DeliveryFailed(at=now, queue_id=message.queue_id, recipient=address, transport="postq", reason=reason)
+            for address in envelope[1]
+        ]
+    records.append(ev.MessageFiltered(at=now, queue_id=message.queue_id, verdict=verdict.kind, by=verdict.by))
+    appends = [Append(*ev.encode(e)) for e in records]
+    if blobs:
+        i = next(i for i, e in enumerate(records) if isinstance(e, ev.MessageModified))
+        appends[i] = Append(*ev.encode(records[i]), blobs=blobs)
+    return appends, True
+
+
+def _context(journal: Journal, message: MessageState, config: Config) -> tuple[Context, bytes]:
+    """The Context of the message's session (read back from the journal) with the message."""
+    body = journal.blob(message.blob)
+    if body is None:
+        raise LookupError(f"{message.queue_id}: message body missing from the journal")
+    position = journal.lookup(b"queue:" + message.queue_id.encode())
+    accepted = history.accepted(journal, message.queue_id)
+    session = session_of(journal, accepted, position) if accepted is not None and position is not None else None
+    if session is None:
+        raise LookupError(f"{message.queue_id}: its session is no longer in the journal")
+    ctx = session.context(config)
+    ctx.sender = message.reverse_path
+    ctx.recipients = [r.address for r in message.recipients]
+    ctx.mail_params = dict(accepted.mail_params) if accepted is not None else {}
+    ctx.queue_id = message.queue_id
+    ctx.message = Message(body)
+    return ctx, body
+
+
+def _next_blob(current: bytes) -> bytes:
+    """QUEUEID -> QUEUEID.1 -> QUEUEID.2 ... (retention keeps them while the message is pending)."""
+    queue_id, _, n = current.partition(b".")
+    return queue_id + b"." + str(int(n or b"0") + 1).encode()
