@@ -14,7 +14,8 @@ it is logged with the plugin's name and the session goes on.
 Every stage hook receives `ctx` (vsmtp.rules.Context): the connection facts (client and
 server address, listener, role, TLS, HELO name, authenticated identity, direction), the
 envelope so far, the message from data on, and action methods (add_header, set_header,
-remove_header, rewrite_sender, rewrite_recipient, add_recipient, remove_recipient).
+remove_header, rewrite_sender, rewrite_recipient, add_recipient, remove_recipient,
+and set_route at delivery).
 """
 
 from __future__ import annotations
@@ -104,11 +105,20 @@ def vsmtp_data(ctx: Any) -> Any:
 
 @hookspec
 def vsmtp_postq(ctx: Any) -> Any:
-    """After the message is queued, before its first delivery. Not called yet (see
-    docs/hooks.md). May be async."""
+    """Once per message, after it is queued (the client has its 250) and before its first
+    delivery, in the delivery process. ctx holds the facts of the session that sent it (read
+    back from the journal), ctx.queue_id, the envelope as queued and ctx.message. Header,
+    part and envelope actions change what is delivered (message.modified, a new body);
+    deny() or reject() fails every recipient (the sender gets a bounce); quarantine(name)
+    holds it. A hook that raises leaves the message waiting: the stage runs again a minute
+    later. May be async."""
 
 
 @hookspec
-def vsmtp_delivery(ctx: Any, recipient: str, route: Any) -> Any:
-    """Before a recipient is delivered, with the route vsmtp chose. Not called yet (see
-    docs/hooks.md). May be async."""
+def vsmtp_delivery(ctx: Any, recipient: str, route: str) -> Any:
+    """Before each delivery attempt of each recipient, in the delivery process. `route` (also
+    ctx.route) is what vsmtp chose: "local", "smtp" (the domain's mail hosts) or
+    "smtp:[HOST]:PORT" (the relayhost). ctx.set_route(recipient, route) sends it elsewhere
+    (Postfix's transport maps); deny() or reject() fails this recipient (a bounce);
+    quarantine(name) holds the message. The message cannot be changed here. A hook that
+    raises defers this recipient (retried as any deferral). May be async."""

@@ -115,3 +115,40 @@ async def test_a_postq_hook_that_raises_is_run_again(
     verdicts = [r.payload for r in running.journal.read(0) if r.tag == "rule.verdict"]
     assert [(v["stage"], v["by"], v["verdict"]) for v in verdicts] == [("postq", "flaky", "error")]
     running.cancel_scope.cancel()
+
+
+DELIVERY = """
+@rule.delivery
+def per_recipient(ctx):
+    if ctx.recipient == "carol@localhost":
+        return deny("550 5.7.1 carol takes no mail today")
+    if ctx.recipient == "bob@localhost":
+        return accept()
+    if ctx.recipient == "dave@elsewhere.example":
+        assert ctx.route == "smtp"
+        ctx.set_route(ctx.recipient, "local")  # kept here instead of going out
+
+
+@rule.postq
+def accepted_after_queueing(ctx):
+    return accept()
+"""
+
+
+async def test_delivery_rules_refuse_accept_and_route_each_recipient(start_server: Any, config: Config, tmp_path: Path) -> None:
+    running = await start_server(
+        dataclasses.replace(
+            config, rules=rules_file(tmp_path, DELIVERY), relay=dataclasses.replace(config.relay, networks=("127.0.0.0/8",))
+        )
+    )
+    recipients = ["bob@localhost", "carol@localhost", "dave@elsewhere.example"]
+    await session(running, lambda c: c.sendmail("alice@localhost", recipients, "Subject: x\r\n\r\nx\r\n"))
+    await wait_delivered(running, 2)  # the message, then the bounce for carol
+    assert len(maildir_files(config, "bob")) == 1 and len(maildir_files(config, "dave")) == 1
+    assert maildir_files(config, "carol") == []
+    assert b"carol takes no mail today" in maildir_files(config, "alice")[0].read_bytes()
+    verdicts = [
+        (r.payload["stage"], r.payload["verdict"], r.payload["recipient"]) for r in running.journal.read(0) if r.tag == "rule.verdict"
+    ]
+    assert sorted(verdicts) == [("delivery", "accept", "bob@localhost"), ("delivery", "deny", "carol@localhost"), ("postq", "accept", "")]
+    running.cancel_scope.cancel()

@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import trio
 from vsmtp_journal import Append, Journal
 
 from ..config import Config
 from ..queue import events as ev
-from ..queue import history
 from ..queue.state import MessageState
-from ..rules.context import Context, Message, apply_actions
+from ..rules.context import apply_actions
 from ..rules.engine import HookFailed, Stages
-from ..rules.recorded import session_of
+from ..rules.recorded import message_context
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,17 @@ RETRY = 60.0  # seconds before a stage whose hook raised runs again
 async def run(message: MessageState, *, journal: Journal, stages: Stages, config: Config) -> tuple[list[Append], bool]:
     """The records to journal for `message`, and whether they settle the stage (False: a hook
     raised; the records are its rule.verdict "error", and the stage is to run again later)."""
-    ctx, body = await trio.to_thread.run_sync(_context, journal, message, config)
+    ctx, body = await trio.to_thread.run_sync(
+        partial(
+            message_context,
+            journal,
+            config,
+            queue_id=message.queue_id,
+            blob=message.blob,
+            reverse_path=message.reverse_path,
+            recipients=[r.address for r in message.recipients],
+        )
+    )
     now = time.time()
     try:
         verdict = await stages.run("postq", ctx)
@@ -94,25 +104,6 @@ async def run(message: MessageState, *, journal: Journal, stages: Stages, config
         i = next(i for i, e in enumerate(records) if isinstance(e, ev.MessageModified))
         appends[i] = Append(*ev.encode(records[i]), blobs=blobs)
     return appends, True
-
-
-def _context(journal: Journal, message: MessageState, config: Config) -> tuple[Context, bytes]:
-    """The Context of the message's session (read back from the journal) with the message."""
-    body = journal.blob(message.blob)
-    if body is None:
-        raise LookupError(f"{message.queue_id}: message body missing from the journal")
-    position = journal.lookup(b"queue:" + message.queue_id.encode())
-    accepted = history.accepted(journal, message.queue_id)
-    session = session_of(journal, accepted, position) if accepted is not None and position is not None else None
-    if session is None:
-        raise LookupError(f"{message.queue_id}: its session is no longer in the journal")
-    ctx = session.context(config)
-    ctx.sender = message.reverse_path
-    ctx.recipients = [r.address for r in message.recipients]
-    ctx.mail_params = dict(accepted.mail_params) if accepted is not None else {}
-    ctx.queue_id = message.queue_id
-    ctx.message = Message(body)
-    return ctx, body
 
 
 def _next_blob(current: bytes) -> bytes:

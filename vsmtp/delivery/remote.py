@@ -38,13 +38,15 @@ async def deliver(
     before_data: Callable[[list[str], str, str], Awaitable[None]] | None = None,
     cache: outbound.ConnectionCache | None = None,
     host_limits: outbound.HostLimits | None = None,
+    route: policy.Smarthost | None = None,  # a delivery rule chose this host (ctx.set_route)
 ) -> list[ev.JournalEvent]:
     body, accepted = await trio.to_thread.run_sync(_read, journal, blob, queue_id)  # not in the event loop
     now = time.time()
     if body is None:
         reason = "message body missing from the journal"
         return [ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=a, transport="smtp", reason=reason) for a, _ in recipients]
-    relay = policy.smarthost(config)
+    relayhost = policy.smarthost(config)
+    relay = route or relayhost
     try:
         hosts = await (mx.host(relay.host, resolver) if relay is not None else mx.exchangers(domain, resolver))
     except mx.DnsPermanent as exc:
@@ -67,6 +69,7 @@ async def deliver(
     settings.require_tls = config.delivery.tls_policy.get(domain.lower()) == "require"
     if relay is not None:
         settings.port, settings.implicit_tls = relay.port, relay.implicit_tls
+    if relay is not None and relay is relayhost:
         settings.require_tls = config.relayhost.tls == "require"
         if config.relayhost.username:
             settings.auth = (config.relayhost.username, config.relayhost.password)

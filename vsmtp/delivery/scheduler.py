@@ -13,7 +13,7 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,11 +29,14 @@ from ..queue import events as ev
 from ..queue import history, policy
 from ..queue.projection import QueueProjection
 from ..queue.state import MessageState
-from ..rules.engine import Stages
+from ..rules.engine import HookFailed, Stages
+from ..rules.recorded import message_context
 from . import bounce, maildir, mbox, postq, remote
 from .outcomes import deferred, with_expiry
 
 log = logging.getLogger(__name__)
+
+Route = policy.LocalRoute | policy.RemoteRoute | policy.Smarthost
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +48,7 @@ class DeliveryJob:
     recipients: tuple[tuple[str, int], ...]  # (address, attempts so far)
     recovered: bool  # pending when the process started: a crash may have cut an attempt short
     in_doubt: frozenset[str] = frozenset()  # recipients whose data went out without a final answer
+    routes: Mapping[str, Route] = dataclasses.field(default_factory=dict)  # chosen by delivery rules (set_route)
 
 
 # The notices the scheduler queues: kind -> (what plans its records, whether it is still due).
@@ -250,11 +254,17 @@ class Worker:
                         break
                 local = []
                 for each in jobs:
+                    if self.scheduler.stages.active("delivery"):
+                        each, decided = await self._delivery_stage(each)
+                        if decided[1]:
+                            background.start_soon(self._record, *decided)
+                        if not each.recipients:
+                            continue
                     mine, by_domain = self._split(each)
                     if mine is not None:
                         local.append(mine)
-                    for domain, sub in by_domain.items():  # one SMTP transaction per domain, in the background
-                        background.start_soon(self._deliver_remote, sub, domain)
+                    for (domain, relay), sub in by_domain.items():  # one SMTP transaction per domain, in the background
+                        background.start_soon(self._deliver_remote, sub, domain, relay)
                 if not local:
                     continue
                 results = await trio.to_thread.run_sync(self.deliver_batch, local)
@@ -264,14 +274,112 @@ class Worker:
                 for each, outcomes in zip(local, results, strict=True):
                     background.start_soon(self._record, each, outcomes)
 
-    def _split(self, job: DeliveryJob) -> tuple[DeliveryJob | None, dict[str, DeliveryJob]]:
-        """The job's local recipients as one job, and its remote ones as a job per domain."""
+    async def _delivery_stage(self, job: DeliveryJob) -> tuple[DeliveryJob, tuple[DeliveryJob, list[ev.JournalEvent]]]:
+        """Run the delivery rules for each recipient: the job left to deliver (with the routes
+        they chose), and what to record now: their verdicts and actions, and the outcomes of
+        the recipients they settled (refused: failed; a hook raised: deferred; quarantined:
+        left pending, held)."""
+        try:
+            ctx, _ = await trio.to_thread.run_sync(
+                partial(
+                    message_context,
+                    self.journal,
+                    self.config,
+                    queue_id=job.queue_id,
+                    blob=job.blob,
+                    reverse_path=job.reverse_path,
+                    recipients=[a for a, _ in job.recipients],
+                )
+            )
+        except LookupError as exc:
+            log.warning("%s: delivery rules not run: %s", job.queue_id, exc)
+            return job, (dataclasses.replace(job, recipients=()), [])
+        now = time.time()
+        events: list[ev.JournalEvent] = []
+        settled: list[tuple[str, int]] = []
+        kept: list[tuple[str, int]] = []
+        routes = dict(job.routes)
+        for address, attempts in job.recipients:
+            ctx.recipient, ctx.route = address, self._route_name(address)
+            try:
+                verdict = await self.scheduler.stages.run("delivery", ctx, recipient=address, route=ctx.route)
+            except HookFailed as exc:
+                events.append(
+                    ev.RuleVerdict(at=now, session_id=ctx.session_id, stage="delivery", by=exc.by, verdict="error", recipient=address)
+                )
+                reason = f"{exc.by} raised at the delivery stage"
+                events.append(
+                    deferred(job.queue_id, address, attempts, now=now, reason=reason, config=self.config, accepted_at=job.accepted_at)
+                )
+                settled.append((address, attempts))
+                continue
+            actions, ctx.actions = ctx.actions, []
+            for action in actions:
+                events.append(
+                    ev.RuleAction(
+                        at=now,
+                        session_id=ctx.session_id,
+                        queue_id=job.queue_id,
+                        stage="delivery",
+                        by=action.by,
+                        action=action.name,
+                        args=action.args,
+                    )
+                )
+                target, route = action.args
+                routes[target] = policy.chosen_route(route, target, self.config)
+            if verdict.kind != "next":
+                refusal = verdict.kind in ("deny", "reject")
+                events.append(
+                    ev.RuleVerdict(
+                        at=now,
+                        session_id=ctx.session_id,
+                        stage="delivery",
+                        by=verdict.by,
+                        verdict=verdict.kind,
+                        reply=str(verdict.answer) if refusal else "",
+                        recipient=address,
+                        queue=verdict.queue,
+                    )
+                )
+            if verdict.kind in ("deny", "reject"):
+                reason = f"refused at delivery by {verdict.by}: {verdict.answer}"
+                events.append(ev.DeliveryFailed(at=now, queue_id=job.queue_id, recipient=address, transport="rules", reason=reason))
+                settled.append((address, attempts))
+            elif verdict.kind == "quarantine":
+                events.append(ev.MessageQuarantined(at=now, queue_id=job.queue_id, queue=verdict.queue, by=verdict.by))
+                settled += [r for r in job.recipients if r not in settled and r not in kept]  # held: nothing more of it now
+                kept = []
+                break
+            else:
+                kept.append((address, attempts))
+        return dataclasses.replace(job, recipients=tuple(kept), routes=routes), (
+            dataclasses.replace(job, recipients=tuple(settled)),
+            events,
+        )
+
+    def _route_name(self, address: str) -> str:
+        """The route vsmtp chose, as a delivery rule sees it: local, smtp or smtp:[HOST]:PORT."""
+        if policy.remote_domain(address, self.config) is None:
+            return "local"
+        relay = policy.smarthost(self.config)
+        return f"smtp:[{relay.host}]:{relay.port}" if relay is not None else "smtp"
+
+    def _split(self, job: DeliveryJob) -> tuple[DeliveryJob | None, dict[tuple[str, policy.Smarthost | None], DeliveryJob]]:
+        """The job's local recipients as one job, and its remote ones as a job per domain (or
+        per host a delivery rule chose)."""
         local: list[tuple[str, int]] = []
-        by_domain: dict[str, list[tuple[str, int]]] = {}
+        by_domain: dict[tuple[str, policy.Smarthost | None], list[tuple[str, int]]] = {}
         for recipient in job.recipients:
-            domain = policy.remote_domain(recipient[0], self.config)
+            chosen = job.routes.get(recipient[0])
+            if isinstance(chosen, policy.Smarthost):
+                by_domain.setdefault((f"[{chosen.host}]:{chosen.port}", chosen), []).append(recipient)
+                continue
+            domain = chosen.domain if isinstance(chosen, policy.RemoteRoute) else None
+            if chosen is None:
+                domain = policy.remote_domain(recipient[0], self.config)
             if domain is not None:
-                by_domain.setdefault(domain, []).append(recipient)
+                by_domain.setdefault((domain, None), []).append(recipient)
             else:
                 local.append(recipient)
         if not by_domain:
@@ -281,11 +389,11 @@ class Worker:
             {domain: dataclasses.replace(job, recipients=tuple(rs)) for domain, rs in by_domain.items()},
         )
 
-    async def _deliver_remote(self, job: DeliveryJob, domain: str) -> None:
+    async def _deliver_remote(self, job: DeliveryJob, domain: str, relay: policy.Smarthost | None = None) -> None:
         per_domain = self.domain_limits.setdefault(domain, trio.CapacityLimiter(self.config.delivery.per_domain))
         async with per_domain, self.remote_limit:  # a busy domain waits for itself, not for the others
             try:
-                outcomes = await self._remote_outcomes(job, domain)
+                outcomes = await self._remote_outcomes(job, domain, relay)
             except JournalError as exc:  # delivery.started could not be journaled: the data did not go
                 reason = f"cannot journal the start of the delivery: {exc}"
                 outcomes = [
@@ -294,7 +402,7 @@ class Worker:
                 ]
         await self._record(job, outcomes)
 
-    async def _remote_outcomes(self, job: DeliveryJob, domain: str) -> list[ev.JournalEvent]:
+    async def _remote_outcomes(self, job: DeliveryJob, domain: str, relay: policy.Smarthost | None) -> list[ev.JournalEvent]:
         return await remote.deliver(
             queue_id=job.queue_id,
             reverse_path=job.reverse_path,
@@ -309,6 +417,7 @@ class Worker:
             before_data=partial(self._started, job.queue_id),
             cache=self.connections,
             host_limits=self.host_limits,
+            route=relay,
         )
 
     async def _started(self, queue_id: str, recipients: list[str], host: str, address: str) -> None:
@@ -383,7 +492,7 @@ class Worker:
         now = time.time()
         outcomes: list[ev.JournalEvent] = []
         for address, attempts in job.recipients:
-            route = policy.route(address, self.config)
+            route = job.routes.get(address) or policy.route(address, self.config)
             if body is None:
                 reason = "message body missing from the journal"
                 outcomes.append(ev.DeliveryFailed(at=now, queue_id=job.queue_id, recipient=address, transport="maildir", reason=reason))

@@ -104,9 +104,11 @@ class Smarthost:
 
 def smarthost(config: Config) -> Smarthost | None:
     """relayhost.url parsed: smtp://host[:25] or smtps://host[:465]; None when not set."""
-    url = config.relayhost.url
-    if not url:
-        return None
+    return relay_url(config.relayhost.url) if config.relayhost.url else None
+
+
+def relay_url(url: str) -> Smarthost:
+    """smtp://host[:25], smtp://[host]:port or smtps://host[:465]."""
     scheme, _, rest = url.partition("://")
     rest = rest.rstrip("/")
     if rest.startswith("["):
@@ -129,11 +131,30 @@ def route(address: str, config: Config) -> LocalRoute | RemoteRoute:
     remote = remote_domain(address, config)
     if remote is not None:
         return RemoteRoute(domain=remote)
+    route = chosen_route("local", address, config)
+    assert isinstance(route, LocalRoute)
+    return route
+
+
+def chosen_route(text: str, address: str, config: Config) -> LocalRoute | RemoteRoute | Smarthost:
+    """A route a delivery rule chose (ctx.set_route): "local" (the mailbox of the address's
+    user, whatever its domain), "smtp" (the domain's mail hosts), or "smtp:HOST[:PORT]" /
+    "smtp:[HOST]:PORT" (that host, as Postfix's transport "smtp:[host]:port")."""
     user, domain = local_user(address)
-    domain = domain or config.local.domains[0].lower()
-    mailboxes = config.delivery.mailboxes
-    chosen = mailboxes.get(f"{user}@{domain}") or mailboxes.get(user) or mailboxes.get(f"@{domain}") or config.delivery.mailbox
-    return LocalRoute(user=user, domain=domain, format=chosen)
+    if text == "local":
+        mailboxes = config.delivery.mailboxes
+        domain = domain or config.local.domains[0].lower()
+        chosen = mailboxes.get(f"{user}@{domain}") or mailboxes.get(user) or mailboxes.get(f"@{domain}") or config.delivery.mailbox
+        return LocalRoute(user=user, domain=domain, format=chosen)
+    if text == "smtp" and domain:
+        return RemoteRoute(domain=domain)
+    scheme, colon, rest = text.partition(":")
+    if scheme in ("smtp", "smtps") and colon and rest and not rest.startswith("//"):
+        try:
+            return relay_url(f"{scheme}://{rest}")
+        except ValueError:
+            pass
+    raise ValueError(f"route {text!r}: expected local, smtp, or smtp:HOST[:PORT]")
 
 
 def retry_at(attempts: int, *, now: float, config: Config) -> float:

@@ -18,9 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import Config
 from ..queue import policy
 from .objects import IpAddress
 
+_NO_CONFIG = Config()  # set_route checks a route's form against the embedded defaults
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 2.2: printable, no colon
 
 
@@ -148,7 +150,8 @@ class Context:
     sender: str | None = None  # MAIL FROM's reverse-path ("" for the null sender), None before MAIL
     recipients: list[str] = field(default_factory=list)  # accepted so far
     mail_params: dict[str, str | None] = field(default_factory=dict)
-    recipient: str = ""  # at rcpt: the one being decided
+    recipient: str = ""  # at rcpt and delivery: the one being decided
+    route: str = ""  # at delivery: the route vsmtp chose for it (local, smtp, smtp:[HOST]:PORT)
     message: Message | None = None  # at data and after
     queue_id: str = ""  # once queued (postq, delivery)
     results: dict[str, Any] = field(default_factory=dict)  # what plugins left for others, by plugin name
@@ -201,9 +204,19 @@ class Context:
     def remove_recipient(self, address: str) -> None:
         self._record("remove_recipient", address)
 
+    def set_route(self, recipient: str, route: str) -> None:
+        """At delivery: deliver `recipient` by `route` ("local", "smtp", "smtp:[HOST]:PORT")
+        instead of the route vsmtp chose (Postfix's transport maps)."""
+        if self.stage != "delivery":
+            raise ValueError(f"set_route at the {self.stage} stage: routes are chosen at the delivery stage")
+        policy.chosen_route(route, recipient, _NO_CONFIG)  # checked now: ValueError names it
+        self.actions.append(Action(self.stage, self.by, "set_route", (recipient, route)))
+
     def _record(self, name: str, *args: str) -> None:
         if self.stage in ("connect", "helo", "auth"):
             raise ValueError(f"{name} at the {self.stage} stage: there is no transaction yet")
+        if self.stage == "delivery":
+            raise ValueError(f"{name} at the delivery stage: the message is changed at data or postq; delivery chooses routes")
         self.actions.append(Action(self.stage, self.by, name, args))
 
 

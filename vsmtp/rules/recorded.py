@@ -13,8 +13,8 @@ from vsmtp_journal import Journal
 
 from ..config import Config
 from ..queue import events as ev
-from ..queue import policy
-from .context import Context, Endpoint
+from ..queue import history, policy
+from .context import Context, Endpoint, Message
 
 # The records a session is made of (everything else in the journal is skipped undecoded).
 _TAGS = frozenset(
@@ -129,3 +129,26 @@ def session_of(journal: Journal, accepted: ev.MessageAccepted, position: int) ->
         elif session is not None:
             session.fold(event)  # type: ignore[arg-type]
     return session
+
+
+def message_context(
+    journal: Journal, config: Config, *, queue_id: str, blob: bytes, reverse_path: str, recipients: list[str]
+) -> tuple[Context, bytes]:
+    """The Context of a queued message (postq, delivery): its session's facts read back from
+    the journal, its envelope as queued now, and its body. LookupError when the journal no
+    longer holds them."""
+    body = journal.blob(blob)
+    if body is None:
+        raise LookupError(f"{queue_id}: message body missing from the journal")
+    position = journal.lookup(b"queue:" + queue_id.encode())
+    accepted = history.accepted(journal, queue_id)
+    if accepted is None or position is None:
+        raise LookupError(f"{queue_id}: message.accepted is no longer in the journal")
+    session = session_of(journal, accepted, position)
+    if session is None:
+        raise LookupError(f"{queue_id}: its session is no longer in the journal")
+    ctx = session.context(config)
+    ctx.sender, ctx.recipients, ctx.mail_params = reverse_path, list(recipients), dict(accepted.mail_params)
+    ctx.queue_id = queue_id
+    ctx.message = Message(body)
+    return ctx, body
