@@ -9,6 +9,7 @@
     vsmtp journal rebuild [--write] [--json]
     vsmtp trace ID [--json]             ID: a queue id or a Message-ID
     vsmtp queue list [--quarantine NAME] [--json] | stats [--json] | show ID [--json] | hold ID | release ID | remove ID | retry ID|--all
+    vsmtp rules test RULES.py [--since TIME] [--json]
     vsmtp config show [--config FILE]
 
 Every command reads the same configuration as the daemon, so run from the daemon's
@@ -113,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
         if action == "retry":
             acting.add_argument("--all", action="store_true", help="every message in the queue")
         acting.set_defaults(action=action)
+
+    rules = sub.add_parser("rules", help="the rules file").add_subparsers(metavar="ACTION")
+    testing = command(rules, "test", _rules_test, "replay recorded sessions through a rules file; print changed verdicts", json=True)
+    testing.add_argument("rules", metavar="RULES.py", help="the rules file to try (nothing is sent or changed)")
+    testing.add_argument("--since", type=_parse_time, default=0.0, metavar="TIME", help="only sessions opened since (ISO 8601 or epoch)")
 
     config = sub.add_parser("config", help="the configuration").add_subparsers(metavar="ACTION")
     command(config, "show", _config_show, "print the effective configuration")
@@ -421,6 +427,27 @@ def _queue_act(args: argparse.Namespace, config: config_mod.Config) -> int:
                 return 1
             position = queue_inspect.act(journal, args.action, queue_id)
             print(f"{queue_id}: {args.action} recorded at position {position}")
+    return 0
+
+
+def _rules_test(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from .rules.loader import RulesFile
+    from .rules.replay import replay
+
+    rules = RulesFile.load(args.rules)  # RulesError (a ConfigError) names the line
+    with Journal(config.journal.path, readonly=True) as journal:
+        differences, summary = trio.run(lambda: replay(journal, config, rules, since=args.since))
+    if args.json:
+        print(
+            json.dumps(
+                {"sessions": summary.sessions, "stages": summary.stages, "differences": [dataclasses.asdict(d) for d in differences]}
+            )
+        )
+        return 0
+    for d in differences:
+        where = f"{d.stage} <{d.recipient}>" if d.recipient else d.stage
+        print(f"session {d.session_id}{' message ' + d.queue_id if d.queue_id else ''}: {where}: {d.recorded} -> {d.replayed}")
+    print(f"{summary.sessions} sessions replayed ({summary.stages} stage runs): {len(differences)} verdicts differ")
     return 0
 
 

@@ -59,7 +59,7 @@ async def test_a_round_trip_through_a_content_filter(start_server: Any, config: 
     records = list(running.journal.read(0))
     to_filter = [r.payload for r in records if r.tag == "delivery.succeeded" and r.payload["transport"] == "smtp"]
     assert {p["recipient"] for p in to_filter} == {"bob@localhost", "carol@localhost"}
-    assert all(f"127.0.0.1[127.0.0.1]" in p["detail"] for p in to_filter)
+    assert all("127.0.0.1[127.0.0.1]" in p["detail"] for p in to_filter)
     routes = [r.payload["args"] for r in records if r.tag == "rule.action" and r.payload["action"] == "set_route"]
     assert sorted(routes) == [[a, f"smtp:[127.0.0.1]:{filter_port}"] for a in ("bob@localhost", "carol@localhost")]
     assert port_of(running) != return_port

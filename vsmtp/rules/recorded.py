@@ -49,7 +49,7 @@ class Session:
     tls_version: str = ""
     helo: str = ""
     transactions: list[Transaction] = field(default_factory=list)
-    verdicts: list[ev.RuleVerdict] = field(default_factory=list)
+    verdicts: list[tuple[int, ev.RuleVerdict]] = field(default_factory=list)  # (transaction index, -1 before MAIL)
     closed: str = ""  # why it ended ("" if the journal ends before)
 
     def fold(self, event: ev.JournalEvent) -> None:
@@ -68,7 +68,7 @@ class Session:
             case ev.DataReceived() if tx is not None:
                 tx.data_reply = event.reply
             case ev.RuleVerdict():
-                self.verdicts.append(event)
+                self.verdicts.append((len(self.transactions) - 1, event))
             case ev.SessionClosed():
                 self.closed = event.reason
 
