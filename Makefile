@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
+# First-party plugins, installed with vsmtp; plugins/example is installed by its test, as a user would.
+PLUGINS := $(filter-out plugins/example,$(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml)))
 
 .PHONY: run test bench lint install clean
 
@@ -35,7 +36,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Reinstall when any distribution's metadata changes; code changes need nothing (editable installs).
-$(STAMP): $(BIN)/python pyproject.toml journal/pyproject.toml $(wildcard plugins/*/pyproject.toml)
+$(STAMP): $(BIN)/python pyproject.toml journal/pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(BIN)/python -m pip install --quiet -e ./journal $(addprefix -e ./,$(PLUGINS)) -e '.[test]'
 	touch $@
 

@@ -18,8 +18,9 @@ _BOUND = re.compile(r"listener \S+ \(\w+\): accepting SMTP on 127\.0\.0\.1 port 
 class Daemon:
     """`vsmtp serve` in `workdir`, on an ephemeral port (read back from its log)."""
 
-    def __init__(self, workdir: Path, config_text: str) -> None:
+    def __init__(self, workdir: Path, config_text: str, *, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        self.env = {**os.environ, **env} if env else None
         self.config = workdir / "vsmtp.toml"
         self.write_config(config_text)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -36,7 +37,7 @@ class Daemon:
         log = self.workdir / f"serve-{self.runs}.log"
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [VSMTP, "serve", "--config", str(self.config)], cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT
+                [VSMTP, "serve", "--config", str(self.config)], cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT, env=self.env
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # bounded: the daemon logs "ready" or exits

@@ -4,11 +4,13 @@
     vsmtp journal tail [-n N] [-f] [--json]
     vsmtp journal show POSITION [--json]
     vsmtp journal export [--format jsonl] [--since TIME] [--message ID]
+    vsmtp journal export --format eml|json --message ID
     vsmtp journal stats [--json]
     vsmtp journal verify [--json]
     vsmtp journal rebuild [--write] [--json]
     vsmtp trace ID [--json]             ID: a queue id or a Message-ID
     vsmtp queue list [--quarantine NAME] [--json] | stats [--json] | show ID [--json] | hold ID | release ID | remove ID | retry ID|--all
+    vsmtp plugins list [--json]
     vsmtp rules test RULES.py [--since TIME] [--json]
     vsmtp config show [--config FILE]
 
@@ -87,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("-f", "--follow", action="store_true", help="then print new events as they are committed (Ctrl-C stops)")
     command(journal, "show", _journal_show, "one event, whole", json=True).add_argument("position", type=int)
     export = command(journal, "export", _journal_export, "events as JSON lines, for other tools")
-    export.add_argument("--format", choices=["jsonl"], default="jsonl")
+    export.add_argument(
+        "--format", choices=["jsonl", "eml", "json"], default="jsonl", help="jsonl: events; eml, json: the message itself (with --message)"
+    )
     export.add_argument("--since", type=_parse_time, metavar="TIME", help="ISO 8601 (2026-11-24T20:00:00Z) or seconds since the epoch")
     export.add_argument("--message", metavar="ID", help="only the history of this message (queue id or Message-ID)")
     command(journal, "stats", _journal_stats, "size, records per tag, oldest and newest", json=True)
@@ -114,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
         if action == "retry":
             acting.add_argument("--all", action="store_true", help="every message in the queue")
         acting.set_defaults(action=action)
+
+    plugins = sub.add_parser("plugins", help="installed and loaded plugins").add_subparsers(metavar="ACTION")
+    command(plugins, "list", _plugins_list, "installed plugins, their versions, hooks, and which the configuration loads", json=True)
 
     rules = sub.add_parser("rules", help="the rules file").add_subparsers(metavar="ACTION")
     testing = command(rules, "test", _rules_test, "replay recorded sessions through a rules file; print changed verdicts", json=True)
@@ -172,6 +179,8 @@ def _journal_show(args: argparse.Namespace, config: config_mod.Config) -> int:
 
 
 def _journal_export(args: argparse.Namespace, config: config_mod.Config) -> int:
+    if args.format in ("eml", "json"):
+        return _message_export(args, config)
     with Journal(config.journal.path, readonly=True) as journal:
         if args.message:
             found = history.trace(journal, args.message)
@@ -186,6 +195,26 @@ def _journal_export(args: argparse.Namespace, config: config_mod.Config) -> int:
             if args.since is not None and isinstance(at, int | float) and at < args.since:
                 continue
             print(format_json(record))
+    return 0
+
+
+def _message_export(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from .queue import export
+
+    if not args.message:
+        print(f"vsmtp: --format {args.format} exports one message: add --message ID", file=sys.stderr)
+        return 2
+    with Journal(config.journal.path, readonly=True) as journal:
+        found = export.current(journal, args.message)
+    if found is None:
+        print(f"vsmtp: no message {args.message!r} with its body in the journal", file=sys.stderr)
+        return 1
+    accepted, raw = found
+    if args.format == "eml":
+        sys.stdout.buffer.write(raw)
+        sys.stdout.buffer.flush()
+    else:
+        print(json.dumps(export.as_json(accepted, raw), ensure_ascii=False))
     return 0
 
 
@@ -427,6 +456,23 @@ def _queue_act(args: argparse.Namespace, config: config_mod.Config) -> int:
                 return 1
             position = queue_inspect.act(journal, args.action, queue_id)
             print(f"{queue_id}: {args.action} recorded at position {position}")
+    return 0
+
+
+def _plugins_list(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from .plugins import describe
+
+    rows = describe(config.plugins)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        state = "loaded" if row["loaded"] and row["installed"] else "NOT INSTALLED" if row["loaded"] else "installed"
+        version = f"{row['distribution']} {row['version']}" if row["installed"] else "-"
+        hooks = row.get("error") or ", ".join(row.get("hooks", [])) or "no hooks"
+        print(f"{row['name']:<16} {state:<13} {version:<28} {hooks}")
+    if not rows:
+        print("no plugins installed (entry point group 'vsmtp')")
     return 0
 
 

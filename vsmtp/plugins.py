@@ -30,6 +30,31 @@ def available() -> dict[str, str]:
     return found
 
 
+def describe(configured: Iterable[str]) -> list[dict[str, Any]]:
+    """Every installed plugin (and every configured one, installed or not): its distribution
+    and version, whether the configuration loads it, and the hooks it implements (or why it
+    does not import)."""
+    wanted = list(configured)
+    rows = []
+    installed = {ep.name: ep for ep in entry_points(group=GROUP)}
+    for name in sorted(installed.keys() | set(wanted)):
+        ep = installed.get(name)
+        row: dict[str, Any] = {"name": name, "loaded": name in wanted, "installed": ep is not None}
+        if ep is not None:
+            row["distribution"] = ep.dist.name if ep.dist is not None else "?"
+            row["version"] = ep.dist.version if ep.dist is not None else "?"
+            try:
+                manager = pluggy.PluginManager(GROUP)
+                manager.add_hookspecs(hookspecs)
+                plugin = ep.load()
+                manager.register(plugin, name=name)
+                row["hooks"] = sorted(h.name for h in manager.get_hookcallers(plugin) or [])
+            except Exception as exc:
+                row["error"] = f"does not load: {exc}"
+        rows.append(row)
+    return rows
+
+
 class PluginManager:
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(GROUP)
