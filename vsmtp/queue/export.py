@@ -5,6 +5,7 @@ SHA-256)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import email
 import email.message
@@ -19,8 +20,9 @@ from . import history
 
 
 def current(journal: Journal, ident: str) -> tuple[ev.MessageAccepted, bytes] | None:
-    """message.accepted and the message as it is delivered now (its last message.modified
-    body, else the body as queued); None when the journal has no such message or its body."""
+    """message.accepted and the message as it is delivered now (after its last
+    message.modified: that body and envelope); None when the journal has no such message or
+    its body."""
     found = history.trace(journal, ident)
     if found is None:
         return None
@@ -31,8 +33,9 @@ def current(journal: Journal, ident: str) -> tuple[ev.MessageAccepted, bytes] | 
             event = ev.decode(record)
             if isinstance(event, ev.MessageAccepted):
                 accepted, blob = event, event.blob
-            elif isinstance(event, ev.MessageModified):
-                blob = event.blob
+            elif isinstance(event, ev.MessageModified) and accepted is not None:
+                blob = event.blob  # and the envelope as it is delivered now
+                accepted = dataclasses.replace(accepted, reverse_path=event.reverse_path, recipients=event.recipients)
     body = journal.blob(blob) if accepted is not None else None
     return (accepted, body) if accepted is not None and body is not None else None
 
