@@ -18,6 +18,7 @@ import vsmtp
 from vsmtp.config import Config
 from vsmtp.delivery import postq
 from vsmtp.plugins import PluginManager
+from vsmtp.queue import export
 
 from ..conftest import has_tag, maildir_files, wait_delivered, wait_journal
 from .test_stages import rules_file, session
@@ -71,6 +72,8 @@ async def test_postq_rules_edit_what_is_delivered(start_server: Any, config: Con
     [filtered] = [r.payload for r in records if r.tag == "message.filtered"]
     assert filtered["verdict"] == "next"
     assert [r.payload["action"] for r in records if r.tag == "rule.action"] == ["add_header", "add_recipient"]
+    found = export.current(running.journal, accepted["queue_id"])  # `vsmtp journal export`: the message as delivered
+    assert found is not None and found[0].recipients == ("bob@localhost", "security@localhost") and b"tool.exe" not in found[1]
     running.cancel_scope.cancel()
 
 
