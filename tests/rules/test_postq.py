@@ -19,6 +19,7 @@ from vsmtp.config import Config
 from vsmtp.delivery import postq
 from vsmtp.plugins import PluginManager
 from vsmtp.queue import export
+from vsmtp.queue import inspect as queue_inspect
 
 from ..conftest import has_tag, maildir_files, wait_delivered, wait_journal
 from .test_stages import rules_file, session
@@ -154,4 +155,31 @@ async def test_delivery_rules_refuse_accept_and_route_each_recipient(start_serve
         (r.payload["stage"], r.payload["verdict"], r.payload["recipient"]) for r in running.journal.read(0) if r.tag == "rule.verdict"
     ]
     assert sorted(verdicts) == [("delivery", "accept", "bob@localhost"), ("delivery", "deny", "carol@localhost"), ("postq", "accept", "")]
+    running.cancel_scope.cancel()
+
+
+async def test_a_delivery_quarantine_holds_every_recipient_until_released(start_server: Any, config: Config, tmp_path: Path) -> None:
+    released = tmp_path / "released"
+    rules = rules_file(
+        tmp_path,
+        f"""
+        from pathlib import Path
+
+        @rule.delivery
+        def hold_for_carol(ctx):
+            if ctx.recipient == "carol@localhost" and not Path({str(released)!r}).exists():
+                return quarantine("review")
+        """,
+    )
+    running = await start_server(dataclasses.replace(config, rules=rules))
+    await session(running, lambda c: c.sendmail("a@example.org", ["bob@localhost", "carol@localhost"], "Subject: x\r\n\r\nx\r\n"))
+    with trio.fail_after(10):
+        while not any(m.quarantine for m in running.projection.state.messages.values()):
+            await trio.sleep(0.02)
+    [kept] = running.projection.state.messages.values()
+    assert kept.quarantine == "review" and maildir_files(config, "bob") == []  # bob came first: not delivered either
+    released.touch()
+    queue_inspect.act(running.journal, "release", kept.queue_id)
+    await wait_delivered(running, 1)
+    assert len(maildir_files(config, "bob")) == 1 and len(maildir_files(config, "carol")) == 1
     running.cancel_scope.cancel()

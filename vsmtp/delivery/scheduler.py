@@ -348,8 +348,7 @@ class Worker:
                 settled.append((address, attempts))
             elif verdict.kind == "quarantine":
                 events.append(ev.MessageQuarantined(at=now, queue_id=job.queue_id, queue=verdict.queue, by=verdict.by))
-                settled += [r for r in job.recipients if r not in settled and r not in kept]  # held: nothing more of it now
-                kept = []
+                settled, kept = list(job.recipients), []  # held: none of it now, not even those kept before
                 break
             else:
                 kept.append((address, attempts))
