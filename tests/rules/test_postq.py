@@ -16,7 +16,7 @@ import trio
 
 import vsmtp
 from vsmtp.config import Config
-from vsmtp.delivery import postq
+from vsmtp.delivery import stages
 from vsmtp.plugins import PluginManager
 from vsmtp.queue import export
 from vsmtp.queue import inspect as queue_inspect
@@ -98,7 +98,7 @@ async def test_a_postq_deny_bounces_and_quarantine_holds(start_server: Any, conf
 async def test_a_postq_hook_that_raises_is_run_again(
     start_server: Any, config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(postq, "RETRY", 0.2)
+    monkeypatch.setattr(stages, "RETRY", 0.2)
 
     class Flaky:
         calls = 0

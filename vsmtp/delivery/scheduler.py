@@ -29,14 +29,11 @@ from ..queue import events as ev
 from ..queue import history, policy
 from ..queue.projection import QueueProjection
 from ..queue.state import MessageState
-from ..rules.engine import HookFailed, Stages
-from ..rules.recorded import message_context
-from . import bounce, maildir, mbox, postq, remote
+from ..rules.engine import Stages
+from . import bounce, maildir, mbox, remote, stages
 from .outcomes import deferred, with_expiry
 
 log = logging.getLogger(__name__)
-
-Route = policy.LocalRoute | policy.RemoteRoute | policy.Smarthost
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,7 +45,7 @@ class DeliveryJob:
     recipients: tuple[tuple[str, int], ...]  # (address, attempts so far)
     recovered: bool  # pending when the process started: a crash may have cut an attempt short
     in_doubt: frozenset[str] = frozenset()  # recipients whose data went out without a final answer
-    routes: Mapping[str, Route] = dataclasses.field(default_factory=dict)  # chosen by delivery rules (set_route)
+    routes: Mapping[str, policy.Route] = dataclasses.field(default_factory=dict)  # chosen by delivery rules (set_route)
 
 
 # The notices the scheduler queues: kind -> (what plans its records, whether it is still due).
@@ -175,20 +172,20 @@ class Scheduler:
             self.projection.touch(queue_id)  # try again
 
     async def _filter(self, queue_id: str) -> None:
-        """Run the post-queue stage for a message and journal what it decided (postq.py)."""
+        """Run the post-queue stage for a message and journal what it decided (stages.py)."""
         message = self.projection.state.messages.get(queue_id)
         if message is None or not message.postq:
             return
         try:
             async with self._filter_limit:
-                appends, settled = await postq.run(message, journal=self.journal, stages=self.stages, config=self.config)
+                appends, settled = await stages.postq(message, journal=self.journal, stages=self.stages, config=self.config)
             with trio.CancelScope(shield=True):
                 await self.writer.append_group(appends)  # the verdict, edits and message.filtered: all or none
         except (JournalError, LookupError) as exc:
             log.error("%s: cannot run the postq stage: %s", queue_id, exc)
             settled = False
         if not settled:
-            await trio.sleep(postq.RETRY)
+            await trio.sleep(stages.RETRY)
             self._filtering.discard(queue_id)
             self.projection.touch(queue_id)
 
@@ -255,11 +252,21 @@ class Worker:
                 local = []
                 for each in jobs:
                     if self.scheduler.stages.active("delivery"):
-                        each, decided = await self._delivery_stage(each)
-                        if decided[1]:
-                            background.start_soon(self._record, *decided)
-                        if not each.recipients:
+                        routed = await stages.delivery(
+                            queue_id=each.queue_id,
+                            blob=each.blob,
+                            reverse_path=each.reverse_path,
+                            accepted_at=each.accepted_at,
+                            recipients=list(each.recipients),
+                            journal=self.journal,
+                            stages=self.scheduler.stages,
+                            config=self.config,
+                        )
+                        if routed.events:  # what the rules settled, recorded (and those recipients finished)
+                            background.start_soon(self._record, dataclasses.replace(each, recipients=tuple(routed.settled)), routed.events)
+                        if not routed.kept:
                             continue
+                        each = dataclasses.replace(each, recipients=tuple(routed.kept), routes={**each.routes, **routed.routes})
                     mine, by_domain = self._split(each)
                     if mine is not None:
                         local.append(mine)
@@ -273,96 +280,6 @@ class Worker:
                 # a look into the Maildir (recovered messages check for the file first).
                 for each, outcomes in zip(local, results, strict=True):
                     background.start_soon(self._record, each, outcomes)
-
-    async def _delivery_stage(self, job: DeliveryJob) -> tuple[DeliveryJob, tuple[DeliveryJob, list[ev.JournalEvent]]]:
-        """Run the delivery rules for each recipient: the job left to deliver (with the routes
-        they chose), and what to record now: their verdicts and actions, and the outcomes of
-        the recipients they settled (refused: failed; a hook raised: deferred; quarantined:
-        left pending, held)."""
-        try:
-            ctx, _ = await trio.to_thread.run_sync(
-                partial(
-                    message_context,
-                    self.journal,
-                    self.config,
-                    queue_id=job.queue_id,
-                    blob=job.blob,
-                    reverse_path=job.reverse_path,
-                    recipients=[a for a, _ in job.recipients],
-                )
-            )
-        except LookupError as exc:
-            log.warning("%s: delivery rules not run: %s", job.queue_id, exc)
-            return job, (dataclasses.replace(job, recipients=()), [])
-        now = time.time()
-        events: list[ev.JournalEvent] = []
-        settled: list[tuple[str, int]] = []
-        kept: list[tuple[str, int]] = []
-        routes = dict(job.routes)
-        for address, attempts in job.recipients:
-            ctx.recipient, ctx.route = address, self._route_name(address)
-            try:
-                verdict = await self.scheduler.stages.run("delivery", ctx, recipient=address, route=ctx.route)
-            except HookFailed as exc:
-                events.append(
-                    ev.RuleVerdict(at=now, session_id=ctx.session_id, stage="delivery", by=exc.by, verdict="error", recipient=address)
-                )
-                reason = f"{exc.by} raised at the delivery stage"
-                events.append(
-                    deferred(job.queue_id, address, attempts, now=now, reason=reason, config=self.config, accepted_at=job.accepted_at)
-                )
-                settled.append((address, attempts))
-                continue
-            actions, ctx.actions = ctx.actions, []
-            for action in actions:
-                events.append(
-                    ev.RuleAction(
-                        at=now,
-                        session_id=ctx.session_id,
-                        queue_id=job.queue_id,
-                        stage="delivery",
-                        by=action.by,
-                        action=action.name,
-                        args=action.args,
-                    )
-                )
-                target, route = action.args
-                routes[target] = policy.chosen_route(route, target, self.config)
-            if verdict.kind != "next":
-                refusal = verdict.kind in ("deny", "reject")
-                events.append(
-                    ev.RuleVerdict(
-                        at=now,
-                        session_id=ctx.session_id,
-                        stage="delivery",
-                        by=verdict.by,
-                        verdict=verdict.kind,
-                        reply=str(verdict.answer) if refusal else "",
-                        recipient=address,
-                        queue=verdict.queue,
-                    )
-                )
-            if verdict.kind in ("deny", "reject"):
-                reason = f"refused at delivery by {verdict.by}: {verdict.answer}"
-                events.append(ev.DeliveryFailed(at=now, queue_id=job.queue_id, recipient=address, transport="rules", reason=reason))
-                settled.append((address, attempts))
-            elif verdict.kind == "quarantine":
-                events.append(ev.MessageQuarantined(at=now, queue_id=job.queue_id, queue=verdict.queue, by=verdict.by))
-                settled, kept = list(job.recipients), []  # held: none of it now, not even those kept before
-                break
-            else:
-                kept.append((address, attempts))
-        return dataclasses.replace(job, recipients=tuple(kept), routes=routes), (
-            dataclasses.replace(job, recipients=tuple(settled)),
-            events,
-        )
-
-    def _route_name(self, address: str) -> str:
-        """The route vsmtp chose, as a delivery rule sees it: local, smtp or smtp:[HOST]:PORT."""
-        if policy.remote_domain(address, self.config) is None:
-            return "local"
-        relay = policy.smarthost(self.config)
-        return f"smtp:[{relay.host}]:{relay.port}" if relay is not None else "smtp"
 
     def _split(self, job: DeliveryJob) -> tuple[DeliveryJob | None, dict[tuple[str, policy.Smarthost | None], DeliveryJob]]:
         """The job's local recipients as one job, and its remote ones as a job per domain (or

@@ -284,19 +284,8 @@ class Session:
         return verdict
 
     async def _journal_verdict(self, stage: str, verdict: Verdict, kind: str) -> None:
-        refusal = verdict.kind in ("reject", "deny")
-        await self._journal(
-            qe.RuleVerdict(
-                at=time.time(),
-                session_id=self.id,
-                stage=stage,
-                by=verdict.by,
-                verdict=kind,
-                reply=str(verdict.answer) if refusal else "",
-                recipient=self.ctx.recipient if stage == "rcpt" else "",
-                queue=verdict.queue,
-            )
-        )
+        recipient = self.ctx.recipient if stage == "rcpt" else ""
+        await self._journal(verdict.event(at=time.time(), session_id=self.id, stage=stage, recipient=recipient, kind=kind))
 
     # -- TLS ------------------------------------------------------------------------------
 
@@ -507,10 +496,7 @@ class Session:
             trace_context=trace_context,
             postq=self.stages.active("postq") and not self.faccepted,
         )
-        follow: list[qe.JournalEvent] = [
-            qe.RuleAction(at=now, session_id=self.id, queue_id=queue_id, stage=a.stage, by=a.by, action=a.name, args=a.args)
-            for a in actions
-        ]
+        follow: list[qe.JournalEvent] = [a.event(at=now, session_id=self.id, queue_id=queue_id) for a in actions]
         if tx.quarantine[0]:
             follow.append(qe.MessageQuarantined(at=now, queue_id=queue_id, queue=tx.quarantine[0], by=tx.quarantine[1]))
         position: int | None

@@ -102,6 +102,9 @@ class Smarthost:
     implicit_tls: bool  # smtps://
 
 
+Route = LocalRoute | RemoteRoute | Smarthost  # how one recipient is delivered
+
+
 def smarthost(config: Config) -> Smarthost | None:
     """relayhost.url parsed: smtp://host[:25] or smtps://host[:465]; None when not set."""
     return relay_url(config.relayhost.url) if config.relayhost.url else None
@@ -131,30 +134,46 @@ def route(address: str, config: Config) -> LocalRoute | RemoteRoute:
     remote = remote_domain(address, config)
     if remote is not None:
         return RemoteRoute(domain=remote)
-    route = chosen_route("local", address, config)
-    assert isinstance(route, LocalRoute)
-    return route
+    return _mailbox(address, config)
 
 
-def chosen_route(text: str, address: str, config: Config) -> LocalRoute | RemoteRoute | Smarthost:
-    """A route a delivery rule chose (ctx.set_route): "local" (the mailbox of the address's
-    user, whatever its domain), "smtp" (the domain's mail hosts), or "smtp:HOST[:PORT]" /
-    "smtp:[HOST]:PORT" (that host, as Postfix's transport "smtp:[host]:port")."""
+def _mailbox(address: str, config: Config) -> LocalRoute:
+    """The local mailbox of the address's user (in its domain, or the first local one)."""
     user, domain = local_user(address)
-    if text == "local":
-        mailboxes = config.delivery.mailboxes
-        domain = domain or config.local.domains[0].lower()
-        chosen = mailboxes.get(f"{user}@{domain}") or mailboxes.get(user) or mailboxes.get(f"@{domain}") or config.delivery.mailbox
-        return LocalRoute(user=user, domain=domain, format=chosen)
-    if text == "smtp" and domain:
-        return RemoteRoute(domain=domain)
+    domain = domain or config.local.domains[0].lower()
+    mailboxes = config.delivery.mailboxes
+    chosen = mailboxes.get(f"{user}@{domain}") or mailboxes.get(user) or mailboxes.get(f"@{domain}") or config.delivery.mailbox
+    return LocalRoute(user=user, domain=domain, format=chosen)
+
+
+def check_route(text: str) -> None:
+    """ValueError unless `text` is a route a rule may choose (ctx.set_route): "local" (the
+    mailbox of the address's user, whatever its domain), "smtp" (the domain's mail hosts),
+    or "smtp:HOST[:PORT]" / "smtp:[HOST]:PORT" (that host, as Postfix's "smtp:[host]:port")."""
+    if text in ("local", "smtp"):
+        return
     scheme, colon, rest = text.partition(":")
     if scheme in ("smtp", "smtps") and colon and rest and not rest.startswith("//"):
         try:
-            return relay_url(f"{scheme}://{rest}")
+            relay_url(f"{scheme}://{rest}")
+            return
         except ValueError:
             pass
     raise ValueError(f"route {text!r}: expected local, smtp, or smtp:HOST[:PORT]")
+
+
+def chosen_route(text: str, address: str, config: Config) -> Route:
+    """The route a rule chose for `address` (check_route says which texts are routes)."""
+    check_route(text)
+    if text == "local":
+        return _mailbox(address, config)
+    _, domain = local_user(address)
+    if text == "smtp":
+        if not domain:
+            raise ValueError(f"route smtp for {address!r}: the address has no domain")
+        return RemoteRoute(domain=domain)
+    scheme, _, rest = text.partition(":")
+    return relay_url(f"{scheme}://{rest}")
 
 
 def retry_at(attempts: int, *, now: float, config: Config) -> float:

@@ -18,11 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Config
+from ..queue import events as ev
 from ..queue import policy
 from .objects import IpAddress
 
-_NO_CONFIG = Config()  # set_route checks a route's form against the embedded defaults
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 2.2: printable, no colon
 
 
@@ -38,6 +37,12 @@ class Action:
     by: str  # "rules:FUNCTION" or a plugin's name
     name: str  # add_header, set_header, remove_header, rewrite_sender, add_recipient, ...
     args: tuple[str, ...]
+
+    def event(self, *, at: float, session_id: str, queue_id: str) -> ev.RuleAction:
+        """The rule.action that records it, applied to the message `queue_id`."""
+        return ev.RuleAction(
+            at=at, session_id=session_id, queue_id=queue_id, stage=self.stage, by=self.by, action=self.name, args=self.args
+        )
 
 
 class Message:
@@ -209,7 +214,7 @@ class Context:
         instead of the route vsmtp chose (Postfix's transport maps)."""
         if self.stage != "delivery":
             raise ValueError(f"set_route at the {self.stage} stage: routes are chosen at the delivery stage")
-        policy.chosen_route(route, recipient, _NO_CONFIG)  # checked now: ValueError names it
+        policy.check_route(route)  # checked now: ValueError names it
         self.actions.append(Action(self.stage, self.by, "set_route", (recipient, route)))
 
     def _record(self, name: str, *args: str) -> None:

@@ -133,9 +133,9 @@ def session_of(journal: Journal, accepted: ev.MessageAccepted, position: int) ->
 
 def message_context(
     journal: Journal, config: Config, *, queue_id: str, blob: bytes, reverse_path: str, recipients: list[str]
-) -> tuple[Context, bytes]:
+) -> Context:
     """The Context of a queued message (postq, delivery): its session's facts read back from
-    the journal, its envelope as queued now, and its body. LookupError when the journal no
+    the journal, its envelope as queued now, and its body (ctx.message). LookupError when the journal no
     longer holds them."""
     body = journal.blob(blob)
     if body is None:
@@ -151,4 +151,4 @@ def message_context(
     ctx.sender, ctx.recipients, ctx.mail_params = reverse_path, list(recipients), dict(accepted.mail_params)
     ctx.queue_id = queue_id
     ctx.message = Message(body)
-    return ctx, body
+    return ctx

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from ..queue import events as ev
 from ..smtp.replies import Reply
 
 Kind = Literal["next", "accept", "reject", "deny", "faccept", "quarantine"]
@@ -35,6 +36,20 @@ class Verdict:
 
     def said_by(self, by: str) -> Verdict:
         return self if self.by else replace(self, by=by)
+
+    def event(self, *, at: float, session_id: str, stage: str, recipient: str = "", kind: str = "") -> ev.RuleVerdict:
+        """The rule.verdict that records it (`kind` "error" for a hook that raised)."""
+        refusal = self.kind in ("deny", "reject")
+        return ev.RuleVerdict(
+            at=at,
+            session_id=session_id,
+            stage=stage,
+            by=self.by,
+            verdict=kind or self.kind,
+            reply=str(self.answer) if refusal else "",
+            recipient=recipient,
+            queue=self.queue,
+        )
 
     @property
     def answer(self) -> Reply:

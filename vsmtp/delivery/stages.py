@@ -1,0 +1,167 @@
+"""The stages after queueing, run in the delivery process: postq (once per message, before
+its first delivery; the scheduler starts it for a message whose message.accepted says
+`postq`) and delivery (per recipient, before each attempt; the workers run it).
+
+Both see the message's Context rebuilt from the journal (rules/recorded.py): the facts of
+the session that sent it, its envelope as queued now, its body.
+
+postq: what it decides is journaled in one transaction, closed by message.filtered: the
+verdict and actions, and
+- an edited message or envelope: message.modified, with the new body (QUEUEID.N);
+- quarantine(name): message.quarantined;
+- deny or reject: each recipient fails (delivery.failed with the reply), so the sender
+  gets a bounce, as for any failure after acceptance.
+A hook that raises leaves the message waiting: the stage runs again RETRY seconds later.
+
+delivery: a route a rule chose (set_route) is used for this attempt; deny or reject fails
+the recipient, quarantine holds the message, a hook that raises defers the recipient.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+from vsmtp_journal import Append, Journal
+
+from ..config import Config
+from ..queue import events as ev
+from ..queue import policy
+from ..queue.state import MessageState
+from ..rules.context import Context, apply_actions
+from ..rules.engine import HookFailed, Stages
+from ..rules.recorded import message_context
+from .outcomes import deferred
+
+log = logging.getLogger(__name__)
+
+RETRY = 60.0  # seconds before a postq stage whose hook raised runs again
+
+Recipients = list[tuple[str, int]]  # (address, attempts so far)
+
+
+async def _context(journal: Journal, config: Config, *, queue_id: str, blob: bytes, reverse_path: str, recipients: list[str]) -> Context:
+    """The message's Context (the journal is read in a worker thread, not in the event loop)."""
+    read = partial(message_context, journal, config, queue_id=queue_id, blob=blob, reverse_path=reverse_path, recipients=recipients)
+    return await trio.to_thread.run_sync(read)
+
+
+async def postq(message: MessageState, *, journal: Journal, stages: Stages, config: Config) -> tuple[list[Append], bool]:
+    """The records to journal for `message`, and whether they settle the stage (False: a hook
+    raised; the records are its rule.verdict "error", and the stage is to run again later)."""
+    queued = [r.address for r in message.recipients]
+    ctx = await _context(
+        journal, config, queue_id=message.queue_id, blob=message.blob, reverse_path=message.reverse_path, recipients=queued
+    )
+    assert ctx.message is not None
+    body = ctx.message.raw
+    now = time.time()
+    try:
+        verdict = await stages.run("postq", ctx)
+    except HookFailed as exc:
+        log.warning("%s: %s raised at the postq stage: the message waits %.0fs", message.queue_id, exc.by, RETRY)
+        event = ev.RuleVerdict(at=now, session_id=ctx.session_id, stage="postq", by=exc.by, verdict="error")
+        return [Append(*ev.encode(event))], False
+    records: list[ev.JournalEvent] = []
+    if verdict.kind != "next":
+        records.append(verdict.event(at=now, session_id=ctx.session_id, stage="postq"))
+    actions, ctx.actions = ctx.actions, []
+    apply_actions(ctx, actions)
+    records += [a.event(at=now, session_id=ctx.session_id, queue_id=message.queue_id) for a in actions]
+    appends = [Append(*ev.encode(e)) for e in records]
+    edited, sender, recipients = ctx.message.raw, ctx.sender or "", tuple(ctx.recipients)
+    if edited != body or (sender, recipients) != (message.reverse_path, tuple(queued)):
+        key = _next_blob(message.blob)
+        by = ", ".join(dict.fromkeys(a.by for a in actions)) or verdict.by
+        modified = ev.MessageModified(
+            at=now, queue_id=message.queue_id, stage="postq", by=by, blob=key, size=len(edited), reverse_path=sender, recipients=recipients
+        )
+        appends.append(Append(*ev.encode(modified), blobs={key: edited}))
+    after: list[ev.JournalEvent] = []
+    if verdict.kind == "quarantine":
+        after.append(ev.MessageQuarantined(at=now, queue_id=message.queue_id, queue=verdict.queue, by=verdict.by))
+    elif verdict.kind in ("deny", "reject"):
+        reason = f"refused after queueing by {verdict.by}: {verdict.answer}"
+        after += [ev.DeliveryFailed(at=now, queue_id=message.queue_id, recipient=a, transport="postq", reason=reason) for a in recipients]
+    after.append(ev.MessageFiltered(at=now, queue_id=message.queue_id, verdict=verdict.kind, by=verdict.by))
+    return appends + [Append(*ev.encode(e)) for e in after], True
+
+
+def _next_blob(current: bytes) -> bytes:
+    """QUEUEID -> QUEUEID.1 -> QUEUEID.2 ... (retention keeps them while the message is pending)."""
+    queue_id, _, n = current.partition(b".")
+    return queue_id + b"." + str(int(n or b"0") + 1).encode()
+
+
+@dataclass(slots=True)
+class Routed:
+    """What the delivery stage decided for a job's recipients."""
+
+    kept: Recipients = field(default_factory=list)  # to deliver now
+    routes: dict[str, policy.Route] = field(default_factory=dict)  # the routes rules chose
+    settled: Recipients = field(default_factory=list)  # done for now: failed, deferred, or held
+    events: list[ev.JournalEvent] = field(default_factory=list)  # verdicts, actions, outcomes
+
+
+async def delivery(
+    *,
+    queue_id: str,
+    blob: bytes,
+    reverse_path: str,
+    accepted_at: float,
+    recipients: Recipients,
+    journal: Journal,
+    stages: Stages,
+    config: Config,
+) -> Routed:
+    """Run the delivery rules for each recipient of one delivery job."""
+    try:
+        ctx = await _context(
+            journal, config, queue_id=queue_id, blob=blob, reverse_path=reverse_path, recipients=[a for a, _ in recipients]
+        )
+    except LookupError as exc:
+        log.warning("%s: delivery rules not run: %s", queue_id, exc)
+        return Routed(kept=list(recipients))
+    now = time.time()
+    routed = Routed()
+    for address, attempts in recipients:
+        ctx.recipient, ctx.route = address, route_name(address, config)
+        try:
+            verdict = await stages.run("delivery", ctx, recipient=address, route=ctx.route)
+        except HookFailed as exc:
+            routed.events.append(
+                ev.RuleVerdict(at=now, session_id=ctx.session_id, stage="delivery", by=exc.by, verdict="error", recipient=address)
+            )
+            reason = f"{exc.by} raised at the delivery stage"
+            routed.events.append(deferred(queue_id, address, attempts, now=now, reason=reason, config=config, accepted_at=accepted_at))
+            routed.settled.append((address, attempts))
+            continue
+        actions, ctx.actions = ctx.actions, []
+        for action in actions:  # set_route: the only action the delivery stage takes
+            routed.events.append(action.event(at=now, session_id=ctx.session_id, queue_id=queue_id))
+            target, route = action.args
+            routed.routes[target] = policy.chosen_route(route, target, config)
+        if verdict.kind != "next":
+            routed.events.append(verdict.event(at=now, session_id=ctx.session_id, stage="delivery", recipient=address))
+        if verdict.kind in ("deny", "reject"):
+            reason = f"refused at delivery by {verdict.by}: {verdict.answer}"
+            routed.events.append(ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=address, transport="rules", reason=reason))
+            routed.settled.append((address, attempts))
+        elif verdict.kind == "quarantine":
+            routed.events.append(ev.MessageQuarantined(at=now, queue_id=queue_id, queue=verdict.queue, by=verdict.by))
+            routed.settled, routed.kept = list(recipients), []  # held: none of it now, not even those kept before
+            break
+        else:
+            routed.kept.append((address, attempts))
+    return routed
+
+
+def route_name(address: str, config: Config) -> str:
+    """The route vsmtp chose, as a delivery rule sees it: local, smtp or smtp:[HOST]:PORT."""
+    if policy.remote_domain(address, config) is None:
+        return "local"
+    relay = policy.smarthost(config)
+    return f"smtp:[{relay.host}]:{relay.port}" if relay is not None else "smtp"
