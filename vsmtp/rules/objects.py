@@ -91,10 +91,11 @@ class Regex:
 
 class _FileBacked:
     CHECK_EVERY = 1.0  # seconds between looks at the file
+    WARN_MISSING = True  # a missing file is logged (once): a table to be written starts missing
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._stamp: tuple[float, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
         self._missing_logged = False
         self._refresh(force=True)
@@ -107,13 +108,13 @@ class _FileBacked:
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            if not self._missing_logged:
+            if self.WARN_MISSING and not self._missing_logged:
                 log.warning("%s: file not found; read as empty", self.path)
                 self._missing_logged = True
             self._load([])
             self._stamp = None
             return
-        stamp = (st.st_mtime, st.st_size)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # a file replaced by rename has a new inode
         if stamp == self._stamp:
             return
         with self.path.open(encoding="utf-8", newline="") as f:
@@ -152,28 +153,36 @@ class FileSet(_FileBacked):
 
 class FileMap(_FileBacked):
     """A map from a CSV file: the first column is the key (compared without regard to case),
-    the rest the value (a string for two columns, a tuple for more). Lines starting with "#"
-    are comments."""
+    the rest the value (a string for two columns, a tuple for more; () for a key alone).
+    Lines starting with "#" are comments."""
 
-    _map: dict[str, str | tuple[str, ...]] = {}  # noqa: RUF012 - replaced, never mutated
+    _rows: dict[str, tuple[str, tuple[str, ...]]] = {}  # noqa: RUF012 - lower key -> (key as written, values); replaced, never mutated
 
     def _load(self, lines: Iterable[str]) -> None:
-        loaded: dict[str, str | tuple[str, ...]] = {}
+        loaded: dict[str, tuple[str, tuple[str, ...]]] = {}
         for row in csv.reader(line for line in lines if not line.lstrip().startswith("#")):
             if not row or not row[0].strip():
                 continue
             key, *values = (cell.strip() for cell in row)
-            loaded[key.lower()] = values[0] if len(values) == 1 else tuple(values)
-        self._map = loaded
+            loaded[key.lower()] = (key, tuple(values))
+        self._rows = loaded
 
     def get(self, key: str, default: str | tuple[str, ...] | None = None) -> str | tuple[str, ...] | None:
         self._refresh()
-        return self._map.get(key.lower(), default)
+        row = self._rows.get(key.lower())
+        if row is None:
+            return default
+        return row[1][0] if len(row[1]) == 1 else row[1]
 
     def __contains__(self, key: object) -> bool:
         self._refresh()
-        return str(key).lower() in self._map
+        return str(key).lower() in self._rows
 
     def __len__(self) -> int:
         self._refresh()
-        return len(self._map)
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[str]:
+        """The keys, as the file writes them."""
+        self._refresh()
+        return iter([key for key, _ in self._rows.values()])

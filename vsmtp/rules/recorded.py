@@ -131,9 +131,7 @@ def session_of(journal: Journal, accepted: ev.MessageAccepted, position: int) ->
     return session
 
 
-def message_context(
-    journal: Journal, config: Config, *, queue_id: str, blob: bytes, reverse_path: str, recipients: list[str]
-) -> Context:
+def message_context(journal: Journal, config: Config, *, queue_id: str, blob: bytes, reverse_path: str, recipients: list[str]) -> Context:
     """The Context of a queued message (postq, delivery): its session's facts read back from
     the journal, its envelope as queued now, and its body (ctx.message). LookupError when the journal no
     longer holds them."""

@@ -20,9 +20,10 @@ and used from the rules file:
 A database can also be opened by path without the configuration: `vsmtp_files.Table(path,
 writable=True)`.
 
-The file is CSV: the first column is the key (compared without regard to case), the others
-its value; a line with a key alone makes a list entry; "#" lines are comments. Every read
-notices a change of the file (another process, an editor) and reads it again. A write
+The file is read as vsmtp.rules.FileMap reads one (CSV: the first column is the key,
+compared without regard to case, the others its value; a key alone is a list entry; "#"
+lines are comments), but every read notices a change of the file (another process, an
+editor) and reads it again. A write
 takes an exclusive lock (PATH.lock), reads the file as it is now, changes the one row and
 replaces the file atomically (written beside it, fsynced, renamed), so receiving processes
 sharing a database do not lose each other's writes. Meant for small state (thousands of
@@ -36,100 +37,69 @@ import fcntl
 import io
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import vsmtp
+from vsmtp.rules import FileMap
 
 Value = str | tuple[str, ...]
 _configured: dict[str, Table] = {}
 
 
-class Table:
+class Table(FileMap):
+    """A FileMap (vsmtp.rules) that notices a change at every read, and that a rule may
+    write when it is writable."""
+
+    CHECK_EVERY = 0.0  # every read: another process may just have written
+    WARN_MISSING = False
+
     def __init__(self, path: str | os.PathLike[str], *, writable: bool = False) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self.writable = writable
-        self._rows: dict[str, tuple[str, tuple[str, ...]]] = {}  # lower key -> (key, values)
-        self._stamp: tuple[int, int, int] | None = None
-
-    # -- reading ---------------------------------------------------------------------------
-
-    def get(self, key: str, default: Value | None = None) -> Value | None:
-        row = self._current().get(key.lower())
-        if row is None:
-            return default
-        values = row[1]
-        return values[0] if len(values) == 1 else values
-
-    def __contains__(self, key: object) -> bool:
-        return str(key).lower() in self._current()
-
-    def __len__(self) -> int:
-        return len(self._current())
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([key for key, _ in self._current().values()])
-
-    def _current(self) -> dict[str, tuple[str, tuple[str, ...]]]:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._rows, self._stamp = {}, None
-            return self._rows
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            self._rows = _parse(self.path.read_text(encoding="utf-8"))
-            self._stamp = stamp
-        return self._rows
-
-    # -- writing ---------------------------------------------------------------------------
 
     def set(self, key: str, *values: str) -> None:
         """Set `key` to `values` (none: a list entry), replacing what it had."""
         _check(key, values)
-        self._write(lambda rows: rows.__setitem__(key.lower(), (key, tuple(values))))
+        self._write(key, values)
 
     def add(self, key: str) -> None:
         """A list entry (a key without a value), if it is not there yet."""
         _check(key, ())
-        self._write(lambda rows: rows.setdefault(key.lower(), (key, ())))
+        self._write(key, (), keep=True)
 
     def remove(self, key: str) -> None:
-        self._write(lambda rows: rows.pop(key.lower(), None))
+        self._write(key, None)
 
-    def _write(self, change: Any) -> None:
+    def _write(self, key: str, values: tuple[str, ...] | None, *, keep: bool = False) -> None:
+        """Under the lock: the file as it is now, with this one row changed (None: removed;
+        `keep`: only if the key is not there), written beside it, fsynced and renamed over it."""
         if not self.writable:
             raise PermissionError(f"{self.path} is read-only (open it with writable=True, or writable = true in its [plugin.files.NAME])")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(f"{self.path}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            self._stamp = None
-            rows = dict(self._current())
-            change(rows)
+            self._refresh(force=True)
+            rows = dict(self._rows)
+            if keep and key.lower() in rows:
+                return
+            if values is None:
+                rows.pop(key.lower(), None)
+            else:
+                rows[key.lower()] = (key, values)
             out = io.StringIO()
             writer = csv.writer(out, lineterminator="\n")
-            for key, values in rows.values():
-                writer.writerow((key, *values))
+            for name, cells in rows.values():
+                writer.writerow((name, *cells))
             temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             with open(temporary, "w", encoding="utf-8") as f:
                 f.write(out.getvalue())
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temporary, self.path)
-            self._rows, self._stamp = rows, None
+            self._refresh(force=True)
 
     def __repr__(self) -> str:
         return f"Table({str(self.path)!r}, writable={self.writable})"
-
-
-def _parse(text: str) -> dict[str, tuple[str, tuple[str, ...]]]:
-    rows: dict[str, tuple[str, tuple[str, ...]]] = {}
-    for row in csv.reader(line for line in text.splitlines() if not line.lstrip().startswith("#")):
-        if not row or not row[0].strip():
-            continue
-        key, *values = (cell.strip() for cell in row)
-        rows[key.lower()] = (key, tuple(values))
-    return rows
 
 
 def _check(key: str, values: tuple[str, ...]) -> None:
