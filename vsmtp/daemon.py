@@ -85,7 +85,9 @@ async def serve(
             await outer.start(writer.serve)
             with trio.CancelScope() as services:
                 async with trio.open_nursery() as nursery:
-                    projection = scheduler = smtp = None
+                    projection = scheduler = None
+                    # Built first: in one process, delivery shares its stages (one load of the rules file).
+                    smtp = SmtpService(config, writer, counts, plugins) if receive else None
                     if doorbell_in is not None:
                         nursery.start_soon(doorbell.listen, doorbell_in, writer.notice_commits)
                     if deliver:
@@ -102,7 +104,7 @@ async def serve(
                         await nursery.start(run_retention, journal, writer, projection, config.retention)
                         await nursery.start(_observe, journal, writer, plugins)
                         if config.delivery.enabled:
-                            stages = Stages.build(config, plugins)  # postq and delivery
+                            stages = smtp.settings.stages if smtp is not None else Stages.build(config, plugins)  # postq, delivery
                             scheduler = await nursery.start(
                                 lambda task_status: serve_delivery(
                                     config=config,
@@ -114,8 +116,7 @@ async def serve(
                                 )
                             )
                     bound: list[Bound] = []
-                    if receive:
-                        smtp = SmtpService(config, writer, counts, plugins)
+                    if smtp is not None:
                         bound = await nursery.start(lambda task_status: smtp.serve(sockets=sockets, task_status=task_status))
                     task_status.started(
                         Running(

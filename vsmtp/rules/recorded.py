@@ -109,16 +109,14 @@ def sessions(journal: Journal, *, since: float = 0.0) -> Iterator[Session]:
     yield from open_.values()
 
 
-def session_of(journal: Journal, accepted: ev.MessageAccepted, position: int) -> Session | None:
-    """The session that queued `accepted` (at `position`), up to that point; None once the
-    journal has forgotten its start (retention)."""
+def session_of(journal: Journal, accepted: ev.MessageAccepted) -> Session | None:
+    """The session that queued `accepted`, up to that message; None once the journal has
+    forgotten its start (retention)."""
     start = journal.lookup(b"session:" + accepted.session_id.encode())
     if start is None:
         return None
     session: Session | None = None
     for record in journal.read(start - 1):
-        if record.position > position:
-            break
         if record.tag not in _TAGS:
             continue
         event = ev.decode(record)
@@ -128,6 +126,8 @@ def session_of(journal: Journal, accepted: ev.MessageAccepted, position: int) ->
             session = Session(event)
         elif session is not None:
             session.fold(event)  # type: ignore[arg-type]
+        if isinstance(event, ev.MessageAccepted) and event.queue_id == accepted.queue_id:
+            break  # what came after in the session is not this message's business
     return session
 
 
@@ -138,11 +138,10 @@ def message_context(journal: Journal, config: Config, *, queue_id: str, blob: by
     body = journal.blob(blob)
     if body is None:
         raise LookupError(f"{queue_id}: message body missing from the journal")
-    position = journal.lookup(b"queue:" + queue_id.encode())
     accepted = history.accepted(journal, queue_id)
-    if accepted is None or position is None:
+    if accepted is None:
         raise LookupError(f"{queue_id}: message.accepted is no longer in the journal")
-    session = session_of(journal, accepted, position)
+    session = session_of(journal, accepted)
     if session is None:
         raise LookupError(f"{queue_id}: its session is no longer in the journal")
     ctx = session.context(config)
