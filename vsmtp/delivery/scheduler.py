@@ -250,23 +250,10 @@ class Worker:
                     except trio.WouldBlock:
                         break
                 local = []
-                for each in jobs:
-                    if self.scheduler.stages.active("delivery"):
-                        routed = await stages.delivery(
-                            queue_id=each.queue_id,
-                            blob=each.blob,
-                            reverse_path=each.reverse_path,
-                            accepted_at=each.accepted_at,
-                            recipients=list(each.recipients),
-                            journal=self.journal,
-                            stages=self.scheduler.stages,
-                            config=self.config,
-                        )
-                        if routed.events:  # what the rules settled, recorded (and those recipients finished)
-                            background.start_soon(self._record, dataclasses.replace(each, recipients=tuple(routed.settled)), routed.events)
-                        if not routed.kept:
-                            continue
-                        each = dataclasses.replace(each, recipients=tuple(routed.kept), routes={**each.routes, **routed.routes})
+                for job in jobs:
+                    each = await self._through_rules(job, background) if self.scheduler.stages.active("delivery") else job
+                    if each is None:
+                        continue
                     mine, by_domain = self._split(each)
                     if mine is not None:
                         local.append(mine)
@@ -280,6 +267,25 @@ class Worker:
                 # a look into the Maildir (recovered messages check for the file first).
                 for each, outcomes in zip(local, results, strict=True):
                     background.start_soon(self._record, each, outcomes)
+
+    async def _through_rules(self, job: DeliveryJob, background: trio.Nursery) -> DeliveryJob | None:
+        """The delivery stage (stages.py): what is left to deliver, with the routes rules chose;
+        what they settled is recorded in the background (and those recipients finished)."""
+        routed = await stages.delivery(
+            queue_id=job.queue_id,
+            blob=job.blob,
+            reverse_path=job.reverse_path,
+            accepted_at=job.accepted_at,
+            recipients=list(job.recipients),
+            journal=self.journal,
+            stages=self.scheduler.stages,
+            config=self.config,
+        )
+        if routed.events:
+            background.start_soon(self._record, dataclasses.replace(job, recipients=tuple(routed.settled)), routed.events)
+        if not routed.kept:
+            return None
+        return dataclasses.replace(job, recipients=tuple(routed.kept), routes={**job.routes, **routed.routes})
 
     def _split(self, job: DeliveryJob) -> tuple[DeliveryJob | None, dict[tuple[str, policy.Smarthost | None], DeliveryJob]]:
         """The job's local recipients as one job, and its remote ones as a job per domain (or
