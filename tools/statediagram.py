@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from vsmtp.smtp.states import TRANSITIONS, State
 
+# Moves decided by the reply's code rather than by the table (ServerConnection.send).
+LABELS = {"Auth": "Auth (334)"}
+EXTRA = {State.AUTH: [f"    {State.AUTH.name} --> {State.READY.name}: AuthResponse (235, or a failure)"]}
+
 
 def mermaid() -> str:
     lines = ["stateDiagram-v2", f"    [*] --> {State.GREETED.name}: 220 greeting"]
@@ -16,7 +20,8 @@ def mermaid() -> str:
         for event, (on_success, _) in row.items():
             if on_success is state:
                 continue  # commands that leave the state alone would only clutter the picture
-            lines.append(f"    {state.name} --> {on_success.name}: {event.__name__}")
+            lines.append(f"    {state.name} --> {on_success.name}: {LABELS.get(event.__name__, event.__name__)}")
+        lines += EXTRA.get(state, [])
     lines.append(f"    {State.CLOSED.name} --> [*]")
     return "\n".join(lines) + "\n"
 

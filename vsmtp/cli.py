@@ -13,6 +13,7 @@
     vsmtp plugins list [--json]
     vsmtp rules test RULES.py [--since TIME] [--json]
     vsmtp config show [--config FILE]
+    vsmtp auth hash [USER]              a password file line (the password from the terminal or stdin)
 
 Every command reads the same configuration as the daemon, so run from the daemon's
 directory with no arguments it finds the daemon's journal.
@@ -129,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="the configuration").add_subparsers(metavar="ACTION")
     command(config, "show", _config_show, "print the effective configuration")
+
+    auth = sub.add_parser("auth", help="SMTP AUTH users").add_subparsers(metavar="ACTION")
+    hashing = command(auth, "hash", _auth_hash, "hash a password for auth.passwords (asked twice, or one line from stdin)")
+    hashing.add_argument("user", metavar="USER", nargs="?", help="print a whole 'USER:hash' line")
     return parser
 
 
@@ -494,6 +499,29 @@ def _rules_test(args: argparse.Namespace, config: config_mod.Config) -> int:
         where = f"{d.stage} <{d.recipient}>" if d.recipient else d.stage
         print(f"session {d.session_id}{' message ' + d.queue_id if d.queue_id else ''}: {where}: {d.recorded} -> {d.replayed}")
     print(f"{summary.sessions} sessions replayed ({summary.stages} stage runs): {len(differences)} verdicts differ")
+    return 0
+
+
+def _auth_hash(args: argparse.Namespace, config: config_mod.Config) -> int:
+    import getpass
+
+    from .credentials import USER_NAME, hash_password
+
+    if args.user and not USER_NAME.match(args.user):
+        print(f"vsmtp: {args.user!r}: a user name has no spaces, ':' or '#'", file=sys.stderr)
+        return 1
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("vsmtp: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("vsmtp: an empty password is not allowed", file=sys.stderr)
+        return 1
+    hashed = hash_password(password)
+    print(f"{args.user}:{hashed}" if args.user else hashed)
     return 0
 
 

@@ -45,6 +45,18 @@ class ListenerConfig:
     role: Literal["mx", "submission", "submissions"] = "mx"
     addresses: tuple[str, ...] = ("127.0.0.1:2525", "[::1]:2525")
     certificates: tuple[CertificateConfig, ...] = ()  # none: a generated self-signed one
+    auth: bool = True  # offer AUTH here when [auth] names a password file (always only over TLS)
+    require_auth: bool = False  # MAIL only after AUTH (530 5.7.0): a submission port for your own users
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthConfig:
+    """SMTP AUTH (RFC 4954) for your users: offered only over TLS; an authenticated client may
+    relay. Postfix's smtpd_sasl_auth_enable with smtpd_tls_auth_only."""
+
+    passwords: str = ""  # the password file (user:$scrypt$... lines, `vsmtp auth hash`); "" : AUTH not offered
+    mechanisms: tuple[Literal["PLAIN", "LOGIN"], ...] = ("PLAIN", "LOGIN")
+    max_failures: int = 3  # failed AUTH commands in one session before 421 and close
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +175,7 @@ class Config:
     listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
     local: LocalConfig = LocalConfig()
     relay: RelayConfig = RelayConfig()
+    auth: AuthConfig = AuthConfig()
     tls: TlsConfig = TlsConfig()
     smtp: SmtpConfig = SmtpConfig()
     journal: JournalConfig = JournalConfig()
@@ -203,6 +216,11 @@ def load(path: str | Path | None = None) -> Config:
     for name, value in config.delivery.mailboxes.items():
         if value not in ("maildir", "mbox"):
             raise src.error(("delivery", "mailboxes", name), f"expected 'maildir' or 'mbox', got {value!r}")
+    for index, listener in enumerate(config.listeners):
+        if listener.require_auth and not (config.auth.passwords and listener.auth):
+            raise src.error(("listeners", index, "require_auth"), "needs AUTH offered here: auth.passwords set and auth not false")
+    if config.auth.passwords and not config.auth.mechanisms:
+        raise src.error(("auth", "mechanisms"), "at least one mechanism is needed to offer AUTH")
     return config
 
 

@@ -75,8 +75,11 @@ def vsmtp_helo(ctx: Any) -> Any:
 
 @hookspec
 def vsmtp_auth(ctx: Any) -> Any:
-    """After a successful AUTH (ctx.auth holds the identity), before the 235 reply. deny()
-    turns it into a failure. Not called yet: vsmtp does not offer AUTH (see docs/hooks.md).
+    """After AUTH's user name and password were found right (ctx.auth holds the user name),
+    before the 235 reply. deny() or reject() turns it into a failure (535 5.7.1 by default;
+    ctx.auth is "" again), and deny() also refuses every later MAIL of the session;
+    quarantine(name) holds every message of the session; faccept() trusts it from here on.
+    A hook that raises answers 454 4.7.0 (try later). Wrong passwords never reach this hook.
     May be async."""
 
 

@@ -34,6 +34,8 @@ SAMPLES: list[ev.JournalEvent] = [
     ev.DeliveryFailed(at=1.0, queue_id="Q", recipient="a@localhost", transport="maildir", reason="r"),
     ev.SessionClosed(at=1.0, session_id="S", reason="quit"),
     ev.TlsStarted(at=1.0, session_id="S", version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", bits=256),
+    ev.Authenticated(at=1.0, session_id="S", mechanism="PLAIN", username="alice@example.org"),
+    ev.AuthFailed(at=1.0, session_id="S", mechanism="LOGIN", username="bob", reply="535 5.7.8 Authentication credentials invalid"),
     ev.DataReceived(at=1.0, session_id="S", size=10, reply="250 2.0.0 Ok: queued as Q"),
     ev.MailRefused(at=1.0, session_id="S", reverse_path="a@b.c", reply="452 4.3.1 Insufficient system storage"),
     ev.JournalPurged(at=1.0, blobs=3, records=10, through=10),

@@ -20,6 +20,7 @@ import trio
 from vsmtp_journal import GroupCommitWriter
 
 from ..config import Config, ListenerConfig
+from ..credentials import PasswordFile
 from ..plugins import PluginManager
 from ..queue import policy
 from ..rules.engine import Stages
@@ -46,6 +47,7 @@ class Settings:
     tls: dict[str, ssl.SSLContext]  # by listener name
     relay_networks: tuple[policy.IpNetwork, ...]
     stages: Stages  # the rules file and the plugins, run at each stage
+    passwords: PasswordFile | None  # who may AUTH; None: AUTH is not offered
 
     @classmethod
     def build(cls, config: Config, plugins: PluginManager | None = None) -> Settings:
@@ -55,6 +57,7 @@ class Settings:
             tls={listener.name: server_context(listener, config) for listener in config.listeners},
             relay_networks=policy.relay_networks(config),
             stages=Stages.build(config, plugins),
+            passwords=PasswordFile(config.auth.passwords) if config.auth.passwords else None,
         )
 
 

@@ -27,7 +27,7 @@ from ..rules.context import Context, Message, apply_actions, endpoint
 from ..rules.engine import HookFailed
 from ..rules.verdicts import NEXT, Verdict
 from ..smtp import events as ev
-from ..smtp import replies
+from ..smtp import replies, sasl
 from ..smtp.replies import Reply
 from ..smtp.server import Extensions, ServerConnection
 from ..smtp.states import State
@@ -42,6 +42,9 @@ READ_SIZE = 65536
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
 _ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
 _IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
+# Password checks at once, per process: each scrypt takes 16 MiB and tens of milliseconds, so
+# a flood of AUTH attempts waits its turn instead of taking the memory or the threads.
+_AUTH_CHECKS = trio.CapacityLimiter(4)
 
 
 @dataclass(slots=True)
@@ -90,8 +93,9 @@ class Session:
         self.relay_allowed = policy.may_relay(peer.host, settings.relay_networks)  # decided once per client
         self.id = ids.new_id()
         limits = self.config.limits
+        mechanisms = self.config.auth.mechanisms if settings.passwords is not None and listener.auth else ()
         self.conn = ServerConnection(
-            extensions=Extensions(max_message_size=limits.message_size, starttls=listener.role != "submissions"),
+            extensions=Extensions(max_message_size=limits.message_size, starttls=listener.role != "submissions", auth=mechanisms),
             max_text_line=limits.line_length,
             tls=False,
         )
@@ -111,6 +115,9 @@ class Session:
         self.faccepted = False  # faccept: no rule, plugin or check runs for the rest of the session
         self.quarantine: tuple[str, str] = ("", "")  # a quarantine before MAIL holds for every message
         self.errors = 0
+        self._sasl: sasl.Exchange | None = None  # the AUTH exchange in progress
+        self._sasl_mechanism = ""
+        self.auth_failures = 0
         self._out = bytearray()
         self._session_deadline = trio.current_time() + limits.session_duration
         self._shutdown_deadline: float | None = None
@@ -332,6 +339,8 @@ class Session:
             case ev.MailFrom(reverse_path=path, params=params):
                 if self.listener.role == "submission" and not self.conn.tls:
                     return replies.TLS_REQUIRED  # RFC 8314 / Postfix smtpd_tls_security_level=encrypt
+                if self.listener.require_auth and not self.ctx.auth:
+                    return replies.AUTH_REQUIRED
                 if not self._room_for(params):
                     await self._journal(qe.MailRefused(at=now, session_id=self.id, reverse_path=path, reply=str(replies.STORAGE_FULL)))
                     return replies.STORAGE_FULL
@@ -353,6 +362,14 @@ class Session:
                 return await self._message_end(bare, long)
             case ev.StartTls():
                 return replies.READY_FOR_TLS
+            case ev.Auth(mechanism=mechanism, initial=initial):
+                self._sasl, self._sasl_mechanism = sasl.start(mechanism), mechanism
+                return await self._auth_step(initial)
+            case ev.AuthResponse(cancelled=True):
+                self._sasl = None
+                return replies.AUTH_CANCELLED
+            case ev.AuthResponse(data=data):
+                return await self._auth_step(data)
             case ev.Rset():
                 self.tx = None
                 self.ctx.new_transaction()
@@ -370,6 +387,53 @@ class Session:
             case ev.Invalid(reply=reply):
                 return reply
         raise AssertionError(f"unhandled event {event!r}")
+
+    # -- AUTH (RFC 4954) ------------------------------------------------------------------
+
+    async def _auth_step(self, response: bytes | None) -> Reply:
+        """One response of the exchange: a 334 challenge back, or the credentials checked."""
+        assert self._sasl is not None
+        try:
+            step = self._sasl.step(response)
+        except sasl.SaslError as exc:
+            return await self._auth_failed(replies.AUTH_FAILED, "", str(exc))
+        if isinstance(step, bytes):
+            return replies.challenge(step)
+        self._sasl = None
+        passwords = self.settings.passwords
+        assert passwords is not None, "AUTH is offered only with a password file"
+        if not await trio.to_thread.run_sync(passwords.check, step.username, step.password, limiter=_AUTH_CHECKS):
+            return await self._auth_failed(replies.AUTH_FAILED, step.username, "wrong user name or password")
+        self.ctx.auth = step.username
+        verdict = await self._stage("auth")
+        if verdict.kind in ("deny", "reject"):
+            self.ctx.auth = ""
+            if verdict.kind == "deny":  # every later MAIL of the session is refused too, with a MAIL reply
+                text = verdict.answer.text
+                mail_reply = Reply.of(450, "4.7.1", text) if verdict.answer.code < 500 else Reply.of(554, "5.7.1", text)
+                self.denied = Verdict("deny", mail_reply, by=verdict.by)
+            if verdict.answer is replies.HOOK_FAILED:
+                return await self._auth_failed(replies.AUTH_TEMPORARY, step.username, f"{verdict.by} raised", password_ok=True)
+            return await self._auth_failed(verdict.answer, step.username, f"refused by {verdict.by}", password_ok=True)
+        if verdict.kind == "quarantine":
+            self.quarantine = (verdict.queue, verdict.by)
+        await self._journal(qe.Authenticated(at=time.time(), session_id=self.id, mechanism=self._sasl_mechanism, username=step.username))
+        log.info("session %s: [%s] authenticated as %s (%s)", self.id, self.peer.host, step.username, self._sasl_mechanism)
+        return replies.AUTH_OK
+
+    async def _auth_failed(self, reply: Reply, username: str, reason: str, *, password_ok: bool = False) -> Reply:
+        """Journal and log a failed AUTH (never the password); past auth.max_failures, 421."""
+        self._sasl = None
+        self.auth_failures += 1
+        if self.auth_failures >= self.config.auth.max_failures:
+            reply = replies.TOO_MANY_AUTH_FAILURES
+        event = qe.AuthFailed(
+            at=time.time(), session_id=self.id, mechanism=self._sasl_mechanism, username=username, reply=str(reply), password_ok=password_ok
+        )
+        await self._journal(event)
+        # One line per failure with the client's address, as fail2ban and the like expect.
+        log.warning("session %s: [%s] AUTH %s failed for %r: %s", self.id, self.peer.host, self._sasl_mechanism, username, reason)
+        return reply
 
     async def _mail(self, path: str, params: dict[str, str | None], *, now: float) -> Reply:
         tx = Transaction(reverse_path=path, params=params, quarantine=self.quarantine)
@@ -424,7 +488,8 @@ class Session:
         return self.writer.has_room(self.config.journal.min_free + declared * 3 // 2)
 
     def _check_recipient(self, address: str) -> Reply:
-        verdict = policy.recipient_verdict(address, self.config, relay_allowed=self.relay_allowed)
+        # An authenticated client may relay, as one in relay.networks (Postfix's permit_sasl_authenticated).
+        verdict = policy.recipient_verdict(address, self.config, relay_allowed=self.relay_allowed or bool(self.ctx.auth))
         if verdict == "relay denied":
             return replies.RELAY_DENIED
         if verdict == "unknown user":
@@ -529,6 +594,8 @@ class Session:
             protocol = "UTF8SMTP"
         if self.conn.tls:
             protocol += "S"
+        if self.ctx.auth:
+            protocol += "A"  # RFC 3848: ESMTPA, ESMTPSA (who logged in is not said, as Postfix by default)
         literal = f"IPv6:{self.peer.host}" if ":" in self.peer.host else self.peer.host
         tls = ""
         if self.tls_info is not None:

@@ -389,6 +389,29 @@ class TlsStarted(JournalEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Authenticated(JournalEvent):
+    """AUTH succeeded (235): the session's client is `username` from here on."""
+
+    TAG = "session.authenticated"
+    session_id: str
+    mechanism: str  # PLAIN, LOGIN
+    username: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthFailed(JournalEvent):
+    """AUTH failed: wrong credentials, a malformed exchange, or a rule's refusal. The password
+    is never recorded."""
+
+    TAG = "session.auth_failed"
+    session_id: str
+    mechanism: str
+    username: str  # "" when the exchange failed before one was given
+    reply: str
+    password_ok: bool = False  # the password was right: a rule or plugin refused at the auth stage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DataReceived(JournalEvent):
     """The end of a message's content (DATA or BDAT LAST) and what we answered."""
 

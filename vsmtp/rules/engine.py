@@ -54,14 +54,14 @@ class Stages:
             for name, function in self.rules.rules(stage):
                 verdict = await self._call(f"rules:{name}", stage, ctx, function, [kwargs["ctx"]])
                 if verdict.kind != "next":
-                    return verdict
+                    return verdict.at_stage(stage)
         if self.plugins is not None:
             caller = getattr(self.plugins.pm.hook, f"vsmtp_{stage}")
             for impl in caller.get_hookimpls():  # registration order: the configured order
                 args = [kwargs[name] for name in impl.argnames]
                 verdict = await self._call(impl.plugin_name, stage, ctx, impl.function, args)
                 if verdict.kind != "next":
-                    return verdict
+                    return verdict.at_stage(stage)
         return NEXT
 
     @staticmethod

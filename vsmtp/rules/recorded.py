@@ -23,6 +23,8 @@ _TAGS = frozenset(
         ev.SessionOpened,
         ev.TlsStarted,
         ev.HeloReceived,
+        ev.Authenticated,
+        ev.AuthFailed,
         ev.MailReceived,
         ev.RecipientAccepted,
         ev.RecipientRejected,
@@ -48,6 +50,8 @@ class Session:
     opened: ev.SessionOpened
     tls_version: str = ""
     helo: str = ""
+    auth: str = ""  # who the client logged in as ("" : nobody)
+    logins: list[str] = field(default_factory=list)  # every AUTH whose password was right, in order (the auth stage ran)
     transactions: list[Transaction] = field(default_factory=list)
     verdicts: list[tuple[int, ev.RuleVerdict]] = field(default_factory=list)  # (transaction index, -1 before MAIL)
     closed: str = ""  # why it ended ("" if the journal ends before)
@@ -59,6 +63,11 @@ class Session:
                 self.tls_version = event.version
             case ev.HeloReceived():
                 self.helo = event.name
+            case ev.Authenticated():
+                self.auth = event.username
+                self.logins.append(event.username)
+            case ev.AuthFailed() if event.password_ok:
+                self.logins.append(event.username)
             case ev.MailReceived():
                 self.transactions.append(Transaction(event.reverse_path, dict(event.params)))
             case ev.RecipientAccepted() | ev.RecipientRejected() if tx is not None:
@@ -85,6 +94,7 @@ class Session:
             local_domains=policy.local_domains(config),
         )
         ctx.tls, ctx.tls_version, ctx.helo = bool(self.tls_version) or opened.tls, self.tls_version, self.helo
+        ctx.auth = self.auth
         return ctx
 
 

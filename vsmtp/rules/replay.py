@@ -1,7 +1,7 @@
 """`vsmtp rules test`: the sessions recorded in the journal, replayed through a rules file.
 
-Each session is played again stage by stage as it happened (connect, helo, then per
-transaction mail, each RCPT tried, and data when the message was queued and its body is
+Each session is played again stage by stage as it happened (connect, helo, auth for each
+login whose password was right, then per transaction mail, each RCPT tried, and data when the message was queued and its body is
 still in the journal), through the new rules only: nothing is sent, queued or journaled,
 and plugins do not run. Where a stage's verdict differs from the one recorded (no
 rule.verdict recorded means next), that is a Difference.
@@ -24,7 +24,7 @@ from .loader import RulesFile
 from .recorded import Session, sessions
 from .verdicts import Verdict
 
-REPLAYED = ("connect", "helo", "mail", "rcpt", "data")
+REPLAYED = ("connect", "helo", "auth", "mail", "rcpt", "data")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,7 @@ async def _session(session: Session, journal: Journal, config: Config, stages: S
     replayed: dict[tuple[int, str, str], str] = {}
     ctx = session.context(config)
     helo, ctx.helo = ctx.helo, ""
+    ctx.auth = ""
     faccepted = False
 
     async def run(tx: int, stage: str, recipient: str = "") -> Verdict | None:
@@ -83,6 +84,14 @@ async def _session(session: Session, journal: Journal, config: Config, stages: S
         if helo:
             ctx.helo = helo
             denied = refused(await run(-1, "helo"))
+        for username in session.logins:  # each login whose password was right, until one is let in
+            if denied:
+                break
+            ctx.auth = username
+            verdict = await run(-1, "auth")
+            if not refused(verdict):
+                break
+            ctx.auth, denied = "", verdict is not None and verdict.kind == "deny"
         for i, tx in enumerate(session.transactions):
             if denied:
                 break

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from ..queue import events as ev
+from ..smtp import replies
 from ..smtp.replies import Reply
 
 Kind = Literal["next", "accept", "reject", "deny", "faccept", "quarantine"]
@@ -36,6 +37,12 @@ class Verdict:
 
     def said_by(self, by: str) -> Verdict:
         return self if self.by else replace(self, by=by)
+
+    def at_stage(self, stage: str) -> Verdict:
+        """With the stage's own default reply: a refused login is answered as AUTH failures are."""
+        if stage == "auth" and self.reply is None and self.kind in ("deny", "reject"):
+            return replace(self, reply=replies.AUTH_REFUSED)
+        return self
 
     def event(self, *, at: float, session_id: str, stage: str, recipient: str = "", kind: str = "") -> ev.RuleVerdict:
         """The rule.verdict that records it (`kind` "error" for a hook that raised)."""

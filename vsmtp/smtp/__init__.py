@@ -13,6 +13,8 @@ from .errors import LocalProtocolError, ProtocolError
 from .events import (
     NEED_DATA,
     PAUSED,
+    Auth,
+    AuthResponse,
     Bdat,
     BdatLast,
     ConnectionClosed,
@@ -41,6 +43,8 @@ __all__ = [
     "NEED_DATA",
     "PAUSED",
     "TRANSITIONS",
+    "Auth",
+    "AuthResponse",
     "Bdat",
     "BdatLast",
     "ConnectionClosed",

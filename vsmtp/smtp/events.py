@@ -83,6 +83,23 @@ class StartTls(Command):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Auth(Command):
+    """AUTH mechanism [initial-response] (RFC 4954 4). `initial` is the decoded initial
+    response (b"" for "="), None when the client sent none."""
+
+    mechanism: str  # upper-cased, one the server offers
+    initial: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthResponse(Command):
+    """The line a client sends after a 334 challenge, decoded; `cancelled` for "*" (RFC 4954 4)."""
+
+    data: bytes = b""
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Rset(Command):
     pass
 

@@ -6,6 +6,7 @@ and the EHLO/HELO replies, where RFC 2034 section 3 does not use them.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -88,6 +89,27 @@ TLS_ALREADY_ACTIVE = Reply.of(554, "5.5.1", "Error: TLS already active")
 READY_FOR_TLS = Reply.of(220, "2.0.0", "Ready to start TLS")
 TLS_REQUIRED = Reply.of(530, "5.7.0", "Must issue a STARTTLS command first")
 CHUNK_OK = Reply.of(250, "2.0.0", "Ok: chunk received")
+
+# AUTH (RFC 4954 4 and 6, its enhanced codes from RFC 5248).
+AUTH_OK = Reply.of(235, "2.7.0", "Authentication successful")
+AUTH_NOT_ENABLED = Reply.of(503, "5.5.1", "Error: authentication not enabled")
+AUTH_NEEDS_TLS = Reply.of(538, "5.7.11", "Encryption required for requested authentication mechanism")
+ALREADY_AUTHENTICATED = Reply.of(503, "5.5.1", "Error: already authenticated")
+AUTH_IN_TRANSACTION = Reply.of(503, "5.5.1", "Error: MAIL transaction in progress")
+NEED_EHLO = Reply.of(503, "5.5.1", "Error: send EHLO first")
+UNKNOWN_MECHANISM = Reply.of(504, "5.5.4", "Unrecognized authentication type")
+CANNOT_DECODE = Reply.of(501, "5.5.2", "Cannot decode response")
+AUTH_CANCELLED = Reply.of(501, "5.0.0", "Authentication cancelled")
+AUTH_FAILED = Reply.of(535, "5.7.8", "Authentication credentials invalid")
+AUTH_REFUSED = Reply.of(535, "5.7.1", "Authentication refused by policy")  # a rule's deny() without a reply
+AUTH_TEMPORARY = Reply.of(454, "4.7.0", "Temporary authentication failure")
+AUTH_REQUIRED = Reply.of(530, "5.7.0", "Authentication required")
+TOO_MANY_AUTH_FAILURES = Reply.of(421, "4.7.0", "Error: too many failed authentications")
+
+
+def challenge(data: bytes) -> Reply:
+    """334 with `data` in base64 (RFC 4954 4): no enhanced code, the text is all data."""
+    return Reply.of(334, None, base64.b64encode(data).decode("ascii"))
 
 
 def syntax(usage: str) -> Reply:

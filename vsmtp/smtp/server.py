@@ -8,6 +8,9 @@ the reply to send. No I/O, no clock, no trio here.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from dataclasses import dataclass
 
 from . import events as ev
@@ -47,6 +50,7 @@ class Extensions:
     chunking: bool = True  # RFC 3030
     dsn: bool = True  # RFC 3461
     starttls: bool = False  # RFC 3207: only where a certificate is available
+    auth: tuple[str, ...] = ()  # SASL mechanisms (RFC 4954), offered only once TLS is active
 
     def keywords(self, *, tls_active: bool = False) -> list[str]:
         words = []
@@ -57,6 +61,8 @@ class Extensions:
             words.append("8BITMIME")
         if self.starttls and not tls_active:
             words.append("STARTTLS")
+        if self.auth and tls_active:
+            words.append("AUTH " + " ".join(self.auth))
         if self.enhanced_status_codes:
             words.append("ENHANCEDSTATUSCODES")
         if self.dsn:
@@ -82,7 +88,19 @@ _VERBS: dict[str, type[ev.Command]] = {
     "EXPN": ev.Expn,
     "HELP": ev.Help,
     "STARTTLS": ev.StartTls,
+    "AUTH": ev.Auth,
 }
+_MECHANISM = re.compile(r"[A-Z0-9_-]{1,20}\Z")  # RFC 4422 3.1 sasl-mech
+
+
+def _decode_base64(text: str) -> bytes | None:
+    """A SASL response in base64 (RFC 4954 4), "=" for an empty one; None if it is not base64."""
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 class ServerConnection:
@@ -98,6 +116,7 @@ class ServerConnection:
         self.max_command_line = max_command_line
         self.max_text_line = max_text_line
         self.tls = tls  # TLS is active on the transport (implicit TLS, or after STARTTLS)
+        self.authenticated = False  # AUTH succeeded (235); no second AUTH in the session
         self.state = State.CONNECTED
         self.esmtp = False  # EHLO (not HELO) was accepted: ESMTP parameters are allowed
         self._utf8 = False  # the open transaction's MAIL carried SMTPUTF8
@@ -158,6 +177,9 @@ class ServerConnection:
         self._owed = None
         on_success, on_failure = TRANSITIONS[self.state][type(owed)]
         new = on_success if reply.positive else on_failure
+        if isinstance(owed, ev.Auth | ev.AuthResponse) and reply.code != 334:
+            new = State.READY  # only a 334 challenge goes on; 235 and any failure end the exchange
+            self.authenticated = reply.code == 235
         if reply.code == 421:  # RFC 5321 3.8: the server closes after 421
             new = State.CLOSED
         if reply.positive:
@@ -170,7 +192,7 @@ class ServerConnection:
                 # RFC 3207 4.2 and CVE-2011-0411: whatever the client pipelined behind STARTTLS
                 # was sent in clear and is dropped unread; the session starts again at EHLO.
                 self._buf.clear()
-                self.tls, self.esmtp = True, False
+                self.tls, self.esmtp, self.authenticated = True, False, False
         if new is State.DATA:
             self._data_bol = True
         self.state = new
@@ -204,6 +226,8 @@ class ServerConnection:
         line = self._next_line()
         if line is None or isinstance(line, ev.Invalid):
             return line
+        if self.state is State.AUTH:
+            return self._auth_response(line)
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
@@ -219,6 +243,8 @@ class ServerConnection:
             return self._start_chunk(line, argument.strip(" "))
         if kind is ev.StartTls and (not self.extensions.starttls or self.tls):
             return ev.Invalid(line=line, reply=replies.TLS_ALREADY_ACTIVE if self.tls else replies.NOT_IMPLEMENTED)
+        if kind is ev.Auth and (problem := self._auth_refusal()) is not None:
+            return ev.Invalid(line=line, reply=problem)
         if kind not in TRANSITIONS[self.state]:
             return ev.Invalid(line=line, reply=out_of_sequence_reply(self.state, kind))
         result = self._parse(kind, argument.strip(" "))
@@ -241,6 +267,8 @@ class ServerConnection:
             return kind(argument=arg)
         if kind is ev.Help:
             return ev.Help(argument=arg)
+        if kind is ev.Auth:
+            return self._parse_auth(arg)
         if arg and kind is not ev.Noop:  # RFC 5321 4.1.1.9: NOOP may carry a string
             return replies.syntax(kind.__name__.upper())
         return kind()
@@ -287,6 +315,10 @@ class ServerConnection:
                     if value is None or len(value) > MAX_ENVID:
                         return replies.bad_parameter(f"ENVID is 1 to {MAX_ENVID} characters")
                     check_xtext(value, "ENVID")
+                elif key == "AUTH" and x.auth:  # RFC 4954 5: accepted, never trusted
+                    if value is None:
+                        return replies.bad_parameter("AUTH needs <> or an address")
+                    check_xtext(value, "AUTH")
                 else:
                     return replies.unknown_parameter(key)
             except PathError as exc:
@@ -313,6 +345,43 @@ class ServerConnection:
             except PathError as exc:
                 return replies.bad_parameter(str(exc))
         return ev.RcptTo(forward_path=address, params=params)
+
+    # -- AUTH (RFC 4954) ------------------------------------------------------------------
+
+    def _auth_refusal(self) -> Reply | None:
+        """Why AUTH cannot start here, before its sequence is looked at (None: it may)."""
+        if not self.extensions.auth:
+            return replies.AUTH_NOT_ENABLED
+        if not self.tls:
+            return replies.AUTH_NEEDS_TLS  # credentials never cross the network in clear
+        if self.authenticated:
+            return replies.ALREADY_AUTHENTICATED  # RFC 4954 4: once per session
+        if self.state is State.READY and not self.esmtp:
+            return replies.NEED_EHLO  # AUTH is an ESMTP extension: not after HELO
+        return None
+
+    def _parse_auth(self, arg: str) -> ev.Auth | Reply:
+        mechanism, _, initial = arg.partition(" ")
+        mechanism, initial = mechanism.upper(), initial.strip(" ")
+        if not _MECHANISM.match(mechanism) or " " in initial:
+            return replies.syntax("AUTH mechanism [initial-response]")
+        if mechanism not in self.extensions.auth:
+            return replies.UNKNOWN_MECHANISM
+        if not initial:
+            return ev.Auth(mechanism=mechanism)
+        data = _decode_base64(initial)
+        if data is None:
+            return replies.CANNOT_DECODE
+        return ev.Auth(mechanism=mechanism, initial=data)
+
+    def _auth_response(self, line: bytes) -> ev.AuthResponse | ev.Invalid:
+        text = line.decode("ascii", "replace").strip(" ")
+        if text == "*":
+            return ev.AuthResponse(cancelled=True)
+        data = _decode_base64(text)
+        if data is None:
+            return ev.Invalid(line=line, reply=replies.CANNOT_DECODE)
+        return ev.AuthResponse(data=data)
 
     # -- BDAT (RFC 3030) -------------------------------------------------------------------
 

@@ -3,6 +3,10 @@
 TRANSITIONS[state][EventType] = (state after a positive reply, state after a negative one).
 A command missing from its state's row is out of sequence: the connection answers it with
 503 5.5.1 itself and stays where it is. A 421 reply always closes (RFC 5321 3.8).
+
+AUTH is the one exchange of more than one step: a 334 reply to AUTH or to a response leads
+to State.AUTH, where the next line is the response; any other reply (235, a failure) ends it
+in READY (ServerConnection.send).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class State(enum.Enum):
     RCPT = "rcpt"  # at least one recipient accepted
     DATA = "data"  # receiving message content, until CRLF.CRLF
     BDAT = "bdat"  # a BDAT chunk (not LAST) was accepted: only BDAT may carry on (RFC 3030)
+    AUTH = "auth"  # a 334 challenge was sent: the next line is the client's response (RFC 4954)
     CLOSED = "closed"  # QUIT answered, 421 sent, or peer gone
 
 
@@ -58,7 +63,10 @@ TRANSITIONS: dict[State, dict[type[ev.Event], tuple[State, State]]] = {
         Rset=(S.READY, S.READY),
         MailFrom=(S.MAIL, S.READY),
         StartTls=(S.GREETED, S.READY),  # RFC 3207 4.2: forget everything, start again at EHLO
+        Auth=(S.AUTH, S.READY),  # only 334 goes on to AUTH (ServerConnection.send)
     ),
+    # Every line is the response to the challenge; one refused (too long, not base64) ends the exchange.
+    S.AUTH: {ev.AuthResponse: (S.AUTH, S.READY), ev.Invalid: (S.READY, S.READY)},
     S.MAIL: _row(
         S.MAIL,
         Helo=(S.READY, S.MAIL),  # a new HELO/EHLO aborts the transaction (RFC 5321 4.1.4)
@@ -103,4 +111,6 @@ def out_of_sequence_reply(state: State, kind: type[ev.Event]) -> Reply:
         return replies.NEED_MAIL if state is S.READY else replies.NEED_RCPT
     if kind is ev.StartTls:
         return replies.STARTTLS_IN_TRANSACTION
+    if kind is ev.Auth:
+        return replies.NEED_EHLO if state is S.GREETED else replies.AUTH_IN_TRANSACTION
     return replies.BAD_SEQUENCE
