@@ -10,7 +10,6 @@ import logging
 import shutil
 import smtplib
 import ssl
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from vsmtp.daemon import Running
 from ..clients import BlockingClient
 from ..conftest import has_tag, maildir_files, port_of, wait_delivered, wait_journal, with_changes
 from ..daemon import run_cli
+from ..rules.test_stages import rules_file
 
 PASSWORD = "correct horse battery staple"
 USERS = ("alice@example.org", "mallory@example.org")
@@ -248,12 +248,6 @@ async def test_swaks_auth_login_then_relay(start_server: Any, auth_config: Confi
     assert "<~  235 2.7.0 Authentication successful" in transcript
     await wait_delivered(running, 1)
     running.cancel_scope.cancel()
-
-
-def rules_file(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "rules.py"
-    path.write_text("from vsmtp.rules import *\n" + textwrap.dedent(text))
-    return str(path)
 
 
 async def test_a_deny_rule_and_an_accept_rule_at_the_auth_stage(
