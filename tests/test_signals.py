@@ -138,6 +138,9 @@ def test_a_second_sigterm_stops_at_once(daemon: Daemon) -> None:
 @pytest.mark.slow
 def test_sighup_reloads_config_and_certificates_without_dropping_sessions(daemon: Daemon, ca: trustme.CA) -> None:
     port = daemon.start()
+    # Both receiving processes have read their certificate before it is rewritten (one still
+    # starting would read a new certificate with the old key, and restart).
+    wait_for_log(daemon, "vsmtp.net.server: listener mx", count=2)
     old = BlockingClient(port)
     try:
         assert old.replies()[0].startswith("220 mx.test ")

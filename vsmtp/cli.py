@@ -219,7 +219,7 @@ def _message_export(args: argparse.Namespace, config: config_mod.Config) -> int:
         sys.stdout.buffer.write(raw)
         sys.stdout.buffer.flush()
     else:
-        print(json.dumps(export.as_json(accepted, raw), ensure_ascii=False))
+        print(json.dumps(export.as_json(export.Envelope.of(accepted), raw), ensure_ascii=False))
     return 0
 
 

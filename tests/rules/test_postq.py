@@ -72,7 +72,12 @@ async def test_postq_rules_edit_what_is_delivered(start_server: Any, config: Con
     assert running.journal.blob(accepted["blob"]).count(b"tool.exe") >= 1  # the body as received is kept
     [filtered] = [r.payload for r in records if r.tag == "message.filtered"]
     assert filtered["verdict"] == "next"
-    assert [r.payload["action"] for r in records if r.tag == "rule.action"] == ["add_header", "add_recipient"]
+    actions = [(r.payload["by"], r.payload["action"], r.payload["args"]) for r in records if r.tag == "rule.action"]
+    assert actions == [
+        ("rules:stamp", "add_header", ["X-Postq", delivered["X-Postq"]]),
+        ("rules:no_executables", "remove_attachments", ["tool.exe"]),  # part edits are journaled too
+        ("rules:no_executables", "add_recipient", ["security@localhost"]),
+    ]
     found = export.current(running.journal, accepted["queue_id"])  # `vsmtp journal export`: the message as delivered
     assert found is not None and found[0].recipients == ("bob@localhost", "security@localhost") and b"tool.exe" not in found[1]
     running.cancel_scope.cancel()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import email
 import email.policy
+import json
 import smtplib
 import textwrap
 from pathlib import Path
@@ -186,9 +187,97 @@ async def test_data_rules_add_a_header_and_remove_an_attachment(start_server: An
     assert [(a["by"], a["action"]) for a in actions] == [
         ("rules:stamp", "add_header"),
         ("rules:stamp", "remove_header"),
+        ("rules:no_executables", "remove_attachments"),  # a part edit, journaled as any action
         ("rules:no_executables", "set_header"),
     ]
     running.cancel_scope.cancel()
+
+
+async def test_data_and_postq_rules_export_the_message(start_server: Any, config: Config, tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    rules = rules_file(
+        tmp_path,
+        f"""
+        @rule.data
+        def keep_a_copy(ctx):
+            ctx.export({str(exports)!r})
+
+        @rule.postq
+        def defang(ctx):
+            ctx.message.replace_parts(lambda part: (part.get_filename() or "").endswith(".exe"), "tool.exe was removed\\n")
+            ctx.export({str(exports)!r}, "json")
+        """,
+    )
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["Subject"] = "export me"
+    message.set_content("hello\n")
+    message.add_attachment(b"MZ...", maintype="application", subtype="octet-stream", filename="tool.exe")
+    running = await start_server(dataclasses.replace(config, rules=rules))
+    await session(running, lambda c: c.sendmail("a@example.org", ["bob@localhost"], message.as_bytes(policy=email.policy.SMTP)))
+    await wait_delivered(running, 1)
+    accepted = next(r.payload for r in running.journal.read(0) if r.tag == "message.accepted")
+    queue_id = accepted["queue_id"]
+    assert sorted(p.name for p in exports.iterdir()) == [f"{queue_id}.data.eml", f"{queue_id}.postq.json"]  # no temporary left
+    as_queued = (exports / f"{queue_id}.data.eml").read_bytes()
+    assert as_queued == running.journal.blob(accepted["blob"])  # the message as queued, our Received first
+    assert (exports / f"{queue_id}.data.eml").stat().st_mode & 0o777 == 0o600
+    after = json.loads((exports / f"{queue_id}.postq.json").read_text())
+    assert after["envelope"]["queue_id"] == queue_id and after["envelope"]["recipients"] == ["bob@localhost"]
+    assert ["Subject", "export me"] in after["headers"] and after["text"] == "hello\n"
+    # The .exe is gone; the note in its place is a part beside the body (the stdlib lists it as an attachment).
+    assert [(a["type"], a["name"], a["size"]) for a in after["attachments"]] == [
+        ("text/plain", None, len("tool.exe was removed\r\n"))
+    ]  # stored with CRLF
+    [path] = maildir_files(config, "bob")
+    delivered = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    parts = [
+        (p.get_content_type(), p.get_content_disposition(), p.get_content().replace("\r\n", "\n"))
+        for p in delivered.walk()
+        if not p.is_multipart()
+    ]
+    assert parts == [("text/plain", None, "hello\n"), ("text/plain", "inline", "tool.exe was removed\n")]
+    actions = [(r.payload["stage"], r.payload["action"], r.payload["args"]) for r in running.journal.read(0) if r.tag == "rule.action"]
+    assert actions == [
+        ("data", "export", [str(exports), "eml"]),
+        ("postq", "replace_parts", ["tool.exe"]),
+        ("postq", "export", [str(exports), "json"]),
+    ]
+    running.cancel_scope.cancel()
+
+
+async def test_an_export_that_cannot_be_written_does_not_lose_the_message(
+    start_server: Any, config: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    rules = rules_file(tmp_path, f"@rule.data\ndef keep(ctx):\n    ctx.export({str(tmp_path / 'a-file')!r})\n")
+    running = await start_server(dataclasses.replace(config, rules=rules))
+    assert await session(running, lambda c: c.sendmail("a@example.org", ["bob@localhost"], "Subject: x\r\n\r\nx\r\n")) == {}
+    await wait_delivered(running, 1)
+    assert len(maildir_files(config, "bob")) == 1
+    assert "export by rules:keep to" in caplog.text and "failed" in caplog.text
+    running.cancel_scope.cancel()
+
+
+def test_export_is_for_the_stages_with_a_message() -> None:
+    from vsmtp.rules import Context
+    from vsmtp.rules.context import endpoint
+
+    ctx = Context(
+        session_id="S",
+        client=endpoint("127.0.0.1", 1),
+        server=endpoint("127.0.0.1", 2),
+        listener="mx",
+        role="mx",
+        local_domains=frozenset(),
+    )
+    ctx.stage = "rcpt"
+    with pytest.raises(ValueError, match="at data and postq"):
+        ctx.export("/tmp/x")
+    ctx.stage = "data"
+    with pytest.raises(ValueError, match="eml or json"):
+        ctx.export("/tmp/x", "pdf")
 
 
 async def test_quarantine_keeps_the_message_until_released(start_server: Any, config: Config, tmp_path: Path) -> None:

@@ -178,9 +178,11 @@ class Scheduler:
             return
         try:
             async with self._filter_limit:
-                appends, settled = await stages.postq(message, journal=self.journal, stages=self.stages, config=self.config)
+                appends, settled, exports = await stages.postq(message, journal=self.journal, stages=self.stages, config=self.config)
             with trio.CancelScope(shield=True):
                 await self.writer.append_group(appends)  # the verdict, edits and message.filtered: all or none
+            for save in exports:
+                await trio.to_thread.run_sync(save)
         except (JournalError, LookupError) as exc:
             log.error("%s: cannot run the postq stage: %s", queue_id, exc)
             settled = False

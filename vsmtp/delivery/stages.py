@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -29,7 +30,7 @@ from vsmtp_journal import Append, Journal
 
 from ..config import Config
 from ..queue import events as ev
-from ..queue import policy
+from ..queue import export, policy
 from ..queue.state import MessageState
 from ..rules.context import Context, apply_actions
 from ..rules.engine import HookFailed, Stages
@@ -49,9 +50,13 @@ async def _context(journal: Journal, config: Config, *, queue_id: str, blob: byt
     return await trio.to_thread.run_sync(read)
 
 
-async def postq(message: MessageState, *, journal: Journal, stages: Stages, config: Config) -> tuple[list[Append], bool]:
-    """The records to journal for `message`, and whether they settle the stage (False: a hook
-    raised; the records are its rule.verdict "error", and the stage is to run again later)."""
+Exports = list[Callable[[], object]]  # the export actions' writes, to run once the records are committed
+
+
+async def postq(message: MessageState, *, journal: Journal, stages: Stages, config: Config) -> tuple[list[Append], bool, Exports]:
+    """The records to journal for `message`, whether they settle the stage (False: a hook
+    raised; the records are its rule.verdict "error", and the stage is to run again later),
+    and the exports to write once they are committed."""
     queued = [r.address for r in message.recipients]
     ctx = await _context(
         journal, config, queue_id=message.queue_id, blob=message.blob, reverse_path=message.reverse_path, recipients=queued
@@ -64,7 +69,7 @@ async def postq(message: MessageState, *, journal: Journal, stages: Stages, conf
     except HookFailed as exc:
         log.warning("%s: %s raised at the postq stage: the message waits %.0fs", message.queue_id, exc.by, RETRY)
         event = ev.RuleVerdict(at=now, session_id=ctx.session_id, stage="postq", by=exc.by, verdict="error")
-        return [Append(*ev.encode(event))], False
+        return [Append(*ev.encode(event))], False, []
     records: list[ev.JournalEvent] = []
     if verdict.kind != "next":
         records.append(verdict.event(at=now, session_id=ctx.session_id, stage="postq"))
@@ -87,7 +92,18 @@ async def postq(message: MessageState, *, journal: Journal, stages: Stages, conf
         reason = f"refused after queueing by {verdict.by}: {verdict.answer}"
         after += [ev.DeliveryFailed(at=now, queue_id=message.queue_id, recipient=a, transport="postq", reason=reason) for a in recipients]
     after.append(ev.MessageFiltered(at=now, queue_id=message.queue_id, verdict=verdict.kind, by=verdict.by))
-    return appends + [Append(*ev.encode(e)) for e in after], True
+    envelope = export.Envelope(
+        queue_id=message.queue_id,
+        accepted_at=message.accepted_at,
+        reverse_path=sender,
+        recipients=recipients,
+        mail_params=ctx.mail_params,
+        session_id=ctx.session_id,
+    )
+    exports: Exports = [
+        partial(export.save, a.args[0], a.args[1], envelope, edited, stage="postq", by=a.by) for a in actions if a.name == "export"
+    ]
+    return appends + [Append(*ev.encode(e)) for e in after], True, exports
 
 
 def _next_blob(current: bytes) -> bytes:

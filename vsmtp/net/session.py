@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -22,7 +23,7 @@ from vsmtp_journal import Append, GroupCommitWriter, JournalError, JournalFull
 from .. import ids, telemetry
 from ..config import ListenerConfig
 from ..queue import events as qe
-from ..queue import policy
+from ..queue import export, policy
 from ..rules.context import Context, Message, apply_actions, endpoint
 from ..rules.engine import HookFailed
 from ..rules.verdicts import NEXT, Verdict
@@ -585,6 +586,11 @@ class Session:
             span.set_attribute("vsmtp.journal.commit_seconds", commit.seconds)
             span.set_attribute("vsmtp.journal.batch_records", commit.records)
         log.info("%s: from=<%s> to=%s size=%d session=%s", queue_id, tx.reverse_path, ",".join(tx.recipients), len(blob), self.id)
+        for action in actions:
+            if action.name == "export":  # once the message is durable; the 250 waits for the file
+                directory, form = action.args
+                save = partial(export.save, directory, form, export.Envelope.of(event), blob, stage="data", by=action.by)
+                await trio.to_thread.run_sync(save)
         return replies.queued(queue_id)
 
     def _received_header(self, queue_id: str, tx: Transaction, now: float) -> bytes:

@@ -1,7 +1,10 @@
-"""One message out of the journal, for other tools: `vsmtp journal export --message ID
---format eml|json`. The message as it is delivered (after any post-queue change), and a
-JSON form of it: envelope, headers, text and HTML bodies, attachments (type, name, size,
-SHA-256)."""
+"""One message out, for other tools: as eml (the raw message) or in a JSON form (envelope,
+headers, text and HTML bodies, attachments with type, name, size and SHA-256).
+
+The operator's side reads it from the journal (`vsmtp journal export --message ID --format
+eml|json`: the message as it is delivered, after any post-queue change); the rules' export
+action (ctx.export) writes the same forms into a directory (save).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +14,20 @@ import email
 import email.message
 import email.policy
 import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vsmtp_journal import Journal
 
 from . import events as ev
 from . import history
+
+log = logging.getLogger(__name__)
 
 
 def current(journal: Journal, ident: str) -> tuple[ev.MessageAccepted, bytes] | None:
@@ -40,7 +51,28 @@ def current(journal: Journal, ident: str) -> tuple[ev.MessageAccepted, bytes] | 
     return (accepted, body) if accepted is not None and body is not None else None
 
 
-def as_json(accepted: ev.MessageAccepted, raw: bytes) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    queue_id: str
+    accepted_at: float
+    reverse_path: str
+    recipients: tuple[str, ...]
+    mail_params: Mapping[str, str | None]
+    session_id: str
+
+    @classmethod
+    def of(cls, accepted: ev.MessageAccepted) -> Envelope:
+        return cls(
+            queue_id=accepted.queue_id,
+            accepted_at=accepted.at,
+            reverse_path=accepted.reverse_path,
+            recipients=tuple(accepted.recipients),
+            mail_params=accepted.mail_params,
+            session_id=accepted.session_id,
+        )
+
+
+def as_json(envelope: Envelope, raw: bytes) -> dict[str, Any]:
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(message, email.message.EmailMessage)
     text = message.get_body(("plain",))
@@ -60,12 +92,12 @@ def as_json(accepted: ev.MessageAccepted, raw: bytes) -> dict[str, Any]:
         )
     return {
         "envelope": {
-            "queue_id": accepted.queue_id,
-            "accepted_at": datetime.datetime.fromtimestamp(accepted.at, tz=datetime.UTC).isoformat(),
-            "reverse_path": accepted.reverse_path,
-            "recipients": list(accepted.recipients),
-            "mail_params": dict(accepted.mail_params),
-            "session_id": accepted.session_id,
+            "queue_id": envelope.queue_id,
+            "accepted_at": datetime.datetime.fromtimestamp(envelope.accepted_at, tz=datetime.UTC).isoformat(),
+            "reverse_path": envelope.reverse_path,
+            "recipients": list(envelope.recipients),
+            "mail_params": dict(envelope.mail_params),
+            "session_id": envelope.session_id,
         },
         "headers": [[name, str(value)] for name, value in message.items()],
         "text": _lines(text.get_content()) if text is not None else None,  # "\n" line ends, as text files
@@ -77,3 +109,35 @@ def as_json(accepted: ev.MessageAccepted, raw: bytes) -> dict[str, Any]:
 
 def _lines(text: str) -> str:
     return text.replace("\r\n", "\n")
+
+
+def save(directory: str, form: str, envelope: Envelope, raw: bytes, *, stage: str, by: str = "") -> Path | None:
+    """Write the message into `directory` as QUEUEID.STAGE.eml or .json (the export action):
+    created 0600 under a temporary name, synced, then renamed, so a program watching the
+    directory never reads half a file. The directory is made (0700) if missing. A failure is
+    logged (the message itself is safe in the journal either way) and gives None."""
+    try:
+        path = _write(Path(directory), form, envelope, raw, stage=stage)
+    except OSError as exc:
+        log.error("%s: export by %s to %s failed: %s", envelope.queue_id, by or "a rule", directory, exc)
+        return None
+    log.info("%s: exported by %s to %s", envelope.queue_id, by or "a rule", path)
+    return path
+
+
+def _write(folder: Path, form: str, envelope: Envelope, raw: bytes, *, stage: str) -> Path:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data = raw if form == "eml" else (json.dumps(as_json(envelope, raw), ensure_ascii=False) + "\n").encode()
+    path = folder / f"{envelope.queue_id}.{stage}.{form}"
+    temporary = folder / f".{path.name}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path

@@ -54,6 +54,7 @@ class Message:
         self._parsed: email.message.EmailMessage | None = None
         self._head: email.message.Message | None = None
         self.edited = False
+        self.changes: list[tuple[str, tuple[str, ...]]] = []  # part edits not yet journaled (the engine takes them)
 
     @property
     def raw(self) -> bytes:
@@ -90,6 +91,7 @@ class Message:
     def remove_attachments(self, which: Callable[[email.message.EmailMessage], bool]) -> int:
         """Remove every attachment (at any depth) for which `which(part)` is true; how many."""
         removed = 0
+        gone: list[str] = []
 
         def prune(part: email.message.EmailMessage) -> None:
             nonlocal removed
@@ -102,6 +104,7 @@ class Message:
                 assert isinstance(child, email.message.EmailMessage)
                 if child.get_content_disposition() == "attachment" and which(child):
                     removed += 1
+                    gone.append(_describe(child))
                 else:
                     prune(child)
                     kept.append(child)
@@ -110,7 +113,40 @@ class Message:
         prune(self.mime)
         if removed:
             self.edited = True
+            self.changes.append(("remove_attachments", tuple(gone)))
         return removed
+
+    def replace_parts(
+        self, which: Callable[[email.message.EmailMessage], bool], text: str, *, subtype: str = "plain", filename: str | None = None
+    ) -> int:
+        """Replace every part that is not itself multipart (at any depth) for which
+        `which(part)` is true by a text part (an attachment if `filename` is given): a
+        dangerous attachment by a note saying it was removed, say. Returns how many."""
+        replaced = 0
+        old: list[str] = []
+
+        def walk(part: email.message.EmailMessage) -> None:
+            nonlocal replaced
+            payload = part.get_payload()
+            assert isinstance(payload, list)
+            for index, child in enumerate(payload):
+                assert isinstance(child, email.message.EmailMessage)
+                if child.is_multipart():
+                    walk(child)
+                elif which(child):
+                    old.append(_describe(child))
+                    new = email.message.EmailMessage(policy=email.policy.default)
+                    new.set_content(text, subtype=subtype, disposition="attachment" if filename else "inline", filename=filename)
+                    del new["MIME-Version"]  # set_content adds it; a part inside a message has none
+                    payload[index] = new
+                    replaced += 1
+
+        if self.mime.is_multipart():
+            walk(self.mime)
+        if replaced:
+            self.edited = True
+            self.changes.append(("replace_parts", tuple(old)))
+        return replaced
 
     def add_part(self, text: str, *, subtype: str = "plain", filename: str | None = None) -> None:
         """Add a text part (an attachment if `filename` is given), making the message multipart."""
@@ -122,6 +158,7 @@ class Message:
         else:
             mime.add_attachment(text, subtype=subtype, filename=filename)
         self.edited = True
+        self.changes.append(("add_part", (filename or f"text/{subtype}",)))
 
     def edit_header(self, action: str, name: str, value: str = "") -> None:
         """add_header, set_header or remove_header on the raw bytes: the rest of the message
@@ -209,6 +246,16 @@ class Context:
     def remove_recipient(self, address: str) -> None:
         self._record("remove_recipient", address)
 
+    def export(self, directory: str, form: str = "eml") -> None:
+        """At data or postq: once the message is queued (data) or its post-queue changes are
+        journaled (postq), write it into `directory` as QUEUEID.STAGE.eml (the raw message)
+        or .json (envelope, headers, bodies, attachments: as `vsmtp journal export`)."""
+        if form not in ("eml", "json"):
+            raise ValueError(f"export form {form!r}: eml or json")
+        if self.stage not in ("data", "postq"):
+            raise ValueError(f"export at the {self.stage} stage: the message is there at data and postq")
+        self._record("export", str(directory), form)
+
     def set_route(self, recipient: str, route: str) -> None:
         """At delivery: deliver `recipient` by `route` ("local", "smtp", "smtp:[HOST]:PORT")
         instead of the route vsmtp chose (Postfix's transport maps)."""
@@ -217,11 +264,19 @@ class Context:
         policy.check_route(route)  # checked now: ValueError names it
         self.actions.append(Action(self.stage, self.by, "set_route", (recipient, route)))
 
+    def take_changes(self) -> None:
+        """The message's part edits become actions of whoever ran (journaled as rule.action;
+        applied already)."""
+        if self.message is not None and self.message.changes:
+            changes, self.message.changes = self.message.changes, []
+            self.actions += [Action(self.stage, self.by, name, args) for name, args in changes]
+
     def _record(self, name: str, *args: str) -> None:
         if self.stage in ("connect", "helo", "auth"):
             raise ValueError(f"{name} at the {self.stage} stage: there is no transaction yet")
         if self.stage == "delivery":
             raise ValueError(f"{name} at the delivery stage: the message is changed at data or postq; delivery chooses routes")
+        self.take_changes()  # part edits made before this action come first in the record
         self.actions.append(Action(self.stage, self.by, name, args))
 
 
@@ -238,6 +293,11 @@ def _without_header(head: bytes, name: str) -> bytes:
         if not dropping:
             kept.append(line)
     return b"\r\n".join(kept)
+
+
+def _describe(part: email.message.EmailMessage) -> str:
+    """A part as the journal names it: its file name, or its type."""
+    return part.get_filename() or part.get_content_type()
 
 
 def _header_name(name: str) -> str:

@@ -71,6 +71,7 @@ class Stages:
             result = function(*args)
             if inspect.isawaitable(result):
                 result = await result
+            ctx.take_changes()
             return verdicts.of(result, by)
         except Exception as exc:
             log.exception("%s raised at the %s stage (session %s)", by, stage, ctx.session_id)
