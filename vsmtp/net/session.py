@@ -210,6 +210,7 @@ class Session:
                 await self._journal_tls()
                 self.helo, self.tx = "", None
                 self.ctx.tls, self.ctx.tls_version, self.ctx.helo = True, self.tls_info[0] if self.tls_info else "", ""
+                self.ctx.auth = ""  # as the connection forgets it (RFC 3207 4.2); AUTH needs TLS, so there was none
                 self.ctx.new_transaction()
             if self.conn.state is State.CLOSED:
                 self.on_last_reply()
@@ -386,6 +387,7 @@ class Session:
             case ev.Help():
                 return replies.HELP
             case ev.Invalid(reply=reply):
+                self._sasl = None  # a refused line in an AUTH exchange ends it (the connection is back in READY)
                 return reply
         raise AssertionError(f"unhandled event {event!r}")
 
