@@ -99,7 +99,7 @@ async def test_a_deny_rule_at_connect_answers_instead_of_the_greeting(start_serv
     running.cancel_scope.cancel()
 
 
-@pytest.mark.parametrize("stage", ["connect", "helo", "mail", "rcpt", "data"])
+@pytest.mark.parametrize("stage", ["connect", "helo", "mail", "rcpt", "data", "postq", "delivery"])  # auth: tests/net/test_auth.py
 async def test_an_accept_rule_at_each_stage(start_server: Any, config: Config, tmp_path: Path, stage: str) -> None:
     rules = rules_file(
         tmp_path,
