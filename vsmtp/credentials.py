@@ -20,11 +20,11 @@ import os
 import re
 import secrets
 import threading
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import ConfigError
+from .rules.objects import FileBacked
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +53,19 @@ class _Hash:
         return cls(log2_n, r, p, _unb64(found.group(4)), _unb64(found.group(5)))
 
     def matches(self, password: str) -> bool:
-        return hmac.compare_digest(self._derive(password), self.digest)
+        derived = _scrypt(password, self.salt, log2_n=self.log2_n, r=self.r, p=self.p, length=len(self.digest))
+        return hmac.compare_digest(derived, self.digest)
 
-    def _derive(self, password: str) -> bytes:
-        n = 1 << self.log2_n
-        return hashlib.scrypt(
-            password.encode("utf-8"), salt=self.salt, n=n, r=self.r, p=self.p, maxmem=256 * n * self.r + (1 << 20), dklen=len(self.digest)
-        )
+
+def _scrypt(password: str, salt: bytes, *, log2_n: int, r: int, p: int, length: int) -> bytes:
+    n = 1 << log2_n
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=256 * n * r + (1 << 20), dklen=length)
 
 
 def hash_password(password: str) -> str:
     """The `$scrypt$...` form of `password`, with a new random salt."""
     salt = secrets.token_bytes(16)
-    digest = _Hash(LOG2_N, R, P, salt, b"\0" * 32)._derive(password)
+    digest = _scrypt(password, salt, log2_n=LOG2_N, r=R, p=P, length=32)
     return f"${SCHEME}$ln={LOG2_N},r={R},p={P}${_b64(salt)}${_b64(digest)}"
 
 
@@ -73,18 +73,22 @@ def hash_password(password: str) -> str:
 _DECOY = _Hash(LOG2_N, R, P, b"vsmtp-decoy-salt", b"\0" * 32)
 
 
-class PasswordFile:
-    CHECK_EVERY = 1.0  # seconds between looks at the file
+class PasswordFile(FileBacked):
+    """The users and their hashes, read again when the file changes (FileBacked)."""
+
+    _users: dict[str, _Hash] = {}  # noqa: RUF012 - replaced, never mutated
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         """Read `path`; ConfigError names the file and line of the first broken entry."""
-        self.path = Path(path)
-        self._lock = threading.Lock()  # checks run in worker threads
-        self._users: dict[str, _Hash] = {}
-        self._stamp: tuple[int, int, int] | None = None
-        self._broken: tuple[int, int, int] | None = None  # the stamp of a broken version, said once
-        self._checked = 0.0
-        self._refresh(strict=True)
+        self._lock = threading.Lock()  # checks run in worker threads: one of them reads a new version
+        try:
+            super().__init__(path)
+        except ValueError as exc:
+            raise ConfigError(f"auth.passwords: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"auth.passwords: {path}: cannot read: {exc.strerror}") from exc
+        if self._stamp is None:
+            raise ConfigError(f"auth.passwords: {path}: cannot read: no such file")
 
     def __len__(self) -> int:
         return len(self._users)
@@ -93,55 +97,35 @@ class PasswordFile:
         """Whether `password` is `username`'s. Takes tens of milliseconds on purpose: call
         it from a worker thread."""
         with self._lock:
-            self._refresh(strict=False)
+            self._refresh()
             stored = self._users.get(username)
         if stored is None:
             _DECOY.matches(password)
             return False
         return stored.matches(password)
 
-    def _refresh(self, *, strict: bool) -> None:
-        now = time.monotonic()
-        if not strict and now - self._checked < self.CHECK_EVERY:
-            return
-        self._checked = now
-        stamp = None
-        try:
-            st = self.path.stat()
-            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            if stamp == self._stamp:
-                return
-            users = _parse(self.path, self.path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ConfigError) as exc:
-            text = str(exc) if isinstance(exc, ConfigError) else f"{self.path}: cannot read: {exc}"
-            if strict:
-                raise ConfigError(f"auth.passwords: {text}") from exc
-            if stamp != self._broken:
-                log.error("%s; keeping the %d users read before", text, len(self._users))
-                self._broken = stamp
-            return
-        self._users, self._stamp = users, stamp
-        if not strict:
-            log.info("%s: %d users (file changed)", self.path, len(users))
+    def _load(self, lines: Iterable[str]) -> None:
+        users: dict[str, _Hash] = {}
+        for number, line in enumerate(lines, start=1):
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            username, sep, hashed = entry.rpartition(":")
+            where = f"{self.path}, line {number}"
+            if not sep or not USER_NAME.match(username):
+                raise ValueError(f"{where}: expected user:$scrypt$... (a user name without spaces, ':' or '#')")
+            if username in users:
+                raise ValueError(f"{where}: {username} is listed twice")
+            try:
+                users[username] = _Hash.parse(hashed)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from exc
+        if self._stamp is not None or users:
+            log.info("%s: %d users", self.path, len(users))
+        self._users = users
 
-
-def _parse(path: Path, text: str) -> dict[str, _Hash]:
-    users: dict[str, _Hash] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        username, sep, hashed = entry.rpartition(":")
-        where = f"{path}, line {number}"
-        if not sep or not USER_NAME.match(username):
-            raise ConfigError(f"{where}: expected user:$scrypt$... (a user name without spaces, ':' or '#')")
-        if username in users:
-            raise ConfigError(f"{where}: {username} is listed twice")
-        try:
-            users[username] = _Hash.parse(hashed)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
-    return users
+    def _kept(self) -> str:
+        return f"the {len(self._users)} users read before"
 
 
 def _b64(data: bytes) -> str:

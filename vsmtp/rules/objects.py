@@ -13,9 +13,9 @@
     aliases = FileMap("/etc/vsmtp/aliases.csv")       # "key,value" lines
     aliases.get("postmaster@example.com")
 
-File-backed objects read their file again when its modification time or size changes (at
-most once a second), so an edit takes effect without a reload. A missing file reads as
-empty and is logged once.
+File-backed objects read their file again when it changes (looked at no more than once a
+second), so an edit takes effect without a reload. A missing file reads as empty and is
+logged once.
 """
 
 from __future__ import annotations
@@ -89,18 +89,26 @@ class Regex:
         return f"Regex({self.pattern.pattern!r})"
 
 
-class _FileBacked:
+class FileBacked:
+    """A file read again when it changes: its inode, nanosecond mtime or size (looked at no
+    more than every CHECK_EVERY seconds). Subclasses parse it in _load, which may raise
+    ValueError for a broken file: at construction that is the caller's error; later the
+    contents read before stay, and the broken version is logged once. (The rules' FileSet
+    and FileMap, the files plugin's tables, and the AUTH password file.)"""
+
     CHECK_EVERY = 1.0  # seconds between looks at the file
     WARN_MISSING = True  # a missing file is logged (once): a table to be written starts missing
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Reads the file now: ValueError (a broken file) and OSError (unreadable) propagate."""
         self.path = Path(path)
         self._stamp: tuple[int, int, int] | None = None
+        self._broken: tuple[int, int, int] | None = None  # a version that failed, said once
         self._checked = 0.0
         self._missing_logged = False
-        self._refresh(force=True)
+        self._refresh(force=True, strict=True)
 
-    def _refresh(self, *, force: bool = False) -> None:
+    def _refresh(self, *, force: bool = False, strict: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._checked < self.CHECK_EVERY:
             return
@@ -115,15 +123,27 @@ class _FileBacked:
             self._stamp = None
             return
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # a file replaced by rename has a new inode
-        if stamp == self._stamp:
+        if stamp == self._stamp or (stamp == self._broken and not strict):
             return
-        with self.path.open(encoding="utf-8", newline="") as f:
-            self._load(f)
+        try:
+            with self.path.open(encoding="utf-8", newline="") as f:
+                self._load(f)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            if strict:
+                raise
+            if stamp != self._broken:
+                log.error("%s; keeping %s", exc if isinstance(exc, ValueError) else f"{self.path}: cannot read: {exc}", self._kept())
+                self._broken = stamp
+            return
         self._stamp = stamp
         self._missing_logged = False
 
     def _load(self, lines: Iterable[str]) -> None:
         raise NotImplementedError
+
+    def _kept(self) -> str:
+        """What stays in force when a new version cannot be read, for the log."""
+        return "what was read before"
 
 
 def _entries(lines: Iterable[str]) -> Iterator[str]:
@@ -133,7 +153,7 @@ def _entries(lines: Iterable[str]) -> Iterator[str]:
             yield entry
 
 
-class FileSet(_FileBacked):
+class FileSet(FileBacked):
     """A set of strings from a file, one per line ("#" starts a comment), compared without
     regard to case. `value in fileset`."""
 
@@ -151,7 +171,7 @@ class FileSet(_FileBacked):
         return len(self._items)
 
 
-class FileMap(_FileBacked):
+class FileMap(FileBacked):
     """A map from a CSV file: the first column is the key (compared without regard to case),
     the rest the value (a string for two columns, a tuple for more; () for a key alone).
     Lines starting with "#" are comments."""
