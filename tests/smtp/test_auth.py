@@ -170,3 +170,12 @@ def test_login_asks_for_the_user_name_unless_given() -> None:
     assert exchange.step(b"alice") == b"Password:"  # AUTH LOGIN <user> (RFC 4954 initial response)
     with pytest.raises(sasl.SaslError):
         exchange.step(b"")
+
+
+def test_the_configuration_offers_only_mechanisms_built_here() -> None:
+    import typing
+
+    from vsmtp.config import AuthConfig
+
+    literal = typing.get_args(typing.get_type_hints(AuthConfig)["mechanisms"])[0]  # tuple[Literal[...], ...]
+    assert set(typing.get_args(literal)) == set(sasl.MECHANISMS)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MECHANISMS = ("PLAIN", "LOGIN")
 MAX_FIELD = 255  # octets of a user name or a password (RFC 4616 2 lets a server set a limit)
 
 
@@ -72,13 +71,13 @@ class Login(Exchange):
         return Credentials(self._username, _text(response))
 
 
+_EXCHANGES: dict[str, type[Exchange]] = {"PLAIN": Plain, "LOGIN": Login}
+MECHANISMS = tuple(_EXCHANGES)  # what `[auth] mechanisms` may name
+
+
 def start(mechanism: str) -> Exchange:
     """The exchange for `mechanism` (one of MECHANISMS, upper case)."""
-    if mechanism == "PLAIN":
-        return Plain()
-    if mechanism == "LOGIN":
-        return Login()
-    raise ValueError(f"unknown SASL mechanism {mechanism}")
+    return _EXCHANGES[mechanism]()
 
 
 def _text(field: bytes) -> str:
