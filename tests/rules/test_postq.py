@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import email
 import email.policy
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from vsmtp.queue import export
 from vsmtp.queue import inspect as queue_inspect
 
 from ..conftest import has_tag, maildir_files, wait_delivered, wait_journal
-from .test_stages import rules_file, session
+from .test_stages import rules_file, session, with_exe
 
 POSTQ = """
 @rule.postq
@@ -44,15 +43,6 @@ def refuse(ctx):
     if subject == "quarantine me":
         return quarantine("later")
 """
-
-
-def with_exe() -> bytes:
-    message = EmailMessage()
-    message["Subject"] = "with parts"
-    message.set_content("hello\n")
-    message.add_attachment(b"MZ...", maintype="application", subtype="octet-stream", filename="tool.exe")
-    message.add_attachment("notes\n", filename="notes.txt")
-    return message.as_bytes(policy=email.policy.SMTP)
 
 
 async def test_postq_rules_edit_what_is_delivered(start_server: Any, config: Config, tmp_path: Path) -> None:

@@ -52,6 +52,21 @@ def transaction(
     return replies
 
 
+def with_exe(subject: str = "with parts", *, notes: bool = True, **headers: str) -> bytes:
+    """A message with a text body, a tool.exe attachment and (with `notes`) a notes.txt one."""
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["Subject"] = subject
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    message.set_content("hello\n")
+    message.add_attachment(b"MZ...", maintype="application", subtype="octet-stream", filename="tool.exe")
+    if notes:
+        message.add_attachment("notes\n", filename="notes.txt")
+    return message.as_bytes(policy=email.policy.SMTP)
+
+
 STAGE_OF_REPLY = {"helo": 0, "mail": 1, "rcpt": 2, "data": 3}
 
 
@@ -168,16 +183,9 @@ async def test_data_rules_add_a_header_and_remove_an_attachment(start_server: An
                 ctx.set_header("X-Removed", str(removed))
         """,
     )
-    from email.message import EmailMessage
-
-    message = EmailMessage()
-    message["Subject"] = "with parts"
-    message["X-Secret"] = "hush"
-    message.set_content("hello\n")
-    message.add_attachment(b"MZ...", maintype="application", subtype="octet-stream", filename="tool.exe")
-    message.add_attachment("notes\n", filename="notes.txt")
+    message = with_exe(X_Secret="hush")
     running = await start_server(dataclasses.replace(config, rules=rules))
-    await session(running, lambda c: c.sendmail("a@example.org", ["bob@localhost"], message.as_bytes(policy=email.policy.SMTP)))
+    await session(running, lambda c: c.sendmail("a@example.org", ["bob@localhost"], message))
     await wait_delivered(running, 1)
     [path] = maildir_files(config, "bob")
     delivered = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
@@ -208,14 +216,9 @@ async def test_data_and_postq_rules_export_the_message(start_server: Any, config
             ctx.export({str(exports)!r}, "json")
         """,
     )
-    from email.message import EmailMessage
-
-    message = EmailMessage()
-    message["Subject"] = "export me"
-    message.set_content("hello\n")
-    message.add_attachment(b"MZ...", maintype="application", subtype="octet-stream", filename="tool.exe")
+    message = with_exe("export me", notes=False)
     running = await start_server(dataclasses.replace(config, rules=rules))
-    await session(running, lambda c: c.sendmail("a@example.org", ["bob@localhost"], message.as_bytes(policy=email.policy.SMTP)))
+    await session(running, lambda c: c.sendmail("a@example.org", ["bob@localhost"], message))
     await wait_delivered(running, 1)
     accepted = next(r.payload for r in running.journal.read(0) if r.tag == "message.accepted")
     queue_id = accepted["queue_id"]
