@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from vsmtp_journal import Journal
 
-from vsmtp.queue import events as ev
+from vsmtp.queue import events as qe
 from vsmtp.queue.projection import rebuild
 
 from .daemon import Daemon, run_cli
@@ -46,7 +46,7 @@ def delivered(workdir: Path, queue_id: str) -> int:
         return sum(
             1
             for r in journal.read(0)
-            if r.tag == "delivery.succeeded" and ev.decode(r).queue_id == queue_id  # type: ignore[union-attr]
+            if r.tag == "delivery.succeeded" and qe.decode(r).queue_id == queue_id  # type: ignore[union-attr]
         )
 
 

@@ -147,7 +147,7 @@ def _serve(args: argparse.Namespace, config: config_mod.Config) -> int:
     else:
         from .workers import Supervisor
 
-        trio.run(Supervisor(config, args.config, log_level=args.log_level).run)
+        trio.run(Supervisor(config, args.config, log_level=args.log_level).serve)
     return 0
 
 
@@ -204,13 +204,13 @@ def _journal_export(args: argparse.Namespace, config: config_mod.Config) -> int:
 
 
 def _message_export(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from .queue import export
+    from .mail import export
 
     if not args.message:
         print(f"vsmtp: --format {args.format} exports one message: add --message ID", file=sys.stderr)
         return 2
     with Journal(config.journal.path, readonly=True) as journal:
-        found = export.current(journal, args.message)
+        found = history.as_delivered(journal, args.message)
     if found is None:
         print(f"vsmtp: no message {args.message!r} with its body in the journal", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
@@ -23,13 +23,14 @@ from . import config as config_mod
 from . import telemetry
 from .config import Config, ListenerConfig
 from .delivery import Scheduler, serve_delivery
-from .errors import ConfigError, VsmtpError
+from .errors import VsmtpError
 from .net.counts import ConnectionCounts
 from .net.server import Bound, SmtpService
+from .net.settings import SessionSettings
 from .plugins import PluginManager
 from .queue import events as qe
 from .queue.projection import QueueProjection
-from .queue.retention import run_retention
+from .queue.retention import serve_retention
 from .rules.engine import Stages
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,19 @@ class Running:
         if self.smtp is not None:
             await self.smtp.shutdown(grace)
         self.cancel_scope.cancel()
+
+    def reload(self, config: Config) -> None:
+        """Use `config` from now on: new sessions get settings built from it, and the postq and
+        delivery stages its rules. Everything is built before anything is swapped, so an
+        error (ConfigError naming the line, OSError, ValueError, PluginError) leaves the
+        configuration in force as it was."""
+        stages = Stages.build(config, self.plugins)  # a broken rules file refuses the reload
+        settings = SessionSettings.build(config, self.plugins, stages=stages) if self.smtp is not None else None
+        self.plugins.configure(config.plugin)
+        if self.smtp is not None and settings is not None:
+            self.smtp.reload(settings)
+        if self.scheduler is not None:
+            self.scheduler.stages = stages
 
 
 async def serve(
@@ -99,9 +113,9 @@ async def serve(
                             projection.state.position,
                             len(projection.state.messages),
                         )
-                        await nursery.start(projection.run)
-                        await nursery.start(projection.run_checkpoints, config.journal.checkpoint_interval)
-                        await nursery.start(run_retention, journal, writer, projection, config.retention)
+                        await nursery.start(projection.serve)
+                        await nursery.start(projection.serve_checkpoints, config.journal.checkpoint_interval)
+                        await nursery.start(serve_retention, journal, writer, projection, config.retention)
                         await nursery.start(_observe, journal, writer, plugins)
                         if config.delivery.enabled:
                             stages = smtp.settings.stages if smtp is not None else Stages.build(config, plugins)  # postq, delivery
@@ -178,26 +192,57 @@ async def _observe(
             await plugins.notify_event(qe.decode(record), record.position)
 
 
+RELOAD_ERRORS = (VsmtpError, OSError, ValueError)  # what a reload may raise; the old configuration stays
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignalActions:
+    """What a process does on each signal (serve_signals)."""
+
+    reload: Callable[[], None]  # SIGHUP
+    stop: Callable[[float], Awaitable[None]]  # the first SIGTERM or SIGINT: stop within the grace
+    stop_now: Callable[[], None]  # the second one
+    grace: Callable[[], float]  # seconds open transactions have, from the configuration in force
+
+
+async def serve_signals(signals: AsyncIterator[int], actions: SignalActions, nursery: trio.Nursery) -> None:
+    """The one signal loop of every vsmtp process (one process, the supervisor, each receiving
+    process): SIGHUP reloads; the first SIGTERM or SIGINT stops gracefully, a second at once."""
+    stopping = False
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            actions.reload()
+        elif not stopping:
+            stopping = True
+            grace = actions.grace()
+            log.info("received %s: stopping (open transactions have %.0fs to finish)", name, grace)
+            nursery.start_soon(actions.stop, grace)
+        else:
+            log.warning("received %s again: stopping now", name)
+            actions.stop_now()
+
+
 async def run_until_signalled(config: Config, config_path: str | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully; a second one stops at once.
-    SIGHUP reloads the configuration."""
+    """Serve in one process until SIGTERM or SIGINT, then stop gracefully; a second one stops
+    at once. SIGHUP reloads the configuration."""
     with journal_lock(config.journal.path), trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             running: Running = await nursery.start(_serve_then_leave, config, nursery.cancel_scope)
             log.info("vsmtp ready (one process, pid %d)", os.getpid())
-            stopping = False
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    reload(running, config_path)
-                elif not stopping:
-                    stopping = True
-                    assert running.smtp is not None
-                    grace = running.smtp.settings.config.limits.shutdown_grace
-                    log.info("received %s: stopping (open transactions have %.0fs to finish)", signal.Signals(signum).name, grace)
-                    nursery.start_soon(running.stop, grace)
-                else:
-                    log.warning("received %s again: stopping now", signal.Signals(signum).name)
-                    running.cancel_scope.cancel()
+            await serve_signals(signals, signal_actions(running, config_path), nursery)
+
+
+def signal_actions(running: Running, config_path: str | None) -> SignalActions:
+    """A process that serves SMTP: SIGHUP reloads the file, SIGTERM stops `running`."""
+    assert running.smtp is not None
+    smtp = running.smtp
+    return SignalActions(
+        reload=lambda: reload(running, config_path),
+        stop=running.stop,
+        stop_now=running.cancel_scope.cancel,
+        grace=lambda: smtp.settings.config.limits.shutdown_grace,
+    )
 
 
 async def _serve_then_leave(config: Config, scope: trio.CancelScope, task_status: trio.TaskStatus[Running]) -> None:
@@ -206,14 +251,11 @@ async def _serve_then_leave(config: Config, scope: trio.CancelScope, task_status
 
 
 def reload(running: Running, config_path: str | None) -> None:
-    """Re-read the configuration and certificates for new sessions; keep the old ones on error."""
-    assert running.smtp is not None
+    """Re-read the configuration and certificates; keep the old ones on error."""
     try:
         new = config_mod.load(config_path)
-        running.smtp.reload(new)
-        if running.scheduler is not None:
-            running.scheduler.stages = running.smtp.settings.stages
-    except (ConfigError, OSError, ValueError) as exc:
+        running.reload(new)
+    except RELOAD_ERRORS as exc:
         log.error("reload failed, keeping the configuration in force: %s", exc)
         return
     log.info("configuration reloaded from %s", new.source)

@@ -84,3 +84,10 @@ def links_to(trace_context: Mapping[str, str]) -> list[trace.Link]:
         return []
     context = trace.get_current_span(propagate.extract(dict(trace_context))).get_span_context()
     return [trace.Link(context)] if context.is_valid else []
+
+
+def current_context() -> dict[str, str]:
+    """The W3C trace context of the current span, to keep with a message (message.accepted)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier

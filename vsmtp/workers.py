@@ -41,11 +41,10 @@ from vsmtp_journal import doorbell
 
 from . import config as config_mod
 from .config import Config
-from .daemon import Running, journal_lock, serve
-from .errors import ConfigError
+from .daemon import RELOAD_ERRORS, Running, SignalActions, journal_lock, serve, serve_signals, signal_actions
 from .net import counts
-from .net.server import Settings, bind_sockets
-from .rules.engine import Stages
+from .net.server import bind_sockets
+from .net.settings import SessionSettings
 
 log = logging.getLogger("vsmtp.workers")  # not "__main__" in a receiving process
 
@@ -89,14 +88,14 @@ class Supervisor:
         os.set_blocking(self._doorbell_w, False)
         self._counts = counts.create(config.workers)  # connection counts, a row per receiving process
 
-    async def run(self) -> None:
+    async def serve(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop gracefully; a second one stops at once."""
         with journal_lock(self.config.journal.path):  # before binding: a second vsmtp must not join the port
             await self._run()
 
     async def _run(self) -> None:
         workers = self.config.workers
-        Settings.build(self.config)  # certificates checked (or generated) once, before any receiver starts
+        SessionSettings.build(self.config)  # certificates checked (or generated) once, before any receiver starts
         sets = bind_sockets(self.config, workers)
         self.children = [_Child(index, sockets) for index, sockets in enumerate(sets, start=1)]
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -108,19 +107,18 @@ class Supervisor:
                 children = trio.CancelScope()
                 nursery.start_soon(self._supervise_all, children)
                 log.info("vsmtp ready: %d receiving processes and this delivery process (pid %d)", workers, os.getpid())
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if signum == signal.SIGHUP:
-                        self._reload(running)
-                    elif not self.stopping:
-                        self.stopping = True
-                        grace = self.config.limits.shutdown_grace
-                        log.info("received %s: stopping (open transactions have %.0fs to finish)", name, grace)
-                        nursery.start_soon(self._stop, running, children, grace)
-                    else:
-                        log.warning("received %s again: stopping now", name)
-                        self._signal_children(signal.SIGTERM)  # a second one: they stop at once
-                        running.cancel_scope.cancel()
+
+                def stop_now() -> None:
+                    self._signal_children(signal.SIGTERM)  # a second one: they stop at once
+                    running.cancel_scope.cancel()
+
+                actions = SignalActions(
+                    reload=lambda: self._reload(running),
+                    stop=lambda grace: self._stop(running, children, grace),
+                    stop_now=stop_now,
+                    grace=lambda: self.config.limits.shutdown_grace,
+                )
+                await serve_signals(signals, actions, nursery)
 
     async def _deliver(self, scope: trio.CancelScope, task_status: trio.TaskStatus[Running]) -> None:
         # The doorbell's write end stays open here too, so the listener never reads EOF while
@@ -129,6 +127,7 @@ class Supervisor:
         scope.cancel()  # delivery has stopped: leave the signal loop too
 
     async def _stop(self, running: Running, children: trio.CancelScope, grace: float) -> None:
+        self.stopping = True  # a receiving process that exits now is not restarted
         for child in self.children:
             for _, sock in child.sockets:
                 sock.close()  # our copies: the port closes once each receiver closes its own
@@ -147,13 +146,10 @@ class Supervisor:
         (and logs the result)."""
         try:
             new = config_mod.load(self.config_path)
-            stages = Stages.build(new, running.plugins)  # a broken rules file keeps the configuration in force too
-            running.plugins.configure(new.plugin)
-            if running.scheduler is not None:
-                running.scheduler.stages = stages
+            running.reload(new)  # a broken rules file keeps the configuration in force too
             self.config = new
             log.info("received SIGHUP: the receiving processes reload the configuration")
-        except (ConfigError, OSError, ValueError) as exc:
+        except RELOAD_ERRORS as exc:
             log.error("received SIGHUP: reload failed, keeping the configuration in force: %s", exc)
             return
         self._signal_children(signal.SIGHUP)
@@ -238,8 +234,6 @@ def receiver_main(argv: Sequence[str]) -> int:
 
 
 async def _receive(config: Config, spec: _Spec, sockets: list[tuple[config_mod.ListenerConfig, socket.socket]]) -> None:
-    from .daemon import reload
-
     lifeline = spec["lifeline"]
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
@@ -249,18 +243,7 @@ async def _receive(config: Config, spec: _Spec, sockets: list[tuple[config_mod.L
             )
             os.write(spec["ready"], b"R")  # from here a SIGHUP reloads
             os.close(spec["ready"])
-            stopping = False
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    reload(running, spec["config"])
-                elif not stopping:
-                    stopping = True
-                    assert running.smtp is not None
-                    grace = running.smtp.settings.config.limits.shutdown_grace
-                    log.info("stopping: no new sessions, open transactions have %.0fs to finish", grace)
-                    nursery.start_soon(running.stop, grace)
-                else:
-                    running.cancel_scope.cancel()
+            await serve_signals(signals, signal_actions(running, spec["config"]), nursery)
 
 
 async def _serve_then_leave(

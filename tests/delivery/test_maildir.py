@@ -13,7 +13,7 @@ from vsmtp_journal import Journal
 from vsmtp.config import Config, DeliveryConfig
 from vsmtp.delivery.maildir import deliver, file_name, find
 from vsmtp.delivery.scheduler import DeliveryJob, Worker
-from vsmtp.queue import events as ev
+from vsmtp.queue import events as qe
 
 
 def test_deliver_writes_new_and_leaves_tmp_empty(tmp_path: Path) -> None:
@@ -46,14 +46,14 @@ def test_a_recovered_job_does_not_write_a_second_copy(tmp_path: Path) -> None:
     # The crash window: the file was renamed into new/ but delivery.succeeded never committed.
     config = Config(hostname="mx.test", delivery=DeliveryConfig(maildir=str(tmp_path / "{user}")))
     with Journal(tmp_path / "j") as journal:
-        journal.append(*ev.encode(ev.SessionClosed(at=1.0, session_id="S", reason="x")), blobs={b"Q": b"Subject: s\r\n\r\nb\r\n"})
+        journal.append(*qe.encode(qe.SessionClosed(at=1.0, session_id="S", reason="x")), blobs={b"Q": b"Subject: s\r\n\r\nb\r\n"})
         worker = Worker(config=config, journal=journal, writer=None, scheduler=None)  # type: ignore[arg-type]
         job = DeliveryJob(
             queue_id="Q", reverse_path="a@x.org", blob=b"Q", accepted_at=5.0, recipients=(("bob@localhost", 0),), recovered=True
         )
         [first] = worker.deliver(job)
         [again] = worker.deliver(job)
-    assert isinstance(first, ev.DeliverySucceeded) and isinstance(again, ev.DeliverySucceeded)
+    assert isinstance(first, qe.DeliverySucceeded) and isinstance(again, qe.DeliverySucceeded)
     assert first.detail == again.detail
     assert len(list((tmp_path / "bob" / "new").iterdir())) == 1
 
@@ -70,12 +70,12 @@ def test_an_unwritable_maildir_defers_with_a_retry_time(tmp_path: Path) -> None:
         [outcome] = worker.deliver(job)
         old = dataclasses.replace(job, accepted_at=time.time() - config.delivery.lifetime)
         [expired] = worker.deliver(old)
-        assert [type(e) for e in worker.deliver_batch([old])[0]] == [ev.DeliveryFailed, ev.MessageExpired]
-    assert isinstance(outcome, ev.DeliveryDeferred)
+        assert [type(e) for e in worker.deliver_batch([old])[0]] == [qe.DeliveryFailed, qe.MessageExpired]
+    assert isinstance(outcome, qe.DeliveryDeferred)
     assert "cannot write to the Maildir" in outcome.reason
     assert outcome.retry_at - outcome.at == 1200.0  # the third failure: 5, 10, then 20 minutes
     # Queued for longer than delivery.lifetime (5 days): no more retries, a failure (and a bounce).
-    assert isinstance(expired, ev.DeliveryFailed) and expired.reason.startswith("message expired: not delivered in 5 days")
+    assert isinstance(expired, qe.DeliveryFailed) and expired.reason.startswith("message expired: not delivered in 5 days")
 
 
 def test_renames_waiting_for_a_running_fsync_share_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

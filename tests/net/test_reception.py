@@ -11,7 +11,7 @@ import trio
 
 from vsmtp.config import Config, RelayConfig
 from vsmtp.daemon import Running
-from vsmtp.queue import events as ev
+from vsmtp.queue import events as qe
 from vsmtp.smtp import replies
 
 from ..clients import Peer
@@ -219,7 +219,7 @@ async def test_an_idle_client_times_out(start_server: Any, config: Config) -> No
     assert await peer.replies(1) == [str(replies.TIMEOUT)]  # nothing sent for 0.3 s
     assert await peer.closed()
     records = await wait_journal(running, has_tag("session.closed"))
-    closed = [ev.decode(r) for r in records if r.tag == "session.closed"]
+    closed = [qe.decode(r) for r in records if r.tag == "session.closed"]
     assert closed[0].reason == "timeout"  # type: ignore[union-attr]
     await peer.aclose()
     running.cancel_scope.cancel()

@@ -10,7 +10,7 @@ import trio
 
 from vsmtp.config import Config
 from vsmtp.daemon import Running
-from vsmtp.queue import events as ev
+from vsmtp.queue import events as qe
 from vsmtp.queue.projection import rebuild
 from vsmtp.smtp import replies
 
@@ -62,7 +62,7 @@ async def test_250_means_the_message_is_already_in_the_journal(server: Running) 
             code, text = client.data(b"Subject: durable\r\n\r\nx\r\n")
             queue_id = text.decode().rsplit(" ", 1)[-1]
             # No waiting: the record and its blob must be committed already.
-            found = [ev.decode(r) for r in server.journal.read(0) if r.tag == "message.accepted"]
+            found = [qe.decode(r) for r in server.journal.read(0) if r.tag == "message.accepted"]
             assert [e.queue_id for e in found] == [queue_id]  # type: ignore[union-attr]
             assert b"Subject: durable" in (server.journal.blob(queue_id.encode()) or b"")
             return code, queue_id
@@ -93,7 +93,7 @@ async def test_relaying_is_refused(server: Running) -> None:
         await sendmail(server, "a@example.org", ["someone@example.com"], "Subject: x\r\n\r\nx\r\n")
     assert info.value.recipients["someone@example.com"] == (554, b"5.7.1 Relay access denied")
     records = await wait_journal(server, has_tag("recipient.rejected"))
-    rejected = [ev.decode(r) for r in records if r.tag == "recipient.rejected"]
+    rejected = [qe.decode(r) for r in records if r.tag == "recipient.rejected"]
     assert [e.reply for e in rejected] == ["554 5.7.1 Relay access denied"]  # type: ignore[union-attr]
 
 
@@ -192,7 +192,7 @@ async def test_ipv6_loopback(start_server, config: Config) -> None:  # type: ign
 
     await trio.to_thread.run_sync(send)
     await wait_delivered(running, 1)
-    opened = [ev.decode(r) for r in await wait_journal(running, has_tag("session.opened")) if r.tag == "session.opened"]
+    opened = [qe.decode(r) for r in await wait_journal(running, has_tag("session.opened")) if r.tag == "session.opened"]
     assert opened[0].peer_host == "::1"  # type: ignore[union-attr]
     running.cancel_scope.cancel()
 

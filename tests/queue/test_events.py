@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 from vsmtp_journal import Journal, Record
 
-from vsmtp.queue import events as ev
+from vsmtp.queue import events as qe
 
-SAMPLES: list[ev.JournalEvent] = [
-    ev.SessionOpened(at=1.0, session_id="S", listener="mx", peer_host="::1", peer_port=5, local_host="::1", local_port=25),
-    ev.HeloReceived(at=1.0, session_id="S", verb="EHLO", name="c"),
-    ev.MailReceived(at=1.0, session_id="S", reverse_path="a@b.c", params={"SIZE": "10", "SMTPUTF8": None}),
-    ev.RecipientAccepted(at=1.0, session_id="S", address="x@localhost"),
-    ev.RecipientRejected(at=1.0, session_id="S", address="x@else.org", reply="554 5.7.1 Relay access denied"),
-    ev.MessageAccepted(
+SAMPLES: list[qe.JournalEvent] = [
+    qe.SessionOpened(at=1.0, session_id="S", listener="mx", peer_host="::1", peer_port=5, local_host="::1", local_port=25),
+    qe.HeloReceived(at=1.0, session_id="S", verb="EHLO", name="c"),
+    qe.MailReceived(at=1.0, session_id="S", reverse_path="a@b.c", params={"SIZE": "10", "SMTPUTF8": None}),
+    qe.RecipientAccepted(at=1.0, session_id="S", address="x@localhost"),
+    qe.RecipientRejected(at=1.0, session_id="S", address="x@else.org", reply="554 5.7.1 Relay access denied"),
+    qe.MessageAccepted(
         at=1.0,
         queue_id="Q",
         session_id="S",
@@ -29,52 +29,52 @@ SAMPLES: list[ev.JournalEvent] = [
         mail_params={"RET": "HDRS"},
         recipient_params={"a@localhost": {"NOTIFY": "NEVER"}},
     ),
-    ev.DeliverySucceeded(at=1.0, queue_id="Q", recipient="a@localhost", transport="maildir", detail="/x"),
-    ev.DeliveryDeferred(at=1.0, queue_id="Q", recipient="a@localhost", transport="maildir", reason="r", retry_at=5.0),
-    ev.DeliveryFailed(at=1.0, queue_id="Q", recipient="a@localhost", transport="maildir", reason="r"),
-    ev.SessionClosed(at=1.0, session_id="S", reason="quit"),
-    ev.TlsStarted(at=1.0, session_id="S", version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", bits=256),
-    ev.Authenticated(at=1.0, session_id="S", mechanism="PLAIN", username="alice@example.org"),
-    ev.AuthFailed(at=1.0, session_id="S", mechanism="LOGIN", username="bob", reply="535 5.7.8 Authentication credentials invalid"),
-    ev.DataReceived(at=1.0, session_id="S", size=10, reply="250 2.0.0 Ok: queued as Q"),
-    ev.MailRefused(at=1.0, session_id="S", reverse_path="a@b.c", reply="452 4.3.1 Insufficient system storage"),
-    ev.JournalPurged(at=1.0, blobs=3, records=10, through=10),
-    ev.MessageBounced(at=1.0, queue_id="Q", bounce_id="B", recipients=("a@localhost",)),
-    ev.MessageDelayWarned(at=1.0, queue_id="Q", warning_id="W", recipients=("a@localhost",)),
-    ev.MessageQuarantined(at=1.0, queue_id="Q", queue="spam", by="rules:spam"),
-    ev.MessageFiltered(at=1.0, queue_id="Q", verdict="next"),
-    ev.MessageModified(
+    qe.DeliverySucceeded(at=1.0, queue_id="Q", recipient="a@localhost", transport="maildir", detail="/x"),
+    qe.DeliveryDeferred(at=1.0, queue_id="Q", recipient="a@localhost", transport="maildir", reason="r", retry_at=5.0),
+    qe.DeliveryFailed(at=1.0, queue_id="Q", recipient="a@localhost", transport="maildir", reason="r"),
+    qe.SessionClosed(at=1.0, session_id="S", reason="quit"),
+    qe.TlsStarted(at=1.0, session_id="S", version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", bits=256),
+    qe.Authenticated(at=1.0, session_id="S", mechanism="PLAIN", username="alice@example.org"),
+    qe.AuthFailed(at=1.0, session_id="S", mechanism="LOGIN", username="bob", reply="535 5.7.8 Authentication credentials invalid"),
+    qe.DataReceived(at=1.0, session_id="S", size=10, reply="250 2.0.0 Ok: queued as Q"),
+    qe.MailRefused(at=1.0, session_id="S", reverse_path="a@b.c", reply="452 4.3.1 Insufficient system storage"),
+    qe.JournalPurged(at=1.0, blobs=3, records=10, through=10),
+    qe.MessageBounced(at=1.0, queue_id="Q", bounce_id="B", recipients=("a@localhost",)),
+    qe.MessageDelayWarned(at=1.0, queue_id="Q", warning_id="W", recipients=("a@localhost",)),
+    qe.MessageQuarantined(at=1.0, queue_id="Q", queue="spam", by="rules:spam"),
+    qe.MessageFiltered(at=1.0, queue_id="Q", verdict="next"),
+    qe.MessageModified(
         at=1.0, queue_id="Q", stage="postq", by="rules:x", blob=b"Q.1", size=10, reverse_path="a@b.example", recipients=("c@d.example",)
     ),
-    ev.RuleVerdict(at=1.0, session_id="S", stage="rcpt", by="rules:x", verdict="reject", reply="550 5.7.1 no", recipient="a@b"),
-    ev.RuleAction(at=1.0, session_id="S", queue_id="Q", stage="data", by="rules:x", action="add_header", args=("X-A", "1")),
-    ev.DeliveryAttempted(at=1.0, queue_id="Q", host="mx.far.test", address="192.0.2.1", tls=True, reply="250 2.0.0 ok"),
-    ev.MessageExpired(at=1.0, queue_id="Q", recipients=("a@far.test",)),
-    ev.DeliveryStarted(at=1.0, queue_id="Q", recipients=("a@far.test",), host="mx.far.test", address="192.0.2.1"),
-    ev.PossibleDuplicate(at=1.0, queue_id="Q", recipient="a@far.test", detail="mx.far.test[192.0.2.1]: 250 ok"),
-    ev.MessageHeld(at=1.0, queue_id="Q", by="vsmtp queue hold (uid 0)"),
-    ev.MessageReleased(at=1.0, queue_id="Q", by="vsmtp queue release (uid 0)"),
-    ev.RetryRequested(at=1.0, queue_id="Q", by="vsmtp queue retry (uid 0)"),
-    ev.MessageRemoved(at=1.0, queue_id="Q", by="vsmtp queue remove (uid 0)"),
+    qe.RuleVerdict(at=1.0, session_id="S", stage="rcpt", by="rules:x", verdict="reject", reply="550 5.7.1 no", recipient="a@b"),
+    qe.RuleAction(at=1.0, session_id="S", queue_id="Q", stage="data", by="rules:x", action="add_header", args=("X-A", "1")),
+    qe.DeliveryAttempted(at=1.0, queue_id="Q", host="mx.far.test", address="192.0.2.1", tls=True, reply="250 2.0.0 ok"),
+    qe.MessageExpired(at=1.0, queue_id="Q", recipients=("a@far.test",)),
+    qe.DeliveryStarted(at=1.0, queue_id="Q", recipients=("a@far.test",), host="mx.far.test", address="192.0.2.1"),
+    qe.PossibleDuplicate(at=1.0, queue_id="Q", recipient="a@far.test", detail="mx.far.test[192.0.2.1]: 250 ok"),
+    qe.MessageHeld(at=1.0, queue_id="Q", by="vsmtp queue hold (uid 0)"),
+    qe.MessageReleased(at=1.0, queue_id="Q", by="vsmtp queue release (uid 0)"),
+    qe.RetryRequested(at=1.0, queue_id="Q", by="vsmtp queue retry (uid 0)"),
+    qe.MessageRemoved(at=1.0, queue_id="Q", by="vsmtp queue remove (uid 0)"),
 ]
 
 
 def test_every_event_kind_has_a_sample() -> None:
-    assert {type(e) for e in SAMPLES} == set(ev.EVENTS.values())
+    assert {type(e) for e in SAMPLES} == set(qe.EVENTS.values())
 
 
 @pytest.mark.parametrize("event", SAMPLES, ids=lambda e: e.TAG)
-def test_round_trip_through_the_journal(event: ev.JournalEvent, tmp_path: Path) -> None:
+def test_round_trip_through_the_journal(event: qe.JournalEvent, tmp_path: Path) -> None:
     with Journal(tmp_path / "j") as journal:
-        journal.append(*ev.encode(event))
+        journal.append(*qe.encode(event))
         record = journal.get(1)
     assert record is not None
-    assert ev.decode(record) == event
+    assert qe.decode(record) == event
 
 
 def test_tags_are_stable() -> None:
     # A tag is forever: this list only ever grows.
-    assert set(ev.EVENTS) >= {
+    assert set(qe.EVENTS) >= {
         "session.opened",
         "session.helo",
         "session.mail",
@@ -89,29 +89,29 @@ def test_tags_are_stable() -> None:
 
 
 def test_unknown_tags_and_future_versions_are_kept_not_lost() -> None:
-    assert isinstance(ev.decode(Record(1, "plugin.thing", 1, {"a": 1})), ev.UnknownEvent)
-    assert isinstance(ev.decode(Record(1, "session.helo", 99, {})), ev.UnknownEvent)
+    assert isinstance(qe.decode(Record(1, "plugin.thing", 1, {"a": 1})), qe.UnknownEvent)
+    assert isinstance(qe.decode(Record(1, "session.helo", 99, {})), qe.UnknownEvent)
 
 
 def test_an_old_version_is_upcast_on_read(tmp_path: Path) -> None:
     # Version 1 of a (test-only) event stored a single "name"; version 2 splits it in two.
     @dataclass(frozen=True, slots=True, kw_only=True)
-    class Greeted(ev.JournalEvent):
+    class Greeted(qe.JournalEvent):
         TAG = "test.greeted"
         name: str
 
     with Journal(tmp_path / "j") as journal:
-        journal.append(*ev.encode(Greeted(at=1.0, name="Ada Lovelace")))
-        del ev.EVENTS["test.greeted"]  # the code changes: version 2 replaces the class
+        journal.append(*qe.encode(Greeted(at=1.0, name="Ada Lovelace")))
+        del qe.EVENTS["test.greeted"]  # the code changes: version 2 replaces the class
 
         @dataclass(frozen=True, slots=True, kw_only=True)
-        class GreetedV2(ev.JournalEvent):
+        class GreetedV2(qe.JournalEvent):
             TAG = "test.greeted"
             VERSION = 2
             first: str
             last: str
 
-        @ev.upcaster("test.greeted", 1)
+        @qe.upcaster("test.greeted", 1)
         def split_name(payload: dict[str, Any]) -> dict[str, Any]:
             first, _, last = payload.pop("name").partition(" ")
             return {**payload, "first": first, "last": last}
@@ -119,9 +119,9 @@ def test_an_old_version_is_upcast_on_read(tmp_path: Path) -> None:
         try:
             record = journal.get(1)
             assert record is not None and record.version == 1
-            assert ev.decode(record) == GreetedV2(at=1.0, first="Ada", last="Lovelace")
+            assert qe.decode(record) == GreetedV2(at=1.0, first="Ada", last="Lovelace")
         finally:
-            del ev.EVENTS["test.greeted"]
+            del qe.EVENTS["test.greeted"]
 
 
 def test_describe_is_one_line() -> None:

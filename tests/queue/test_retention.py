@@ -26,18 +26,18 @@ async def settled(running: Running) -> None:
 
 
 def test_a_snapshot_round_trips_the_state(tmp_path: Any) -> None:
-    from vsmtp.queue import events as ev
+    from vsmtp.queue import events as qe
     from vsmtp.queue.state import QueueState, apply
 
     state = apply(
         QueueState(),
-        ev.MessageAccepted(
+        qe.MessageAccepted(
             at=5.0, queue_id="Q", session_id="S", reverse_path="a@b", recipients=("x@l", "y@l"), blob=b"Q", size=3,
             recipient_params={"y@l": {"NOTIFY": "success,delay"}},
         ),
     )  # fmt: skip
-    state = apply(state, ev.DeliveryDeferred(at=6.0, queue_id="Q", recipient="x@l", transport="maildir", reason="r", retry_at=9.0))
-    state = apply(state, ev.MessageDelayWarned(at=7.0, queue_id="Q", warning_id="W", recipients=("y@l",)))
+    state = apply(state, qe.DeliveryDeferred(at=6.0, queue_id="Q", recipient="x@l", transport="maildir", reason="r", retry_at=9.0))
+    state = apply(state, qe.MessageDelayWarned(at=7.0, queue_id="Q", warning_id="W", recipients=("y@l",)))
     assert state.messages["Q"].delay_warned and state.messages["Q"].recipients[1].notify == "SUCCESS,DELAY"
     assert from_snapshot(to_snapshot(state)) == state
 

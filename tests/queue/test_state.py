@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from vsmtp.queue import events as ev
+from vsmtp.queue import events as qe
 from vsmtp.queue.state import QueueState, apply
 
 
-def accepted(queue_id: str = "Q", recipients: tuple[str, ...] = ("a@localhost", "b@localhost")) -> ev.MessageAccepted:
-    return ev.MessageAccepted(at=10.0, queue_id=queue_id, session_id="S", reverse_path="s@x.org", recipients=recipients, blob=b"Q", size=5)
+def accepted(queue_id: str = "Q", recipients: tuple[str, ...] = ("a@localhost", "b@localhost")) -> qe.MessageAccepted:
+    return qe.MessageAccepted(at=10.0, queue_id=queue_id, session_id="S", reverse_path="s@x.org", recipients=recipients, blob=b"Q", size=5)
 
 
-def succeeded(recipient: str, queue_id: str = "Q") -> ev.DeliverySucceeded:
-    return ev.DeliverySucceeded(at=11.0, queue_id=queue_id, recipient=recipient, transport="maildir", detail="f")
+def succeeded(recipient: str, queue_id: str = "Q") -> qe.DeliverySucceeded:
+    return qe.DeliverySucceeded(at=11.0, queue_id=queue_id, recipient=recipient, transport="maildir", detail="f")
 
 
 def test_accepted_message_is_pending_for_every_recipient() -> None:
@@ -25,10 +25,10 @@ def test_message_leaves_the_state_when_every_recipient_is_final() -> None:
     state = apply(QueueState(), accepted())
     state = apply(state, succeeded("a@localhost"))
     assert [r.address for r in state.messages["Q"].pending()] == ["b@localhost"]
-    state = apply(state, ev.DeliveryFailed(at=12.0, queue_id="Q", recipient="b@localhost", transport="maildir", reason="no"))
+    state = apply(state, qe.DeliveryFailed(at=12.0, queue_id="Q", recipient="b@localhost", transport="maildir", reason="no"))
     assert state.messages["Q"].bounce_due  # final, with a failure: it waits for its bounce
     assert (state.delivered, state.failed, state.completed) == (1, 1, 0)
-    state = apply(state, ev.MessageBounced(at=13.0, queue_id="Q", bounce_id="B", recipients=("b@localhost",)))
+    state = apply(state, qe.MessageBounced(at=13.0, queue_id="Q", bounce_id="B", recipients=("b@localhost",)))
     assert "Q" not in state.messages
     assert (state.delivered, state.failed, state.completed) == (1, 1, 1)
 
@@ -36,16 +36,16 @@ def test_message_leaves_the_state_when_every_recipient_is_final() -> None:
 def test_a_failed_message_from_the_null_sender_is_held_not_bounced() -> None:
     state = apply(
         QueueState(),
-        ev.MessageAccepted(at=1.0, queue_id="B", session_id="", reverse_path="", recipients=("x@far.test",), blob=b"B", size=1),
+        qe.MessageAccepted(at=1.0, queue_id="B", session_id="", reverse_path="", recipients=("x@far.test",), blob=b"B", size=1),
     )
-    state = apply(state, ev.DeliveryFailed(at=2.0, queue_id="B", recipient="x@far.test", transport="smtp", reason="550 no"))
+    state = apply(state, qe.DeliveryFailed(at=2.0, queue_id="B", recipient="x@far.test", transport="smtp", reason="550 no"))
     assert state.messages["B"].held and not state.messages["B"].bounce_due
 
 
 def test_deferral_keeps_the_recipient_pending_with_a_retry_time() -> None:
     state = apply(QueueState(), accepted(recipients=("a@localhost",)))
     state = apply(
-        state, ev.DeliveryDeferred(at=11.0, queue_id="Q", recipient="a@localhost", transport="maildir", reason="disk", retry_at=99.0)
+        state, qe.DeliveryDeferred(at=11.0, queue_id="Q", recipient="a@localhost", transport="maildir", reason="disk", retry_at=99.0)
     )
     rcpt = state.messages["Q"].recipient("a@localhost")
     assert rcpt is not None
@@ -59,7 +59,7 @@ def test_duplicates_and_strangers_change_nothing() -> None:
     assert apply(state, succeeded("a@localhost", queue_id="OTHER")) is state
     done = apply(state, succeeded("a@localhost"))
     assert apply(done, succeeded("a@localhost")) is done  # a second success after completion
-    assert apply(state, ev.SessionClosed(at=1.0, session_id="S", reason="quit")) is state
+    assert apply(state, qe.SessionClosed(at=1.0, session_id="S", reason="quit")) is state
 
 
 def test_apply_does_not_change_its_input() -> None:
@@ -75,18 +75,18 @@ def test_operator_actions_fold_into_the_state() -> None:
 
     state = apply(
         QueueState(),
-        ev.MessageAccepted(at=1.0, queue_id="Q", session_id="S", reverse_path="a@b", recipients=("x@far.test",), blob=b"Q", size=1),
+        qe.MessageAccepted(at=1.0, queue_id="Q", session_id="S", reverse_path="a@b", recipients=("x@far.test",), blob=b"Q", size=1),
     )
-    state = apply(state, ev.DeliveryDeferred(at=2.0, queue_id="Q", recipient="x@far.test", transport="smtp", reason="r", retry_at=999.0))
-    held = apply(state, ev.MessageHeld(at=3.0, queue_id="Q", by="t"))
+    state = apply(state, qe.DeliveryDeferred(at=2.0, queue_id="Q", recipient="x@far.test", transport="smtp", reason="r", retry_at=999.0))
+    held = apply(state, qe.MessageHeld(at=3.0, queue_id="Q", by="t"))
     assert held.messages["Q"].held and from_snapshot(to_snapshot(held)) == held
-    retried = apply(held, ev.RetryRequested(at=4.0, queue_id="Q", by="t"))
+    retried = apply(held, qe.RetryRequested(at=4.0, queue_id="Q", by="t"))
     assert retried.messages["Q"].recipients[0].next_attempt == 0.0 and retried.messages["Q"].held
-    released = apply(retried, ev.MessageReleased(at=5.0, queue_id="Q", by="t"))
+    released = apply(retried, qe.MessageReleased(at=5.0, queue_id="Q", by="t"))
     assert not released.messages["Q"].held
-    removed = apply(released, ev.MessageRemoved(at=6.0, queue_id="Q", by="t"))
+    removed = apply(released, qe.MessageRemoved(at=6.0, queue_id="Q", by="t"))
     assert "Q" not in removed.messages and removed.removed == 1
-    assert apply(removed, ev.MessageHeld(at=7.0, queue_id="Q", by="t")) == removed  # gone: nothing to hold
+    assert apply(removed, qe.MessageHeld(at=7.0, queue_id="Q", by="t")) == removed  # gone: nothing to hold
 
 
 def test_a_version_1_snapshot_still_reads() -> None:

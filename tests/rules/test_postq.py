@@ -17,7 +17,7 @@ import vsmtp
 from vsmtp.config import Config
 from vsmtp.delivery import stages
 from vsmtp.plugins import PluginManager
-from vsmtp.queue import export
+from vsmtp.queue import history
 from vsmtp.queue import inspect as queue_inspect
 
 from ..conftest import has_tag, maildir_files, wait_delivered, wait_journal
@@ -68,7 +68,7 @@ async def test_postq_rules_edit_what_is_delivered(start_server: Any, config: Con
         ("rules:no_executables", "remove_attachments", ["tool.exe"]),  # part edits are journaled too
         ("rules:no_executables", "add_recipient", ["security@localhost"]),
     ]
-    found = export.current(running.journal, accepted["queue_id"])  # `vsmtp journal export`: the message as delivered
+    found = history.as_delivered(running.journal, accepted["queue_id"])  # `vsmtp journal export`: the message as delivered
     assert found is not None and found[0].recipients == ("bob@localhost", "security@localhost") and b"tool.exe" not in found[1]
     running.cancel_scope.cancel()
 

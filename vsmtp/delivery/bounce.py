@@ -29,7 +29,7 @@ from vsmtp_journal import Append, Journal
 
 from .. import ids
 from ..config import Config
-from ..queue import events as ev
+from ..queue import events as qe
 from ..queue import history, policy
 from ..queue.state import MessageState
 from .outcomes import EXPIRED
@@ -83,7 +83,7 @@ def compose(
     *,
     message: MessageState,
     original: bytes,
-    accepted: ev.MessageAccepted,
+    accepted: qe.MessageAccepted,
     reports: list[Report],
     hostname: str,
     bounce_id: str,
@@ -151,11 +151,11 @@ def compose(
     return text + attached + (b"" if attached.endswith(b"\r\n") else b"\r\n") + f"\r\n--{boundary}--\r\n".encode()
 
 
-def _original(journal: Journal, message: MessageState) -> tuple[ev.MessageAccepted, bytes]:
+def _original(journal: Journal, message: MessageState) -> tuple[qe.MessageAccepted, bytes]:
     accepted = history.accepted(journal, message.queue_id)
     original = journal.blob(message.blob)
     if accepted is None or original is None:  # purged: headers unknown
-        accepted = ev.MessageAccepted(
+        accepted = qe.MessageAccepted(
             at=message.accepted_at, queue_id=message.queue_id, session_id="", reverse_path=message.reverse_path,
             recipients=tuple(r.address for r in message.recipients), blob=message.blob, size=message.size,
         )  # fmt: skip
@@ -168,7 +168,7 @@ def _records(
     message: MessageState,
     config: Config,
     reports: list[Report],
-    event: Callable[[str, tuple[str, ...]], ev.JournalEvent],
+    event: Callable[[str, tuple[str, ...]], qe.JournalEvent],
     *,
     now: float,
     unreported: tuple[str, ...] = (),
@@ -178,7 +178,7 @@ def _records(
     reported)` that records it: to be appended in one transaction. Nobody to report: the event
     alone, with an empty id and `unreported`."""
     if not reports:
-        return [Append(*ev.encode(event("", unreported)))]
+        return [qe.to_append(event("", unreported))]
     accepted, original = _original(journal, message)
     notice_id = ids.new_id()
     body = compose(
@@ -191,7 +191,7 @@ def _records(
         now=now,
         retry_until=retry_until,
     )
-    dsn = ev.MessageAccepted(
+    dsn = qe.MessageAccepted(
         at=now,
         queue_id=notice_id,
         session_id="",
@@ -202,7 +202,7 @@ def _records(
         message_id=f"<{notice_id}@{config.hostname}>",
     )
     done = event(notice_id, tuple(r.recipient for r in reports))
-    return [Append(*ev.encode(dsn), blobs={dsn.blob: body}, index=ev.index_keys(dsn)), Append(*ev.encode(done))]
+    return [qe.to_append(dsn, blobs={dsn.blob: body}), qe.to_append(done)]
 
 
 def plan(journal: Journal, message: MessageState, config: Config, *, now: float) -> list[Append]:
@@ -222,8 +222,8 @@ def plan(journal: Journal, message: MessageState, config: Config, *, now: float)
             remote = policy.remote_domain(r.address, config) is not None
             reports.append(Report(r.address, "relayed" if remote else "delivered", "2.0.0", ""))
 
-    def bounced(bounce_id: str, recipients: tuple[str, ...]) -> ev.JournalEvent:
-        return ev.MessageBounced(at=now, queue_id=message.queue_id, bounce_id=bounce_id, recipients=recipients)
+    def bounced(bounce_id: str, recipients: tuple[str, ...]) -> qe.JournalEvent:
+        return qe.MessageBounced(at=now, queue_id=message.queue_id, bounce_id=bounce_id, recipients=recipients)
 
     return _records(journal, message, config, reports, bounced, now=now, unreported=tuple(settled))
 
@@ -235,7 +235,7 @@ def plan_delay_warning(journal: Journal, message: MessageState, config: Config, 
     pending = [r for r in message.recipients if r.status == "pending"]
     reports = [Report(r.address, "delayed", delay_status_of(r.last_error), r.last_error) for r in pending if r.wants("DELAY")]
 
-    def warned(warning_id: str, recipients: tuple[str, ...]) -> ev.JournalEvent:
-        return ev.MessageDelayWarned(at=now, queue_id=message.queue_id, warning_id=warning_id, recipients=recipients)
+    def warned(warning_id: str, recipients: tuple[str, ...]) -> qe.JournalEvent:
+        return qe.MessageDelayWarned(at=now, queue_id=message.queue_id, warning_id=warning_id, recipients=recipients)
 
     return _records(journal, message, config, reports, warned, now=now, retry_until=message.accepted_at + config.delivery.lifetime)

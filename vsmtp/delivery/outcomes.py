@@ -4,7 +4,7 @@ or, once the message has waited `delivery.lifetime`, failed for good (and messag
 from __future__ import annotations
 
 from ..config import Config
-from ..queue import events as ev
+from ..queue import events as qe
 from ..queue import policy
 
 EXPIRED = "message expired"  # how the reason of an expired recipient begins (bounce.py reads it)
@@ -20,20 +20,20 @@ def deferred(
     config: Config,
     accepted_at: float,
     transport: str = "smtp",
-) -> ev.DeliveryDeferred | ev.DeliveryFailed:
+) -> qe.DeliveryDeferred | qe.DeliveryFailed:
     """A failed attempt, to be tried again on the configured schedule; or, once the message
     has been queued for `delivery.lifetime`, a failure (Postfix's maximal_queue_lifetime)."""
     retry_at = policy.retry_at(attempts + 1, now=now, config=config)
     if retry_at - accepted_at > config.delivery.lifetime:
         days = config.delivery.lifetime / 86400
         expired = f"{EXPIRED}: not delivered in {days:g} days in the queue (last error: {reason})"
-        return ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=address, transport=transport, reason=expired)
-    return ev.DeliveryDeferred(at=now, queue_id=queue_id, recipient=address, transport=transport, reason=reason, retry_at=retry_at)
+        return qe.DeliveryFailed(at=now, queue_id=queue_id, recipient=address, transport=transport, reason=expired)
+    return qe.DeliveryDeferred(at=now, queue_id=queue_id, recipient=address, transport=transport, reason=reason, retry_at=retry_at)
 
 
-def with_expiry(events: list[ev.JournalEvent]) -> list[ev.JournalEvent]:
+def with_expiry(events: list[qe.JournalEvent]) -> list[qe.JournalEvent]:
     """`events`, and message.expired after them for the recipients that ran out of time."""
-    expired = [e for e in events if isinstance(e, ev.DeliveryFailed) and e.reason.startswith(EXPIRED)]
+    expired = [e for e in events if isinstance(e, qe.DeliveryFailed) and e.reason.startswith(EXPIRED)]
     if not expired:
         return events
-    return [*events, ev.MessageExpired(at=expired[0].at, queue_id=expired[0].queue_id, recipients=tuple(e.recipient for e in expired))]
+    return [*events, qe.MessageExpired(at=expired[0].at, queue_id=expired[0].queue_id, recipients=tuple(e.recipient for e in expired))]

@@ -16,7 +16,7 @@ from .. import telemetry
 from ..config import Config
 from ..net import dns as mx
 from ..net import outbound
-from ..queue import events as ev
+from ..queue import events as qe
 from ..queue import history, policy
 from .outcomes import deferred, with_expiry
 
@@ -39,18 +39,18 @@ async def deliver(
     cache: outbound.ConnectionCache | None = None,
     host_limits: outbound.HostLimits | None = None,
     route: policy.Smarthost | None = None,  # a delivery rule chose this host (ctx.set_route)
-) -> list[ev.JournalEvent]:
+) -> list[qe.JournalEvent]:
     body, accepted = await trio.to_thread.run_sync(_read, journal, blob, queue_id)  # not in the event loop
     now = time.time()
     if body is None:
         reason = "message body missing from the journal"
-        return [ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=a, transport="smtp", reason=reason) for a, _ in recipients]
+        return [qe.DeliveryFailed(at=now, queue_id=queue_id, recipient=a, transport="smtp", reason=reason) for a, _ in recipients]
     relayhost = policy.smarthost(config)
     relay = route or relayhost
     try:
         hosts = await (mx.host(relay.host, resolver) if relay is not None else mx.exchangers(domain, resolver))
     except mx.DnsPermanent as exc:
-        return [ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=a, transport="smtp", reason=str(exc)) for a, _ in recipients]
+        return [qe.DeliveryFailed(at=now, queue_id=queue_id, recipient=a, transport="smtp", reason=str(exc)) for a, _ in recipients]
     except mx.DnsTemporary as exc:
         return with_expiry(
             [deferred(queue_id, a, n, now=now, reason=str(exc), config=config, accepted_at=accepted_at) for a, n in recipients]
@@ -87,21 +87,21 @@ async def deliver(
         span.set_attribute("vsmtp.tls", first.tls)
         span.set_attribute("vsmtp.statuses", sorted({o.status for o in outcomes.values()}))
     now = time.time()
-    events: list[ev.JournalEvent] = [
-        ev.DeliveryAttempted(at=now, queue_id=queue_id, host=a.host, address=a.address, tls=a.tls, reply=a.reply) for a in tried
+    events: list[qe.JournalEvent] = [
+        qe.DeliveryAttempted(at=now, queue_id=queue_id, host=a.host, address=a.address, tls=a.tls, reply=a.reply) for a in tried
     ]
     for address, attempts in recipients:
         outcome = outcomes[address]
         where = f"{outcome.host}[{outcome.address}]" if outcome.host else ""
         if outcome.status == "delivered":
             detail = f"{where}{' (TLS)' if outcome.tls else ''}: {outcome.reply}"
-            events.append(ev.DeliverySucceeded(at=now, queue_id=queue_id, recipient=address, transport="smtp", detail=detail))
+            events.append(qe.DeliverySucceeded(at=now, queue_id=queue_id, recipient=address, transport="smtp", detail=detail))
             if address in in_doubt:
                 log.warning("%s: %s may have received this message twice (an attempt was cut off after its data)", queue_id, address)
-                events.append(ev.PossibleDuplicate(at=now, queue_id=queue_id, recipient=address, detail=detail))
+                events.append(qe.PossibleDuplicate(at=now, queue_id=queue_id, recipient=address, detail=detail))
         elif outcome.status == "failed":
             reason = f"{where}: {outcome.reply}" if where else outcome.reply
-            events.append(ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=address, transport="smtp", reason=reason))
+            events.append(qe.DeliveryFailed(at=now, queue_id=queue_id, recipient=address, transport="smtp", reason=reason))
         else:
             reason = f"{where}: {outcome.reply}" if where else outcome.reply
             events.append(deferred(queue_id, address, attempts, now=now, reason=reason, config=config, accepted_at=accepted_at))
@@ -109,6 +109,6 @@ async def deliver(
     return with_expiry(events)
 
 
-def _read(journal: Journal, blob: bytes, queue_id: str) -> tuple[bytes | None, ev.MessageAccepted | None]:
+def _read(journal: Journal, blob: bytes, queue_id: str) -> tuple[bytes | None, qe.MessageAccepted | None]:
     """The message (up to limits.message_size) and how it was accepted (its MAIL parameters)."""
     return journal.blob(blob), history.accepted(journal, queue_id)

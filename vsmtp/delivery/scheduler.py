@@ -25,7 +25,7 @@ from .. import telemetry
 from ..config import Config
 from ..net import dns as mx
 from ..net import outbound
-from ..queue import events as ev
+from ..queue import events as qe
 from ..queue import history, policy
 from ..queue.projection import QueueProjection
 from ..queue.state import MessageState
@@ -201,7 +201,7 @@ class Scheduler:
             flying[address] = position
         self.projection.touch(job.queue_id)
 
-    async def run(self, send: trio.MemorySendChannel[DeliveryJob]) -> None:
+    async def serve(self, send: trio.MemorySendChannel[DeliveryJob]) -> None:
         async with send, trio.open_nursery() as noticing:
             while True:
                 now = time.time()
@@ -227,7 +227,7 @@ BATCH = 32  # jobs one worker delivers in one thread call
 
 class Worker:
     """Delivers the jobs the scheduler sends. One Worker serves `delivery.workers` loops
-    (run); what they share (limits, resolver, kept connections) is its state."""
+    (serve); what they share (limits, resolver, kept connections) is its state."""
 
     def __init__(self, *, config: Config, journal: Journal, writer: GroupCommitWriter, scheduler: Scheduler) -> None:
         self.config = config
@@ -240,7 +240,7 @@ class Worker:
         self.resolver = mx.resolver(config.dns)
         self.connections = outbound.ConnectionCache(idle=config.delivery.connection_idle)  # run() by serve_delivery
 
-    async def run(self, receive: trio.MemoryReceiveChannel[DeliveryJob]) -> None:
+    async def serve(self, receive: trio.MemoryReceiveChannel[DeliveryJob]) -> None:
         async with receive, trio.open_nursery() as background:
             async for job in receive:
                 # Whatever else is waiting goes along in the same thread call: one hand-off and
@@ -326,7 +326,7 @@ class Worker:
                 ]
         await self._record(job, outcomes)
 
-    async def _remote_outcomes(self, job: DeliveryJob, domain: str, relay: policy.Smarthost | None) -> list[ev.JournalEvent]:
+    async def _remote_outcomes(self, job: DeliveryJob, domain: str, relay: policy.Smarthost | None) -> list[qe.JournalEvent]:
         return await remote.deliver(
             queue_id=job.queue_id,
             reverse_path=job.reverse_path,
@@ -346,10 +346,10 @@ class Worker:
 
     async def _started(self, queue_id: str, recipients: list[str], host: str, address: str) -> None:
         """delivery.started, durable before the data goes (a crash after it risks a duplicate)."""
-        event = ev.DeliveryStarted(at=time.time(), queue_id=queue_id, recipients=tuple(recipients), host=host, address=address)
-        await self.writer.append(*ev.encode(event), durable=True, urgent=True)
+        event = qe.DeliveryStarted(at=time.time(), queue_id=queue_id, recipients=tuple(recipients), host=host, address=address)
+        await self.writer.append_group([qe.to_append(event)], durable=True, urgent=True)
 
-    def deliver_batch(self, jobs: list[DeliveryJob]) -> list[list[ev.JournalEvent]]:
+    def deliver_batch(self, jobs: list[DeliveryJob]) -> list[list[qe.JournalEvent]]:
         """deliver() each job; the Maildir directories are synced once at the end."""
         results = []
         try:
@@ -371,7 +371,7 @@ class Worker:
                         accepted_at=job.accepted_at,
                         transport="maildir",
                     )
-                    if isinstance(o, ev.DeliverySucceeded) and o.transport == "maildir"
+                    if isinstance(o, qe.DeliverySucceeded) and o.transport == "maildir"
                     else o
                     for o in outcomes
                 ]
@@ -379,15 +379,13 @@ class Worker:
             ]
         return results
 
-    async def _record(self, job: DeliveryJob, outcomes: list[ev.JournalEvent]) -> None:
+    async def _record(self, job: DeliveryJob, outcomes: list[qe.JournalEvent]) -> None:
         try:
-            position = 0
-            # Shielded: what was delivered is journaled even while we are being stopped.
+            # Shielded: what was delivered is journaled even while we are being stopped. One
+            # group: the outcomes of one job are committed together or not at all.
             with trio.CancelScope(shield=True):
-                for i, event in enumerate(outcomes):
-                    tag, version, payload = ev.encode(event)
-                    last = i == len(outcomes) - 1
-                    position = await self.writer.append(tag, version, payload, durable=last, urgent=False) or position
+                positions = await self.writer.append_group([qe.to_append(e) for e in outcomes], durable=True, urgent=False)
+            position = positions[-1] if positions else 0
         except JournalError as exc:
             # The outcome is lost but the message is not: it stays pending and the next
             # attempt finds the Maildir file already there.
@@ -397,7 +395,7 @@ class Worker:
             position = self.journal.last_position()
         self.scheduler.finished(job, position)
 
-    def deliver(self, job: DeliveryJob) -> list[ev.JournalEvent]:
+    def deliver(self, job: DeliveryJob) -> list[qe.JournalEvent]:
         """Deliver every recipient of the job; return the events that say how it went. A span
         per job when tracing is on, linked to the session that received the message."""
         if not telemetry.enabled():
@@ -411,15 +409,15 @@ class Worker:
             span.set_attribute("vsmtp.statuses", sorted({o.TAG for o in outcomes}))
             return outcomes
 
-    def _deliver(self, job: DeliveryJob) -> list[ev.JournalEvent]:
+    def _deliver(self, job: DeliveryJob) -> list[qe.JournalEvent]:
         body = self.journal.blob(job.blob)
         now = time.time()
-        outcomes: list[ev.JournalEvent] = []
+        outcomes: list[qe.JournalEvent] = []
         for address, attempts in job.recipients:
             route = job.routes.get(address) or policy.route(address, self.config)
             if body is None:
                 reason = "message body missing from the journal"
-                outcomes.append(ev.DeliveryFailed(at=now, queue_id=job.queue_id, recipient=address, transport="maildir", reason=reason))
+                outcomes.append(qe.DeliveryFailed(at=now, queue_id=job.queue_id, recipient=address, transport="maildir", reason=reason))
                 continue
             assert isinstance(route, policy.LocalRoute), "remote recipients go through _deliver_remote"
             try:
@@ -441,7 +439,7 @@ class Worker:
                     )
                 )
                 continue
-            outcomes.append(ev.DeliverySucceeded(at=now, queue_id=job.queue_id, recipient=address, transport=route.format, detail=detail))
+            outcomes.append(qe.DeliverySucceeded(at=now, queue_id=job.queue_id, recipient=address, transport=route.format, detail=detail))
         return outcomes
 
     def _mbox(self, job: DeliveryJob, address: str, attempts: int, route: policy.LocalRoute, body: bytes) -> str:
@@ -481,9 +479,9 @@ async def serve_delivery(
     send, receive = trio.open_memory_channel[DeliveryJob](config.delivery.workers)
     worker = Worker(config=config, journal=journal, writer=writer, scheduler=scheduler)
     async with trio.open_nursery() as nursery:
-        await nursery.start(worker.connections.run)
+        await nursery.start(worker.connections.serve)
         async with receive:
             for _ in range(config.delivery.workers):
-                nursery.start_soon(worker.run, receive.clone())
-        nursery.start_soon(scheduler.run, send)
+                nursery.start_soon(worker.serve, receive.clone())
+        nursery.start_soon(scheduler.serve, send)
         task_status.started(scheduler)

@@ -23,16 +23,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import trio
 from vsmtp_journal import Append, Journal
 
 from ..config import Config
-from ..queue import events as ev
-from ..queue import export, policy
+from ..mail import export
+from ..queue import events as qe
+from ..queue import history, policy
 from ..queue.state import MessageState
-from ..rules.context import Context, apply_actions
+from ..rules.context import Context, apply_actions, exports
 from ..rules.engine import HookFailed, Stages
 from ..rules.recorded import message_context
 from .outcomes import deferred
@@ -46,7 +46,13 @@ Recipients = list[tuple[str, int]]  # (address, attempts so far)
 
 async def _context(journal: Journal, config: Config, *, queue_id: str, blob: bytes, reverse_path: str, recipients: list[str]) -> Context:
     """The message's Context (the journal is read in a worker thread, not in the event loop)."""
-    read = partial(message_context, journal, config, queue_id=queue_id, blob=blob, reverse_path=reverse_path, recipients=recipients)
+
+    def read() -> Context:
+        accepted = history.accepted(journal, queue_id)
+        if accepted is None:
+            raise LookupError(f"{queue_id}: message.accepted is no longer in the journal")
+        return message_context(journal, config, accepted=accepted, blob=blob, reverse_path=reverse_path, recipients=recipients)
+
     return await trio.to_thread.run_sync(read)
 
 
@@ -68,30 +74,30 @@ async def postq(message: MessageState, *, journal: Journal, stages: Stages, conf
         verdict = await stages.run("postq", ctx)
     except HookFailed as exc:
         log.warning("%s: %s raised at the postq stage: the message waits %.0fs", message.queue_id, exc.by, RETRY)
-        event = ev.RuleVerdict(at=now, session_id=ctx.session_id, stage="postq", by=exc.by, verdict="error")
-        return [Append(*ev.encode(event))], False, []
-    records: list[ev.JournalEvent] = []
+        event = qe.RuleVerdict(at=now, session_id=ctx.session_id, stage="postq", by=exc.by, verdict="error")
+        return [qe.to_append(event)], False, []
+    records: list[qe.JournalEvent] = []
     if verdict.kind != "next":
         records.append(verdict.event(at=now, session_id=ctx.session_id, stage="postq"))
     actions, ctx.actions = ctx.actions, []
     apply_actions(ctx, actions)
     records += [a.event(at=now, session_id=ctx.session_id, queue_id=message.queue_id) for a in actions]
-    appends = [Append(*ev.encode(e)) for e in records]
+    appends = [qe.to_append(e) for e in records]
     edited, sender, recipients = ctx.message.raw, ctx.sender or "", tuple(ctx.recipients)
     if edited != body or (sender, recipients) != (message.reverse_path, tuple(queued)):
         key = _next_blob(message.blob)
         by = ", ".join(dict.fromkeys(a.by for a in actions)) or verdict.by
-        modified = ev.MessageModified(
+        modified = qe.MessageModified(
             at=now, queue_id=message.queue_id, stage="postq", by=by, blob=key, size=len(edited), reverse_path=sender, recipients=recipients
         )
-        appends.append(Append(*ev.encode(modified), blobs={key: edited}))
-    after: list[ev.JournalEvent] = []
+        appends.append(qe.to_append(modified, blobs={key: edited}))
+    after: list[qe.JournalEvent] = []
     if verdict.kind == "quarantine":
-        after.append(ev.MessageQuarantined(at=now, queue_id=message.queue_id, queue=verdict.queue, by=verdict.by))
-    elif verdict.kind in ("deny", "reject"):
+        after.append(qe.MessageQuarantined(at=now, queue_id=message.queue_id, queue=verdict.queue, by=verdict.by))
+    elif verdict.refuses:
         reason = f"refused after queueing by {verdict.by}: {verdict.answer}"
-        after += [ev.DeliveryFailed(at=now, queue_id=message.queue_id, recipient=a, transport="postq", reason=reason) for a in recipients]
-    after.append(ev.MessageFiltered(at=now, queue_id=message.queue_id, verdict=verdict.kind, by=verdict.by))
+        after += [qe.DeliveryFailed(at=now, queue_id=message.queue_id, recipient=a, transport="postq", reason=reason) for a in recipients]
+    after.append(qe.MessageFiltered(at=now, queue_id=message.queue_id, verdict=verdict.kind, by=verdict.by))
     envelope = export.Envelope(
         queue_id=message.queue_id,
         accepted_at=message.accepted_at,
@@ -100,10 +106,7 @@ async def postq(message: MessageState, *, journal: Journal, stages: Stages, conf
         mail_params=ctx.mail_params,
         session_id=ctx.session_id,
     )
-    exports: Exports = [
-        partial(export.save, a.args[0], a.args[1], envelope, edited, stage="postq", by=a.by) for a in actions if a.name == "export"
-    ]
-    return appends + [Append(*ev.encode(e)) for e in after], True, exports
+    return appends + [qe.to_append(e) for e in after], True, exports(actions, envelope, edited, stage="postq")
 
 
 def _next_blob(current: bytes) -> bytes:
@@ -119,7 +122,7 @@ class Routed:
     kept: Recipients = field(default_factory=list)  # to deliver now
     routes: dict[str, policy.Route] = field(default_factory=dict)  # the routes rules chose
     settled: Recipients = field(default_factory=list)  # done for now: failed, deferred, or held
-    events: list[ev.JournalEvent] = field(default_factory=list)  # verdicts, actions, outcomes
+    events: list[qe.JournalEvent] = field(default_factory=list)  # verdicts, actions, outcomes
 
 
 async def delivery(
@@ -149,7 +152,7 @@ async def delivery(
             verdict = await stages.run("delivery", ctx, recipient=address, route=ctx.route)
         except HookFailed as exc:
             routed.events.append(
-                ev.RuleVerdict(at=now, session_id=ctx.session_id, stage="delivery", by=exc.by, verdict="error", recipient=address)
+                qe.RuleVerdict(at=now, session_id=ctx.session_id, stage="delivery", by=exc.by, verdict="error", recipient=address)
             )
             reason = f"{exc.by} raised at the delivery stage"
             routed.events.append(deferred(queue_id, address, attempts, now=now, reason=reason, config=config, accepted_at=accepted_at))
@@ -162,12 +165,12 @@ async def delivery(
             routed.routes[target] = policy.chosen_route(route, target, config)
         if verdict.kind != "next":
             routed.events.append(verdict.event(at=now, session_id=ctx.session_id, stage="delivery", recipient=address))
-        if verdict.kind in ("deny", "reject"):
+        if verdict.refuses:
             reason = f"refused at delivery by {verdict.by}: {verdict.answer}"
-            routed.events.append(ev.DeliveryFailed(at=now, queue_id=queue_id, recipient=address, transport="rules", reason=reason))
+            routed.events.append(qe.DeliveryFailed(at=now, queue_id=queue_id, recipient=address, transport="rules", reason=reason))
             routed.settled.append((address, attempts))
         elif verdict.kind == "quarantine":
-            routed.events.append(ev.MessageQuarantined(at=now, queue_id=queue_id, queue=verdict.queue, by=verdict.by))
+            routed.events.append(qe.MessageQuarantined(at=now, queue_id=queue_id, queue=verdict.queue, by=verdict.by))
             routed.settled, routed.kept = list(recipients), []  # held: none of it now, not even those kept before
             break
         else:

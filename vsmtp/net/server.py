@@ -1,8 +1,8 @@
 """Listeners: bind every configured address, accept connections, run one Session each.
 
-SmtpService owns what sessions share: the configuration in force (swapped on reload), the
-TLS contexts, the relay networks, and the connection counts. Over a limit a client gets
-421 4.7.0 and is closed at once; sessions already running are not affected.
+SmtpService owns what sessions share: the settings in force (settings.py: swapped on
+reload) and the connection counts. Over a limit a client gets 421 4.7.0 and is closed at
+once; sessions already running are not affected.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import contextlib
 import errno
 import logging
 import socket
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -20,14 +19,11 @@ import trio
 from vsmtp_journal import GroupCommitWriter
 
 from ..config import Config, ListenerConfig
-from ..credentials import PasswordFile
 from ..plugins import PluginManager
-from ..queue import policy
-from ..rules.engine import Stages
 from ..smtp import replies
 from .counts import ConnectionCounts
-from .session import Peer, Session
-from .tls import server_context
+from .session import Session
+from .settings import Peer, SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +33,6 @@ class Bound:
     listener: str
     host: str
     port: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settings:
-    """Everything a new session needs that a reload may change."""
-
-    config: Config
-    tls: dict[str, ssl.SSLContext]  # by listener name
-    relay_networks: tuple[policy.IpNetwork, ...]
-    stages: Stages  # the rules file and the plugins, run at each stage
-    passwords: PasswordFile | None  # who may AUTH; None: AUTH is not offered
-
-    @classmethod
-    def build(cls, config: Config, plugins: PluginManager | None = None) -> Settings:
-        """Raises ConfigError (RulesError names the rules file's line) when something is wrong."""
-        return cls(
-            config=config,
-            tls={listener.name: server_context(listener, config) for listener in config.listeners},
-            relay_networks=policy.relay_networks(config),
-            stages=Stages.build(config, plugins),
-            passwords=PasswordFile(config.auth.passwords) if config.auth.passwords else None,
-        )
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -121,7 +95,7 @@ class SmtpService:
         self, config: Config, writer: GroupCommitWriter, counts: ConnectionCounts | None = None, plugins: PluginManager | None = None
     ) -> None:
         self.plugins = plugins
-        self.settings = Settings.build(config, plugins)
+        self.settings = SessionSettings.build(config, plugins)
         self.writer = writer
         self.sessions: set[Session] = set()
         self.counts = counts or ConnectionCounts()  # shared with the other receiving processes, if any
@@ -129,14 +103,11 @@ class SmtpService:
         self._idle = trio.Event()
         self._idle.set()
 
-    def reload(self, config: Config) -> None:
-        """Use `config` for new sessions; running sessions keep theirs. Raises on a bad config
-        (for example an unreadable certificate), leaving the old settings in force."""
+    def reload(self, settings: SessionSettings) -> None:
+        """Use `settings` for new sessions; running sessions keep theirs."""
         old = {(lst.name, lst.role, lst.addresses) for lst in self.settings.config.listeners}
-        self.settings = Settings.build(config, self.plugins)
-        if self.plugins is not None:
-            self.plugins.configure(config.plugin)
-        if old != {(lst.name, lst.role, lst.addresses) for lst in config.listeners}:
+        self.settings = settings
+        if old != {(lst.name, lst.role, lst.addresses) for lst in settings.config.listeners}:
             log.warning("listener addresses or roles changed: they take effect at the next restart")
 
     async def serve(
@@ -211,7 +182,7 @@ class SmtpService:
             self.counts.add(peer.host)
             self._idle = trio.Event() if self._idle.is_set() else self._idle
             try:
-                await session.run()
+                await session.converse()
             except Exception:
                 log.exception("session %s ended by an unexpected error", session.id)
             finally:

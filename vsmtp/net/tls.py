@@ -13,6 +13,8 @@ import os
 import ssl
 from pathlib import Path
 
+import trio
+
 from ..config import Config, ListenerConfig, TlsConfig
 
 log = logging.getLogger(__name__)
@@ -96,3 +98,15 @@ def self_signed(hostname: str, directory: Path) -> tuple[Path, Path]:
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     log.warning("no certificate configured: generated a self-signed certificate for %s at %s", hostname, cert_path)
     return cert_path, key_path
+
+
+async def handshake(
+    stream: trio.abc.Stream, context: ssl.SSLContext, *, timeout: float
+) -> tuple[trio.SSLStream[trio.abc.Stream], tuple[str, str, int]]:
+    """Take the server side of a TLS handshake on `stream` (STARTTLS, or an implicit-TLS
+    listener): the encrypted stream and its (version, cipher, bits). Raises
+    trio.BrokenResourceError or trio.TooSlowError when it fails."""
+    ssl_stream = trio.SSLStream(stream, context, server_side=True)
+    with trio.fail_after(timeout):
+        await ssl_stream.do_handshake()
+    return ssl_stream, describe(ssl_stream._ssl_object)  # trio exposes the version and cipher only this way

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from vsmtp_journal import Record
+from vsmtp_journal import Append, Record
 
 Payload = dict[str, Any]
 EVENTS: dict[str, type[JournalEvent]] = {}
@@ -86,6 +86,12 @@ def upcaster(tag: str, from_version: int) -> Callable[[Callable[[Payload], Paylo
 
 def encode(event: JournalEvent) -> tuple[str, int, Payload]:
     return event.TAG, event.VERSION, event.to_payload()
+
+
+def to_append(event: JournalEvent, *, blobs: Mapping[bytes, bytes] | None = None) -> Append:
+    """What the journal writer appends for `event`: its record, its index keys (written in the
+    same transaction) and the blobs it names. Every write of an event goes through here."""
+    return Append(event.TAG, event.VERSION, event.to_payload(), dict(blobs or {}), index_keys(event))
 
 
 def index_keys(event: JournalEvent) -> tuple[bytes, ...]:

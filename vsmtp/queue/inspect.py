@@ -11,15 +11,15 @@ from typing import Any
 
 from vsmtp_journal import Journal
 
-from . import events as ev
+from . import events as qe
 from .projection import latest_checkpoint
 from .state import MessageState, QueueState, fold
 
-ACTIONS: dict[str, type[ev.OperatorAction]] = {
-    "hold": ev.MessageHeld,
-    "release": ev.MessageReleased,
-    "remove": ev.MessageRemoved,
-    "retry": ev.RetryRequested,
+ACTIONS: dict[str, type[qe.OperatorAction]] = {
+    "hold": qe.MessageHeld,
+    "release": qe.MessageReleased,
+    "remove": qe.MessageRemoved,
+    "retry": qe.RetryRequested,
 }
 
 
@@ -64,7 +64,7 @@ def act(journal: Journal, action: str, queue_id: str) -> int:
     """Journal an operator's action on a queued message; its position. The running daemon
     sees it within a moment (its projection follows the journal)."""
     event = ACTIONS[action](at=time.time(), queue_id=queue_id, by=f"vsmtp queue {action} (uid {os.getuid()})")
-    return journal.append(*ev.encode(event))
+    return journal.append_batch([qe.to_append(event)])[0]
 
 
 AGE_BUCKETS = ((300, "5m"), (600, "10m"), (1200, "20m"), (2400, "40m"), (4800, "80m"), (9600, "160m"), (19200, "320m"), (38400, "640m"))

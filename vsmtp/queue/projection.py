@@ -20,7 +20,7 @@ from dataclasses import replace
 import trio
 from vsmtp_journal import CorruptRecord, GroupCommitWriter, Journal, JournalError, follow
 
-from . import events as ev
+from . import events as qe
 from .state import QUEUE_TAGS, QueueState, apply, fold, from_snapshot, to_snapshot
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class QueueProjection:
         self.state = fold(self.state, self.journal.read(self.state.position))
         self._touched.update(self.state.messages.keys())
 
-    async def run_checkpoints(self, interval: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve_checkpoints(self, interval: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Store a snapshot every `interval` seconds when the state moved, and a last one when stopped."""
         written = self.loaded_from
         task_status.started()
@@ -127,12 +127,12 @@ class QueueProjection:
         while self.state.position < position:
             await self._changed.wait()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         async with aclosing(follow(self.journal, after=self.state.position, writer=self.writer)) as records:
             async for record in records:
                 if record.tag in QUEUE_TAGS:
-                    event = ev.decode(record)
+                    event = qe.decode(record)
                     self.state = replace(apply(self.state, event), position=record.position)
                     queue_id = getattr(event, "queue_id", None)
                     if queue_id is not None:

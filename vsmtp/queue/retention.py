@@ -22,7 +22,7 @@ from vsmtp_journal import GroupCommitWriter, Journal, JournalError
 
 from .. import ids
 from ..config import RetentionConfig
-from . import events as ev
+from . import events as qe
 from .projection import QueueProjection
 from .state import QueueState
 
@@ -68,7 +68,7 @@ def purge(journal: Journal, state: QueueState, config: RetentionConfig, *, now: 
     return decided, removed_blobs, removed_records
 
 
-async def run_retention(
+async def serve_retention(
     journal: Journal,
     writer: GroupCommitWriter,
     projection: QueueProjection,
@@ -88,5 +88,5 @@ async def run_retention(
             continue
         if blobs or records:
             log.info("retention: removed %d message bodies and %d records (through position %d)", blobs, records, decided.through)
-            event = ev.JournalPurged(at=now, blobs=blobs, records=records, through=decided.through)
-            await writer.append(*ev.encode(event), durable=False)
+            event = qe.JournalPurged(at=now, blobs=blobs, records=records, through=decided.through)
+            await writer.append_group([qe.to_append(event)], durable=False)

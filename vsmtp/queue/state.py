@@ -8,14 +8,14 @@ O(log n) and replaying the journal from position 0 gives an equal state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from immutables import Map
 from vsmtp_journal import Record
 
-from . import events as ev
+from . import events as qe
 
 Status = Literal["pending", "delivered", "failed"]
 
@@ -79,69 +79,95 @@ class QueueState:
     removed: int = 0  # messages an operator removed from the queue
 
 
-def apply(state: QueueState, event: ev.JournalEvent | ev.UnknownEvent) -> QueueState:
-    """The state after `event`. Events that do not concern the queue leave it unchanged."""
-    if isinstance(event, ev.MessageAccepted):
-        if event.queue_id in state.messages:
-            return state
-        params = event.recipient_params
-        message = MessageState(
-            queue_id=event.queue_id,
-            reverse_path=event.reverse_path,
-            blob=event.blob,
-            size=event.size,
-            accepted_at=event.at,
-            message_id=event.message_id,
-            postq=event.postq,
-            recipients=tuple(
-                RecipientState(address=a, notify=((params.get(a) or {}).get("NOTIFY") or "").upper())
-                for a in dict.fromkeys(event.recipients)
-            ),
-        )
-        return replace(state, messages=state.messages.set(event.queue_id, message), accepted=state.accepted + 1)
-    if isinstance(event, ev.DeliveryStarted):
-        found = state.messages.get(event.queue_id)
-        if found is None:
-            return state
-        marked = tuple(
-            replace(r, in_doubt=True) if r.address in event.recipients and r.status == "pending" else r for r in found.recipients
-        )
-        return replace(state, messages=state.messages.set(event.queue_id, replace(found, recipients=marked)))
-    if isinstance(event, ev.MessageBounced):
-        if event.queue_id not in state.messages:
-            return state
-        return replace(state, messages=state.messages.delete(event.queue_id), completed=state.completed + 1)
-    if isinstance(event, ev.MessageQuarantined):
-        found = state.messages.get(event.queue_id)
-        if found is None:
-            return state
-        return replace(state, messages=state.messages.set(event.queue_id, replace(found, held=True, quarantine=event.queue)))
-    if isinstance(event, ev.MessageDelayWarned):
-        found = state.messages.get(event.queue_id)
-        if found is None:
-            return state
-        return replace(state, messages=state.messages.set(event.queue_id, replace(found, delay_warned=True)))
-    if isinstance(event, ev.MessageFiltered):
-        found = state.messages.get(event.queue_id)
-        if found is None:
-            return state
-        return replace(state, messages=state.messages.set(event.queue_id, replace(found, postq=False)))
-    if isinstance(event, ev.MessageModified):
-        return _modified(state, event)
-    if isinstance(event, ev.OperatorAction):
-        return _operator(state, event)
-    if isinstance(event, ev.DeliverySucceeded):
-        return _recipient(state, event.queue_id, event.recipient, status="delivered", attempt=True)
-    if isinstance(event, ev.DeliveryFailed):
-        return _recipient(state, event.queue_id, event.recipient, status="failed", attempt=True, error=event.reason)
-    if isinstance(event, ev.DeliveryDeferred):
-        return _recipient(
-            state, event.queue_id, event.recipient, status="pending", attempt=True, error=event.reason, retry_at=event.retry_at
-        )
+Fold = Callable[[QueueState, Any], QueueState]
+# Event type -> its fold. The only table of what the queue reacts to: QUEUE_TAGS is derived
+# from it (eventsourcing's mutator dispatch), so a fold and its tag cannot drift apart.
+_FOLDS: dict[type[qe.JournalEvent], Fold] = {}
+
+
+def _folds(*types: type[qe.JournalEvent]) -> Callable[[Fold], Fold]:
+    def register(fold: Fold) -> Fold:
+        for cls in types:
+            _FOLDS[cls] = fold
+        return fold
+
+    return register
+
+
+def apply(state: QueueState, event: qe.JournalEvent | qe.UnknownEvent) -> QueueState:
+    """The state after `event`. Events that do not concern the queue leave it unchanged; an
+    operator action with no fold of its own is refused (TypeError), never guessed at."""
+    fold = _FOLDS.get(type(event))  # type: ignore[arg-type]
+    if fold is not None:
+        return fold(state, event)
+    if isinstance(event, qe.OperatorAction):
+        raise TypeError(f"{event.TAG or type(event).__name__}: an operator action the queue does not know")
     return state
 
 
-def _modified(state: QueueState, event: ev.MessageModified) -> QueueState:
+@_folds(qe.MessageAccepted)
+def _accepted(state: QueueState, event: qe.MessageAccepted) -> QueueState:
+    if event.queue_id in state.messages:
+        return state
+    params = event.recipient_params
+    message = MessageState(
+        queue_id=event.queue_id,
+        reverse_path=event.reverse_path,
+        blob=event.blob,
+        size=event.size,
+        accepted_at=event.at,
+        message_id=event.message_id,
+        postq=event.postq,
+        recipients=tuple(
+            RecipientState(address=a, notify=((params.get(a) or {}).get("NOTIFY") or "").upper()) for a in dict.fromkeys(event.recipients)
+        ),
+    )
+    return replace(state, messages=state.messages.set(event.queue_id, message), accepted=state.accepted + 1)
+
+
+def _changed(state: QueueState, queue_id: str, change: Callable[[MessageState], MessageState]) -> QueueState:
+    """The state with one queued message changed (nothing when it is not queued any more)."""
+    found = state.messages.get(queue_id)
+    if found is None:
+        return state  # already complete or removed: nothing to act on
+    return replace(state, messages=state.messages.set(queue_id, change(found)))
+
+
+@_folds(qe.DeliveryStarted)
+def _started(state: QueueState, event: qe.DeliveryStarted) -> QueueState:
+    def mark(found: MessageState) -> MessageState:
+        marked = tuple(
+            replace(r, in_doubt=True) if r.address in event.recipients and r.status == "pending" else r for r in found.recipients
+        )
+        return replace(found, recipients=marked)
+
+    return _changed(state, event.queue_id, mark)
+
+
+@_folds(qe.MessageBounced)
+def _bounced(state: QueueState, event: qe.MessageBounced) -> QueueState:
+    if event.queue_id not in state.messages:
+        return state
+    return replace(state, messages=state.messages.delete(event.queue_id), completed=state.completed + 1)
+
+
+@_folds(qe.MessageQuarantined)
+def _quarantined(state: QueueState, event: qe.MessageQuarantined) -> QueueState:
+    return _changed(state, event.queue_id, lambda found: replace(found, held=True, quarantine=event.queue))
+
+
+@_folds(qe.MessageDelayWarned)
+def _delay_warned(state: QueueState, event: qe.MessageDelayWarned) -> QueueState:
+    return _changed(state, event.queue_id, lambda found: replace(found, delay_warned=True))
+
+
+@_folds(qe.MessageFiltered)
+def _filtered(state: QueueState, event: qe.MessageFiltered) -> QueueState:
+    return _changed(state, event.queue_id, lambda found: replace(found, postq=False))
+
+
+@_folds(qe.MessageModified)
+def _modified(state: QueueState, event: qe.MessageModified) -> QueueState:
     """A new body and envelope: recipients kept keep their state, new ones start pending."""
     found = state.messages.get(event.queue_id)
     if found is None:
@@ -154,21 +180,47 @@ def _modified(state: QueueState, event: ev.MessageModified) -> QueueState:
     return replace(state, messages=state.messages.set(event.queue_id, changed))
 
 
-def _operator(state: QueueState, event: ev.OperatorAction) -> QueueState:
-    """An operator's action on a queued message (vsmtp queue ...)."""
-    found = state.messages.get(event.queue_id)
-    if found is None:
-        return state  # already complete or removed: nothing to act on
-    if isinstance(event, ev.MessageRemoved):
-        return replace(state, messages=state.messages.delete(event.queue_id), removed=state.removed + 1)
-    if isinstance(event, ev.RetryRequested):
-        due = tuple(replace(r, next_attempt=0.0) if r.status == "pending" else r for r in found.recipients)
-        changed = replace(found, recipients=due)
-    elif isinstance(event, ev.MessageReleased):
-        changed = replace(found, held=False, quarantine="")  # out of quarantine too
-    else:
-        changed = replace(found, held=True)
-    return replace(state, messages=state.messages.set(event.queue_id, changed))
+# An operator's actions on a queued message (vsmtp queue ...): one fold each.
+
+
+@_folds(qe.MessageRemoved)
+def _removed(state: QueueState, event: qe.MessageRemoved) -> QueueState:
+    if event.queue_id not in state.messages:
+        return state
+    return replace(state, messages=state.messages.delete(event.queue_id), removed=state.removed + 1)
+
+
+@_folds(qe.RetryRequested)
+def _retry(state: QueueState, event: qe.RetryRequested) -> QueueState:
+    def due(found: MessageState) -> MessageState:
+        return replace(found, recipients=tuple(replace(r, next_attempt=0.0) if r.status == "pending" else r for r in found.recipients))
+
+    return _changed(state, event.queue_id, due)
+
+
+@_folds(qe.MessageReleased)
+def _released(state: QueueState, event: qe.MessageReleased) -> QueueState:
+    return _changed(state, event.queue_id, lambda found: replace(found, held=False, quarantine=""))  # out of quarantine too
+
+
+@_folds(qe.MessageHeld)
+def _held(state: QueueState, event: qe.MessageHeld) -> QueueState:
+    return _changed(state, event.queue_id, lambda found: replace(found, held=True))
+
+
+@_folds(qe.DeliverySucceeded)
+def _succeeded(state: QueueState, event: qe.DeliverySucceeded) -> QueueState:
+    return _recipient(state, event.queue_id, event.recipient, status="delivered", attempt=True)
+
+
+@_folds(qe.DeliveryFailed)
+def _failed_one(state: QueueState, event: qe.DeliveryFailed) -> QueueState:
+    return _recipient(state, event.queue_id, event.recipient, status="failed", attempt=True, error=event.reason)
+
+
+@_folds(qe.DeliveryDeferred)
+def _deferred(state: QueueState, event: qe.DeliveryDeferred) -> QueueState:
+    return _recipient(state, event.queue_id, event.recipient, status="pending", attempt=True, error=event.reason, retry_at=event.retry_at)
 
 
 def _recipient(
@@ -280,25 +332,7 @@ def _fields(names: tuple[str, ...], row: list[Any]) -> dict[str, Any]:
 
 # The only tags apply() reacts to: other records (sessions, TLS, ...) only move the position,
 # and are not even decoded (most of the journal, and most of the cost of a replay).
-QUEUE_TAGS = frozenset(
-    cls.TAG
-    for cls in (
-        ev.MessageAccepted,
-        ev.DeliverySucceeded,
-        ev.DeliveryFailed,
-        ev.DeliveryDeferred,
-        ev.MessageBounced,
-        ev.MessageDelayWarned,
-        ev.MessageQuarantined,
-        ev.MessageFiltered,
-        ev.MessageModified,
-        ev.DeliveryStarted,
-        ev.MessageHeld,
-        ev.MessageReleased,
-        ev.MessageRemoved,
-        ev.RetryRequested,
-    )
-)
+QUEUE_TAGS = frozenset(cls.TAG for cls in _FOLDS)
 
 
 def fold(state: QueueState, records: Iterable[Record]) -> QueueState:
@@ -306,6 +340,6 @@ def fold(state: QueueState, records: Iterable[Record]) -> QueueState:
     position = state.position
     for record in records:
         if record.tag in QUEUE_TAGS:
-            state = apply(state, ev.decode(record))
+            state = apply(state, qe.decode(record))
         position = record.position
     return state if state.position == position else replace(state, position=position)

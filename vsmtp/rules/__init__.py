@@ -9,7 +9,8 @@ with its stage; it returns a verdict (verdicts.py), or None for no opinion.
 
 from __future__ import annotations
 
-from .context import Context, Message
+from ..mail.message import Message
+from .context import Context
 from .loader import STAGES, RulesError, RulesFile, rule
 from .objects import Domains, FileMap, FileSet, Networks, Regex
 from .verdicts import NEXT, Verdict, accept, deny, faccept, quarantine, reject

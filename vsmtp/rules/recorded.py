@@ -6,80 +6,47 @@ from, and what `vsmtp rules test` replays through a new rules file."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from vsmtp_journal import Journal
 
 from ..config import Config
-from ..queue import events as ev
-from ..queue import history, policy
-from .context import Context, Endpoint, Message
-
-# The records a session is made of (everything else in the journal is skipped undecoded).
-_TAGS = frozenset(
-    cls.TAG
-    for cls in (
-        ev.SessionOpened,
-        ev.TlsStarted,
-        ev.HeloReceived,
-        ev.Authenticated,
-        ev.AuthFailed,
-        ev.MailReceived,
-        ev.RecipientAccepted,
-        ev.RecipientRejected,
-        ev.DataReceived,
-        ev.MessageAccepted,
-        ev.RuleVerdict,
-        ev.SessionClosed,
-    )
-)
+from ..mail.message import Message
+from ..queue import events as qe
+from ..queue import policy
+from .context import Context, Endpoint
 
 
 @dataclass(slots=True)
-class Transaction:
+class RecordedTransaction:
     sender: str
     params: dict[str, str | None]
     recipients: list[tuple[str, bool]] = field(default_factory=list)  # every RCPT tried: (address, accepted)
-    accepted: ev.MessageAccepted | None = None  # when the message was queued
+    accepted: qe.MessageAccepted | None = None  # when the message was queued
     data_reply: str = ""  # what DATA was answered ("" when it never came)
 
 
 @dataclass(slots=True)
-class Session:
-    opened: ev.SessionOpened
+class RecordedSession:
+    opened: qe.SessionOpened
     tls_version: str = ""
     helo: str = ""
     auth: str = ""  # who the client logged in as ("" : nobody)
     logins: list[str] = field(default_factory=list)  # every AUTH whose password was right, in order (the auth stage ran)
-    transactions: list[Transaction] = field(default_factory=list)
-    verdicts: list[tuple[int, ev.RuleVerdict]] = field(default_factory=list)  # (transaction index, -1 before MAIL)
+    transactions: list[RecordedTransaction] = field(default_factory=list)
+    verdicts: list[tuple[int, qe.RuleVerdict]] = field(default_factory=list)  # (transaction index, -1 before MAIL)
     closed: str = ""  # why it ended ("" if the journal ends before)
 
-    def fold(self, event: ev.JournalEvent) -> None:
-        tx = self.transactions[-1] if self.transactions else None
-        match event:
-            case ev.TlsStarted():
-                self.tls_version = event.version
-            case ev.HeloReceived():
-                self.helo = event.name
-            case ev.Authenticated():
-                self.auth = event.username
-                self.logins.append(event.username)
-            case ev.AuthFailed() if event.password_ok:
-                self.logins.append(event.username)
-            case ev.MailReceived():
-                self.transactions.append(Transaction(event.reverse_path, dict(event.params)))
-            case ev.RecipientAccepted() | ev.RecipientRejected() if tx is not None:
-                tx.recipients.append((event.address, isinstance(event, ev.RecipientAccepted)))
-            case ev.MessageAccepted() if tx is not None:
-                tx.accepted = event
-            case ev.DataReceived() if tx is not None:
-                tx.data_reply = event.reply
-            case ev.RuleVerdict():
-                self.verdicts.append((len(self.transactions) - 1, event))
-            case ev.SessionClosed():
-                self.closed = event.reason
+    def fold(self, event: qe.JournalEvent) -> None:
+        step = _FOLDS.get(type(event))
+        if step is not None:
+            step(self, event)
+
+    @property
+    def transaction(self) -> RecordedTransaction | None:
+        return self.transactions[-1] if self.transactions else None
 
     def context(self, config: Config) -> Context:
         """A Context with the connection facts, as the session's rules saw them at connect."""
@@ -98,59 +65,122 @@ class Session:
         return ctx
 
 
-def sessions(journal: Journal, *, since: float = 0.0) -> Iterator[Session]:
+def _tls(session: RecordedSession, event: qe.TlsStarted) -> None:
+    session.tls_version = event.version
+
+
+def _helo(session: RecordedSession, event: qe.HeloReceived) -> None:
+    session.helo = event.name
+
+
+def _authenticated(session: RecordedSession, event: qe.Authenticated) -> None:
+    session.auth = event.username
+    session.logins.append(event.username)
+
+
+def _auth_failed(session: RecordedSession, event: qe.AuthFailed) -> None:
+    if event.password_ok:  # the password was right: the auth stage ran (and refused)
+        session.logins.append(event.username)
+
+
+def _mail(session: RecordedSession, event: qe.MailReceived) -> None:
+    session.transactions.append(RecordedTransaction(event.reverse_path, dict(event.params)))
+
+
+def _recipient(session: RecordedSession, event: qe.RecipientAccepted | qe.RecipientRejected) -> None:
+    if (tx := session.transaction) is not None:
+        tx.recipients.append((event.address, isinstance(event, qe.RecipientAccepted)))
+
+
+def _accepted(session: RecordedSession, event: qe.MessageAccepted) -> None:
+    if (tx := session.transaction) is not None:
+        tx.accepted = event
+
+
+def _data(session: RecordedSession, event: qe.DataReceived) -> None:
+    if (tx := session.transaction) is not None:
+        tx.data_reply = event.reply
+
+
+def _verdict(session: RecordedSession, event: qe.RuleVerdict) -> None:
+    session.verdicts.append((len(session.transactions) - 1, event))
+
+
+def _closed(session: RecordedSession, event: qe.SessionClosed) -> None:
+    session.closed = event.reason
+
+
+# Event type -> how it changes a recorded session. The records a session is made of are
+# these and session.opened (everything else in the journal is skipped undecoded).
+_FOLDS: dict[type[qe.JournalEvent], Callable[[RecordedSession, Any], None]] = {
+    qe.TlsStarted: _tls,
+    qe.HeloReceived: _helo,
+    qe.Authenticated: _authenticated,
+    qe.AuthFailed: _auth_failed,
+    qe.MailReceived: _mail,
+    qe.RecipientAccepted: _recipient,
+    qe.RecipientRejected: _recipient,
+    qe.MessageAccepted: _accepted,
+    qe.DataReceived: _data,
+    qe.RuleVerdict: _verdict,
+    qe.SessionClosed: _closed,
+}
+_TAGS = frozenset({qe.SessionOpened.TAG, *(cls.TAG for cls in _FOLDS)})
+
+
+def sessions(journal: Journal, *, since: float = 0.0) -> Iterator[RecordedSession]:
     """Every session the journal holds that opened at or after `since`, in the order they
     ended (those still open when the journal ends come last)."""
-    open_: dict[str, Session] = {}
+    open_: dict[str, RecordedSession] = {}
     for record in journal.read(0):
         if record.tag not in _TAGS:
             continue
-        event = ev.decode(record)
-        if isinstance(event, ev.SessionOpened):
+        event = qe.decode(record)
+        if isinstance(event, qe.SessionOpened):
             if event.at >= since:
-                open_[event.session_id] = Session(event)
+                open_[event.session_id] = RecordedSession(event)
             continue
         session = open_.get(getattr(event, "session_id", ""))
         if session is None:
             continue
         session.fold(event)  # type: ignore[arg-type]
-        if isinstance(event, ev.SessionClosed):
+        if isinstance(event, qe.SessionClosed):
             yield open_.pop(event.session_id)
     yield from open_.values()
 
 
-def session_of(journal: Journal, accepted: ev.MessageAccepted) -> Session | None:
+def session_of(journal: Journal, accepted: qe.MessageAccepted) -> RecordedSession | None:
     """The session that queued `accepted`, up to that message; None once the journal has
     forgotten its start (retention)."""
     start = journal.lookup(b"session:" + accepted.session_id.encode())
     if start is None:
         return None
-    session: Session | None = None
+    session: RecordedSession | None = None
     for record in journal.read(start - 1):
         if record.tag not in _TAGS:
             continue
-        event = ev.decode(record)
+        event = qe.decode(record)
         if getattr(event, "session_id", None) != accepted.session_id:
             continue
-        if isinstance(event, ev.SessionOpened):
-            session = Session(event)
+        if isinstance(event, qe.SessionOpened):
+            session = RecordedSession(event)
         elif session is not None:
             session.fold(event)  # type: ignore[arg-type]
-        if isinstance(event, ev.MessageAccepted) and event.queue_id == accepted.queue_id:
+        if isinstance(event, qe.MessageAccepted) and event.queue_id == accepted.queue_id:
             break  # what came after in the session is not this message's business
     return session
 
 
-def message_context(journal: Journal, config: Config, *, queue_id: str, blob: bytes, reverse_path: str, recipients: list[str]) -> Context:
-    """The Context of a queued message (postq, delivery): its session's facts read back from
-    the journal, its envelope as queued now, and its body (ctx.message). LookupError when the journal no
-    longer holds them."""
+def message_context(
+    journal: Journal, config: Config, *, accepted: qe.MessageAccepted, blob: bytes, reverse_path: str, recipients: list[str]
+) -> Context:
+    """The Context of a queued message (postq, delivery): the facts of the session that queued
+    `accepted` read back from the journal, its envelope as queued now, and its body `blob`
+    (ctx.message). LookupError when the journal no longer holds them."""
+    queue_id = accepted.queue_id
     body = journal.blob(blob)
     if body is None:
         raise LookupError(f"{queue_id}: message body missing from the journal")
-    accepted = history.accepted(journal, queue_id)
-    if accepted is None:
-        raise LookupError(f"{queue_id}: message.accepted is no longer in the journal")
     session = session_of(journal, accepted)
     if session is None:
         raise LookupError(f"{queue_id}: its session is no longer in the journal")

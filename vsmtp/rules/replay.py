@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from vsmtp_journal import Journal
 
 from ..config import Config
-from .context import Message
+from ..mail import trace
+from ..mail.message import Message
 from .engine import HookFailed, Stages
 from .loader import RulesFile
-from .recorded import Session, sessions
+from .recorded import RecordedSession, sessions
 from .verdicts import Verdict
 
 REPLAYED = ("connect", "helo", "auth", "mail", "rcpt", "data")
@@ -54,7 +55,7 @@ async def replay(journal: Journal, config: Config, rules: RulesFile, *, since: f
     return found, summary
 
 
-async def _session(session: Session, journal: Journal, config: Config, stages: Stages, summary: Summary) -> list[Difference]:
+async def _session(session: RecordedSession, journal: Journal, config: Config, stages: Stages, summary: Summary) -> list[Difference]:
     recorded = {(tx, v.stage, v.recipient): _describe(v.verdict, v.reply, v.queue) for tx, v in session.verdicts if v.stage in REPLAYED}
     replayed: dict[tuple[int, str, str], str] = {}
     ctx = session.context(config)
@@ -73,9 +74,7 @@ async def _session(session: Session, journal: Journal, config: Config, stages: S
             replayed[(tx, stage, recipient)] = "error"
             return Verdict("reject")
         if verdict.kind != "next":
-            replayed[(tx, stage, recipient)] = _describe(
-                verdict.kind, str(verdict.answer) if verdict.kind in ("deny", "reject") else "", verdict.queue
-            )
+            replayed[(tx, stage, recipient)] = _describe(verdict.kind, str(verdict.answer) if verdict.refuses else "", verdict.queue)
         faccepted = verdict.kind == "faccept"
         return verdict
 
@@ -109,7 +108,7 @@ async def _session(session: Session, journal: Journal, config: Config, stages: S
                     ctx.recipients.append(address)
             body = journal.blob(tx.accepted.blob) if tx.accepted is not None else None
             if body is not None and ctx.recipients:
-                ctx.message = Message(_without_our_received(body))
+                ctx.message = Message(trace.without_ours(body))  # as the data stage saw it
                 await run(i, "data")
     differences = []
     for key in sorted(set(recorded) | set(replayed)):
@@ -123,18 +122,8 @@ async def _session(session: Session, journal: Journal, config: Config, stages: S
 
 
 def refused(verdict: Verdict | None) -> bool:
-    return verdict is not None and verdict.kind in ("deny", "reject")
+    return verdict is not None and verdict.refuses
 
 
 def _describe(kind: str, reply: str, queue: str) -> str:
     return " ".join(part for part in (kind, reply, queue) if part)
-
-
-def _without_our_received(blob: bytes) -> bytes:
-    """The message as the data stage saw it: the stored body starts with our Received field."""
-    if not blob.startswith(b"Received: "):
-        return blob
-    end = blob.find(b"\r\n")
-    while end >= 0 and blob[end + 2 : end + 3] in (b" ", b"\t"):
-        end = blob.find(b"\r\n", end + 2)
-    return blob[end + 2 :] if end >= 0 else blob

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from ..queue import events as ev
+from ..queue import events as qe
 from ..smtp import replies
 from ..smtp.replies import Reply
 
@@ -35,25 +35,29 @@ class Verdict:
     queue: str = ""  # for quarantine
     by: str = ""  # who said it: "rules:FUNCTION" or the plugin's name (set by the engine)
 
+    @property
+    def refuses(self) -> bool:
+        """A refusal: deny or reject (its reply is `answer`)."""
+        return self.kind in ("deny", "reject")
+
     def said_by(self, by: str) -> Verdict:
         return self if self.by else replace(self, by=by)
 
     def at_stage(self, stage: str) -> Verdict:
         """With the stage's own default reply: a refused login is answered as AUTH failures are."""
-        if stage == "auth" and self.reply is None and self.kind in ("deny", "reject"):
+        if stage == "auth" and self.reply is None and self.refuses:
             return replace(self, reply=replies.AUTH_REFUSED)
         return self
 
-    def event(self, *, at: float, session_id: str, stage: str, recipient: str = "", kind: str = "") -> ev.RuleVerdict:
+    def event(self, *, at: float, session_id: str, stage: str, recipient: str = "", kind: str = "") -> qe.RuleVerdict:
         """The rule.verdict that records it (`kind` "error" for a hook that raised)."""
-        refusal = self.kind in ("deny", "reject")
-        return ev.RuleVerdict(
+        return qe.RuleVerdict(
             at=at,
             session_id=session_id,
             stage=stage,
             by=self.by,
             verdict=kind or self.kind,
-            reply=str(self.answer) if refusal else "",
+            reply=str(self.answer) if self.refuses else "",
             recipient=recipient,
             queue=self.queue,
         )
@@ -67,6 +71,27 @@ class Verdict:
 
 
 NEXT = Verdict("next")
+
+
+@dataclass(slots=True)
+class Holds:
+    """What earlier verdicts hold for what follows, in one scope (the session, or one
+    transaction): a deny refuses every later command of the scope with its answer, a
+    quarantine keeps every message of it. (faccept holds for the whole session: the stage
+    runner keeps it.)"""
+
+    denied: Verdict | None = None
+    quarantine: tuple[str, str] = ("", "")  # (queue, by)
+
+    def hold(self, verdict: Verdict) -> None:
+        if verdict.kind == "deny":
+            self.denied = verdict
+        elif verdict.kind == "quarantine":
+            self.quarantine = (verdict.queue, verdict.by)
+
+    def for_transaction(self) -> Holds:
+        """A transaction's holds: it starts with the session's quarantine, and denies of its own."""
+        return Holds(quarantine=self.quarantine)
 
 
 def accept() -> Verdict:

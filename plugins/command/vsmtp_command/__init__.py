@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 import vsmtp
-from vsmtp.rules import Verdict, accept, deny, faccept, quarantine, reject
+from vsmtp import Verdict, accept, deny, faccept, quarantine, reject
 
 log = logging.getLogger("vsmtp.command")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import vsmtp
-from vsmtp.rules import deny
+from vsmtp import deny
 
 settings: dict[str, Any] = {"greeting": "hello", "refuse": frozenset()}
 
@@ -30,12 +30,12 @@ def vsmtp_configure(section: dict[str, Any]) -> None:
 
 
 @vsmtp.hookimpl
-def vsmtp_mail(ctx: Any) -> Any:
+def vsmtp_mail(ctx: vsmtp.Context) -> vsmtp.Verdict | None:
     if (ctx.sender or "").lower() in settings["refuse"]:
         return deny("550 5.7.1 the example plugin refuses this sender")
     return None
 
 
 @vsmtp.hookimpl
-def vsmtp_data(ctx: Any) -> None:
+def vsmtp_data(ctx: vsmtp.Context) -> None:
     ctx.add_header("X-Example", settings["greeting"])

@@ -20,7 +20,7 @@ and used from the rules file:
 A database can also be opened by path without the configuration: `vsmtp_files.Table(path,
 writable=True)`.
 
-The file is read as vsmtp.rules.FileMap reads one (CSV: the first column is the key,
+The file is read as vsmtp.FileMap reads one (CSV: the first column is the key,
 compared without regard to case, the others its value; a key alone is a list entry; "#"
 lines are comments), but every read notices a change of the file (another process, an
 editor) and reads it again. A write
@@ -40,14 +40,14 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import vsmtp
-from vsmtp.rules import FileMap
+from vsmtp import FileMap
 
 Value = str | tuple[str, ...]
 _configured: dict[str, Table] = {}
 
 
 class Table(FileMap):
-    """A FileMap (vsmtp.rules) that notices a change at every read, and that a rule may
+    """A FileMap (vsmtp.FileMap) that notices a change at every read, and that a rule may
     write when it is writable."""
 
     CHECK_EVERY = 0.0  # every read: another process may just have written

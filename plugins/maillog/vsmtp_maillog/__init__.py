@@ -11,13 +11,7 @@ from __future__ import annotations
 import logging
 
 import vsmtp
-from vsmtp.queue.events import (
-    DeliveryDeferred,
-    DeliveryFailed,
-    DeliverySucceeded,
-    MessageAccepted,
-    RecipientRejected,
-)
+from vsmtp import events
 
 log = logging.getLogger("vsmtp.maillog")
 
@@ -25,15 +19,15 @@ log = logging.getLogger("vsmtp.maillog")
 def format_event(event: object) -> str | None:
     """The log line for `event`, or None for events this log does not show."""
     match event:
-        case MessageAccepted():
+        case events.MessageAccepted():
             return f"{event.queue_id}: from=<{event.reverse_path}>, size={event.size}, nrcpt={len(event.recipients)} (queue active)"
-        case DeliverySucceeded():
+        case events.DeliverySucceeded():
             return f"{event.queue_id}: to=<{event.recipient}>, relay={event.transport}, status=sent ({event.detail})"
-        case DeliveryDeferred():
+        case events.DeliveryDeferred():
             return f"{event.queue_id}: to=<{event.recipient}>, relay={event.transport}, status=deferred ({event.reason})"
-        case DeliveryFailed():
+        case events.DeliveryFailed():
             return f"{event.queue_id}: to=<{event.recipient}>, relay={event.transport}, status=bounced ({event.reason})"
-        case RecipientRejected():
+        case events.RecipientRejected():
             return f"NOQUEUE: reject: RCPT to=<{event.address}>: {event.reply} (session {event.session_id})"
     return None
 

@@ -1,14 +1,14 @@
 """One message out, for other tools: as eml (the raw message) or in a JSON form (envelope,
 headers, text and HTML bodies, attachments with type, name, size and SHA-256).
 
-The operator's side reads it from the journal (`vsmtp journal export --message ID --format
-eml|json`: the message as it is delivered, after any post-queue change); the rules' export
-action (ctx.export) writes the same forms into a directory (save).
+The operator's side (`vsmtp journal export --message ID --format eml|json`) finds the
+message as it is delivered now with queue/history.py `as_delivered`; the rules' export
+action (ctx.export) writes the same forms into a directory (save). Plain values in, bytes
+or files out: nothing here reads the journal.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import email
 import email.message
@@ -22,33 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vsmtp_journal import Journal
-
-from . import events as ev
-from . import history
+from ..queue import events as qe
 
 log = logging.getLogger(__name__)
-
-
-def current(journal: Journal, ident: str) -> tuple[ev.MessageAccepted, bytes] | None:
-    """message.accepted and the message as it is delivered now (after its last
-    message.modified: that body and envelope); None when the journal has no such message or
-    its body."""
-    found = history.trace(journal, ident)
-    if found is None:
-        return None
-    accepted: ev.MessageAccepted | None = None
-    blob = b""
-    for record in found.records:
-        if record.tag in (ev.MessageAccepted.TAG, ev.MessageModified.TAG):
-            event = ev.decode(record)
-            if isinstance(event, ev.MessageAccepted):
-                accepted, blob = event, event.blob
-            elif isinstance(event, ev.MessageModified) and accepted is not None:
-                blob = event.blob  # and the envelope as it is delivered now
-                accepted = dataclasses.replace(accepted, reverse_path=event.reverse_path, recipients=event.recipients)
-    body = journal.blob(blob) if accepted is not None else None
-    return (accepted, body) if accepted is not None and body is not None else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,7 +37,7 @@ class Envelope:
     session_id: str
 
     @classmethod
-    def of(cls, accepted: ev.MessageAccepted) -> Envelope:
+    def of(cls, accepted: qe.MessageAccepted) -> Envelope:
         return cls(
             queue_id=accepted.queue_id,
             accepted_at=accepted.at,

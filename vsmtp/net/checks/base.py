@@ -1,0 +1,26 @@
+"""What every check of vsmtp's own implements (the contract checks/__init__.py runs)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ...rules.context import Context
+from ...rules.verdicts import Verdict
+
+
+class Check:
+    """One of vsmtp's own checks. `stages` names where it runs; at each of them it may
+    `learn` before the rules and plugins (facts they can read, such as ctx.spf) and
+    `decide` after them, when they gave no verdict (a rule's accept() settles the stage
+    without it; faccept() skips every check from then on). Its verdicts are vsmtp's own
+    answers and are not journaled as rule.verdict; a check journals its own facts."""
+
+    name: ClassVar[str] = ""  # "vsmtp:NAME", as verdicts and logs show who said it
+    stages: ClassVar[frozenset[str]] = frozenset()
+
+    async def learn(self, stage: str, ctx: Context) -> None:
+        """Before the rules and plugins of `stage`."""
+
+    async def decide(self, stage: str, ctx: Context) -> Verdict | None:
+        """After the rules and plugins of `stage` said next: a verdict, or None (no objection)."""
+        return None

@@ -1,0 +1,42 @@
+"""What a new session needs that a reload may change (SessionSettings), and the two ends of a
+connection (Peer). Built by the SMTP service (server.py) for each configuration in force and
+handed to each session it starts; a running session keeps the settings it started with."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+from ..config import Config
+from ..credentials import PasswordFile
+from ..plugins import PluginManager
+from ..rules.engine import Stages
+from . import checks
+from .tls import server_context
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Peer:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionSettings:
+    config: Config
+    tls: dict[str, ssl.SSLContext]  # by listener name
+    stages: Stages  # the rules file and the plugins, run at each stage
+    checks: tuple[checks.Check, ...]  # vsmtp's own checks at the stages (checks/)
+    passwords: PasswordFile | None  # who may AUTH; None: AUTH is not offered
+
+    @classmethod
+    def build(cls, config: Config, plugins: PluginManager | None = None, *, stages: Stages | None = None) -> SessionSettings:
+        """Raises ConfigError (RulesError names the rules file's line) when something is wrong.
+        `stages`: the rules and plugins already built from `config` (else built here)."""
+        return cls(
+            config=config,
+            tls={listener.name: server_context(listener, config) for listener in config.listeners},
+            stages=stages or Stages.build(config, plugins),
+            checks=checks.build(config),
+            passwords=PasswordFile(config.auth.passwords) if config.auth.passwords else None,
+        )

@@ -1,0 +1,61 @@
+"""What queues a message: the body as stored (our Received header first), message.accepted
+naming it, and what the stages decided about it, as one group of appends the journal
+commits together or not at all. A pure function: the caller gives the time, the ids and
+the trace context, and awaits the durable commit before it answers 250."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from vsmtp_journal import Append
+
+from ..mail import trace
+from . import events as qe
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Intake:
+    accepted: qe.MessageAccepted
+    blob: bytes  # the message as stored and delivered
+    appends: tuple[Append, ...]  # message.accepted (with the blob) first, then what follows it
+
+
+def message(
+    *,
+    queue_id: str,
+    session_id: str,
+    arrival: trace.Arrival,
+    reverse_path: str,
+    recipients: Sequence[str],
+    recipient_params: Mapping[str, Mapping[str, str | None]],
+    mail_params: Mapping[str, str | None],
+    body: bytes,
+    follow: Sequence[qe.JournalEvent] = (),
+    quarantine: tuple[str, str] = ("", ""),
+    postq: bool = False,
+    trace_context: Mapping[str, str],
+    now: float,
+) -> Intake:
+    """`follow`: the rules' actions as rule.action events; `quarantine`: (queue, by) when a
+    stage sent the message there; `postq`: the post-queue stage is to run before delivery."""
+    blob = trace.received(arrival, queue_id=queue_id, recipients=recipients, now=now) + body
+    accepted = qe.MessageAccepted(
+        at=now,
+        queue_id=queue_id,
+        session_id=session_id,
+        reverse_path=reverse_path,
+        recipients=tuple(recipients),
+        recipient_params=recipient_params,
+        blob=queue_id.encode(),
+        size=len(blob),
+        mail_params=mail_params,
+        message_id=trace.message_id(body),
+        trace_context=trace_context,
+        postq=postq,
+    )
+    after = list(follow)
+    if quarantine[0]:
+        after.append(qe.MessageQuarantined(at=now, queue_id=queue_id, queue=quarantine[0], by=quarantine[1]))
+    appends = (qe.to_append(accepted, blobs={accepted.blob: blob}), *(qe.to_append(e) for e in after))
+    return Intake(accepted=accepted, blob=blob, appends=appends)
