@@ -22,6 +22,7 @@ from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+from vsmtp_journal import Commit
 
 from .config import TelemetryConfig
 
@@ -70,6 +71,14 @@ def tracer() -> trace.Tracer:
 def record_commit(records: int, seconds: float) -> None:
     _commit_duration.record(seconds)
     _commit_records.record(records)
+
+
+def note_commit(commit: Commit | None) -> None:
+    """On the current span: the figures of the journal commit that made its message durable."""
+    if commit is not None:
+        span = trace.get_current_span()
+        span.set_attribute("vsmtp.journal.commit_seconds", commit.seconds)
+        span.set_attribute("vsmtp.journal.batch_records", commit.records)
 
 
 def enabled() -> bool:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 from vsmtp.queue import events as qe
-from vsmtp.queue.state import QueueState, apply
+from vsmtp.queue.state import QUEUE_TAGS, QueueState, apply
 
 
 def accepted(queue_id: str = "Q", recipients: tuple[str, ...] = ("a@localhost", "b@localhost")) -> qe.MessageAccepted:
@@ -100,3 +104,16 @@ def test_a_version_1_snapshot_still_reads() -> None:
     }
     state = from_snapshot(old)
     assert state.position == 7 and not state.messages["Q"].held and state.removed == 0
+
+
+def test_every_operator_action_has_its_own_fold_and_an_unknown_one_is_refused() -> None:
+    actions = [cls for cls in qe.EVENTS.values() if issubclass(cls, qe.OperatorAction)]
+    assert actions and all(cls.TAG in QUEUE_TAGS for cls in actions)
+
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class MessageFrozen(qe.OperatorAction):  # an action no fold knows (never registered as an event)
+        pass
+
+    state = apply(QueueState(), accepted())
+    with pytest.raises(TypeError, match="operator action"):
+        apply(state, MessageFrozen(at=2.0, queue_id="Q", by="t"))

@@ -56,7 +56,7 @@ async def deliver(
             [deferred(queue_id, a, n, now=now, reason=str(exc), config=config, accepted_at=accepted_at) for a, n in recipients]
         )
     addresses = tuple(a for a, _ in recipients)
-    message = outbound.Message(
+    message = outbound.OutboundMessage(
         reverse_path=reverse_path,
         recipients=addresses,
         body=body,
@@ -64,7 +64,7 @@ async def deliver(
         smtputf8=(accepted is not None and "SMTPUTF8" in accepted.mail_params)
         or not (reverse_path.isascii() and all(a.isascii() for a in addresses)),
     )
-    settings = outbound.Settings(helo_name=config.hostname, port=config.delivery.remote_port, before_data=before_data, cache=cache)
+    settings = outbound.ClientSettings(helo_name=config.hostname, port=config.delivery.remote_port, before_data=before_data, cache=cache)
     settings.host_limits = host_limits
     settings.require_tls = config.delivery.tls_policy.get(domain.lower()) == "require"
     if relay is not None:

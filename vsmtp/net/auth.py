@@ -11,12 +11,12 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ..credentials import PasswordFile
 from ..queue import events as qe
 from ..rules.context import Context
 from ..rules.verdicts import Holds, Verdict
 from ..smtp import replies, sasl
 from ..smtp.replies import Reply
+from .settings import SessionSettings
 from .stages import StageRunner
 
 log = logging.getLogger(__name__)
@@ -29,16 +29,15 @@ _CHECKS = trio.CapacityLimiter(4)
 class Login:
     def __init__(
         self,
+        settings: SessionSettings,
         *,
-        passwords: PasswordFile | None,
-        max_failures: int,
         ctx: Context,
         stages: StageRunner,
         holds: Holds,
         journal: Callable[[qe.JournalEvent], Awaitable[object]],
     ) -> None:
-        self.passwords = passwords
-        self.max_failures = max_failures
+        self.passwords = settings.passwords
+        self.max_failures = settings.config.auth.max_failures
         self.ctx = ctx
         self.stages = stages
         self.holds = holds  # the session's: a deny at the auth stage refuses every later MAIL

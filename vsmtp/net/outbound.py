@@ -56,7 +56,7 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Message:
+class OutboundMessage:
     reverse_path: str
     recipients: tuple[str, ...]
     body: bytes
@@ -64,7 +64,7 @@ class Message:
 
 
 @dataclass(slots=True, kw_only=True)
-class Settings:
+class ClientSettings:
     helo_name: str
     port: int = 25
     implicit_tls: bool = False  # TLS from the first byte (smtps://, RFC 8314)
@@ -129,7 +129,7 @@ class Attempt:
 
 
 async def deliver(
-    message: Message, hosts: Sequence[Exchanger], settings: Settings, attempts: list[Attempt] | None = None
+    message: OutboundMessage, hosts: Sequence[Exchanger], settings: ClientSettings, attempts: list[Attempt] | None = None
 ) -> dict[str, Outcome]:
     """Try each host in turn until one takes the transaction; an outcome per recipient.
     Each connection tried is added to `attempts`."""
@@ -183,13 +183,13 @@ class HostLimits:
                 self._limits.pop(address, None)
 
 
-async def _one_host(message: Message, host: str, address: str, settings: Settings) -> dict[str, Outcome]:
+async def _one_host(message: OutboundMessage, host: str, address: str, settings: ClientSettings) -> dict[str, Outcome]:
     limits = settings.host_limits
     async with limits.slot(address) if limits is not None else contextlib.nullcontext():
         return await _one_host_unlimited(message, host, address, settings)
 
 
-async def _one_host_unlimited(message: Message, host: str, address: str, settings: Settings) -> dict[str, Outcome]:
+async def _one_host_unlimited(message: OutboundMessage, host: str, address: str, settings: ClientSettings) -> dict[str, Outcome]:
     timeout = TIMEOUTS
     key = (host, address, settings.port, settings.implicit_tls, settings.require_tls, settings.auth)
     cache = settings.cache
@@ -222,7 +222,7 @@ async def _one_host_unlimited(message: Message, host: str, address: str, setting
     return {r: Outcome(o.status, o.reply, host, address, conn.talk.conn.tls) for r, o in outcomes.items()}
 
 
-async def _open(host: str, address: str, settings: Settings, timeout: dict[str, float]) -> _Open:
+async def _open(host: str, address: str, settings: ClientSettings, timeout: dict[str, float]) -> _Open:
     try:
         with trio.fail_after(timeout["connect"]):
             stream: trio.abc.Stream = await trio.open_tcp_stream(address, settings.port)
@@ -344,7 +344,7 @@ async def _hello(talk: _Conversation, name: str, timeout: float) -> None:
         raise _Failed(f"EHLO/HELO: {reply}")
 
 
-def _bound(settings: Settings, host: str, address: str) -> Callable[[list[str]], Awaitable[None]] | None:
+def _bound(settings: ClientSettings, host: str, address: str) -> Callable[[list[str]], Awaitable[None]] | None:
     hook = settings.before_data
     if hook is None:
         return None
@@ -357,7 +357,7 @@ def _bound(settings: Settings, host: str, address: str) -> Callable[[list[str]],
 
 async def _transaction(
     talk: _Conversation,
-    message: Message,
+    message: OutboundMessage,
     timeout: dict[str, float],
     *,
     before_data: Callable[[list[str]], Awaitable[None]] | None = None,

@@ -11,18 +11,16 @@ AUTH (auth.py), the checks and rules (stages.py), the records that queue a messa
 from __future__ import annotations
 
 import logging
-import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
-from opentelemetry import trace
 from vsmtp_journal import GroupCommitWriter, JournalError, JournalFull
 
 from .. import ids, telemetry
 from ..config import ListenerConfig
-from ..mail import export
+from ..mail.body import Body
 from ..mail.message import Message
 from ..mail.trace import Arrival
 from ..queue import events as qe
@@ -32,7 +30,6 @@ from ..rules.verdicts import Holds
 from ..smtp import events as ev
 from ..smtp import replies
 from ..smtp.replies import Reply
-from ..smtp.server import Extensions, ServerConnection
 from ..smtp.states import State
 from .auth import Login
 from .settings import Peer, SessionSettings
@@ -42,7 +39,6 @@ from .tls import handshake
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
-_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
 _IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
 
 
@@ -53,11 +49,9 @@ class Transaction:
     reverse_path: str
     params: dict[str, str | None]
     holds: Holds  # what the stages decided that holds for the rest of it (deny, quarantine)
+    body: Body
     recipients: list[str] = field(default_factory=list)
     recipient_params: dict[str, dict[str, str | None]] = field(default_factory=dict)
-    chunks: list[bytes] = field(default_factory=list)
-    size: int = 0
-    too_big: bool = False
 
 
 class Session:
@@ -83,13 +77,7 @@ class Session:
         self.peer = peer
         self.local = local
         self.id = ids.new_id()
-        limits = self.config.limits
-        mechanisms = self.config.auth.mechanisms if settings.passwords is not None and listener.auth else ()
-        self.conn = ServerConnection(
-            extensions=Extensions(max_message_size=limits.message_size, starttls=listener.role != "submissions", auth=mechanisms),
-            max_text_line=limits.line_length,
-            tls=False,
-        )
+        self.conn = settings.connection(listener)
         self.helo = ""
         self.tls_info: tuple[str, str, int] | None = None
         self.tx: Transaction | None = None
@@ -103,17 +91,10 @@ class Session:
         )
         self.holds = Holds()  # what a verdict before MAIL holds for the whole session
         self.stages = StageRunner(settings.stages, settings.checks, self.ctx, self._journal)
-        self.login = Login(
-            passwords=settings.passwords,
-            max_failures=self.config.auth.max_failures,
-            ctx=self.ctx,
-            stages=self.stages,
-            holds=self.holds,
-            journal=self._journal,
-        )
+        self.login = Login(settings, ctx=self.ctx, stages=self.stages, holds=self.holds, journal=self._journal)
         self.errors = 0
         self._out = bytearray()
-        self._session_deadline = trio.current_time() + limits.session_duration
+        self._session_deadline = trio.current_time() + self.config.limits.session_duration
         self._shutdown_deadline: float | None = None
         self._recv_scope: trio.CancelScope | None = None
 
@@ -189,7 +170,8 @@ class Session:
             if isinstance(event, ev.ConnectionClosed):
                 return "peer closed"
             if isinstance(event, ev.DataChunk):
-                self._data_chunk(event.data)
+                if self.tx is not None:  # else a chunk of a transaction already refused
+                    self.tx.body.add(event.data)
                 continue
             assert event is not ev.PAUSED, "every event is answered before the next is read"
             reply = await self._count_errors(await self._answer(event))
@@ -291,15 +273,6 @@ class Session:
             case ev.Ehlo(domain=name) | ev.Helo(domain=name):
                 return await self._helo(name, esmtp=isinstance(event, ev.Ehlo), now=now)
             case ev.MailFrom(reverse_path=path, params=params):
-                if self.listener.role == "submission" and not self.conn.tls:
-                    return replies.TLS_REQUIRED  # RFC 8314 / Postfix smtpd_tls_security_level=encrypt
-                if self.listener.require_auth and not self.ctx.auth:
-                    return replies.AUTH_REQUIRED
-                if not self._room_for(params):
-                    await self._journal(qe.MailRefused(at=now, session_id=self.id, reverse_path=path, reply=str(replies.STORAGE_FULL)))
-                    return replies.STORAGE_FULL
-                if self.holds.denied is not None:
-                    return self.holds.denied.answer
                 return await self._mail(path, dict(params), now=now)
             case ev.RcptTo(forward_path=address, params=params):
                 return await self._rcpt(address, dict(params), now=now)
@@ -307,7 +280,7 @@ class Session:
                 return replies.START_DATA
             case ev.Bdat():
                 assert self.tx is not None
-                if self.tx.too_big:  # RFC 3030: a refused chunk ends the transaction
+                if self.tx.body.too_big:  # RFC 3030: a refused chunk ends the transaction
                     self.tx = None
                     return replies.MESSAGE_TOO_BIG
                 return replies.CHUNK_OK
@@ -353,7 +326,16 @@ class Session:
         return replies.ehlo(self.config.hostname, name, self.conn.extensions.keywords(tls_active=self.conn.tls))
 
     async def _mail(self, path: str, params: dict[str, str | None], *, now: float) -> Reply:
-        tx = Transaction(reverse_path=path, params=params, holds=self.holds.for_transaction())
+        if self.listener.role == "submission" and not self.conn.tls:
+            return replies.TLS_REQUIRED  # RFC 8314 / Postfix smtpd_tls_security_level=encrypt
+        if self.listener.require_auth and not self.ctx.auth:
+            return replies.AUTH_REQUIRED
+        if not self.writer.has_room(policy.room_needed(self.config, params)):
+            await self._journal(qe.MailRefused(at=now, session_id=self.id, reverse_path=path, reply=str(replies.STORAGE_FULL)))
+            return replies.STORAGE_FULL
+        if self.holds.denied is not None:
+            return self.holds.denied.answer
+        tx = Transaction(reverse_path=path, params=params, holds=self.holds.for_transaction(), body=Body(self.config.limits.message_size))
         await self._journal(qe.MailReceived(at=now, session_id=self.id, reverse_path=path, params=params))
         self.ctx.new_transaction()
         self.ctx.sender, self.ctx.mail_params, self.ctx.recipients = path, tx.params, tx.recipients
@@ -387,40 +369,21 @@ class Session:
         await self._journal(qe.RecipientAccepted(at=now, session_id=self.id, address=address))
         return reply
 
-    def _room_for(self, params: Mapping[str, str | None]) -> bool:
-        """Postfix's queue_minfree check: room for min_free, plus 1.5 times a declared SIZE."""
-        size = params.get("SIZE") or "0"
-        declared = int(size) if size.isdigit() else 0
-        return self.writer.has_room(self.config.journal.min_free + declared * 3 // 2)
-
-    def _data_chunk(self, data: bytes) -> None:
-        tx = self.tx
-        if tx is None:
-            return  # a chunk of a transaction already refused
-        tx.size += len(data)
-        limit = self.config.limits.message_size
-        if limit and tx.size > limit:
-            tx.too_big, tx.chunks = True, []  # RFC 1870 6.3: read to the end, then refuse
-        elif not tx.too_big:
-            tx.chunks.append(data)
-
     async def _message_end(self, bare_line_endings: bool, long_line: bool) -> Reply:
         tx, self.tx = self.tx, None
         assert tx is not None
         reply = await self._accept(tx, bare_line_endings, long_line)
-        await self._journal(qe.DataReceived(at=time.time(), session_id=self.id, size=tx.size, reply=str(reply)))
+        await self._journal(qe.DataReceived(at=time.time(), session_id=self.id, size=tx.body.size, reply=str(reply)))
         return reply
 
     async def _accept(self, tx: Transaction, bare_line_endings: bool, long_line: bool) -> Reply:
-        if tx.too_big:
+        if tx.body.too_big:
             return replies.MESSAGE_TOO_BIG
         if long_line:
             return replies.line_too_long(self.config.limits.line_length)
-        body = b"".join(tx.chunks)
-        if bare_line_endings:
-            if self.config.smtp.bare_line_endings == "reject":
-                return replies.BARE_LINE_ENDING_IN_DATA
-            body = _ANY_LINE_END.sub(b"\r\n", body)
+        if bare_line_endings and self.config.smtp.bare_line_endings == "reject":
+            return replies.BARE_LINE_ENDING_IN_DATA
+        body = tx.body.content(normalize=bare_line_endings)
         if tx.holds.denied is not None:
             return tx.holds.denied.answer
         actions = []
@@ -460,13 +423,9 @@ class Session:
             log.error("session %s: cannot queue the message: %s", self.id, exc)
             return replies.LOCAL_ERROR
         self.errors = 0  # as Postfix: the error limits count errors without delivering mail
-        commit = self.writer.commit_of(position)
-        if commit is not None:
-            span = trace.get_current_span()
-            span.set_attribute("vsmtp.journal.commit_seconds", commit.seconds)
-            span.set_attribute("vsmtp.journal.batch_records", commit.records)
+        telemetry.note_commit(self.writer.commit_of(position))
         log.info("%s: from=<%s> to=%s size=%d session=%s", queue_id, tx.reverse_path, ",".join(tx.recipients), len(queued.blob), self.id)
-        for save in exports(actions, export.Envelope.of(queued.accepted), queued.blob, stage="data"):
+        for save in exports(actions, queued.accepted, queued.blob, stage="data"):
             await trio.to_thread.run_sync(save)  # once the message is durable; the 250 waits for the file
         return replies.queued(queue_id)
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
-from ..config import Config
+from ..config import Config, ListenerConfig
 from ..credentials import PasswordFile
 from ..plugins import PluginManager
 from ..rules.engine import Stages
+from ..smtp.server import Extensions, ServerConnection
 from . import checks
 from .tls import server_context
 
@@ -28,6 +29,13 @@ class SessionSettings:
     stages: Stages  # the rules file and the plugins, run at each stage
     checks: tuple[checks.Check, ...]  # vsmtp's own checks at the stages (checks/)
     passwords: PasswordFile | None  # who may AUTH; None: AUTH is not offered
+
+    def connection(self, listener: ListenerConfig) -> ServerConnection:
+        """The protocol state machine for a new session on `listener`."""
+        limits = self.config.limits
+        mechanisms = self.config.auth.mechanisms if self.passwords is not None and listener.auth else ()
+        extensions = Extensions(max_message_size=limits.message_size, starttls=listener.role != "submissions", auth=mechanisms)
+        return ServerConnection(extensions=extensions, max_text_line=limits.line_length, tls=False)
 
     @classmethod
     def build(cls, config: Config, plugins: PluginManager | None = None, *, stages: Stages | None = None) -> SessionSettings:

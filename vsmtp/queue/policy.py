@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -78,6 +79,14 @@ def may_relay(host: str | ipaddress.IPv4Address | ipaddress.IPv6Address, network
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address.version == network.version and address in network for network in networks)
+
+
+def room_needed(config: Config, mail_params: Mapping[str, str | None]) -> int:
+    """Bytes the journal must have free to take a transaction (Postfix's queue_minfree):
+    `journal.min_free`, plus 1.5 times the SIZE the client declared (RFC 1870)."""
+    size = mail_params.get("SIZE") or "0"
+    declared = int(size) if size.isdigit() else 0
+    return config.journal.min_free + declared * 3 // 2
 
 
 def recipient_verdict(address: str, config: Config, *, relay_allowed: bool) -> Verdict:

@@ -183,9 +183,11 @@ def apply_actions(ctx: Context, actions: list[Action]) -> None:
             ctx.recipients = [r for r in ctx.recipients if r.lower() != args[0].lower()]
 
 
-def exports(actions: list[Action], envelope: export.Envelope, raw: bytes, *, stage: str) -> list[Callable[[], object]]:
+def exports(actions: list[Action], envelope: export.Envelope | qe.MessageAccepted, raw: bytes, *, stage: str) -> list[Callable[[], object]]:
     """The writes the export actions asked for (ctx.export), to run once the message they
     write is safe in the journal (after the data stage's commit, or the postq stage's)."""
+    if isinstance(envelope, qe.MessageAccepted):
+        envelope = export.Envelope.of(envelope)
     return [partial(export.save, a.args[0], a.args[1], envelope, raw, stage=stage, by=a.by) for a in actions if a.name == "export"]
 
 

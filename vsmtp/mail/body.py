@@ -1,0 +1,31 @@
+"""A message's content as it arrives (DATA or BDAT chunks), up to the size limit.
+
+Past the limit nothing more is kept but the count goes on: RFC 1870 6.3 has the server
+read to the end and then refuse. At the end the chunks become one buffer, with bare line
+ends made CRLF when the configuration normalizes them (RFC 5321 2.3.8)."""
+
+from __future__ import annotations
+
+import re
+
+_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class Body:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # octets; 0: none
+        self.size = 0  # octets received, kept or not
+        self.too_big = False
+        self._chunks: list[bytes] = []
+
+    def add(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.limit and self.size > self.limit:
+            self.too_big, self._chunks = True, []
+        elif not self.too_big:
+            self._chunks.append(data)
+
+    def content(self, *, normalize: bool = False) -> bytes:
+        """Everything kept, as one buffer; `normalize`: bare CR and LF become CRLF."""
+        body = b"".join(self._chunks)
+        return _ANY_LINE_END.sub(b"\r\n", body) if normalize else body
