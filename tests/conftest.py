@@ -13,7 +13,18 @@ import trio
 import trio.lowlevel
 import trustme
 
-from vsmtp.config import CertificateConfig, Config, DeliveryConfig, DnsConfig, JournalConfig, ListenerConfig, RelayConfig, TlsConfig
+from vsmtp.config import (
+    CertificateConfig,
+    Config,
+    DeliveryConfig,
+    DmarcConfig,
+    DnsConfig,
+    JournalConfig,
+    ListenerConfig,
+    RelayConfig,
+    SpfConfig,
+    TlsConfig,
+)
 from vsmtp.daemon import Running, serve
 
 
@@ -45,7 +56,9 @@ def config(tmp_path: Path, certificate: CertificateConfig) -> Config:
     """The embedded defaults, on an ephemeral loopback port, with all state under tmp_path.
 
     Nobody may relay (so relay refusal is what tests see), and the listener has a
-    certificate from the test CA (so no self-signed one is generated for every test).
+    certificate from the test CA (so no self-signed one is generated for every test). SPF
+    and DMARC, which would ask the DNS about every stranger's message (and wait for NO_DNS
+    to time out), are off: tests/auth turns them on against a zone of its own.
     """
     return Config(
         hostname="mx.test",
@@ -55,6 +68,8 @@ def config(tmp_path: Path, certificate: CertificateConfig) -> Config:
         relay=RelayConfig(networks=()),
         tls=TlsConfig(directory=str(tmp_path / "tls")),
         dns=NO_DNS,
+        spf=SpfConfig(mode="off"),
+        dmarc=DmarcConfig(mode="off"),
     )
 
 

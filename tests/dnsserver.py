@@ -1,8 +1,9 @@
 """A small authoritative DNS server on loopback, answering from a zone file (tests/remote/test.zone).
 
 Built on dnspython's zone and message classes; UDP only (answers here are small), in a
-thread so that trio and blocking tests can both use it. Enough for MX, A, AAAA, NXDOMAIN and
-NODATA, which is what mail routing asks.
+thread so that trio and blocking tests can both use it. Enough for MX, A, AAAA, TXT,
+NXDOMAIN and NODATA, which is what mail routing and sender authentication ask. Names under
+a `silent` suffix are never answered: a server that is down, for timeouts.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ from types import TracebackType
 
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rdatatype
 import dns.zone
 
 
 class DnsServer:
-    def __init__(self, zone_text: str, origin: str, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, zone_text: str, origin: str, *, host: str = "127.0.0.1", port: int = 0, silent: tuple[str, ...] = ()) -> None:
         self.zone = dns.zone.from_text(zone_text, origin=origin, relativize=False)
+        self.silent = tuple(dns.name.from_text(name) for name in silent)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, port))
         self.host, self.port = self.sock.getsockname()[:2]
         self.queries: list[tuple[str, str]] = []  # (name, type) asked, for tests to check
         self._stop = threading.Event()
@@ -52,6 +55,9 @@ class DnsServer:
             try:
                 query = dns.message.from_wire(data)
             except dns.exception.DNSException:
+                continue
+            if any(q.name.is_subdomain(name) for q in query.question for name in self.silent):
+                self.queries.append((query.question[0].name.to_text(), "(no answer)"))
                 continue
             self.sock.sendto(self.answer(query).to_wire(), peer)
 

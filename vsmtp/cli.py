@@ -14,6 +14,8 @@
     vsmtp rules test RULES.py [--since TIME] [--json]
     vsmtp config show [--config FILE]
     vsmtp auth hash [USER]              a password file line (the password from the terminal or stdin)
+    vsmtp dkim keygen DOMAIN SELECTOR [--algorithm A] [--key FILE]
+    vsmtp dmarc report --since TIME [--until TIME] [--domain D] [--output DIR] [--send] [--json]
 
 Every command reads the same configuration as the daemon, so run from the daemon's
 directory with no arguments it finds the daemon's journal.
@@ -134,6 +136,22 @@ def _parser() -> argparse.ArgumentParser:
     auth = sub.add_parser("auth", help="SMTP AUTH users").add_subparsers(metavar="ACTION")
     hashing = command(auth, "hash", _auth_hash, "hash a password for auth.passwords (asked twice, or one line from stdin)")
     hashing.add_argument("user", metavar="USER", nargs="?", help="print a whole 'USER:hash' line")
+
+    dkim = sub.add_parser("dkim", help="DKIM signing keys").add_subparsers(metavar="ACTION")
+    keygen = command(dkim, "keygen", _dkim_keygen, "write a new signing key (0600) and print the TXT record to publish")
+    keygen.add_argument("domain", metavar="DOMAIN")
+    keygen.add_argument("selector", metavar="SELECTOR")
+    keygen.add_argument("--algorithm", choices=["rsa-sha256", "ed25519-sha256"], default="rsa-sha256")
+    keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
+    keygen.add_argument("--key", metavar="FILE", help="where to write the key (default var/dkim/SELECTOR.DOMAIN.key)")
+
+    dmarc = sub.add_parser("dmarc", help="DMARC aggregate reports").add_subparsers(metavar="ACTION")
+    reporting = command(dmarc, "report", _dmarc_report, "write the aggregate reports of a period from the journal", json=True)
+    reporting.add_argument("--since", type=_parse_time, required=True, metavar="TIME", help="ISO 8601 or seconds since the epoch")
+    reporting.add_argument("--until", type=_parse_time, metavar="TIME", help="end of the period, exclusive (default: now)")
+    reporting.add_argument("--domain", default="", help="only this policy domain's report")
+    reporting.add_argument("--output", default=".", metavar="DIR", help="where to write the .xml.gz files (default .)")
+    reporting.add_argument("--send", action="store_true", help="also mail each report to its rua addresses (queued in the journal)")
     return parser
 
 
@@ -522,6 +540,55 @@ def _auth_hash(args: argparse.Namespace, config: config_mod.Config) -> int:
         return 1
     hashed = hash_password(password)
     print(f"{args.user}:{hashed}" if args.user else hashed)
+    return 0
+
+
+def _dkim_keygen(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from pathlib import Path
+
+    from .auth import dkim
+
+    path = Path(args.key or f"var/dkim/{args.selector}.{args.domain}.key")
+    if path.exists():
+        print(f"vsmtp: {path} exists; not overwritten", file=sys.stderr)
+        return 1
+    try:
+        pem, record = dkim.generate(args.algorithm, bits=args.bits)
+    except ValueError as exc:
+        print(f"vsmtp: {exc}", file=sys.stderr)
+        return 2
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+    print(f"# private key written to {path} (mode 0600); publish this record:")
+    print(dkim.zone_line(f"{args.selector}._domainkey.{args.domain}", record))
+    print("# and sign with it:")
+    print(f'[[dkim.sign]]\ndomain = "{args.domain}"\nselector = "{args.selector}"\nkey = "{path}"\nalgorithm = "{args.algorithm}"')
+    return 0
+
+
+def _dmarc_report(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from pathlib import Path
+
+    from . import reporting
+
+    until = args.until if args.until is not None else time.time()
+    outcomes = reporting.run(config, since=args.since, until=until, domain=args.domain, output=Path(args.output), send=args.send)
+    if args.json:
+        rows = [
+            {"domain": o.domain, "file": str(o.path), "messages": o.messages, "sent_to": o.sent_to, "skipped": o.skipped} for o in outcomes
+        ]
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    for o in outcomes:
+        print(f"{o.domain}: {o.messages} messages -> {o.path}")
+        for address in o.sent_to:
+            print(f"  queued to {address}")
+        for address, why in o.skipped:
+            print(f"  not sent to {address}: {why}")
+    if not outcomes:
+        print("no DMARC evaluations with a policy record in that period")
     return 0
 
 

@@ -139,8 +139,70 @@ class RelayhostConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SpfConfig:
+    """SPF (RFC 7208) of the MAIL FROM identity, or of the HELO identity for the null sender.
+    Clients in relay.networks and authenticated clients are not checked."""
+
+    mode: Literal["off", "tag", "reject"] = "tag"  # tag: headers only; reject: fail 550 5.7.23, temperror 451 4.7.24
+    timeout: float = 20.0  # seconds for the whole check, every lookup included (RFC 7208 4.6.4)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SigningKeyConfig:
+    """One DKIM key: who signs (d=), with which selector (s=), key file and algorithm."""
+
+    domain: str
+    selector: str
+    key: str  # the private key file (PEM), written by `vsmtp dkim keygen`
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+
+
+# RFC 6376 5.4.1's list; From, Subject and To are also over-signed (a second, empty
+# instance is signed, so none can be added without breaking the signature).
+DKIM_HEADERS = (
+    "from", "reply-to", "subject", "date", "to", "cc", "resent-date", "resent-from", "resent-to", "resent-cc",
+    "in-reply-to", "references", "list-id", "list-help", "list-unsubscribe", "list-subscribe", "list-post",
+    "list-owner", "list-archive", "message-id", "mime-version", "content-type", "content-transfer-encoding",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DkimConfig:
+    """DKIM (RFC 6376, RFC 8463): every signature verified at the data stage; mail from the
+    configured domains signed at the post-queue stage."""
+
+    verify: bool = True
+    timeout: float = 10.0  # seconds for the key lookups of one message
+    sign: tuple[SigningKeyConfig, ...] = ()  # [[dkim.sign]]; two keys for one domain sign with both
+    sign_from: Literal["trusted", "all"] = "trusted"  # trusted: authenticated users and relay.networks only
+    headers: tuple[str, ...] = DKIM_HEADERS
+    oversign: tuple[str, ...] = ("from", "subject", "to")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DmarcConfig:
+    """DMARC (RFC 7489): the From domain's policy applied to the SPF and DKIM results."""
+
+    mode: Literal["off", "tag", "enforce"] = "tag"  # enforce: p=reject 550 5.7.1, p=quarantine into `quarantine`
+    quarantine: str = "dmarc"
+    timeout: float = 10.0  # seconds for the policy lookups of one message
+    report_org: str = ""  # org_name of the aggregate reports ("" : the hostname)
+    report_from: str = ""  # their From and envelope sender ("" : postmaster@hostname)
+    report_limit: int = 10  # reports sent to one address in one `vsmtp dmarc report --send`
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArcConfig:
+    """ARC (RFC 8617): chains verified on inbound mail; mail vsmtp forwards sealed."""
+
+    verify: bool = True
+    trusted_sealers: tuple[str, ...] = ()  # sealing domains whose passing chain overrides a DMARC fail
+    seal: SigningKeyConfig | None = None  # [arc.seal]: seal forwarded mail with this key; none: no sealing
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DnsConfig:
-    """The resolver used for MX lookups."""
+    """The resolver every lookup goes through (MX for delivery, SPF, DKIM keys, DMARC policies)."""
 
     nameservers: tuple[str, ...] = ()  # "host" or "host:port"; none: the system's resolv.conf
     timeout: float = 10.0  # seconds for one lookup, all servers and retries included
@@ -182,6 +244,10 @@ class Config:
     delivery: DeliveryConfig = DeliveryConfig()
     retention: RetentionConfig = RetentionConfig()
     dns: DnsConfig = DnsConfig()
+    spf: SpfConfig = SpfConfig()
+    dkim: DkimConfig = DkimConfig()
+    dmarc: DmarcConfig = DmarcConfig()
+    arc: ArcConfig = ArcConfig()
     relayhost: RelayhostConfig = RelayhostConfig()
     limits: LimitsConfig = LimitsConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
@@ -189,6 +255,16 @@ class Config:
     plugins: tuple[str, ...] = ()  # entry-point names in group "vsmtp", loaded in this order
     plugin: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # [plugin.NAME] sections
     source: str = "<embedded defaults>"
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """'127.0.0.1:25' -> ('127.0.0.1', 25); '[::1]:25' -> ('::1', 25)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"listener address {address!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
 
 
 def load(path: str | Path | None = None) -> Config:
@@ -259,7 +335,14 @@ def _build(cls: type[Any], table: Mapping[str, Any], keys: tuple[str | int, ...]
         values[key] = _convert(hints[key], value, (*keys, key), src)
     if cls is Config:
         values["source"] = str(src.path)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and _required(f)]
+    if missing:
+        raise src.error(keys, f"missing key{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
     return cls(**values)
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _convert(hint: Any, value: Any, keys: tuple[str | int, ...], src: _Source) -> Any:
@@ -278,6 +361,10 @@ def _convert(hint: Any, value: Any, keys: tuple[str | int, ...], src: _Source) -
         if value not in choices:
             raise src.error(keys, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
         return value
+    if origin in (typing.Union, types.UnionType) and value is not None:
+        tables = [arg for arg in typing.get_args(hint) if dataclasses.is_dataclass(arg)]
+        if tables:  # an optional table: [arc.seal]
+            return _convert(tables[0], value, keys, src)
     if origin in (Mapping, dict, typing.Union, types.UnionType) or hint is Any:
         if origin is Mapping and not isinstance(value, dict):
             raise src.error(keys, "expected a table")

@@ -23,6 +23,7 @@ from . import config as config_mod
 from . import telemetry
 from .config import Config, ListenerConfig
 from .delivery import Scheduler, serve_delivery
+from .delivery.signing import Signing
 from .errors import VsmtpError
 from .net.counts import ConnectionCounts
 from .net.server import Bound, SmtpService
@@ -63,11 +64,12 @@ class Running:
         configuration in force as it was."""
         stages = Stages.build(config, self.plugins)  # a broken rules file refuses the reload
         settings = SessionSettings.build(config, self.plugins, stages=stages) if self.smtp is not None else None
+        signing = signing_of(config) if self.scheduler is not None else None  # and so does a broken key
         self.plugins.configure(config.plugin)
         if self.smtp is not None and settings is not None:
             self.smtp.reload(settings)
         if self.scheduler is not None:
-            self.scheduler.stages = stages
+            self.scheduler.stages, self.scheduler.signing = stages, signing
 
 
 async def serve(
@@ -119,6 +121,7 @@ async def serve(
                         await nursery.start(_observe, journal, writer, plugins)
                         if config.delivery.enabled:
                             stages = smtp.settings.stages if smtp is not None else Stages.build(config, plugins)  # postq, delivery
+                            signing = signing_of(config)  # an unreadable key stops us here, naming the file
                             scheduler = await nursery.start(
                                 lambda task_status: serve_delivery(
                                     config=config,
@@ -126,6 +129,7 @@ async def serve(
                                     writer=writer,
                                     projection=projection,
                                     stages=stages,
+                                    signing=signing,
                                     task_status=task_status,
                                 )
                             )
@@ -147,6 +151,11 @@ async def serve(
             outer.cancel_scope.cancel()
     finally:
         journal.close()
+
+
+def signing_of(config: Config) -> Signing | None:
+    """The post-queue signer, when the configuration signs or seals (ConfigError names a bad key)."""
+    return Signing(config) if config.dkim.sign or config.arc.seal is not None else None
 
 
 @contextlib.contextmanager

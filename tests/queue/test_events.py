@@ -56,6 +56,20 @@ SAMPLES: list[qe.JournalEvent] = [
     qe.MessageReleased(at=1.0, queue_id="Q", by="vsmtp queue release (uid 0)"),
     qe.RetryRequested(at=1.0, queue_id="Q", by="vsmtp queue retry (uid 0)"),
     qe.MessageRemoved(at=1.0, queue_id="Q", by="vsmtp queue remove (uid 0)"),
+    qe.SpfChecked(at=1.0, session_id="S", result={"result": "pass", "identity": "mailfrom", "domain": "b.c", "sender": "a@b.c"}),
+    qe.DkimVerified(at=1.0, session_id="S", result={"signatures": [{"result": "pass", "domain": "b.c", "selector": "s"}]}),
+    qe.ArcVerified(at=1.0, session_id="S", result={"result": "pass", "sealers": ["lists.b.c"]}),
+    qe.DmarcEvaluated(
+        at=1.0,
+        session_id="S",
+        source_ip="192.0.2.1",
+        envelope_from="b.c",
+        envelope_to="localhost",
+        result={"result": "pass", "header_from": "b.c", "record": {"p": "reject"}},
+        spf={"result": "pass", "domain": "b.c"},
+        dkim=({"result": "pass", "domain": "b.c", "selector": "s"},),
+    ),
+    qe.MessageSigned(at=1.0, queue_id="Q", method="dkim", signatures=("d=b.c s=s a=rsa-sha256",)),
 ]
 
 

@@ -32,6 +32,7 @@ from ..queue.state import MessageState
 from ..rules.engine import Stages
 from . import bounce, maildir, mbox, remote, stages
 from .outcomes import deferred, with_expiry
+from .signing import Signing
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,14 @@ class Scheduler:
         journal: Journal,
         writer: GroupCommitWriter,
         stages: Stages | None = None,
+        signing: Signing | None = None,
     ) -> None:
         self.projection = projection
         self.config = config
         self.journal = journal
         self.writer = writer
         self.stages = stages or Stages()  # the postq and delivery stages (replaced on reload)
+        self.signing = signing  # DKIM signing and ARC sealing at postq (replaced on reload)
         # Messages whose postq stage is due, and those it runs for (until the projection shows
         # message.filtered, so a touch meanwhile cannot run it twice).
         self._filter_due: set[str] = set()
@@ -178,7 +181,9 @@ class Scheduler:
             return
         try:
             async with self._filter_limit:
-                appends, settled, exports = await stages.postq(message, journal=self.journal, stages=self.stages, config=self.config)
+                appends, settled, exports = await stages.postq(
+                    message, journal=self.journal, stages=self.stages, config=self.config, signing=self.signing
+                )
             with trio.CancelScope(shield=True):
                 await self.writer.append_group(appends)  # the verdict, edits and message.filtered: all or none
             for save in exports:
@@ -473,9 +478,10 @@ async def serve_delivery(
     writer: GroupCommitWriter,
     projection: QueueProjection,
     stages: Stages | None = None,
+    signing: Signing | None = None,
     task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    scheduler = Scheduler(projection, config=config, journal=journal, writer=writer, stages=stages)
+    scheduler = Scheduler(projection, config=config, journal=journal, writer=writer, stages=stages, signing=signing)
     send, receive = trio.open_memory_channel[DeliveryJob](config.delivery.workers)
     worker = Worker(config=config, journal=journal, writer=writer, scheduler=scheduler)
     async with trio.open_nursery() as nursery:

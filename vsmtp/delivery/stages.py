@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 from vsmtp_journal import Append, Journal
@@ -36,6 +37,7 @@ from ..rules.context import Context, apply_actions, exports
 from ..rules.engine import HookFailed, Stages
 from ..rules.recorded import message_context
 from .outcomes import deferred
+from .signing import Signing
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,9 @@ async def _context(journal: Journal, config: Config, *, queue_id: str, blob: byt
 Exports = list[Callable[[], object]]  # the export actions' writes, to run once the records are committed
 
 
-async def postq(message: MessageState, *, journal: Journal, stages: Stages, config: Config) -> tuple[list[Append], bool, Exports]:
+async def postq(
+    message: MessageState, *, journal: Journal, stages: Stages, config: Config, signing: Signing | None = None
+) -> tuple[list[Append], bool, Exports]:
     """The records to journal for `message`, whether they settle the stage (False: a hook
     raised; the records are its rule.verdict "error", and the stage is to run again later),
     and the exports to write once they are committed."""
@@ -82,11 +86,25 @@ async def postq(message: MessageState, *, journal: Journal, stages: Stages, conf
     actions, ctx.actions = ctx.actions, []
     apply_actions(ctx, actions)
     records += [a.event(at=now, session_id=ctx.session_id, queue_id=message.queue_id) for a in actions]
-    appends = [qe.to_append(e) for e in records]
     edited, sender, recipients = ctx.message.raw, ctx.sender or "", tuple(ctx.recipients)
+    if signing is not None and not verdict.refuses and verdict.kind != "quarantine":
+        sign = partial(
+            signing.apply,
+            edited,
+            trusted=signing.trusted(ctx.client.address, ctx.auth),
+            recipients=recipients,
+            queue_id=message.queue_id,
+            now=now,
+        )
+        edited, signed = await trio.to_thread.run_sync(sign)
+        records += signed
+    appends = [qe.to_append(e) for e in records]
     if edited != body or (sender, recipients) != (message.reverse_path, tuple(queued)):
         key = _next_blob(message.blob)
-        by = ", ".join(dict.fromkeys(a.by for a in actions)) or verdict.by
+        by = ", ".join(
+            dict.fromkeys([*(a.by for a in actions), *(f"vsmtp:{e.method}" for e in records if isinstance(e, qe.MessageSigned))])
+        )
+        by = by or verdict.by
         modified = qe.MessageModified(
             at=now, queue_id=message.queue_id, stage="postq", by=by, blob=key, size=len(edited), reverse_path=sender, recipients=recipients
         )

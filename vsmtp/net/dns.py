@@ -1,4 +1,8 @@
-"""Where mail for a domain goes: its MX hosts and their addresses (RFC 5321 5.1).
+"""Every DNS question vsmtp asks, on trio: where mail for a domain goes (its MX hosts and
+their addresses, RFC 5321 5.1), and the records sender authentication reads (TXT, A, AAAA,
+MX and PTR for SPF, DKIM keys, DMARC policies).
+
+Where mail goes:
 
 - MX records by preference, shuffled among equal preferences;
 - no MX record: the domain itself is the host (the implicit MX), if it has an address;
@@ -8,7 +12,10 @@
 - every host's IPv6 and IPv4 addresses, IPv6 first.
 
 The resolver's nameservers come from `[dns]` in the configuration (tests point them at a
-server on loopback), or from the system's resolv.conf.
+server on loopback), or from the system's resolv.conf. Answers are cached for their TTL.
+
+The libraries that evaluate SPF, DKIM and ARC run in worker threads; `ThreadLookups` lets
+them ask questions that are answered here, on trio, within the caller's deadline.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ import dns.asyncresolver
 import dns.exception
 import dns.name
 import dns.resolver
+import trio
 
-from ..config import DnsConfig
-from .server import parse_address
+from ..auth.spf import TemporaryLookupError
+from ..config import DnsConfig, parse_address
 
 
 class DnsTemporary(Exception):
@@ -55,7 +63,74 @@ def resolver(config: DnsConfig) -> dns.asyncresolver.Resolver:
                 host = server
             made.nameservers.append(host)
     made.lifetime = config.timeout
+    made.cache = dns.resolver.LRUCache(CACHE_SIZE)
     return made
+
+
+CACHE_SIZE = 10_000  # answers kept per process, each for its TTL
+
+
+async def records(name: str, rdtype: str, resolve: dns.asyncresolver.Resolver) -> list[object]:
+    """The records of `name` (answers as dnspython's rdata); [] when the name or the type does
+    not exist. DnsTemporary when no answer can be had now."""
+    try:
+        answer = await resolve.resolve(name, rdtype, search=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.LifetimeTimeout) as exc:
+        raise DnsTemporary(f"cannot look up {rdtype} of {name}: {exc}") from exc
+    except dns.exception.DNSException as exc:  # a name that is not one (empty label, too long)
+        raise DnsPermanent(f"{name}: {exc}") from exc
+    return list(answer)
+
+
+async def txt(name: str, resolve: dns.asyncresolver.Resolver) -> list[bytes]:
+    """Each TXT record of `name`, its strings joined (RFC 7208 3.3, RFC 6376 3.6.2.2)."""
+    return [b"".join(r.strings) for r in await records(name, "TXT", resolve)]  # type: ignore[attr-defined]
+
+
+async def exists(name: str, resolve: dns.asyncresolver.Resolver) -> bool:
+    """Whether `name` exists in the DNS (any of A, AAAA, MX): DMARCbis's np test."""
+    for rdtype in ("A", "AAAA", "MX"):
+        if await records(name, rdtype, resolve):
+            return True
+    return False
+
+
+class ThreadLookups:
+    """DNS for code running in a worker thread (pyspf): each question is sent back to the trio
+    thread and answered by `resolve`, all of them before `deadline` (trio's clock). Create it
+    in the trio thread; call it from the worker."""
+
+    def __init__(self, resolve: dns.asyncresolver.Resolver, *, deadline: float) -> None:
+        self.resolve = resolve
+        self.deadline = deadline
+        self.asked: list[tuple[str, str]] = []
+
+    def __call__(self, name: str, qtype: str) -> list[object]:
+        self.asked.append((name, qtype))
+        try:
+            return trio.from_thread.run(self._ask, name, qtype)
+        except (DnsTemporary, trio.TooSlowError) as exc:
+            raise TemporaryLookupError(str(exc) or f"{qtype} {name}: no answer in time") from exc
+        except DnsPermanent:
+            return []
+
+    async def _ask(self, name: str, qtype: str) -> list[object]:
+        with trio.fail_at(self.deadline):
+            found = await records(name, qtype, self.resolve)
+        return [_for_spf(qtype, r) for r in found]
+
+
+def _for_spf(qtype: str, rdata: object) -> object:
+    """An answer in the form pyspf's own dnspython lookup gives."""
+    if qtype in ("A", "AAAA"):
+        return rdata.address  # type: ignore[attr-defined]
+    if qtype == "MX":
+        return (rdata.preference, rdata.exchange)  # type: ignore[attr-defined]
+    if qtype == "PTR":
+        return rdata.target.to_text(True)  # type: ignore[attr-defined]
+    return tuple(rdata.strings)  # type: ignore[attr-defined]  # TXT
 
 
 async def exchangers(domain: str, resolve: dns.asyncresolver.Resolver) -> list[Exchanger]:

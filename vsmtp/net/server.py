@@ -18,7 +18,7 @@ from functools import partial
 import trio
 from vsmtp_journal import GroupCommitWriter
 
-from ..config import Config, ListenerConfig
+from ..config import Config, ListenerConfig, parse_address
 from ..plugins import PluginManager
 from ..smtp import replies
 from .counts import ConnectionCounts
@@ -33,16 +33,6 @@ class Bound:
     listener: str
     host: str
     port: int
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """'127.0.0.1:25' -> ('127.0.0.1', 25); '[::1]:25' -> ('::1', 25)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listener address {address!r} is not host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
 
 
 def _peer(sockname: object) -> Peer:

@@ -410,7 +410,7 @@ class Session:
             body=body,
             follow=[a.event(at=now, session_id=self.id, queue_id=queue_id) for a in actions],
             quarantine=tx.holds.quarantine,
-            postq=self.settings.stages.active("postq") and not self.stages.faccepted,
+            postq=self.settings.postq_due(self.ctx, tx.recipients, faccepted=self.stages.faccepted),
             trace_context=telemetry.current_context(),
             now=now,
         )

@@ -5,11 +5,14 @@ handed to each session it starts; a running session keeps the settings it starte
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..config import Config, ListenerConfig
 from ..credentials import PasswordFile
 from ..plugins import PluginManager
+from ..queue import policy
+from ..rules.context import Context
 from ..rules.engine import Stages
 from ..smtp.server import Extensions, ServerConnection
 from . import checks
@@ -28,7 +31,16 @@ class SessionSettings:
     tls: dict[str, ssl.SSLContext]  # by listener name
     stages: Stages  # the rules file and the plugins, run at each stage
     checks: tuple[checks.Check, ...]  # vsmtp's own checks at the stages (checks/)
+    relay_networks: tuple[policy.IpNetwork, ...]
     passwords: PasswordFile | None  # who may AUTH; None: AUTH is not offered
+
+    def postq_due(self, ctx: Context, recipients: Sequence[str], *, faccepted: bool) -> bool:
+        """Whether a message is to take the post-queue stage: rules or plugins run there (and
+        the session was not faccepted), or it is to be signed or sealed there."""
+        if self.stages.active("postq") and not faccepted:
+            return True
+        trusted = bool(ctx.auth) or policy.may_relay(ctx.client.address, self.relay_networks)
+        return policy.signing_due(self.config, trusted=trusted, recipients=recipients)
 
     def connection(self, listener: ListenerConfig) -> ServerConnection:
         """The protocol state machine for a new session on `listener`."""
@@ -46,5 +58,6 @@ class SessionSettings:
             tls={listener.name: server_context(listener, config) for listener in config.listeners},
             stages=stages or Stages.build(config, plugins),
             checks=checks.build(config),
+            relay_networks=policy.relay_networks(config),
             passwords=PasswordFile(config.auth.passwords) if config.auth.passwords else None,
         )

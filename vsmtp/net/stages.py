@@ -46,10 +46,19 @@ class StageRunner:
         checks = self._checks.get(stage, ())
         for check in checks:
             await check.learn(stage, ctx)
+        verdict = await self._decide(stage, checks, **kwargs)
+        for check in checks:
+            for event in check.record(stage, ctx, verdict):
+                await self.journal(event)
+        if holds is not None:
+            holds.hold(verdict)
+        return verdict
+
+    async def _decide(self, stage: str, checks: Sequence[Check], **kwargs: object) -> Verdict:
         verdict = NEXT
         if self.stages.active(stage):
             try:
-                verdict = await self.stages.run(stage, ctx, **kwargs)
+                verdict = await self.stages.run(stage, self.ctx, **kwargs)
             except HookFailed as exc:
                 failed = Verdict("reject", replies.HOOK_FAILED, by=exc.by)
                 await self._journal(stage, failed, "error")
@@ -60,12 +69,9 @@ class StageRunner:
                 self.faccepted = True
         if verdict.kind == "next":
             for check in checks:
-                said = await check.decide(stage, ctx)
+                said = await check.decide(stage, self.ctx)
                 if said is not None and said.kind != "next":
-                    verdict = said.said_by(check.name)
-                    break
-        if holds is not None:
-            holds.hold(verdict)
+                    return said.said_by(check.name)
         return verdict
 
     async def _journal(self, stage: str, verdict: Verdict, kind: str) -> None:

@@ -417,6 +417,65 @@ class AuthFailed(JournalEvent):
     password_ok: bool = False  # the password was right: a rule or plugin refused at the auth stage
 
 
+# -- sender authentication (vsmtp/auth/results.py gives each `result` its shape) -------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpfChecked(JournalEvent):
+    """SPF was checked for a transaction at MAIL FROM (ctx.spf): result, identity, domain,
+    sender, HELO name, client address, explanation."""
+
+    TAG = "auth.spf"
+    session_id: str
+    result: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DkimVerified(JournalEvent):
+    """Every DKIM signature of a message was checked at the data stage (ctx.dkim): per
+    signature d=, s=, a=, result and reason."""
+
+    TAG = "auth.dkim"
+    session_id: str
+    result: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArcVerified(JournalEvent):
+    """A message's ARC chain was checked at the data stage (ctx.arc)."""
+
+    TAG = "auth.arc"
+    session_id: str
+    result: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DmarcEvaluated(JournalEvent):
+    """DMARC was evaluated for a message at the data stage (ctx.dmarc), with what an aggregate
+    report needs (RFC 7489 appendix C): the source, the envelope, the SPF and DKIM results it
+    rests on, and the disposition applied (after the rules had their say)."""
+
+    TAG = "auth.dmarc"
+    session_id: str
+    source_ip: str
+    envelope_from: str  # the domain of MAIL FROM ("" for the null sender)
+    envelope_to: str  # the domain of the first recipient
+    result: Mapping[str, Any]  # DmarcResult
+    spf: Mapping[str, Any] = field(default_factory=dict)  # SpfResult, {} when SPF was not checked
+    dkim: tuple[Mapping[str, Any], ...] = ()  # DkimSignature each
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageSigned(JournalEvent):
+    """At the post-queue stage the message was signed (DKIM) or sealed (ARC); the signed body
+    is the message.modified of the same transaction."""
+
+    TAG = "message.signed"
+    queue_id: str
+    method: str  # dkim or arc
+    signatures: tuple[str, ...]  # "d=example.org s=sel a=rsa-sha256" each
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DataReceived(JournalEvent):
     """The end of a message's content (DATA or BDAT LAST) and what we answered."""

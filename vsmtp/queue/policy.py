@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -87,6 +87,17 @@ def room_needed(config: Config, mail_params: Mapping[str, str | None]) -> int:
     size = mail_params.get("SIZE") or "0"
     declared = int(size) if size.isdigit() else 0
     return config.journal.min_free + declared * 3 // 2
+
+
+def signing_due(config: Config, *, trusted: bool, recipients: Sequence[str]) -> bool:
+    """Whether a message will be DKIM-signed or ARC-sealed at the post-queue stage
+    (delivery/signing.py), so that it must take that stage: signed when it comes from a
+    trusted client (or `dkim.sign_from = "all"`) and keys are configured; sealed when it
+    comes from another client and goes on to another domain. The From domain is looked at
+    when signing."""
+    if config.dkim.sign and (trusted or config.dkim.sign_from == "all"):
+        return True
+    return config.arc.seal is not None and not trusted and any(remote_domain(r, config) is not None for r in recipients)
 
 
 def recipient_verdict(address: str, config: Config, *, relay_allowed: bool) -> Verdict:

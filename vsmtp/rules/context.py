@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from ..auth.results import ArcResult, DkimResult, DmarcResult, SpfResult
 from ..mail import export
 from ..mail.message import Message
 from ..queue import events as qe
@@ -68,6 +69,10 @@ class Context:
     route: str = ""  # at delivery: the route vsmtp chose for it (local, smtp, smtp:[HOST]:PORT)
     message: Message | None = None  # at data and after
     queue_id: str = ""  # once queued (postq, delivery)
+    spf: SpfResult | None = None  # from mail on: SPF of this transaction (None: not checked, e.g. a trusted client)
+    dkim: DkimResult | None = None  # from data on: every DKIM signature's result
+    arc: ArcResult | None = None  # from data on: the ARC chain's result
+    dmarc: DmarcResult | None = None  # from data on: the DMARC result and disposition
     results: dict[str, Any] = field(default_factory=dict)  # what plugins left for others, by plugin name
     actions: list[Action] = field(default_factory=list)
     by: str = ""  # who runs now (set by the engine, for the actions' record)
@@ -90,6 +95,7 @@ class Context:
 
     def new_transaction(self) -> None:
         self.sender, self.recipients, self.mail_params, self.recipient, self.message = None, [], {}, "", None
+        self.spf = self.dkim = self.arc = self.dmarc = None
         self.actions = []
 
     # -- actions ---------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from typing import Any
 
 from vsmtp_journal import Journal
 
+from ..auth import results
+from ..auth.results import ArcResult, DkimResult, DmarcResult, SpfResult
 from ..config import Config
 from ..mail.message import Message
 from ..queue import events as qe
@@ -26,6 +28,16 @@ class RecordedTransaction:
     recipients: list[tuple[str, bool]] = field(default_factory=list)  # every RCPT tried: (address, accepted)
     accepted: qe.MessageAccepted | None = None  # when the message was queued
     data_reply: str = ""  # what DATA was answered ("" when it never came)
+    spf: SpfResult | None = None  # sender authentication, as the checks found it
+    dkim: DkimResult | None = None
+    arc: ArcResult | None = None
+    dmarc: DmarcResult | None = None
+
+    def authentication(self, ctx: Context, *, stage: str) -> None:
+        """Put into `ctx` the results the checks had found by `stage` (mail: SPF; data: all)."""
+        ctx.spf = self.spf
+        if stage != "mail":
+            ctx.dkim, ctx.arc, ctx.dmarc = self.dkim, self.arc, self.dmarc
 
 
 @dataclass(slots=True)
@@ -102,6 +114,26 @@ def _data(session: RecordedSession, event: qe.DataReceived) -> None:
         tx.data_reply = event.reply
 
 
+def _spf(session: RecordedSession, event: qe.SpfChecked) -> None:
+    if (tx := session.transaction) is not None:
+        tx.spf = results.spf_of(event.result)
+
+
+def _dkim(session: RecordedSession, event: qe.DkimVerified) -> None:
+    if (tx := session.transaction) is not None:
+        tx.dkim = results.dkim_of(event.result)
+
+
+def _arc(session: RecordedSession, event: qe.ArcVerified) -> None:
+    if (tx := session.transaction) is not None:
+        tx.arc = results.arc_of(event.result)
+
+
+def _dmarc(session: RecordedSession, event: qe.DmarcEvaluated) -> None:
+    if (tx := session.transaction) is not None:
+        tx.dmarc = results.dmarc_of(event.result)
+
+
 def _verdict(session: RecordedSession, event: qe.RuleVerdict) -> None:
     session.verdicts.append((len(session.transactions) - 1, event))
 
@@ -122,6 +154,10 @@ _FOLDS: dict[type[qe.JournalEvent], Callable[[RecordedSession, Any], None]] = {
     qe.RecipientRejected: _recipient,
     qe.MessageAccepted: _accepted,
     qe.DataReceived: _data,
+    qe.SpfChecked: _spf,
+    qe.DkimVerified: _dkim,
+    qe.ArcVerified: _arc,
+    qe.DmarcEvaluated: _dmarc,
     qe.RuleVerdict: _verdict,
     qe.SessionClosed: _closed,
 }
@@ -185,6 +221,8 @@ def message_context(
     if session is None:
         raise LookupError(f"{queue_id}: its session is no longer in the journal")
     ctx = session.context(config)
+    if (tx := session.transaction) is not None:
+        tx.authentication(ctx, stage="postq")  # the last transaction read is this message's
     ctx.sender, ctx.recipients, ctx.mail_params = reverse_path, list(recipients), dict(accepted.mail_params)
     ctx.queue_id = queue_id
     ctx.message = Message(body)

@@ -1,9 +1,11 @@
 """`vsmtp rules test`: the sessions recorded in the journal, replayed through a rules file.
 
 Each session is played again stage by stage as it happened (connect, helo, auth for each
-login whose password was right, then per transaction mail, each RCPT tried, and data when the message was queued and its body is
-still in the journal), through the new rules only: nothing is sent, queued or journaled,
-and plugins do not run. Where a stage's verdict differs from the one recorded (no
+login whose password was right, then per transaction mail, each RCPT tried, and data when
+the message was queued and its body is still in the journal), through the new rules only:
+nothing is sent, queued or journaled, and plugins and vsmtp's own checks do not run. The
+sender authentication results (ctx.spf, ctx.dkim, ctx.arc, ctx.dmarc) are those recorded:
+no DNS lookup is made again. Where a stage's verdict differs from the one recorded (no
 rule.verdict recorded means next), that is a Difference.
 
 What cannot be replayed: a message refused at data (its body was never kept), and the
@@ -96,6 +98,7 @@ async def _session(session: RecordedSession, journal: Journal, config: Config, s
                 break
             ctx.new_transaction()
             ctx.sender, ctx.mail_params = tx.sender, dict(tx.params)
+            tx.authentication(ctx, stage="mail")  # as the checks found it: no lookup again
             if refused(await run(i, "mail")):
                 continue
             for address, _ in tx.recipients:
@@ -109,6 +112,7 @@ async def _session(session: RecordedSession, journal: Journal, config: Config, s
             body = journal.blob(tx.accepted.blob) if tx.accepted is not None else None
             if body is not None and ctx.recipients:
                 ctx.message = Message(trace.without_ours(body))  # as the data stage saw it
+                tx.authentication(ctx, stage="data")
                 await run(i, "data")
     differences = []
     for key in sorted(set(recorded) | set(replayed)):

@@ -1,0 +1,108 @@
+"""DKIM and ARC with dkimpy, over looked-up keys handed in (vsmtp/auth/dkim.py, arc.py):
+signatures made and checked, each way a signature can fail, l=, over-signing, ARC chains."""
+
+from __future__ import annotations
+
+import time
+
+import dkim as dkimpy
+import pytest
+
+from vsmtp.auth import arc, dkim
+from vsmtp.auth.dkim import KeyState, Signer
+from vsmtp.auth.results import authentication_results
+
+from .conftest import Key
+
+MESSAGE = (
+    b"From: Alice <alice@signed.test>\r\nTo: bob@example.org\r\nSubject: hello\r\n"
+    b"Date: Tue, 1 Dec 2026 10:00:00 +0000\r\n\r\nHello Bob.\r\n"
+)
+
+
+def published(*keys: Key) -> dict[str, bytes | str]:
+    return {f"{k.selector}._domainkey.{k.domain}": k.record.encode() for k in keys}
+
+
+def signer(*keys: Key) -> Signer:
+    return Signer([k.secret for k in keys], headers=("from", "to", "subject", "date"), oversign=("from", "subject", "to"))
+
+
+def test_rsa_and_ed25519_signatures_verify_and_both_are_reported(keys: dict[str, Key]) -> None:
+    rsa, ed = keys["SIGNED_RSA"], keys["SIGNED_ED"]
+    signed = signer(rsa, ed).sign(MESSAGE, "signed.test") + MESSAGE
+    assert signed.count(b"DKIM-Signature:") == 2
+    result = dkim.verify(signed, published(rsa, ed))
+    assert [(s.result, s.algorithm, s.selector) for s in result.signatures] == [
+        ("pass", "ed25519-sha256", "ed"),
+        ("pass", "rsa-sha256", "sel"),
+    ]
+    assert result.result == "pass" and result.domains() == ["signed.test", "signed.test"]
+
+
+def test_a_changed_body_a_missing_key_and_an_unanswered_lookup(keys: dict[str, Key]) -> None:
+    rsa = keys["SIGNED_RSA"]
+    signed = signer(rsa).sign(MESSAGE, "signed.test") + MESSAGE
+    changed = dkim.verify(signed.replace(b"Hello Bob.", b"Hello Eve."), published(rsa))
+    assert (changed.signatures[0].result, changed.signatures[0].reason) == ("fail", "body hash mismatch")
+    missing = dkim.verify(signed, {"sel._domainkey.signed.test": KeyState.ABSENT})
+    assert missing.signatures[0].result == "permerror" and "no key" in missing.signatures[0].reason
+    unanswered = dkim.verify(signed, {"sel._domainkey.signed.test": KeyState.TEMPORARY})
+    assert unanswered.signatures[0].result == "temperror"
+    header = dkim.verify(signed.replace(b"Subject: hello", b"Subject: changed"), published(rsa))
+    assert header.signatures[0].result == "fail" and header.result == "fail"
+
+
+def test_over_signed_headers_cannot_be_added(keys: dict[str, Key]) -> None:
+    rsa = keys["SIGNED_RSA"]
+    signed = signer(rsa).sign(MESSAGE, "signed.test") + MESSAGE
+    assert b"h=from : from : to : to : subject : subject : date" in signed.replace(b"\r\n ", b" ")
+    added = signed.replace(b"Subject: hello\r\n", b"Subject: hello\r\nSubject: buy now\r\n")
+    assert dkim.verify(added, published(rsa)).signatures[0].result == "fail"
+
+
+def test_l_passes_what_it_covers_and_says_what_it_does_not(keys: dict[str, Key]) -> None:
+    rsa = keys["SIGNED_RSA"]
+    field = dkimpy.DKIM(MESSAGE).sign(
+        b"sel", b"signed.test", rsa.secret.secret, include_headers=[b"from", b"subject"], canonicalize=(b"relaxed", b"relaxed"), length=True
+    )
+    appended = field + MESSAGE + b"Buy cheap watches at example.net\r\n"
+    [sig] = dkim.verify(appended, published(rsa)).signatures
+    assert sig.result == "pass" and sig.body_length == len(b"Hello Bob.\r\n") and sig.unsigned_bytes > 0
+    assert "not" in sig.reason
+
+
+def test_keys_named_by_signatures_and_seals(keys: dict[str, Key]) -> None:
+    rsa = keys["SIGNED_RSA"]
+    signed = signer(rsa).sign(MESSAGE, "signed.test") + MESSAGE
+    assert dkim.key_names(signed) == ["sel._domainkey.signed.test"]
+    assert dkim.key_names(MESSAGE) == []
+
+
+def test_only_the_from_domain_and_its_subdomains_are_signed(keys: dict[str, Key]) -> None:
+    ours = signer(keys["OURS_RSA"])
+    assert ours.sign(MESSAGE, "signed.test") == b""
+    assert ours.sign(MESSAGE, "mail.ours.test").startswith(b"DKIM-Signature:")
+
+
+def test_an_arc_chain_verifies_and_a_change_after_the_seal_breaks_it(keys: dict[str, Key]) -> None:
+    forwarder = keys["FORWARDER"]
+    rsa = keys["SIGNED_RSA"]
+    original = signer(rsa).sign(MESSAGE, "signed.test") + MESSAGE
+    received = authentication_results("mx.fwd.test", dkim=dkim.verify(original, published(rsa))) + original
+    sealed = arc.seal(received, forwarder.secret, authserv_id="mx.fwd.test", now=int(time.time())) + received
+    assert sealed.startswith(b"ARC-Seal:") and b"cv=none" in sealed.split(b"\r\n\r\n")[0].replace(b"\r\n\t", b" ")
+    # The forwarder (a mailing list) changed nothing after sealing: the chain holds.
+    chain = arc.verify(sealed, published(forwarder, rsa))
+    assert (chain.result, chain.sealers) == ("pass", ("fwd.test",))
+    broken = arc.verify(sealed.replace(b"Hello Bob.", b"Hello Bob. [list footer]"), published(forwarder, rsa))
+    assert broken.result == "fail"
+    assert arc.verify(MESSAGE, {}).result == "none"
+
+
+@pytest.mark.parametrize("algorithm", ["rsa-sha256", "ed25519-sha256"])
+def test_keygen_writes_keys_that_sign_and_records_that_verify(algorithm: str, tmp_path: object) -> None:
+    pem, record = dkim.generate(algorithm)
+    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----") and record.startswith("v=DKIM1; k=")
+    line = dkim.zone_line("s._domainkey.example.org", "x" * 600)
+    assert line.count('"') == 6  # three strings of at most 255 octets

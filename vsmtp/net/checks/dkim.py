@@ -1,0 +1,87 @@
+"""DKIM and ARC verification at the data stage, before the 250: the keys every signature
+and seal names are looked up at once on trio (within `dkim.timeout`), then dkimpy checks
+them in a worker thread (ctx.dkim, ctx.arc). Mail from every client is verified: a
+signature is a fact whoever relays it. A message without signatures costs no lookup."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from functools import partial
+
+import dns.asyncresolver
+import trio
+
+from ...auth import arc, dkim, results
+from ...config import Config
+from ...queue import events as qe
+from ...rules.context import Context
+from ...rules.verdicts import Verdict
+from ..dns import DnsPermanent, DnsTemporary, txt
+from .base import Check
+
+_THREADS = trio.CapacityLimiter(8)  # verifications at once, per process (CPU work: hashing, RSA)
+
+
+class DkimCheck(Check):
+    name = "vsmtp:dkim"
+    stages = frozenset({"data"})
+
+    def __init__(self, config: Config, resolve: dns.asyncresolver.Resolver) -> None:
+        self.dkim = config.dkim.verify
+        self.arc = config.arc.verify
+        self.timeout = config.dkim.timeout
+        self.resolve = resolve
+
+    async def learn(self, stage: str, ctx: Context) -> None:
+        assert ctx.message is not None
+        message = ctx.message.raw
+        end = message.find(b"\r\n\r\n")
+        head = (message if end < 0 else message[: end + 2]).lower()
+        signed = self.dkim and b"dkim-signature:" in head
+        sealed = self.arc and b"arc-seal:" in head
+        if self.dkim and not signed:
+            ctx.dkim = results.DkimResult()  # nothing to look up, no thread to wake
+        if self.arc and not sealed:
+            ctx.arc = results.ArcResult(result="none")
+        if not (signed or sealed):
+            return
+        fields = (b"dkim-signature",) * signed + (b"arc-seal", b"arc-message-signature") * sealed
+        keys = await self._keys(dkim.key_names(message, fields=fields))
+        if signed:
+            ctx.dkim = await trio.to_thread.run_sync(partial(dkim.verify, message, keys), limiter=_THREADS)
+        if sealed:
+            ctx.arc = await trio.to_thread.run_sync(partial(arc.verify, message, keys), limiter=_THREADS)
+
+    async def _keys(self, names: list[str]) -> dict[str, bytes | str]:
+        """Each key record (its TXT text), or a KeyState; all looked up at once."""
+        keys: dict[str, bytes | str] = dict.fromkeys(names, dkim.KeyState.TEMPORARY)
+
+        async def one(name: str) -> None:
+            try:
+                records = [r for r in await txt(name, self.resolve) if b"p=" in r]
+            except DnsTemporary:
+                return
+            except DnsPermanent:
+                records = []
+            keys[name] = records[0] if records else dkim.KeyState.ABSENT
+
+        with trio.move_on_after(self.timeout):
+            async with trio.open_nursery() as nursery:
+                for name in names:
+                    nursery.start_soon(one, name)
+        return keys
+
+    def record(self, stage: str, ctx: Context, verdict: Verdict) -> Sequence[qe.JournalEvent]:
+        now = time.time()
+        found: list[qe.JournalEvent] = []
+        # Journaled when there was something to verify: an unsigned message costs no record.
+        if ctx.dkim is not None and ctx.dkim.signatures:
+            found.append(qe.DkimVerified(at=now, session_id=ctx.session_id, result=results.to_payload(ctx.dkim)))
+        if ctx.arc is not None and ctx.arc.result != "none":
+            found.append(qe.ArcVerified(at=now, session_id=ctx.session_id, result=results.to_payload(ctx.arc)))
+        return found
+
+
+def build(config: Config, resolve: dns.asyncresolver.Resolver) -> Check | None:
+    return DkimCheck(config, resolve) if config.dkim.verify or config.arc.verify else None
