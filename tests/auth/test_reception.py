@@ -216,9 +216,9 @@ async def test_an_arc_chain_from_a_trusted_forwarder_overrides_a_dmarc_fail(
 
 async def test_a_forged_authentication_results_claiming_our_name_is_removed(start_server: Any, auth_config: Config) -> None:
     running = await start_server(auth_config)
-    forged = message(
-        "a@spf-pass.test", Authentication_Results="mx.test; spf=pass smtp.mailfrom=x@bank.example", X_Other="kept"
-    ).replace(b"X-Other: kept", b"Authentication-Results: other.example; dkim=none")
+    forged = message("a@spf-pass.test", Authentication_Results="mx.test; spf=pass smtp.mailfrom=x@bank.example", X_Other="kept").replace(
+        b"X-Other: kept", b"Authentication-Results: other.example; dkim=none"
+    )
     assert (await trio.to_thread.run_sync(send, running, "a@spf-pass.test", forged))[0] == 250
     await wait_delivered(running, 1)
     results = delivered(auth_config).get_all("Authentication-Results")

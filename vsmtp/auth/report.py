@@ -156,7 +156,7 @@ def to_xml(report: Report, *, org_name: str, email: str, receiver: str) -> bytes
         ET.SubElement(spf, "result").text = row.spf[2]
     ET.indent(feedback)
     body: bytes = ET.tostring(feedback, encoding="utf-8")
-    return b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n" + body + b"\n"
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body + b"\n"
 
 
 def file_name(report: Report, *, receiver: str) -> str:
