@@ -52,10 +52,69 @@ class Scenario:
     sessions: int
     persistent: bool
     messages: int
+    auth: Authenticated | None = None  # SPF, DKIM and DMARC on vsmtp's side, a DKIM-signed message from a stranger
 
     def __str__(self) -> str:
         mode = "persistent" if self.persistent else "conn/msg"
-        return f"{self.size_kib:>3} KiB  c={self.sessions:<3} {mode:<10}"
+        return f"{self.size_kib:>3} KiB  c={self.sessions:<3} {mode:<10}" + (" +auth" if self.auth else "")
+
+
+AUTH_SENDER = "news@bench-sender.test"
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """The sender authentication scenario: a DNS server on loopback publishing the sender's
+    SPF, DKIM key and DMARC policy (tests/dnsserver.py), and a message signed with that key
+    for each size. vsmtp checks all three for every message (its resolver caches the answers);
+    Postfix, as shipped, checks none: the ratio says what the checks cost."""
+
+    nameserver: str
+    messages: dict[int, Path]  # size in KiB -> the signed message (LF line ends: smtp-source -F adds CR)
+
+    @classmethod
+    def start(cls, workdir: Path, sizes: list[int], stack: contextlib.ExitStack) -> Authenticated:
+        sys.path.insert(0, str(ROOT))
+        from tests.dnsserver import DnsServer
+        from vsmtp.auth import dkim
+        from vsmtp.config import SigningKeyConfig
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        pem, record = dkim.generate("rsa-sha256")
+        key = workdir / "bench.key"
+        key.write_bytes(pem)
+        strings = " ".join(f'"{record[i : i + 200]}"' for i in range(0, len(record), 200))
+        zone = (
+            "$ORIGIN test.\n$TTL 3600\n@ SOA ns.test. h.test. 1 3600 600 86400 3600\n@ NS ns.test.\n"
+            'bench-sender TXT "v=spf1 ip4:127.0.0.0/8 -all"\n'
+            '_dmarc.bench-sender TXT "v=DMARC1; p=reject"\n'
+            f"s1._domainkey.bench-sender TXT {strings}\n"
+        )
+        server = stack.enter_context(DnsServer(zone, "test."))
+        signer = dkim.Signer(
+            [dkim.SigningKey.load(SigningKeyConfig(domain="bench-sender.test", selector="s1", key=str(key)))],
+            headers=("from", "to", "subject", "date", "message-id"),
+            oversign=("from",),
+        )
+        messages = {}
+        for size in sizes:
+            line = b"x" * 76 + b"\r\n"
+            body = line * max(1, size * 1024 // len(line))
+            raw = (
+                f"From: Bench <{AUTH_SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: bench\r\n"
+                "Date: Tue, 1 Dec 2026 10:00:00 +0000\r\nMessage-ID: <bench@bench-sender.test>\r\n\r\n"
+            ).encode() + body
+            signed = signer.sign(raw, "bench-sender.test") + raw
+            path = workdir / f"message-{size}.eml"
+            path.write_bytes(signed.replace(b"\r\n", b"\n"))
+            messages[size] = path
+        return cls(nameserver=f"{server.host}:{server.port}", messages=messages)
+
+    def vsmtp_config(self) -> str:
+        return (
+            f'[relay]\nnetworks = []\n[dns]\nnameservers = ["{self.nameserver}"]\n'
+            '[spf]\nmode = "tag"\n[dmarc]\nmode = "tag"\n[dkim]\nverify = true\n'
+        )
 
 
 @dataclass
@@ -138,10 +197,15 @@ def count_files(directory: Path) -> int:
 
 
 def smtp_source(port: int, scenario: Scenario) -> subprocess.CompletedProcess[bytes]:
-    args = ["smtp-source", "-s", str(scenario.sessions), "-m", str(scenario.messages), "-l", str(scenario.size_kib * 1024)]
+    args = ["smtp-source", "-s", str(scenario.sessions), "-m", str(scenario.messages)]
+    if scenario.auth is not None:
+        args += ["-F", str(scenario.auth.messages[scenario.size_kib])]
+    else:
+        args += ["-l", str(scenario.size_kib * 1024)]
     if scenario.persistent:
         args.append("-d")
-    args += ["-M", "client.test", "-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{port}"]
+    sender = AUTH_SENDER if scenario.auth is not None else SENDER
+    args += ["-M", "client.test", "-f", sender, "-t", RECIPIENT, f"127.0.0.1:{port}"]
     return subprocess.run(args, capture_output=True, timeout=DELIVERY_TIMEOUT, check=False)
 
 
@@ -306,7 +370,7 @@ def run_one(server: Postfix | Vsmtp, scenario: Scenario) -> Result:
         server.stop()
 
 
-def scenarios(args: argparse.Namespace) -> Iterator[Scenario]:
+def scenarios(args: argparse.Namespace, auth: Authenticated | None) -> Iterator[Scenario]:
     for size in args.sizes:
         for sessions in args.sessions:
             for mode in args.modes:
@@ -314,6 +378,8 @@ def scenarios(args: argparse.Namespace) -> Iterator[Scenario]:
                 if args.quick:
                     count //= 5
                 yield Scenario(size_kib=size, sessions=sessions, persistent=mode == "persistent", messages=count)
+                if auth is not None and sessions >= 50 and mode == "persistent":
+                    yield Scenario(size_kib=size, sessions=sessions, persistent=True, messages=count, auth=auth)
 
 
 def main() -> int:
@@ -327,6 +393,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench")
     parser.add_argument("--vsmtp-config", default="", help="extra TOML appended to vsmtp's configuration")
     parser.add_argument("--vsmtp-only", action="store_true", help="skip Postfix (for profiling; prints no ratio)")
+    parser.add_argument("--no-auth", action="store_true", help="leave out the scenarios with SPF, DKIM and DMARC on")
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("postfix") is None or shutil.which("smtp-source") is None:
         print("bench: needs root and Debian's postfix package (smtp-source); `make bench` installs it as root", file=sys.stderr)
@@ -337,13 +404,21 @@ def main() -> int:
         f"{'scenario':<28} {'msgs':>5} {'postfix/s':>10} {'vsmtp/s':>9} {'ratio':>6}"
         f" {'accepted/s pf|vs':>17} {'vsmtp cpu ms/msg':>17} {'vsmtp peak MiB':>15} {'machine cpu ms/msg pf|vs':>25}  lost"
     )
+    stack = contextlib.ExitStack()
+    auth = None if args.no_auth else Authenticated.start(args.workdir / "auth", args.sizes, stack)
+    with stack:
+        return _run(args, auth)
+
+
+def _run(args: argparse.Namespace, auth: Authenticated | None) -> int:
     lost = 0
-    for n, scenario in enumerate(scenarios(args)):
+    for n, scenario in enumerate(scenarios(args, auth)):
         runs: dict[str, list[Result]] = {"postfix": [], "vsmtp": []}
         for r in range(args.repeat):
             for name in ("vsmtp",) if args.vsmtp_only else ("postfix", "vsmtp"):  # back to back, same load, same disk
                 root = args.workdir / f"{n}-{r}-{name}"
-                server: Postfix | Vsmtp = Postfix(root) if name == "postfix" else Vsmtp(root, args.vsmtp_config)
+                extra = args.vsmtp_config + (scenario.auth.vsmtp_config() if scenario.auth is not None else "")
+                server: Postfix | Vsmtp = Postfix(root) if name == "postfix" else Vsmtp(root, extra)
                 runs[name].append(run_one(server, scenario))
         if args.vsmtp_only:
             runs["postfix"] = runs["vsmtp"]

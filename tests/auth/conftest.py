@@ -43,6 +43,7 @@ KEYS = (
     ("OURS_RSA", "ours.test", "rsa", "rsa-sha256"),
     ("OURS_ED", "ours.test", "ed", "ed25519-sha256"),
     ("OPENDKIM", "signed.test", "od", "rsa-sha256"),
+    ("OPENDKIM_ED", "signed.test", "ode", "ed25519-sha256"),
 )
 
 
