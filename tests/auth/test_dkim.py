@@ -53,6 +53,13 @@ def test_a_changed_body_a_missing_key_and_an_unanswered_lookup(keys: dict[str, K
     assert header.signatures[0].result == "fail" and header.result == "fail"
 
 
+def test_an_rsa_sha1_signature_is_not_accepted(keys: dict[str, Key]) -> None:
+    rsa = keys["SIGNED_RSA"]
+    field = dkimpy.DKIM(MESSAGE).sign(b"sel", b"signed.test", rsa.secret.secret, signature_algorithm=b"rsa-sha1", include_headers=[b"from"])
+    [sig] = dkim.verify(field + MESSAGE, published(rsa)).signatures
+    assert (sig.result, sig.reason) == ("policy", "rsa-sha1 is not accepted (RFC 8301)")
+
+
 def test_over_signed_headers_cannot_be_added(keys: dict[str, Key]) -> None:
     rsa = keys["SIGNED_RSA"]
     signed = signer(rsa).sign(MESSAGE, "signed.test") + MESSAGE

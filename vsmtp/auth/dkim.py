@@ -7,6 +7,8 @@ fields); the caller looks them up on trio (net/dns.py) and hands the answers to 
 which runs dkimpy (blocking: in a worker thread). The message is parsed once and each
 signature's body hash is computed from that one parse.
 
+rsa-sha1 signatures are not accepted (RFC 8301 3.1): their result is policy.
+
 l= (RFC 6376 3.5, 8.2): a signature that covers only the first octets of the body passes
 when they match, and says how many octets it leaves unsigned (`unsigned_bytes`, and a note
 in `reason`), so that rules can treat such content as unauthenticated.
@@ -91,6 +93,8 @@ def _one(parsed: dkim.DKIM, index: int, keys: Keys) -> DkimSignature:
         return _with(found, "permerror", str(exc))
     assert prep, "the signature is there"
     sig, include_headers, sig_list = prep
+    if sig.get(b"a", b"").lower() == b"rsa-sha1":
+        return _with(found, "policy", "rsa-sha1 is not accepted (RFC 8301)")
     name = _key_name(sig[b"s"], sig[b"d"])
     record = keys.get(name, KeyState.TEMPORARY)
     if record == KeyState.ABSENT:
