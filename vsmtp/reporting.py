@@ -95,7 +95,7 @@ def _refusal(config: Config, found: report.Report, destination: report.Destinati
     if destination.external:
         name = report.consent_name(found, destination)
         try:
-            records = trio.run(dns.txt, name, dns.resolver(config.dns))
+            records = trio.run(dns.AnswerCache(dns.resolver(config.dns)).txt, name)
         except (dns.DnsTemporary, dns.DnsPermanent) as exc:
             return f"cannot look up {name} ({exc}): not sent outside {found.domain}'s organization"
         if not report.consents(records):

@@ -136,7 +136,9 @@ def _text(value: bytes) -> str:
 
 
 def _headers(message: bytes) -> list[tuple[bytes, bytes]]:
-    headers, _ = dkim.rfc822_parse(message)
+    """The header fields (name, value), parsed from the header section alone."""
+    end = message.find(b"\r\n\r\n")
+    headers, _ = dkim.rfc822_parse(message if end < 0 else message[: end + 4])
     return list(headers)
 
 

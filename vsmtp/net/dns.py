@@ -14,14 +14,15 @@ Where mail goes:
 The resolver's nameservers come from `[dns]` in the configuration (tests point them at a
 server on loopback), or from the system's resolv.conf. Answers are cached for their TTL.
 
-The libraries that evaluate SPF, DKIM and ARC run in worker threads; `ThreadLookups` lets
-them ask questions that are answered here, on trio, within the caller's deadline.
+The checks of sender authentication ask through an AnswerCache: the same few names for
+every message, answered from a dict while their TTL lasts.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import random
+import time
 from dataclasses import dataclass
 
 import dns.asyncresolver
@@ -30,7 +31,6 @@ import dns.name
 import dns.resolver
 import trio
 
-from ..auth.spf import TemporaryLookupError
 from ..config import DnsConfig, parse_address
 
 
@@ -68,69 +68,6 @@ def resolver(config: DnsConfig) -> dns.asyncresolver.Resolver:
 
 
 CACHE_SIZE = 10_000  # answers kept per process, each for its TTL
-
-
-async def records(name: str, rdtype: str, resolve: dns.asyncresolver.Resolver) -> list[object]:
-    """The records of `name` (answers as dnspython's rdata); [] when the name or the type does
-    not exist. DnsTemporary when no answer can be had now."""
-    try:
-        answer = await resolve.resolve(name, rdtype, search=False)
-    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-        return []
-    except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.LifetimeTimeout) as exc:
-        raise DnsTemporary(f"cannot look up {rdtype} of {name}: {exc}") from exc
-    except dns.exception.DNSException as exc:  # a name that is not one (empty label, too long)
-        raise DnsPermanent(f"{name}: {exc}") from exc
-    return list(answer)
-
-
-async def txt(name: str, resolve: dns.asyncresolver.Resolver) -> list[bytes]:
-    """Each TXT record of `name`, its strings joined (RFC 7208 3.3, RFC 6376 3.6.2.2)."""
-    return [b"".join(r.strings) for r in await records(name, "TXT", resolve)]  # type: ignore[attr-defined]
-
-
-async def exists(name: str, resolve: dns.asyncresolver.Resolver) -> bool:
-    """Whether `name` exists in the DNS (any of A, AAAA, MX): DMARCbis's np test."""
-    for rdtype in ("A", "AAAA", "MX"):
-        if await records(name, rdtype, resolve):
-            return True
-    return False
-
-
-class ThreadLookups:
-    """DNS for code running in a worker thread (pyspf): each question is sent back to the trio
-    thread and answered by `resolve`, all of them before `deadline` (trio's clock). Create it
-    in the trio thread; call it from the worker."""
-
-    def __init__(self, resolve: dns.asyncresolver.Resolver, *, deadline: float) -> None:
-        self.resolve = resolve
-        self.deadline = deadline
-        self.asked: list[tuple[str, str]] = []
-
-    def __call__(self, name: str, qtype: str) -> list[object]:
-        self.asked.append((name, qtype))
-        try:
-            return trio.from_thread.run(self._ask, name, qtype)
-        except (DnsTemporary, trio.TooSlowError) as exc:
-            raise TemporaryLookupError(str(exc) or f"{qtype} {name}: no answer in time") from exc
-        except DnsPermanent:
-            return []
-
-    async def _ask(self, name: str, qtype: str) -> list[object]:
-        with trio.fail_at(self.deadline):
-            found = await records(name, qtype, self.resolve)
-        return [_for_spf(qtype, r) for r in found]
-
-
-def _for_spf(qtype: str, rdata: object) -> object:
-    """An answer in the form pyspf's own dnspython lookup gives."""
-    if qtype in ("A", "AAAA"):
-        return rdata.address  # type: ignore[attr-defined]
-    if qtype == "MX":
-        return (rdata.preference, rdata.exchange)  # type: ignore[attr-defined]
-    if qtype == "PTR":
-        return rdata.target.to_text(True)  # type: ignore[attr-defined]
-    return tuple(rdata.strings)  # type: ignore[attr-defined]  # TXT
 
 
 async def exchangers(domain: str, resolve: dns.asyncresolver.Resolver) -> list[Exchanger]:
@@ -190,3 +127,59 @@ async def _addresses(name: str, resolve: dns.asyncresolver.Resolver) -> tuple[tu
         except (dns.resolver.NoNameservers, dns.exception.Timeout):
             failed += 1
     return tuple(addresses), failed
+
+
+class AnswerCache:
+    """Answers kept for their TTL in front of the resolver, for the checks that ask the same
+    few names for every message (a sender's SPF record, its DMARC policy, its DKIM key):
+    a dict lookup instead of a trip through dnspython's resolution. Names that do not exist
+    (or have no such record) are kept for NEGATIVE_TTL at most."""
+
+    NEGATIVE_TTL = 60.0
+    SIZE = 10_000
+
+    def __init__(self, resolve: dns.asyncresolver.Resolver) -> None:
+        self.resolve = resolve
+        self._kept: dict[tuple[str, str], tuple[float, list[object]]] = {}
+
+    async def records(self, name: str, rdtype: str) -> list[object]:
+        """As `records`, from the cache when it holds an answer still fresh."""
+        key = (name.lower().rstrip("."), rdtype)
+        now = trio.current_time()
+        found = self._kept.get(key)
+        if found is not None and found[0] > now:
+            return found[1]
+        try:
+            answer = await self.resolve.resolve(name, rdtype, search=False)
+            rdatas: list[object] = list(answer)
+            expires = now + max(0.0, answer.expiration - time.time())
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            rdatas, expires = [], now + self.NEGATIVE_TTL
+        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
+            raise DnsTemporary(f"cannot look up {rdtype} of {name}: {exc}") from exc
+        except dns.exception.DNSException as exc:
+            raise DnsPermanent(f"{name}: {exc}") from exc
+        if len(self._kept) >= self.SIZE:
+            self._kept.clear()  # crude, and rare: the names a server asks about are few
+        self._kept[key] = (expires, rdatas)
+        return rdatas
+
+    async def txt(self, name: str) -> list[bytes]:
+        return [b"".join(r.strings) for r in await self.records(name, "TXT")]  # type: ignore[attr-defined]
+
+    async def exists(self, name: str) -> bool:
+        for rdtype in ("A", "AAAA", "MX"):
+            if await self.records(name, rdtype):
+                return True
+        return False
+
+
+def spf_answer(qtype: str, rdata: object) -> object:
+    """An answer in the form pyspf's own dnspython lookup gives."""
+    if qtype in ("A", "AAAA"):
+        return rdata.address  # type: ignore[attr-defined]
+    if qtype == "MX":
+        return (rdata.preference, rdata.exchange)  # type: ignore[attr-defined]
+    if qtype == "PTR":
+        return rdata.target.to_text(True)  # type: ignore[attr-defined]
+    return tuple(rdata.strings)  # type: ignore[attr-defined]  # TXT

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import dns.asyncresolver
-
 from ...config import Config
 from .. import dns as net_dns
 from . import authres, dkim, dmarc, recipients, spf
 from .base import Check
 
 # In the order they run at a stage (DMARC reads SPF's and DKIM's results; the headers tell
-# them all). Each builds its check from a configuration and the resolver, or None when off.
-CHECKS: tuple[Callable[[Config, dns.asyncresolver.Resolver], Check | None], ...] = (
+# them all). Each builds its check from a configuration and the DNS cache, or None when off.
+CHECKS: tuple[Callable[[Config, net_dns.AnswerCache], Check | None], ...] = (
     recipients.build,
     spf.build,
     dkim.build,
@@ -32,9 +30,9 @@ CHECKS: tuple[Callable[[Config, dns.asyncresolver.Resolver], Check | None], ...]
 
 
 def build(config: Config) -> tuple[Check, ...]:
-    """The checks this configuration turns on, sharing one resolver (and its cache)."""
-    resolve = net_dns.resolver(config.dns)
-    return tuple(check for make in CHECKS if (check := make(config, resolve)) is not None)
+    """The checks this configuration turns on, sharing one resolver and its cache."""
+    cache = net_dns.AnswerCache(net_dns.resolver(config.dns))
+    return tuple(check for make in CHECKS if (check := make(config, cache)) is not None)
 
 
 __all__ = ["CHECKS", "Check", "build"]

@@ -9,7 +9,6 @@ import time
 from collections.abc import Sequence
 from functools import partial
 
-import dns.asyncresolver
 import trio
 
 from ...auth import arc, dkim, results
@@ -17,7 +16,7 @@ from ...config import Config
 from ...queue import events as qe
 from ...rules.context import Context
 from ...rules.verdicts import Verdict
-from ..dns import DnsPermanent, DnsTemporary, txt
+from ..dns import AnswerCache, DnsPermanent, DnsTemporary
 from .base import Check
 
 _THREADS = trio.CapacityLimiter(8)  # verifications at once, per process (CPU work: hashing, RSA)
@@ -27,11 +26,11 @@ class DkimCheck(Check):
     name = "vsmtp:dkim"
     stages = frozenset({"data"})
 
-    def __init__(self, config: Config, resolve: dns.asyncresolver.Resolver) -> None:
+    def __init__(self, config: Config, cache: AnswerCache) -> None:
         self.dkim = config.dkim.verify
         self.arc = config.arc.verify
         self.timeout = config.dkim.timeout
-        self.resolve = resolve
+        self.cache = cache
 
     async def learn(self, stage: str, ctx: Context) -> None:
         assert ctx.message is not None
@@ -59,7 +58,7 @@ class DkimCheck(Check):
 
         async def one(name: str) -> None:
             try:
-                records = [r for r in await txt(name, self.resolve) if b"p=" in r]
+                records = [r for r in await self.cache.txt(name) if b"p=" in r]
             except DnsTemporary:
                 return
             except DnsPermanent:
@@ -83,5 +82,5 @@ class DkimCheck(Check):
         return found
 
 
-def build(config: Config, resolve: dns.asyncresolver.Resolver) -> Check | None:
-    return DkimCheck(config, resolve) if config.dkim.verify or config.arc.verify else None
+def build(config: Config, cache: AnswerCache) -> Check | None:
+    return DkimCheck(config, cache) if config.dkim.verify or config.arc.verify else None

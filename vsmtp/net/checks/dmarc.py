@@ -15,7 +15,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-import dns.asyncresolver
 import trio
 
 from ...auth import dmarc, results
@@ -25,7 +24,7 @@ from ...queue import events as qe
 from ...queue import policy
 from ...rules.context import Context
 from ...rules.verdicts import Verdict, quarantine, reject
-from ..dns import DnsPermanent, DnsTemporary, exists, txt
+from ..dns import AnswerCache, DnsPermanent, DnsTemporary
 from .base import Check, trusted
 
 MAX_FROM_DOMAINS = 5  # domains evaluated for one message; a From with more is refused by none of them but counted
@@ -35,11 +34,11 @@ class DmarcCheck(Check):
     name = "vsmtp:dmarc"
     stages = frozenset({"data"})
 
-    def __init__(self, config: Config, resolve: dns.asyncresolver.Resolver) -> None:
+    def __init__(self, config: Config, cache: AnswerCache) -> None:
         self.config = config.dmarc
         self.trusted_sealers = config.arc.trusted_sealers
         self.networks = policy.relay_networks(config)
-        self.resolve = resolve
+        self.cache = cache
 
     async def learn(self, stage: str, ctx: Context) -> None:
         if trusted(ctx, self.networks):
@@ -76,12 +75,12 @@ class DmarcCheck(Check):
         record = await self._record(organizational)
         if record is None:
             return None
-        author_exists = await exists(author, self.resolve) if "np" in record else True
+        author_exists = await self.cache.exists(author) if "np" in record else True
         return dmarc.Policy(domain=organizational, record=record, author_exists=author_exists)
 
     async def _record(self, domain: str) -> dict[str, str] | None:
         try:
-            return dmarc.parse_record(await txt(f"_dmarc.{domain}", self.resolve))
+            return dmarc.parse_record(await self.cache.txt(f"_dmarc.{domain}"))
         except DnsPermanent:
             return None
 
@@ -116,5 +115,5 @@ class DmarcCheck(Check):
         )
 
 
-def build(config: Config, resolve: dns.asyncresolver.Resolver) -> Check | None:
-    return DmarcCheck(config, resolve) if config.dmarc.mode != "off" else None
+def build(config: Config, cache: AnswerCache) -> Check | None:
+    return DmarcCheck(config, cache) if config.dmarc.mode != "off" else None
