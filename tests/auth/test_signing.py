@@ -70,18 +70,19 @@ async def test_mail_from_our_users_is_signed_with_both_keys_and_verifies_in_open
         assert f"s={selector}, d=ours.test" in verdict and "succeeded" in verdict, verdict
 
 
-async def test_a_subject_rewritten_at_postq_is_what_the_signature_covers(
+async def test_a_subject_rewritten_and_folded_at_postq_is_what_the_signature_covers(
     start_server: Any, auth_config: Config, keys: dict[str, Key], auth_dns: DnsServer, tmp_path: Path
 ) -> None:
     opendkim.needed()
-    rules = rules_file(tmp_path, '@rule.postq\ndef tag(ctx):\n    ctx.set_header("Subject", "[ours] hello")\n')
+    folded = "[ours] hello,\\r\\n\\tfolded onto a second line"  # header edits may fold (RFC 5322 2.2.3)
+    rules = rules_file(tmp_path, f'@rule.postq\ndef tag(ctx):\n    ctx.set_header("Subject", "{folded}")\n')
     config = signing_config(auth_config, keys, rules=rules)
     running = await start_server(config)
     assert (await trio.to_thread.run_sync(send, running, "alice@ours.test", message("alice@ours.test")))[0] == 250
     await wait_delivered(running, 1)
     raw = maildir_files(config, "bob")[0].read_bytes()
     parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
-    assert parsed["Subject"] == "[ours] hello"
+    assert parsed["Subject"] == "[ours] hello,\r\n\tfolded onto a second line"
     assert "succeeded" in opendkim.verify(only_signature(raw, "rsa"), tmp_path / "verify", auth_dns)
 
 

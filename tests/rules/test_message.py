@@ -5,6 +5,8 @@ from __future__ import annotations
 import email
 import email.policy
 
+import pytest
+
 from vsmtp.rules import Message
 
 RAW = b"Subject: hi\r\nX-Tag: one\r\n folded\r\nX-Tag: two\r\n\r\nbody line\r\n.dots stay\r\n"
@@ -28,3 +30,12 @@ def test_adding_a_part_makes_an_attachment() -> None:
     assert parsed.get_content_type() == "multipart/mixed" and parsed["Subject"] == "hi"
     assert [p.get_filename() for p in Message(message.raw).attachments()] == ["notes.txt"]
     assert "hello" in parsed.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def test_a_header_value_may_fold_but_not_break() -> None:
+    from vsmtp.rules.context import _header_value
+
+    assert _header_value("long\r\n\tand folded") == "long\r\n\tand folded"
+    for smuggled in ("x\r\nBcc: eve@example.org", "x\nBcc: eve@example.org", "x\r\n", "x\r y"):
+        with pytest.raises(ValueError, match="fold"):
+            _header_value(smuggled)

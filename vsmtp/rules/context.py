@@ -164,9 +164,14 @@ def _header_name(name: str) -> str:
     return name
 
 
+_FOLD = re.compile(r"\r\n[ \t]")
+
+
 def _header_value(value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValueError("a header value may not hold line breaks (they would smuggle headers)")
+    """A header value, folded (CRLF then a space or tab, RFC 5322 2.2.3) or not; any other
+    line break is refused: it would smuggle a header of its own."""
+    if "\r" in _FOLD.sub("", value) or "\n" in _FOLD.sub("", value) or value.endswith("\r\n"):
+        raise ValueError("a header value may hold a line break only to fold it (CRLF, then a space or a tab)")
     return value
 
 
