@@ -89,7 +89,15 @@ async def test_every_spf_result_is_journaled_and_told_in_the_headers(start_serve
 
 @pytest.mark.parametrize(
     ("domain", "reply"),
-    [("spf-fail", (550, "5.7.23")), ("spf-temp", (451, "4.7.24")), ("spf-soft", (250, "2.1.0")), ("spf-pass", (250, "2.1.0"))],
+    [
+        ("spf-fail", (550, "5.7.23")),
+        ("spf-temp", (451, "4.7.24")),
+        ("spf-soft", (250, "2.1.0")),
+        ("spf-neutral", (250, "2.1.0")),
+        ("spf-none", (250, "2.1.0")),
+        ("spf-perm", (250, "2.1.0")),
+        ("spf-pass", (250, "2.1.0")),
+    ],
 )
 async def test_reject_mode_refuses_a_fail_and_defers_a_temperror(start_server: Any, auth_config: Config, domain: str, reply: Any) -> None:
     running = await start_server(with_changes(auth_config, spf={"mode": "reject", "timeout": 1.0}))
@@ -101,6 +109,16 @@ async def test_reject_mode_refuses_a_fail_and_defers_a_temperror(start_server: A
 
     code, text = await trio.to_thread.run_sync(mail)
     assert (code, text.decode().split()[0]) == reply
+
+
+async def test_off_mode_checks_nothing(start_server: Any, auth_config: Config, auth_dns: DnsServer) -> None:
+    running = await start_server(with_changes(auth_config, spf={"mode": "off"}, dmarc={"mode": "off"}, dkim={"verify": False}))
+    asked = len(auth_dns.queries)
+    assert (await trio.to_thread.run_sync(send, running, "a@spf-fail.test", message("a@strict.test")))[0] == 250
+    await wait_delivered(running, 1)
+    assert not events(running, qe.SpfChecked) and not events(running, qe.DmarcEvaluated)
+    assert len(auth_dns.queries) == asked
+    assert "Authentication-Results" not in delivered(auth_config)
 
 
 async def test_the_null_sender_is_checked_by_its_helo_name(start_server: Any, auth_config: Config) -> None:
