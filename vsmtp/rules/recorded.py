@@ -33,11 +33,15 @@ class RecordedTransaction:
     arc: ArcResult | None = None
     dmarc: DmarcResult | None = None
 
-    def authentication(self, ctx: Context, *, stage: str) -> None:
-        """Put into `ctx` the results the checks had found by `stage` (mail: SPF; data: all)."""
+    def authentication(self, ctx: Context, config: Config, *, stage: str) -> None:
+        """Put into `ctx` the results the checks had found by `stage` (mail: SPF; data: all).
+        An unsigned message leaves no auth.dkim record (nor one without a chain auth.arc):
+        with verification on, that is an empty result, as the data stage saw it."""
         ctx.spf = self.spf
         if stage != "mail":
-            ctx.dkim, ctx.arc, ctx.dmarc = self.dkim, self.arc, self.dmarc
+            ctx.dmarc = self.dmarc
+            ctx.dkim = self.dkim if self.dkim is not None or not config.dkim.verify else DkimResult()
+            ctx.arc = self.arc if self.arc is not None or not config.arc.verify else ArcResult(result="none")
 
 
 @dataclass(slots=True)
@@ -222,7 +226,7 @@ def message_context(
         raise LookupError(f"{queue_id}: its session is no longer in the journal")
     ctx = session.context(config)
     if (tx := session.transaction) is not None:
-        tx.authentication(ctx, stage="postq")  # the last transaction read is this message's
+        tx.authentication(ctx, config, stage="postq")  # the last transaction read is this message's
     ctx.sender, ctx.recipients, ctx.mail_params = reverse_path, list(recipients), dict(accepted.mail_params)
     ctx.queue_id = queue_id
     ctx.message = Message(body)

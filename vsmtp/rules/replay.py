@@ -98,7 +98,7 @@ async def _session(session: RecordedSession, journal: Journal, config: Config, s
                 break
             ctx.new_transaction()
             ctx.sender, ctx.mail_params = tx.sender, dict(tx.params)
-            tx.authentication(ctx, stage="mail")  # as the checks found it: no lookup again
+            tx.authentication(ctx, config, stage="mail")  # as the checks found it: no lookup again
             if refused(await run(i, "mail")):
                 continue
             for address, _ in tx.recipients:
@@ -112,7 +112,7 @@ async def _session(session: RecordedSession, journal: Journal, config: Config, s
             body = journal.blob(tx.accepted.blob) if tx.accepted is not None else None
             if body is not None and ctx.recipients:
                 ctx.message = Message(trace.without_ours(body))  # as the data stage saw it
-                tx.authentication(ctx, stage="data")
+                tx.authentication(ctx, config, stage="data")
                 await run(i, "data")
     differences = []
     for key in sorted(set(recorded) | set(replayed)):
