@@ -43,19 +43,37 @@ def _peer(sockname: object) -> Peer:
 BACKLOG = 1024
 
 
+def _claim(family: int, host: str, port: int) -> None:
+    """Fail with EADDRINUSE if anything listens on (host, port) already. SO_REUSEPORT lets
+    sockets of the same user share a port without a word, so a second vsmtp (another
+    journal, another directory) would split the mail with the first: a probe without it
+    cannot bind where such a listener is, and tells. Our own copies bind after the probe."""
+    if port == 0:
+        return  # an ephemeral port is ours alone
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are no owner
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind((host, port))
+    finally:
+        probe.close()
+
+
 def bind_sockets(config: Config, copies: int) -> list[list[tuple[ListenerConfig, socket.socket]]]:
     """Bind every address of every listener `copies` times with SO_REUSEPORT, one set of
     listening sockets per receiving process: the kernel spreads connections between them.
     Port 0 is resolved by the first copy and the others join it. An address family this
     host lacks (no IPv6 loopback, say) is skipped with a warning; any other failure to bind
-    is fatal. (SO_REUSEPORT would let a second vsmtp join the port: daemon.journal_lock
-    keeps a second one from starting at all.)"""
+    is fatal, as is an address something already listens on (address already in use: a
+    second vsmtp must not join the port, see _claim)."""
     sets: list[list[tuple[ListenerConfig, socket.socket]]] = [[] for _ in range(copies)]
     for listener in config.listeners:
         for address in listener.addresses:
             host, port = parse_address(address)
             try:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                _claim(family, host, port)
                 for sockets in sets:
                     sock = socket.socket(family, socket.SOCK_STREAM)
                     try:

@@ -384,6 +384,8 @@ class Session:
         if bare_line_endings and self.config.smtp.bare_line_endings == "reject":
             return replies.BARE_LINE_ENDING_IN_DATA
         body = tx.body.content(normalize=bare_line_endings)
+        if body and not body.endswith(b"\r\n"):
+            body += b"\r\n"  # a BDAT message may end without one: stored with it, as Postfix does
         if tx.holds.denied is not None:
             return tx.holds.denied.answer
         actions = []

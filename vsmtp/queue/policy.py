@@ -35,13 +35,32 @@ class LocalRoute:
     format: str = "maildir"
 
 
+def domain_key(domain: str) -> str:
+    """A domain as vsmtp compares it: lower case, without a final dot, internationalized
+    labels in their A-label form (RFC 5890), so that bücher.example and
+    xn--bcher-kva.example are one domain, as senders write either."""
+    lowered = domain.lower().rstrip(".")
+    if lowered.isascii():
+        return lowered
+    try:
+        return lowered.encode("idna").decode("ascii")
+    except UnicodeError:
+        return lowered  # not a name IDNA can encode: compared as it is
+
+
 def is_local_domain(domain: str, config: Config) -> bool:
-    return domain.lower() in _lowered(config.local.domains)
+    return domain_key(domain) in _domains(config.local.domains)
 
 
 def local_domains(config: Config) -> frozenset[str]:
-    """`local.domains`, lower-cased (once per configuration)."""
-    return _lowered(config.local.domains)
+    """`local.domains` as compared (domain_key), once per configuration."""
+    return _domains(config.local.domains)
+
+
+@functools.lru_cache(maxsize=16)
+def _domains(names: tuple[str, ...]) -> frozenset[str]:
+    """A configuration's domains as compared, computed once (configurations are immutable)."""
+    return frozenset(domain_key(name) for name in names)
 
 
 @functools.lru_cache(maxsize=16)

@@ -91,7 +91,7 @@ class Context:
 
     def _is_local(self, address: str) -> bool:
         _, domain = policy.local_user(address)
-        return bool(address) and (not domain or domain in self.local_domains)
+        return bool(address) and (not domain or policy.domain_key(domain) in self.local_domains)
 
     def new_transaction(self) -> None:
         self.sender, self.recipients, self.mail_params, self.recipient, self.message = None, [], {}, "", None

@@ -57,11 +57,11 @@ class Domains:
     every name under it. An address matches by its domain."""
 
     def __init__(self, *names: str, subdomains: bool = False) -> None:
-        self.names = frozenset(n.strip().lower().rstrip(".") for n in names)
+        self.names = frozenset(policy.domain_key(n.strip()) for n in names)
         self.subdomains = subdomains
 
     def __contains__(self, value: object) -> bool:
-        domain = str(value).rpartition("@")[2].lower().rstrip(".")
+        domain = policy.domain_key(str(value).rpartition("@")[2])  # bücher.example is xn--bcher-kva.example
         if domain in self.names:
             return True
         if self.subdomains:

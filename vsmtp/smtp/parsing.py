@@ -110,6 +110,10 @@ def parse_mailbox(text: str, *, utf8: bool) -> Mailbox:
     if local.startswith('"'):
         if not (_QUOTED_UTF8 if utf8 else _QUOTED_ASCII).match(local):
             raise PathError("malformed quoted local part")
+        inner = local[1:-1]
+        atom = _ATOM_UTF8 if utf8 else _ATOM_ASCII
+        if inner and "\\" not in inner and all(atom.match(part) for part in inner.split(".")):
+            local = inner  # RFC 5321 4.1.2: "alice"@example.org is alice@example.org; one form is kept
     else:
         atom = _ATOM_UTF8 if utf8 else _ATOM_ASCII
         if not all(atom.match(part) for part in local.split(".")):

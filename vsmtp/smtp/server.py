@@ -74,6 +74,10 @@ class Extensions:
         return words
 
 
+# C0 controls and DEL, C1 controls (NEL among them), zero-width and bidirectional format
+# characters, the line and paragraph separators, the byte order mark.
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+
 _VERBS: dict[str, type[ev.Command]] = {
     "HELO": ev.Helo,
     "EHLO": ev.Ehlo,
@@ -235,6 +239,11 @@ class ServerConnection:
         if "\r" in text or "\n" in text:
             # RFC 5321 2.3.8: only CRLF ends a line; a bare CR or LF is never a terminator.
             return ev.Invalid(line=line, reply=replies.BAD_LINE_ENDING)
+        if _FORBIDDEN.search(text):
+            # NUL and the other controls, C1 controls, line and paragraph separators and
+            # invisible format characters have no place in a command: they would be copied
+            # into Received: or Return-Path:, where they mislead whoever reads them.
+            return ev.Invalid(line=line, reply=replies.CONTROL_CHARACTER)
         verb, _, argument = text.partition(" ")
         kind = _VERBS.get(verb.upper())
         if kind is None:
