@@ -213,8 +213,10 @@ class LimitsConfig:
     message_size: int = 50 * MiB  # RFC 1870 SIZE, also enforced on the bytes received
     line_length: int = 1000  # RFC 5321 4.5.3.1.6, CRLF included; 0 means no limit
     recipients: int = 1000  # per message; RFC 5321 4.5.3.1.8 asks for at least 100
-    command_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: server timeout, 5 minutes
-    data_timeout: float = 180.0  # RFC 5321 4.5.3.2.5: per DATA block, 3 minutes
+    command_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: a whole command line, 5 minutes from when we wait for it
+    data_timeout: float = 180.0  # RFC 5321 4.5.3.2.5: the whole DATA or BDAT transfer, plus what min_data_rate earns
+    min_data_rate: int = 500  # octets/s a transfer keeps up to earn more time (Postfix's smtpd_min_data_rate); 0: none
+    stress_timeout: float = 10.0  # command_timeout (and data_timeout) while 80% of max_connections are taken
     session_duration: float = 3600.0  # a whole session, however busy
     max_connections: int = 1000  # sessions at once, in all
     max_connections_per_ip: int = 50  # sessions at once from one client address

@@ -22,6 +22,7 @@ from ..config import Config, ListenerConfig, parse_address
 from ..plugins import PluginManager
 from ..smtp import replies
 from .counts import ConnectionCounts
+from .refusals import RefusalLog
 from .session import Session
 from .settings import Peer, SessionSettings
 
@@ -107,6 +108,7 @@ class SmtpService:
         self.writer = writer
         self.sessions: set[Session] = set()
         self.counts = counts or ConnectionCounts()  # shared with the other receiving processes, if any
+        self.refusals = RefusalLog(log, clock=trio.current_time)
         self._listen_scope = trio.CancelScope()
         self._idle = trio.Event()
         self._idle.set()
@@ -164,7 +166,7 @@ class SmtpService:
             elif self.counts.of(peer.host) >= limits.max_connections_per_ip:
                 refusal = replies.TOO_MANY_CONNECTIONS_FROM_YOU
             if refusal is not None:
-                log.warning("refused %s on %s: %s", peer.host, listener.name, refusal)
+                self.refusals.refused(peer.host, listener.name, refusal)
                 with trio.move_on_after(5), contextlib.suppress(trio.BrokenResourceError):
                     await stream.send_all(refusal.to_bytes())
                 await trio.aclose_forcefully(stream)
@@ -185,6 +187,7 @@ class SmtpService:
                 peer=peer,
                 local=_peer(stream.socket.getsockname()),
                 on_last_reply=release,
+                stressed=lambda: self.counts.total() * 5 >= limits.max_connections * 4,  # 80% of the slots taken
             )
             self.sessions.add(session)
             self.counts.add(peer.host)

@@ -32,6 +32,7 @@ from ..smtp import replies
 from ..smtp.replies import Reply
 from ..smtp.states import State
 from .auth import Login
+from .deadlines import Deadlines
 from .settings import Peer, SessionSettings
 from .stages import StageRunner
 from .tls import handshake
@@ -65,6 +66,7 @@ class Session:
         peer: Peer,
         local: Peer,
         on_last_reply: Callable[[], None] = lambda: None,
+        stressed: Callable[[], bool] = lambda: False,
     ) -> None:
         self.stream = stream
         # Called before the session's last reply (221, 421) goes out: a client that reconnects
@@ -94,7 +96,7 @@ class Session:
         self.login = Login(settings, ctx=self.ctx, stages=self.stages, holds=self.holds, journal=self._journal)
         self.errors = 0
         self._out = bytearray()
-        self._session_deadline = trio.current_time() + self.config.limits.session_duration
+        self.deadlines = Deadlines(self.config.limits, now=trio.current_time(), stressed=stressed)
         self._shutdown_deadline: float | None = None
         self._recv_scope: trio.CancelScope | None = None
 
@@ -170,12 +172,14 @@ class Session:
             if isinstance(event, ev.ConnectionClosed):
                 return "peer closed"
             if isinstance(event, ev.DataChunk):
+                self.deadlines.received(len(event.data))
                 if self.tx is not None:  # else a chunk of a transaction already refused
                     self.tx.body.add(event.data)
                 continue
             assert event is not ev.PAUSED, "every event is answered before the next is read"
             reply = await self._count_errors(await self._answer(event))
             self._out += self.conn.send(reply)
+            self.deadlines.answered()
             if isinstance(event, ev.StartTls) and reply.positive:
                 await self._flush()
                 if not await self._start_tls():
@@ -196,10 +200,8 @@ class Session:
         if self._shutdown_deadline is not None and not self._in_transaction():
             return await self._close_with(replies.SHUTTING_DOWN, "shutdown")
         await self._flush()
-        limits = self.config.limits
-        waiting_for_data = self.conn.state is State.DATA or self.conn.state is State.BDAT
-        timeout = limits.data_timeout if waiting_for_data else limits.command_timeout
-        deadline = min(trio.current_time() + timeout, self._session_deadline)
+        in_data = self.conn.state is State.DATA or self.conn.state is State.BDAT
+        deadline = self.deadlines.until(in_data=in_data, now=trio.current_time())
         if self._shutdown_deadline is not None:
             deadline = min(deadline, self._shutdown_deadline)
         data: bytes | bytearray = b""
@@ -211,7 +213,7 @@ class Session:
             now = trio.current_time()
             if self._shutdown_deadline is not None and now >= self._shutdown_deadline:
                 return await self._close_with(replies.SHUTTING_DOWN, "shutdown")
-            if now >= self._session_deadline:
+            if now >= self.deadlines.session_end:
                 return await self._close_with(replies.SESSION_TOO_LONG, "session too long")
             return await self._close_with(replies.TIMEOUT, "timeout")
         self.conn.receive_data(data)
