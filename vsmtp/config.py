@@ -227,6 +227,23 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AnvilConfig:
+    """Limits on what one client does across sessions and receiving processes (Postfix's
+    anvil). Rates count per `interval`; 0 turns a limit off. Clients in relay.networks are
+    never limited here."""
+
+    interval: float = 60.0  # seconds: the unit of every rate (Postfix's anvil_rate_time_unit)
+    network_connections: int = 0  # sessions at once from one /24 (IPv4) or /64 (IPv6)
+    connection_rate: int = 0  # new connections per interval from one address
+    network_connection_rate: int = 0  # ... and from one network
+    message_rate: int = 0  # MAIL commands per interval from one address (450 4.7.1 past it)
+    recipient_rate: int = 0  # RCPT commands per interval from one address (450 4.7.1 past it)
+    auth_failures: int = 10  # failed logins per interval from one address, then it is locked out
+    auth_user_failures: int = 10  # failed logins per interval for one user name, then it is locked out
+    lockout: float = 900.0  # seconds a lock-out lasts: no login of it succeeds meanwhile, right password or not
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TelemetryConfig:
     exporter: Literal["none", "console"] = "none"
 
@@ -252,6 +269,7 @@ class Config:
     arc: ArcConfig = ArcConfig()
     relayhost: RelayhostConfig = RelayhostConfig()
     limits: LimitsConfig = LimitsConfig()
+    anvil: AnvilConfig = AnvilConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     rules: str = ""  # the rules file (Python, docs/rules.md); "" : none
     plugins: tuple[str, ...] = ()  # entry-point names in group "vsmtp", loaded in this order

@@ -25,7 +25,7 @@ from .config import Config, ListenerConfig
 from .delivery import Scheduler, serve_delivery
 from .delivery.signing import Signing
 from .errors import VsmtpError
-from .net.counts import ConnectionCounts
+from .net.anvil import Anvil
 from .net.server import Bound, SmtpService
 from .net.settings import SessionSettings
 from .plugins import PluginManager
@@ -63,7 +63,7 @@ class Running:
         error (ConfigError naming the line, OSError, ValueError, PluginError) leaves the
         configuration in force as it was."""
         stages = Stages.build(config, self.plugins)  # a broken rules file refuses the reload
-        settings = SessionSettings.build(config, self.plugins, stages=stages) if self.smtp is not None else None
+        settings = SessionSettings.build(config, self.plugins, stages=stages, anvil=self.smtp.anvil) if self.smtp is not None else None
         signing = signing_of(config) if self.scheduler is not None else None  # and so does a broken key
         self.plugins.configure(config.plugin)
         if self.smtp is not None and settings is not None:
@@ -81,14 +81,14 @@ async def serve(
     sockets: list[tuple[ListenerConfig, socket.socket]] | None = None,
     doorbell_in: int | None = None,
     doorbell_out: int | None = None,
-    counts: ConnectionCounts | None = None,
+    anvil: Anvil | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run vsmtp in this process: by default everything (one process). `receive=False` is the
     delivery process of several (workers.py), `deliver=False` a receiving process, accepting on
     `sockets` bound by the supervisor. A receiving process rings `doorbell_out` after each
     commit; the delivery process listens on `doorbell_in` to see those commits at once.
-    `counts` is the connection table the receiving processes share (net/counts.py)."""
+    `anvil` holds the limits the receiving processes share (net/anvil.py)."""
     telemetry.setup(config.telemetry)
     if plugins is None:
         plugins = PluginManager()
@@ -103,7 +103,7 @@ async def serve(
                 async with trio.open_nursery() as nursery:
                     projection = scheduler = None
                     # Built first: in one process, delivery shares its stages (one load of the rules file).
-                    smtp = SmtpService(config, writer, counts, plugins) if receive else None
+                    smtp = SmtpService(config, writer, anvil, plugins) if receive else None
                     if doorbell_in is not None:
                         nursery.start_soon(doorbell.listen, doorbell_in, writer.notice_commits)
                     if deliver:

@@ -14,8 +14,8 @@ Python runs one instruction at a time per process, so one process uses one core.
   doorbell pipe the receiving processes ring after each commit (vsmtp_journal.doorbell);
 - forwards SIGHUP (reload) and SIGTERM (graceful stop) to the receiving processes, which are
   in their own process group so that a terminal's Ctrl-C reaches only the supervisor;
-- shares a connection table (net/counts.py) with them, so the connection limits hold for
-  the server as a whole, not per process.
+- shares a connection table (net/counts.py) and a rates table (net/anvil.py) with them, so
+  the connection and rate limits hold for the server as a whole, exactly, not per process.
 
 Each receiving process holds the read end of a "lifeline" pipe whose write end only the
 supervisor has: if the supervisor dies, even by SIGKILL, the pipe reads EOF and the receiving
@@ -42,7 +42,7 @@ from vsmtp_journal import doorbell
 from . import config as config_mod
 from .config import Config
 from .daemon import RELOAD_ERRORS, Running, SignalActions, journal_lock, serve, serve_signals, signal_actions
-from .net import counts
+from .net import anvil, counts
 from .net.server import bind_sockets
 from .net.settings import SessionSettings
 
@@ -63,6 +63,7 @@ class _Spec(TypedDict):
     lifeline: int  # fds it inherits
     doorbell: int
     counts: tuple[int, int, int]  # fd, rows, its own row
+    anvil: int  # the shared rates table's fd
     sockets: list[tuple[str, int]]  # (listener name, fd)
 
 
@@ -87,6 +88,7 @@ class Supervisor:
         self._doorbell_r, self._doorbell_w = os.pipe()
         os.set_blocking(self._doorbell_w, False)
         self._counts = counts.create(config.workers)  # connection counts, a row per receiving process
+        self._anvil = anvil.create()  # the rates every receiving process counts in (net/anvil.py)
 
     async def serve(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop gracefully; a second one stops at once."""
@@ -179,7 +181,14 @@ class Supervisor:
             try:
                 child.process = await trio.lowlevel.open_process(
                     self._argv(child, ready_w),
-                    pass_fds=[self._lifeline_r, self._doorbell_w, self._counts, ready_w, *(sock.fileno() for _, sock in child.sockets)],
+                    pass_fds=[
+                        self._lifeline_r,
+                        self._doorbell_w,
+                        self._counts,
+                        self._anvil,
+                        ready_w,
+                        *(sock.fileno() for _, sock in child.sockets),
+                    ],
                     process_group=0,
                 )
             finally:
@@ -213,6 +222,7 @@ class Supervisor:
             "lifeline": self._lifeline_r,
             "doorbell": self._doorbell_w,
             "counts": (self._counts, self.config.workers, child.index - 1),
+            "anvil": self._anvil,
             "sockets": [(listener.name, sock.fileno()) for listener, sock in child.sockets],
         }
         return [sys.executable, "-m", "vsmtp.workers", json.dumps(spec)]
@@ -254,8 +264,8 @@ async def _serve_then_leave(
     task_status: trio.TaskStatus[Running],
 ) -> None:
     doorbell, (fd, rows, row) = spec["doorbell"], spec["counts"]
-    shared = counts.ConnectionCounts(fd, rows=rows, row=row)
-    await serve(config, deliver=False, sockets=sockets, doorbell_out=doorbell, counts=shared, task_status=task_status)
+    shared = anvil.Anvil(counts.ConnectionCounts(fd, rows=rows, row=row), spec["anvil"])
+    await serve(config, deliver=False, sockets=sockets, doorbell_out=doorbell, anvil=shared, task_status=task_status)
     scope.cancel()
 
 

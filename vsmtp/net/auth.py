@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ..queue import events as qe
+from ..queue import policy
 from ..rules.context import Context
 from ..rules.verdicts import Holds, Verdict
 from ..smtp import replies, sasl
@@ -38,6 +39,8 @@ class Login:
     ) -> None:
         self.passwords = settings.passwords
         self.max_failures = settings.config.auth.max_failures
+        self.anvil, self.limits = settings.anvil, settings.config.anvil
+        self.exempt = policy.may_relay(ctx.client.address, settings.relay_networks)  # never locked out
         self.ctx = ctx
         self.stages = stages
         self.holds = holds  # the session's: a deny at the auth stage refuses every later MAIL
@@ -71,7 +74,16 @@ class Login:
             return replies.challenge(step)
         self._exchange = None
         assert self.passwords is not None, "AUTH is offered only with a password file"
+        client, user = f"auth:{self.ctx.client.address}", f"auth-user:{step.username}"
+        if not self.exempt and (wait := self.anvil.locked_out(client, user)) > 0:
+            # Locked out: the password is not even looked at (a right one would not lift it).
+            return await self._failed(replies.AUTH_LOCKED_OUT, step.username, f"locked out for {wait:.0f}s more")
         if not await trio.to_thread.run_sync(self.passwords.check, step.username, step.password, limiter=_CHECKS):
+            if not self.exempt:
+                limits = self.limits
+                for key, limit in ((client, limits.auth_failures), (user, limits.auth_user_failures)):
+                    if self.anvil.failed(key, limit, limits.interval, limits.lockout):
+                        log.warning("%s locked out of AUTH for %.0fs after %d failures", key, limits.lockout, limit)
             return await self._failed(replies.AUTH_FAILED, step.username, "wrong user name or password")
         self.ctx.auth = step.username
         verdict = await self.stages.run("auth")

@@ -48,9 +48,12 @@ class ConnectionCounts:
         slot = self._slot(host)
         return sum(self._cells[r * SLOTS + slot] for r in range(self.rows))
 
-    def add(self, host: str, delta: int = 1) -> None:
+    def add(self, host: str, delta: int = 1, *, total: bool = True) -> None:
+        """`delta` sessions more for `host` (any key: net/anvil.py counts networks too, with
+        total=False, so that a session counts once in the total)."""
         base = self.row * SLOTS
-        self._cells[base] += delta
+        if total:
+            self._cells[base] += delta
         self._cells[base + self._slot(host)] += delta
 
 

@@ -20,7 +20,8 @@ from vsmtp_journal import GroupCommitWriter
 
 from ..config import Config, ListenerConfig, parse_address
 from ..plugins import PluginManager
-from ..smtp import replies
+from . import anvil as anvil_mod
+from .anvil import Anvil
 from .counts import ConnectionCounts
 from .refusals import RefusalLog
 from .session import Session
@@ -100,14 +101,13 @@ def bind_sockets(config: Config, copies: int) -> list[list[tuple[ListenerConfig,
 
 
 class SmtpService:
-    def __init__(
-        self, config: Config, writer: GroupCommitWriter, counts: ConnectionCounts | None = None, plugins: PluginManager | None = None
-    ) -> None:
+    def __init__(self, config: Config, writer: GroupCommitWriter, anvil: Anvil | None = None, plugins: PluginManager | None = None) -> None:
         self.plugins = plugins
-        self.settings = SessionSettings.build(config, plugins)
         self.writer = writer
         self.sessions: set[Session] = set()
-        self.counts = counts or ConnectionCounts()  # shared with the other receiving processes, if any
+        self.anvil = anvil or Anvil(ConnectionCounts())  # shared with the other receiving processes, if any
+        self.counts = self.anvil.counts
+        self.settings = SessionSettings.build(config, plugins, anvil=self.anvil)
         self.refusals = RefusalLog(log, clock=trio.current_time)
         self._listen_scope = trio.CancelScope()
         self._idle = trio.Event()
@@ -160,11 +160,8 @@ class SmtpService:
             settings = self.settings
             limits = settings.config.limits
             peer = _peer(stream.socket.getpeername())
-            refusal = None
-            if self.counts.total() >= limits.max_connections:
-                refusal = replies.TOO_MANY_CONNECTIONS
-            elif self.counts.of(peer.host) >= limits.max_connections_per_ip:
-                refusal = replies.TOO_MANY_CONNECTIONS_FROM_YOU
+            exempt = anvil_mod.exempt(peer.host, settings.relay_networks)
+            refusal = self.anvil.admit(peer.host, limits, settings.config.anvil, exempt=exempt)  # counted unless refused
             if refusal is not None:
                 self.refusals.refused(peer.host, listener.name, refusal)
                 with trio.move_on_after(5), contextlib.suppress(trio.BrokenResourceError):
@@ -177,7 +174,7 @@ class SmtpService:
                 nonlocal counted
                 if counted:
                     counted = False
-                    self.counts.add(peer.host, -1)
+                    self.anvil.release(peer.host)
 
             session = Session(
                 stream,
@@ -190,7 +187,6 @@ class SmtpService:
                 stressed=lambda: self.counts.total() * 5 >= limits.max_connections * 4,  # 80% of the slots taken
             )
             self.sessions.add(session)
-            self.counts.add(peer.host)
             self._idle = trio.Event() if self._idle.is_set() else self._idle
             try:
                 await session.converse()

@@ -16,6 +16,8 @@ from ..rules.context import Context
 from ..rules.engine import Stages
 from ..smtp.server import Extensions, ServerConnection
 from . import checks
+from .anvil import Anvil
+from .counts import ConnectionCounts
 from .tls import server_context
 
 
@@ -32,6 +34,7 @@ class SessionSettings:
     stages: Stages  # the rules file and the plugins, run at each stage
     checks: tuple[checks.Check, ...]  # vsmtp's own checks at the stages (checks/)
     relay_networks: tuple[policy.IpNetwork, ...]
+    anvil: Anvil  # the limits shared by every receiving process
     passwords: PasswordFile | None  # who may AUTH; None: AUTH is not offered
 
     def postq_due(self, ctx: Context, recipients: Sequence[str], *, faccepted: bool) -> bool:
@@ -50,14 +53,19 @@ class SessionSettings:
         return ServerConnection(extensions=extensions, max_text_line=limits.line_length, tls=False)
 
     @classmethod
-    def build(cls, config: Config, plugins: PluginManager | None = None, *, stages: Stages | None = None) -> SessionSettings:
+    def build(
+        cls, config: Config, plugins: PluginManager | None = None, *, stages: Stages | None = None, anvil: Anvil | None = None
+    ) -> SessionSettings:
         """Raises ConfigError (RulesError names the rules file's line) when something is wrong.
-        `stages`: the rules and plugins already built from `config` (else built here)."""
+        `stages`: the rules and plugins already built from `config` (else built here);
+        `anvil`: the process's shared limits (else a private table)."""
+        anvil = anvil or Anvil(ConnectionCounts())
         return cls(
             config=config,
             tls={listener.name: server_context(listener, config) for listener in config.listeners},
             stages=stages or Stages.build(config, plugins),
-            checks=checks.build(config),
+            checks=checks.build(config, anvil),
             relay_networks=policy.relay_networks(config),
+            anvil=anvil,
             passwords=PasswordFile(config.auth.passwords) if config.auth.passwords else None,
         )

@@ -144,6 +144,11 @@ TOO_MANY_RECIPIENTS = Reply.of(452, "4.5.3", "Error: too many recipients")
 TOO_MANY_ERRORS = Reply.of(421, "4.7.0", "Error: too many errors")
 TOO_MANY_CONNECTIONS = Reply.of(421, "4.7.0", "Error: too many connections, try again later")
 TOO_MANY_CONNECTIONS_FROM_YOU = Reply.of(421, "4.7.0", "Error: too many connections from your address")
+TOO_MANY_CONNECTIONS_FROM_YOUR_NETWORK = Reply.of(421, "4.7.0", "Error: too many connections from your network")
+CONNECTION_RATE = Reply.of(421, "4.7.0", "Error: too many connections from your address lately, try again later")
+MESSAGE_RATE = Reply.of(450, "4.7.1", "Error: too many messages from your address lately, try again later")
+RECIPIENT_RATE = Reply.of(450, "4.7.1", "Error: too many recipients from your address lately, try again later")
+AUTH_LOCKED_OUT = Reply.of(454, "4.7.0", "Too many failed authentications, try again later")
 SESSION_TOO_LONG = Reply.of(421, "4.4.2", "Error: session lasted too long")
 
 

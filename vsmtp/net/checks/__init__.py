@@ -3,6 +3,7 @@ here with a Check (base.py) and one line in CHECKS. The stage runner (net/stages
 them; the session only asks for a stage's verdict.
 
     recipients   the recipient is ours, or the client may relay (rcpt)
+    rates        messages and recipients per interval from one address (mail, rcpt; net/anvil.py)
     spf          SPF of the MAIL FROM (or HELO) identity (mail)
     dkim         every DKIM signature and the ARC chain verified (data)
     dmarc        the From domain's DMARC policy over the SPF and DKIM results (data)
@@ -15,13 +16,15 @@ from collections.abc import Callable
 
 from ...config import Config
 from .. import dns as net_dns
-from . import authres, dkim, dmarc, recipients, spf
-from .base import Check
+from ..anvil import Anvil
+from . import authres, dkim, dmarc, rates, recipients, spf
+from .base import Check, Shared
 
 # In the order they run at a stage (DMARC reads SPF's and DKIM's results; the headers tell
-# them all). Each builds its check from a configuration and the DNS cache, or None when off.
-CHECKS: tuple[Callable[[Config, net_dns.AnswerCache], Check | None], ...] = (
+# them all). Each builds its check from a configuration and what the checks share, or None when off.
+CHECKS: tuple[Callable[[Config, Shared], Check | None], ...] = (
     recipients.build,
+    rates.build,
     spf.build,
     dkim.build,
     dmarc.build,
@@ -29,10 +32,10 @@ CHECKS: tuple[Callable[[Config, net_dns.AnswerCache], Check | None], ...] = (
 )
 
 
-def build(config: Config) -> tuple[Check, ...]:
-    """The checks this configuration turns on, sharing one resolver and its cache."""
-    cache = net_dns.AnswerCache(net_dns.resolver(config.dns))
-    return tuple(check for make in CHECKS if (check := make(config, cache)) is not None)
+def build(config: Config, anvil: Anvil) -> tuple[Check, ...]:
+    """The checks this configuration turns on, sharing one resolver and its cache, and the anvil."""
+    shared = Shared(dns=net_dns.AnswerCache(net_dns.resolver(config.dns)), anvil=anvil)
+    return tuple(check for make in CHECKS if (check := make(config, shared)) is not None)
 
 
-__all__ = ["CHECKS", "Check", "build"]
+__all__ = ["CHECKS", "Check", "Shared", "build"]

@@ -31,6 +31,6 @@ class AuthResultsCheck(Check):
         ctx.message = Message(header + results.without_ours(ctx.message.raw, self.authserv_id))
 
 
-def build(config: Config, resolve: object) -> Check | None:
+def build(config: Config, shared: object) -> Check | None:
     any_on = config.spf.mode != "off" or config.dmarc.mode != "off" or config.dkim.verify or config.arc.verify
     return AuthResultsCheck(config) if any_on else None

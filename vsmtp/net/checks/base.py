@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 from ...queue import events as qe
 from ...queue import policy
 from ...rules.context import Context
 from ...rules.verdicts import Verdict
+from ..anvil import Anvil
+from ..dns import AnswerCache
 
 
 class Check:
@@ -32,6 +35,14 @@ class Check:
     def record(self, stage: str, ctx: Context, verdict: Verdict) -> Sequence[qe.JournalEvent]:
         """What to journal of this stage, now that `verdict` settled it."""
         return ()
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What the checks of one process share: the DNS answers' cache, the anvil's tables."""
+
+    dns: AnswerCache
+    anvil: Anvil
 
 
 def trusted(ctx: Context, networks: tuple[policy.IpNetwork, ...]) -> bool:

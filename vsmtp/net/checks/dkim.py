@@ -17,7 +17,7 @@ from ...queue import events as qe
 from ...rules.context import Context
 from ...rules.verdicts import Verdict
 from ..dns import AnswerCache, DnsPermanent, DnsTemporary
-from .base import Check
+from .base import Check, Shared
 
 _THREADS = trio.CapacityLimiter(8)  # verifications at once, per process (CPU work: hashing, RSA)
 
@@ -82,5 +82,5 @@ class DkimCheck(Check):
         return found
 
 
-def build(config: Config, cache: AnswerCache) -> Check | None:
-    return DkimCheck(config, cache) if config.dkim.verify or config.arc.verify else None
+def build(config: Config, shared: Shared) -> Check | None:
+    return DkimCheck(config, shared.dns) if config.dkim.verify or config.arc.verify else None

@@ -25,7 +25,7 @@ from ...queue import policy
 from ...rules.context import Context
 from ...rules.verdicts import Verdict, quarantine, reject
 from ..dns import AnswerCache, DnsPermanent, DnsTemporary
-from .base import Check, trusted
+from .base import Check, Shared, trusted
 
 MAX_FROM_DOMAINS = 5  # domains evaluated for one message; a From with more is refused by none of them but counted
 
@@ -115,5 +115,5 @@ class DmarcCheck(Check):
         )
 
 
-def build(config: Config, cache: AnswerCache) -> Check | None:
-    return DmarcCheck(config, cache) if config.dmarc.mode != "off" else None
+def build(config: Config, shared: Shared) -> Check | None:
+    return DmarcCheck(config, shared.dns) if config.dmarc.mode != "off" else None

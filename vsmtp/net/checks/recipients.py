@@ -28,5 +28,5 @@ class RecipientCheck(Check):
         return Verdict("reject", refusal) if refusal is not None else None
 
 
-def build(config: Config, resolve: object) -> Check:
+def build(config: Config, shared: object) -> Check:
     return RecipientCheck(config)

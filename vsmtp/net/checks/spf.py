@@ -22,7 +22,7 @@ from ...queue import policy
 from ...rules.context import Context
 from ...rules.verdicts import Verdict, reject
 from ..dns import AnswerCache, DnsPermanent, DnsTemporary, spf_answer
-from .base import Check, trusted
+from .base import Check, Shared, trusted
 
 log = logging.getLogger(__name__)
 
@@ -108,5 +108,5 @@ def _temperror(ctx: Context, client: str, why: str) -> results.SpfResult:
     )
 
 
-def build(config: Config, cache: AnswerCache) -> Check | None:
-    return SpfCheck(config, cache) if config.spf.mode != "off" else None
+def build(config: Config, shared: Shared) -> Check | None:
+    return SpfCheck(config, shared.dns) if config.spf.mode != "off" else None
