@@ -8,6 +8,7 @@
     vsmtp journal stats [--json]
     vsmtp journal verify [--json]
     vsmtp journal rebuild [--write] [--json]
+    vsmtp journal salvage DIRECTORY [--json]   every readable record and body into a fresh journal
     vsmtp trace ID [--json]             ID: a queue id or a Message-ID
     vsmtp queue list [--quarantine NAME] [--json] | stats [--json] | show ID [--json] | hold ID | release ID | remove ID | retry ID|--all
     vsmtp plugins list [--json]
@@ -100,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     command(journal, "stats", _journal_stats, "size, records per tag, oldest and newest", json=True)
     command(journal, "verify", _journal_verify, "check positions, records and blobs; exit 1 if damaged", json=True)
     rebuild = command(journal, "rebuild", _journal_rebuild, "fold the queue state from the start; compare with the checkpoint", json=True)
+    salvaging = command(journal, "salvage", _journal_salvage, "copy every readable record and body into a fresh journal", json=True)
+    salvaging.add_argument("directory", metavar="DIRECTORY", help="where to write the fresh journal (new or empty)")
     rebuild.add_argument("--write", action="store_true", help="store the rebuilt state as the newest checkpoint")
 
     trace = command(sub, "trace", _trace, "the whole life of one message, as a timeline", json=True)
@@ -160,13 +163,30 @@ def _serve(args: argparse.Namespace, config: config_mod.Config) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("vsmtp").info("configuration: %s", config.source)
-    if config.workers == 0:
-        trio.run(run_until_signalled, config, args.config)
-    else:
-        from .workers import Supervisor
+    try:
+        if config.workers == 0:
+            trio.run(run_until_signalled, config, args.config)
+        else:
+            from .workers import Supervisor
 
-        trio.run(Supervisor(config, args.config, log_level=args.log_level).serve)
+            trio.run(Supervisor(config, args.config, log_level=args.log_level).serve)
+    except BaseExceptionGroup as group:
+        # A service that could not start (a bad key, a damaged journal, a port in use) ends
+        # the nursery it ran in: say why in one line, as for any other error of the command.
+        known = [e for e in _leaves(group) if isinstance(e, VsmtpError | JournalError | OSError)]
+        if not known:
+            raise
+        for exc in known:
+            print(f"vsmtp: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
 
 
 def _journal_tail(args: argparse.Namespace, config: config_mod.Config) -> int:
@@ -267,7 +287,7 @@ def _journal_stats(args: argparse.Namespace, config: config_mod.Config) -> int:
 
 def _journal_verify(args: argparse.Namespace, config: config_mod.Config) -> int:
     def blobs_of(record: Record) -> list[bytes]:
-        if record.tag == qe.MessageAccepted.TAG and isinstance(record.payload, dict):
+        if record.tag in (qe.MessageAccepted.TAG, qe.MessageModified.TAG) and isinstance(record.payload, dict):
             blob = record.payload.get("blob")
             return [blob] if isinstance(blob, bytes) else []
         return []
@@ -290,6 +310,30 @@ def _journal_verify(args: argparse.Namespace, config: config_mod.Config) -> int:
         verdict = "clean" if report.clean else f"{len(report.problems)} problem(s)"
         print(f"{config.journal.path}: {report.records} records, {report.blobs_checked} blobs checked: {verdict}")
     return 0 if report.clean else 1
+
+
+def _journal_salvage(args: argparse.Namespace, config: config_mod.Config) -> int:
+    from vsmtp_journal import salvage
+
+    report = salvage(config.journal.path, args.directory)
+    if args.json:
+        lost = [{"position": p, "why": why} for p, why in report.lost_records]
+        blobs = [{"blob": k.decode(errors="replace"), "why": why} for k, why in report.lost_blobs]
+        summary = {"records": report.records, "blobs": report.blobs, "snapshots": report.snapshots, "index_keys": report.index_keys}
+        print(json.dumps({**summary, "lost_records": lost, "lost_blobs": blobs, "damage": report.damage}))
+        return 0
+    for position, why in report.lost_records:
+        print(f"lost: record at position {position} ({why}); kept as a journal.lost record")
+    for key, why in report.lost_blobs:
+        print(f"lost: blob {key.decode(errors='replace')!r} ({why})")
+    for damage in report.damage:
+        print(f"damaged: {damage}")
+    print(
+        f"salvaged into {args.directory}: {report.records} records, {report.blobs} blobs, {report.snapshots} snapshots, "
+        f"{report.index_keys} index keys; lost {len(report.lost_records)} records and {len(report.lost_blobs)} blobs"
+    )
+    print(f"to use it: stop vsmtp, move {config.journal.path} aside, move {args.directory} to {config.journal.path}, start vsmtp")
+    return 0
 
 
 def _journal_rebuild(args: argparse.Namespace, config: config_mod.Config) -> int:

@@ -17,7 +17,8 @@ from functools import partial
 from pathlib import Path
 
 import trio
-from vsmtp_journal import Commit, GroupCommitWriter, Journal, doorbell, follow
+from vsmtp_journal import Commit, CorruptRecord, GroupCommitWriter, Journal, doorbell, follow
+from vsmtp_journal.store import SALVAGE_HINT
 
 from . import config as config_mod
 from . import telemetry
@@ -108,7 +109,10 @@ async def serve(
                         nursery.start_soon(doorbell.listen, doorbell_in, writer.notice_commits)
                     if deliver:
                         projection = QueueProjection(journal, writer)
-                        projection.catch_up()
+                        try:
+                            projection.catch_up()
+                        except CorruptRecord as exc:  # refuse a damaged journal at start, saying what to run
+                            raise VsmtpError(f"journal {config.journal.path} is damaged: {exc}. {SALVAGE_HINT}") from exc
                         log.info(
                             "journal %s: %d records, %d messages pending",
                             config.journal.path,

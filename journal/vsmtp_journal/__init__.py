@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from . import doorbell
 from .codec import Record, decode_record, encode_record
-from .errors import CorruptRecord, JournalError, JournalFull
+from .errors import CorruptBlob, CorruptRecord, JournalError, JournalFull
+from .salvage import SalvageReport, salvage
 from .store import Append, Journal
 from .verify import Problem, Report, verify
 from .writer import Commit, GroupCommitWriter, follow
@@ -18,6 +19,7 @@ from .writer import Commit, GroupCommitWriter, follow
 __all__ = [
     "Append",
     "Commit",
+    "CorruptBlob",
     "CorruptRecord",
     "GroupCommitWriter",
     "Journal",
@@ -26,9 +28,11 @@ __all__ = [
     "Problem",
     "Record",
     "Report",
+    "SalvageReport",
     "decode_record",
     "doorbell",
     "encode_record",
     "follow",
+    "salvage",
     "verify",
 ]

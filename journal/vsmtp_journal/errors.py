@@ -2,7 +2,8 @@
 
 JournalError            anything the journal cannot do
 ├── JournalFull         the disk or the configured maximum size is reached: try later
-└── CorruptRecord       a stored record does not decode (names its position)
+├── CorruptRecord       a stored record does not decode, or fails its checksum (names its position)
+└── CorruptBlob         a stored body fails its checksum (names its key)
 """
 
 from __future__ import annotations
@@ -22,4 +23,13 @@ class CorruptRecord(JournalError):
     def __init__(self, position: int, reason: str) -> None:
         super().__init__(f"record at position {position} is corrupt: {reason}")
         self.position = position
+        self.reason = reason
+
+
+class CorruptBlob(JournalError):
+    """A stored blob (a message body) does not match its checksum."""
+
+    def __init__(self, key: bytes, reason: str) -> None:
+        super().__init__(f"blob {key.decode(errors='replace')!r} is corrupt: {reason}")
+        self.key = key
         self.reason = reason

@@ -21,9 +21,10 @@ from typing import Any, cast
 import cbor2
 import lmdb
 
-from .codec import Record, decode_position, decode_record, encode_position, encode_record
+from .codec import Record, decode_position, decode_record, encode_position, encode_record, frame, frame_blob, unframe_blob, unframe_record
 from .errors import CorruptRecord, JournalError, JournalFull
 
+SALVAGE_HINT = "Run `vsmtp journal verify` to see the damage, and `vsmtp journal salvage DIRECTORY` to copy what is readable"
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space to start with; the file itself is sparse
 _EVENTS = b"events"
 _BLOBS = b"blobs"
@@ -83,7 +84,8 @@ class Journal:
                 max_spare_txns=4,
             )
         except lmdb.Error as exc:
-            raise JournalError(f"cannot open journal at {self.path}: {exc}") from exc
+            raise JournalError(f"cannot open journal at {self.path}: {exc}. {SALVAGE_HINT}") from exc
+        self._check_size()
         # Without txn=, py-lmdb opens each handle in a transaction it commits, so the handles
         # stay valid (a handle opened in an aborted read transaction would be discarded).
         for attempt in range(3):
@@ -100,6 +102,19 @@ class Journal:
             except lmdb.NotFoundError as exc:
                 self._env.close()
                 raise JournalError(f"{self.path} is not a vsmtp journal (no events database)") from exc
+
+    def _check_size(self) -> None:
+        """A data file shorter than the pages its meta page counts was truncated: reading
+        those pages would kill the process with SIGBUS, so refuse it now, with a message."""
+        expected = (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
+        try:
+            actual = (self.path / "data.mdb").stat().st_size
+        except OSError as exc:
+            self._env.close()
+            raise JournalError(f"cannot read {self.path / 'data.mdb'}: {exc.strerror}") from exc
+        if actual < expected:
+            self._env.close()
+            raise JournalError(f"{self.path / 'data.mdb'} is truncated: {actual} bytes where its pages need {expected}. {SALVAGE_HINT}")
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -132,7 +147,7 @@ class Journal:
             for offset, (a, data) in enumerate(zip(appends, encoded, strict=True), start=1):
                 position = last + offset
                 for key, body in a.blobs.items():
-                    txn.put(key, body, db=self._blobs)
+                    txn.put(key, frame_blob(body), db=self._blobs)
                 for key in a.index:
                     txn.put(key, encode_position(position), db=self._index)
                 # append=True: the key is past the last one, so LMDB appends without a search.
@@ -145,7 +160,7 @@ class Journal:
 
     def write_snapshot(self, position: int, payload: Any) -> None:
         """Store a projection's state as of `position` (any CBOR payload), in one synced transaction."""
-        self._write_meta({_SNAPSHOT + encode_position(position): cbor2.dumps(payload)})
+        self._write_meta({_SNAPSHOT + encode_position(position): frame(cbor2.dumps(payload))})
 
     def snapshots(self) -> list[int]:
         """Positions that have a snapshot, oldest first."""
@@ -165,8 +180,9 @@ class Journal:
             data = txn.get(_SNAPSHOT + encode_position(position), db=self._meta)
         if data is None:
             return None
+        content = unframe_record(position, cast(bytes, data))
         try:
-            return cbor2.loads(data)
+            return cbor2.loads(content)
         except (cbor2.CBORDecodeError, ValueError) as exc:
             raise CorruptRecord(position, f"snapshot does not decode: {exc}") from exc
 
@@ -373,8 +389,11 @@ class Journal:
             return None
 
     def blob(self, key: bytes) -> bytes | None:
+        """The body stored under `key` (None: there is none), its checksum checked: a body
+        that fails it raises CorruptBlob, never comes back altered."""
         with self._begin_read() as txn:
-            return cast(bytes | None, txn.get(key, db=self._blobs))
+            value = txn.get(key, db=self._blobs)
+        return None if value is None else unframe_blob(key, cast(bytes, value))
 
     def close(self) -> None:
         self._env.close()

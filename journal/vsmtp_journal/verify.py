@@ -1,6 +1,7 @@
 """Integrity check of a journal: positions contiguous from 1 (or from the retention horizon
-on), every record decodes, and every blob a record refers to is there (unless retention
-removed it on purpose). Read-only; safe while the daemon runs.
+on), every record decodes and matches its checksum, every blob a record refers to is there
+(unless retention removed it on purpose), and every blob matches its checksum. Damaged
+pages are reported, not a traceback. Read-only; safe while the daemon runs.
 """
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import lmdb
+
 from .codec import Record, decode_record
-from .errors import CorruptRecord
+from .errors import CorruptBlob, CorruptRecord
 from .store import Journal
 
 
@@ -51,25 +54,46 @@ def verify(
     except CorruptRecord as exc:
         problems.append(Problem(horizon, f"the snapshot at the retention horizon does not decode: {exc.reason}"))
     expected, records, blobs = horizon + 1, 0, 0
-    for position, data in journal.read_raw(horizon):
-        if len(problems) >= max_problems:
-            problems.append(Problem(0, f"stopped after {max_problems} problems"))
-            break
-        records += 1
-        if position != expected:
-            gap = f"positions {expected} to {position - 1} are missing" if position > expected else "out of order"
-            problems.append(Problem(position, gap))
-        expected = position + 1
-        try:
-            record = decode_record(position, data)
-        except CorruptRecord as exc:
-            problems.append(Problem(position, f"does not decode: {exc.reason}"))
-            continue
-        wrong = check_record(record)
-        if wrong:
-            problems.append(Problem(position, f"{record.tag} v{record.version}: {wrong}"))
-        for key in blobs_of(record):
-            blobs += 1
-            if not journal.has_blob(key) and not key < purged_before:
-                problems.append(Problem(position, f"{record.tag} refers to blob {key.decode(errors='replace')!r}, which is missing"))
+    corrupt: set[bytes] = set()
+    try:
+        for position, data in journal.read_raw(horizon):
+            if len(problems) >= max_problems:
+                problems.append(Problem(0, f"stopped after {max_problems} problems"))
+                break
+            records += 1
+            if position != expected:
+                gap = f"positions {expected} to {position - 1} are missing" if position > expected else "out of order"
+                problems.append(Problem(position, gap))
+            expected = position + 1
+            try:
+                record = decode_record(position, data)
+            except CorruptRecord as exc:
+                problems.append(Problem(position, f"does not decode: {exc.reason}"))
+                continue
+            wrong = check_record(record)
+            if wrong:
+                problems.append(Problem(position, f"{record.tag} v{record.version}: {wrong}"))
+            for key in blobs_of(record):
+                blobs += 1
+                try:
+                    present = journal.blob(key) is not None
+                except CorruptBlob as exc:
+                    corrupt.add(key)
+                    problems.append(Problem(position, f"{record.tag} refers to blob {_name(key)}, which is corrupt: {exc.reason}"))
+                    continue
+                if not present and not key < purged_before:
+                    problems.append(Problem(position, f"{record.tag} refers to blob {_name(key)}, which is missing"))
+        for key in journal.blob_keys():  # the bodies no record names any more, too
+            if key in corrupt:
+                continue
+            try:
+                journal.blob(key)
+            except CorruptBlob as exc:
+                problems.append(Problem(0, f"blob {_name(key)} is corrupt: {exc.reason}"))
+    except lmdb.Error as exc:
+        problems.append(Problem(0, f"the journal's pages are damaged ({exc}); run `vsmtp journal salvage DIRECTORY`"))
     return Report(records=records, blobs_checked=blobs, problems=tuple(problems))
+
+
+def _name(key: bytes) -> str:
+    return repr(key.decode(errors="replace"))

@@ -70,6 +70,7 @@ SAMPLES: list[qe.JournalEvent] = [
         dkim=({"result": "pass", "domain": "b.c", "selector": "s"},),
     ),
     qe.MessageSigned(at=1.0, queue_id="Q", method="dkim", signatures=("d=b.c s=s a=rsa-sha256",)),
+    qe.MessageCorrupted(at=1.0, queue_id="Q", blob=b"Q", reason="checksum mismatch (100 octets)"),
 ]
 
 

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vsmtp_journal import Append, Journal
+from vsmtp_journal import Append, CorruptBlob, Journal
 
 from .. import ids
 from ..config import Config
@@ -153,7 +153,10 @@ def compose(
 
 def _original(journal: Journal, message: MessageState) -> tuple[qe.MessageAccepted, bytes]:
     accepted = history.accepted(journal, message.queue_id)
-    original = journal.blob(message.blob)
+    try:
+        original = journal.blob(message.blob)
+    except CorruptBlob:  # the notice goes without it: nothing altered is ever sent
+        original = b"X-Vsmtp-Note: the original message is damaged in the journal\r\n\r\n"
     if accepted is None or original is None:  # purged: headers unknown
         accepted = qe.MessageAccepted(
             at=message.accepted_at, queue_id=message.queue_id, session_id="", reverse_path=message.reverse_path,

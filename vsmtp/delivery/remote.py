@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import dns.asyncresolver
 import trio
 from opentelemetry import trace
-from vsmtp_journal import Journal
+from vsmtp_journal import CorruptBlob, CorruptRecord, Journal
 
 from .. import telemetry
 from ..config import Config
@@ -18,6 +18,7 @@ from ..net import dns as mx
 from ..net import outbound
 from ..queue import events as qe
 from ..queue import history, policy
+from ..queue.state import CORRUPT
 from .outcomes import deferred, with_expiry
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,11 @@ async def deliver(
     host_limits: outbound.HostLimits | None = None,
     route: policy.Smarthost | None = None,  # a delivery rule chose this host (ctx.set_route)
 ) -> list[qe.JournalEvent]:
-    body, accepted = await trio.to_thread.run_sync(_read, journal, blob, queue_id)  # not in the event loop
+    try:
+        body, accepted = await trio.to_thread.run_sync(_read, journal, blob, queue_id)  # not in the event loop
+    except (CorruptBlob, CorruptRecord) as exc:
+        log.error("%s: not delivered, held in the quarantine %r: %s", queue_id, CORRUPT, exc)
+        return [qe.MessageCorrupted(at=time.time(), queue_id=queue_id, blob=blob, reason=str(exc))]
     now = time.time()
     if body is None:
         reason = "message body missing from the journal"

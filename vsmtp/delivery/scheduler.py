@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import trio
-from vsmtp_journal import Append, GroupCommitWriter, Journal, JournalError
+from vsmtp_journal import Append, CorruptBlob, GroupCommitWriter, Journal, JournalError
 
 from .. import telemetry
 from ..config import Config
@@ -28,7 +28,7 @@ from ..net import outbound
 from ..queue import events as qe
 from ..queue import history, policy
 from ..queue.projection import QueueProjection
-from ..queue.state import MessageState
+from ..queue.state import CORRUPT, MessageState
 from ..rules.engine import Stages
 from . import bounce, maildir, mbox, remote, stages
 from .outcomes import deferred, with_expiry
@@ -188,6 +188,12 @@ class Scheduler:
                 await self.writer.append_group(appends)  # the verdict, edits and message.filtered: all or none
             for save in exports:
                 await trio.to_thread.run_sync(save)
+        except CorruptBlob as exc:  # the body cannot be trusted: held, not filtered nor delivered
+            log.error("%s: held in the quarantine %r: %s", queue_id, CORRUPT, exc)
+            corrupted = qe.MessageCorrupted(at=time.time(), queue_id=queue_id, blob=message.blob, reason=exc.reason)
+            with trio.CancelScope(shield=True):
+                await self.writer.append_group([qe.to_append(corrupted)])
+            settled = True
         except (JournalError, LookupError) as exc:
             log.error("%s: cannot run the postq stage: %s", queue_id, exc)
             settled = False
@@ -415,7 +421,11 @@ class Worker:
             return outcomes
 
     def _deliver(self, job: DeliveryJob) -> list[qe.JournalEvent]:
-        body = self.journal.blob(job.blob)
+        try:
+            body = self.journal.blob(job.blob)
+        except CorruptBlob as exc:  # never delivered altered: held for the operator
+            log.error("%s: not delivered, held in the quarantine %r: %s", job.queue_id, CORRUPT, exc)
+            return [qe.MessageCorrupted(at=time.time(), queue_id=job.queue_id, blob=job.blob, reason=exc.reason)]
         now = time.time()
         outcomes: list[qe.JournalEvent] = []
         for address, attempts in job.recipients:

@@ -257,6 +257,17 @@ class MessageQuarantined(JournalEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MessageCorrupted(JournalEvent):
+    """The message's body failed its checksum when it was read to be delivered: it is kept,
+    held in the quarantine `corrupt`, never delivered altered (vsmtp journal verify names it)."""
+
+    TAG = "message.corrupted"
+    queue_id: str
+    blob: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MessageFiltered(JournalEvent):
     """The post-queue stage (postq rules and plugins) ran for the message; what it decided
     is in the same transaction (rule.verdict, rule.action, message.modified, a quarantine

@@ -18,6 +18,7 @@ from vsmtp_journal import Record
 from . import events as qe
 
 Status = Literal["pending", "delivered", "failed"]
+CORRUPT = "corrupt"  # the quarantine of messages whose body failed its checksum
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,6 +155,11 @@ def _bounced(state: QueueState, event: qe.MessageBounced) -> QueueState:
 @_folds(qe.MessageQuarantined)
 def _quarantined(state: QueueState, event: qe.MessageQuarantined) -> QueueState:
     return _changed(state, event.queue_id, lambda found: replace(found, held=True, quarantine=event.queue))
+
+
+@_folds(qe.MessageCorrupted)
+def _corrupted(state: QueueState, event: qe.MessageCorrupted) -> QueueState:
+    return _changed(state, event.queue_id, lambda found: replace(found, held=True, quarantine=CORRUPT))
 
 
 @_folds(qe.MessageDelayWarned)
