@@ -13,6 +13,7 @@ so under load a busy mailbox costs one directory fsync per round, not one per me
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -52,6 +53,18 @@ def find(maildir: Path, name: str, *, look_in_cur: bool) -> Path | None:
     return None
 
 
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    """Write every part, in as few calls as the kernel allows (writev: no joined copy)."""
+    views = [memoryview(p) for p in parts if p]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
 def deliver(maildir: Path, name: str, parts: list[bytes]) -> Path:
     """Write parts as one message file and make it visible atomically; return its path."""
     ensure(maildir)
@@ -64,15 +77,21 @@ def deliver(maildir: Path, name: str, parts: list[bytes]) -> Path:
         ensure(maildir)
         fd = os.open(tmp, flags, 0o600)
     try:
-        view = memoryview(b"".join(parts))  # one write for the lot
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        _write_all(fd, parts)
         os.fsync(fd)
-    finally:
+    except OSError:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk leaves no half-written file in tmp/
+        raise
+    os.close(fd)
     final = maildir / "new" / name
-    os.rename(tmp, final)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     pending = getattr(_batch, "directories", None)
     if pending is not None:
         pending.add(maildir / "new")  # synced once when the batch ends

@@ -16,14 +16,24 @@ class Body:
         self.limit = limit  # octets; 0: none
         self.size = 0  # octets received, kept or not
         self.too_big = False
+        self.no_room = False  # dropped for want of room (memory or disk): refused at its end with 452
         self._chunks: list[bytes] = []
 
     def add(self, data: bytes) -> None:
         self.size += len(data)
         if self.limit and self.size > self.limit:
             self.too_big, self._chunks = True, []
-        elif not self.too_big:
+        elif not self.too_big and not self.no_room:
             self._chunks.append(data)
+
+    def drop(self) -> None:
+        """No room for it (net/room.py): keep counting, keep nothing, refuse it at its end."""
+        self.no_room, self._chunks = True, []
+
+    @property
+    def held(self) -> int:
+        """Octets held in memory now."""
+        return 0 if self.too_big or self.no_room else self.size
 
     def content(self, *, normalize: bool = False) -> bytes:
         """Everything kept, as one buffer; `normalize`: bare CR and LF become CRLF."""

@@ -145,6 +145,10 @@ class SmtpService:
                 await sock_listener.aclose()
             # Listening stopped (shutdown): the sessions nursery waits for the sessions.
 
+    def bodies_in_flight(self) -> int:
+        """Octets of message data the sessions of this process hold now."""
+        return sum(s.tx.body.held for s in self.sessions if s.tx is not None)
+
     async def shutdown(self, grace: float) -> None:
         """Stop accepting; let open transactions finish within `grace` seconds; 421 the rest."""
         self._listen_scope.cancel()
@@ -185,6 +189,7 @@ class SmtpService:
                 local=_peer(stream.socket.getsockname()),
                 on_last_reply=release,
                 stressed=lambda: self.counts.total() * 5 >= limits.max_connections * 4,  # 80% of the slots taken
+                in_flight=self.bodies_in_flight,
             )
             self.sessions.add(session)
             self._idle = trio.Event() if self._idle.is_set() else self._idle

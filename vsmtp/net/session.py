@@ -33,6 +33,8 @@ from ..smtp.replies import Reply
 from ..smtp.states import State
 from .auth import Login
 from .deadlines import Deadlines
+from .errorlimits import ErrorLimits
+from .room import Room
 from .settings import Peer, SessionSettings
 from .stages import StageRunner
 from .tls import handshake
@@ -67,6 +69,7 @@ class Session:
         local: Peer,
         on_last_reply: Callable[[], None] = lambda: None,
         stressed: Callable[[], bool] = lambda: False,
+        in_flight: Callable[[], int] = lambda: 0,
     ) -> None:
         self.stream = stream
         # Called before the session's last reply (221, 421) goes out: a client that reconnects
@@ -94,9 +97,10 @@ class Session:
         self.holds = Holds()  # what a verdict before MAIL holds for the whole session
         self.stages = StageRunner(settings.stages, settings.checks, self.ctx, self._journal)
         self.login = Login(settings, ctx=self.ctx, stages=self.stages, holds=self.holds, journal=self._journal)
-        self.errors = 0
+        self.errors = ErrorLimits(self.config.limits)
         self._out = bytearray()
         self.deadlines = Deadlines(self.config.limits, now=trio.current_time(), stressed=stressed)
+        self.room = Room(self.config, writer, in_flight)
         self._shutdown_deadline: float | None = None
         self._recv_scope: trio.CancelScope | None = None
 
@@ -175,9 +179,11 @@ class Session:
                 self.deadlines.received(len(event.data))
                 if self.tx is not None:  # else a chunk of a transaction already refused
                     self.tx.body.add(event.data)
+                    if not self.room.while_receiving():
+                        self.tx.body.drop()  # read to its end, then refused: 452
                 continue
             assert event is not ev.PAUSED, "every event is answered before the next is read"
-            reply = await self._count_errors(await self._answer(event))
+            reply = await self.errors.count(await self._answer(event), self._flush)
             self._out += self.conn.send(reply)
             self.deadlines.answered()
             if isinstance(event, ev.StartTls) and reply.positive:
@@ -230,19 +236,6 @@ class Session:
             data, self._out = bytes(self._out), bytearray()
             await self.stream.send_all(data)
 
-    async def _count_errors(self, reply: Reply) -> Reply:
-        """Postfix's soft and hard error limits: delay replies past the first, close past the second."""
-        if reply.code < 400 or reply.code == 421:
-            return reply
-        self.errors += 1
-        limits = self.config.limits
-        if self.errors >= limits.hard_errors:
-            return replies.TOO_MANY_ERRORS
-        if self.errors > limits.soft_errors:
-            await self._flush()
-            await trio.sleep(limits.error_delay * (self.errors - limits.soft_errors))
-        return reply
-
     async def _journal(self, event: qe.JournalEvent) -> None:
         """Append without waiting for the disk: it rides along with the next commit."""
         await self.writer.append_group([qe.to_append(event)], durable=False)
@@ -279,12 +272,12 @@ class Session:
             case ev.RcptTo(forward_path=address, params=params):
                 return await self._rcpt(address, dict(params), now=now)
             case ev.Data():
-                return replies.START_DATA
+                return replies.START_DATA if self.room.for_data() else replies.STORAGE_FULL
             case ev.Bdat():
                 assert self.tx is not None
-                if self.tx.body.too_big:  # RFC 3030: a refused chunk ends the transaction
-                    self.tx = None
-                    return replies.MESSAGE_TOO_BIG
+                if self.tx.body.too_big or self.tx.body.no_room or (self.tx.body.size == 0 and not self.room.for_data()):
+                    refused, self.tx = self.tx.body, None  # RFC 3030: a refused chunk ends the transaction
+                    return replies.MESSAGE_TOO_BIG if refused.too_big else replies.STORAGE_FULL
                 return replies.CHUNK_OK
             case ev.DataEnd(bare_line_endings=bare, long_line=long) | ev.BdatLast(bare_line_endings=bare, long_line=long):
                 return await self._message_end(bare, long)
@@ -332,7 +325,7 @@ class Session:
             return replies.TLS_REQUIRED  # RFC 8314 / Postfix smtpd_tls_security_level=encrypt
         if self.listener.require_auth and not self.ctx.auth:
             return replies.AUTH_REQUIRED
-        if not self.writer.has_room(policy.room_needed(self.config, params)):
+        if not self.room.for_mail(params):
             await self._journal(qe.MailRefused(at=now, session_id=self.id, reverse_path=path, reply=str(replies.STORAGE_FULL)))
             return replies.STORAGE_FULL
         if self.holds.denied is not None:
@@ -381,6 +374,8 @@ class Session:
     async def _accept(self, tx: Transaction, bare_line_endings: bool, long_line: bool) -> Reply:
         if tx.body.too_big:
             return replies.MESSAGE_TOO_BIG
+        if tx.body.no_room:
+            return replies.STORAGE_FULL
         if long_line:
             return replies.line_too_long(self.config.limits.line_length)
         if bare_line_endings and self.config.smtp.bare_line_endings == "reject":
@@ -426,7 +421,7 @@ class Session:
         except JournalError as exc:
             log.error("session %s: cannot queue the message: %s", self.id, exc)
             return replies.LOCAL_ERROR
-        self.errors = 0  # as Postfix: the error limits count errors without delivering mail
+        self.errors.delivered()
         telemetry.note_commit(self.writer.commit_of(position))
         log.info("%s: from=<%s> to=%s size=%d session=%s", queue_id, tx.reverse_path, ",".join(tx.recipients), len(queued.blob), self.id)
         for save in exports(actions, queued.accepted, queued.blob, stage="data"):
