@@ -47,6 +47,7 @@ class ListenerConfig:
     certificates: tuple[CertificateConfig, ...] = ()  # none: a generated self-signed one
     auth: bool = True  # offer AUTH here when [auth] names a password file (always only over TLS)
     require_auth: bool = False  # MAIL only after AUTH (530 5.7.0): a submission port for your own users
+    screen: bool = False  # the checks of [screen] (pregreet, DNSBL) before the greeting, as Postfix's postscreen
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -245,6 +246,33 @@ class AnvilConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ScreenConfig:
+    """Checks before the greeting, on listeners with `screen = true` (Postfix's postscreen).
+    Clients in relay.networks are not screened; a client that passed is not screened again
+    for `pass_ttl` seconds (per receiving process)."""
+
+    pregreet: float = 0.0  # seconds to wait after a first 220- line for a client that talks too early (0: no test)
+    dnsbl: tuple[str, ...] = ()  # "zone", "zone*weight", "zone=127.0.0.2*weight"; a negative weight allowlists
+    threshold: int = 1  # the DNSBL score that refuses the client (554 5.7.1)
+    timeout: float = 5.0  # seconds for the DNSBL lookups of one client
+    pass_ttl: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GreylistConfig:
+    """Greylisting at RCPT (the triplet: client network, sender, recipient): a first attempt
+    is told to try again later (450 4.7.1); one retried after `delay` passes, and a client
+    whose mail passed `passes` times is not greylisted again. Clients in relay.networks and
+    authenticated clients are never greylisted."""
+
+    enabled: bool = False
+    delay: float = 300.0  # seconds before a retry passes
+    expiry: float = 35 * 86400.0  # seconds a triplet that was never retried, or a pass, is remembered
+    passes: int = 5  # triplets passed from one client before the client itself passes (0: never)
+    database: str = "var/greylist.sqlite"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TelemetryConfig:
     exporter: Literal["none", "console"] = "none"
 
@@ -271,6 +299,8 @@ class Config:
     relayhost: RelayhostConfig = RelayhostConfig()
     limits: LimitsConfig = LimitsConfig()
     anvil: AnvilConfig = AnvilConfig()
+    screen: ScreenConfig = ScreenConfig()
+    greylist: GreylistConfig = GreylistConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     rules: str = ""  # the rules file (Python, docs/rules.md); "" : none
     plugins: tuple[str, ...] = ()  # entry-point names in group "vsmtp", loaded in this order

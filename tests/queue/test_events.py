@@ -71,6 +71,7 @@ SAMPLES: list[qe.JournalEvent] = [
     ),
     qe.MessageSigned(at=1.0, queue_id="Q", method="dkim", signatures=("d=b.c s=s a=rsa-sha256",)),
     qe.MessageCorrupted(at=1.0, queue_id="Q", blob=b"Q", reason="checksum mismatch (100 octets)"),
+    qe.SessionScreened(at=1.0, session_id="S", test="dnsbl", score=3, listed=("bl.example",), refused=True),
 ]
 
 

@@ -31,6 +31,7 @@ from ..smtp import events as ev
 from ..smtp import replies
 from ..smtp.replies import Reply
 from ..smtp.states import State
+from . import screen
 from .auth import Login
 from .deadlines import Deadlines
 from .errorlimits import ErrorLimits
@@ -165,6 +166,9 @@ class Session:
             self.on_last_reply()
             await self._flush()
             return "denied at connect"
+        if self._pregreet() and await screen.talked_too_early(self.stream, self.config.hostname, self.config.screen.pregreet):
+            await self._journal(qe.SessionScreened(at=time.time(), session_id=self.id, test="pregreet", refused=True))
+            return await self._close_with(screen.TALKED_TOO_EARLY, "talked too early")
         self._out += self.conn.send(replies.greeting(self.config.hostname))
         while True:
             event = self.conn.next_event()
@@ -200,6 +204,9 @@ class Session:
                 if isinstance(event, ev.Quit):
                     return "quit"
                 return "too many errors" if reply == replies.TOO_MANY_ERRORS else f"closed after {reply.code}"
+
+    def _pregreet(self) -> bool:
+        return self.listener.screen and self.config.screen.pregreet > 0 and not self.settings.trusted(self.ctx.client.address)
 
     async def _receive(self) -> str | None:
         """Flush, then read more input. Returns why the session must close, or None."""

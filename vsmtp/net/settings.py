@@ -14,6 +14,7 @@ from ..plugins import PluginManager
 from ..queue import policy
 from ..rules.context import Context
 from ..rules.engine import Stages
+from ..rules.objects import IpAddress
 from ..smtp.server import Extensions, ServerConnection
 from . import checks
 from .anvil import Anvil
@@ -36,6 +37,10 @@ class SessionSettings:
     relay_networks: tuple[policy.IpNetwork, ...]
     anvil: Anvil  # the limits shared by every receiving process
     passwords: PasswordFile | None  # who may AUTH; None: AUTH is not offered
+
+    def trusted(self, client: IpAddress) -> bool:
+        """A client in relay.networks."""
+        return policy.may_relay(client, self.relay_networks)
 
     def postq_due(self, ctx: Context, recipients: Sequence[str], *, faccepted: bool) -> bool:
         """Whether a message is to take the post-queue stage: rules or plugins run there (and

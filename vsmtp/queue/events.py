@@ -159,6 +159,19 @@ class SessionOpened(JournalEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SessionScreened(JournalEvent):
+    """The client was screened before the greeting (a listener with `screen = true`): a DNSBL
+    score, or a client that talked before its turn (pregreet)."""
+
+    TAG = "session.screened"
+    session_id: str
+    test: str  # dnsbl or pregreet
+    score: int = 0  # the DNSBL score
+    listed: tuple[str, ...] = ()  # the lists that name the client
+    refused: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HeloReceived(JournalEvent):
     TAG = "session.helo"
     session_id: str

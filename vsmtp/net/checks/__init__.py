@@ -2,8 +2,10 @@
 here with a Check (base.py) and one line in CHECKS. The stage runner (net/stages.py) calls
 them; the session only asks for a stage's verdict.
 
+    screen       DNSBL and DNSWL scores before the greeting, on screened listeners (connect)
     recipients   the recipient is ours, or the client may relay (rcpt)
     rates        messages and recipients per interval from one address (mail, rcpt; net/anvil.py)
+    greylist     the first attempt of a (network, sender, recipient) is told to retry (rcpt)
     spf          SPF of the MAIL FROM (or HELO) identity (mail)
     dkim         every DKIM signature and the ARC chain verified (data)
     dmarc        the From domain's DMARC policy over the SPF and DKIM results (data)
@@ -17,14 +19,16 @@ from collections.abc import Callable
 from ...config import Config
 from .. import dns as net_dns
 from ..anvil import Anvil
-from . import authres, dkim, dmarc, rates, recipients, spf
+from . import authres, dkim, dmarc, greylist, rates, recipients, screen, spf
 from .base import Check, Shared
 
 # In the order they run at a stage (DMARC reads SPF's and DKIM's results; the headers tell
 # them all). Each builds its check from a configuration and what the checks share, or None when off.
 CHECKS: tuple[Callable[[Config, Shared], Check | None], ...] = (
+    screen.build,
     recipients.build,
     rates.build,
+    greylist.build,
     spf.build,
     dkim.build,
     dmarc.build,
