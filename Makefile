@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # First-party plugins, installed with vsmtp; plugins/example is installed by its test, as a user would.
 PLUGINS := $(filter-out plugins/example,$(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml)))
 
-.PHONY: run test bench lint install clean
+.PHONY: run test bench lint fuzz install clean
 
 run: $(STAMP)
 	$(BIN)/vsmtp serve
@@ -17,6 +17,11 @@ SYSTEM_PACKAGES := swaks libnet-ssleay-perl libio-socket-ssl-perl opendkim opend
 test: $(STAMP)
 	@tools/system-packages $(SYSTEM_PACKAGES)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The wire protocol fuzzed over a real socket, longer than `make test` does (tests/fuzz).
+FUZZ_EXAMPLES ?= 50000
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/fuzz -q
 
 # vsmtp against a private Postfix instance, side by side (needs root; installs postfix).
 bench: $(STAMP)

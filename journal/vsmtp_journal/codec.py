@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,21 +34,34 @@ def frame(content: bytes, *, magic: bytes = _RECORD) -> bytes:
     return magic + _CRC.pack(zlib.crc32(content)) + content
 
 
-def unframe_blob(key: bytes, value: bytes) -> bytes:
-    """The body stored under `key`, its checksum checked (CorruptBlob when it fails)."""
-    if not value.startswith(_BLOB):
-        return value  # written before framing: nothing to check it against
+def unframe_blob(key: bytes, value: bytes | memoryview) -> bytes:
+    """The body stored under `key`, its checksum checked (CorruptBlob when it fails). `value`
+    may be a view of LMDB's map: the body is then copied once, after the check."""
+    view = memoryview(value)
+    if bytes(view[: len(_BLOB)]) != _BLOB:
+        return bytes(view)  # written before framing: nothing to check it against
     head = len(_BLOB) + _CRC.size
-    if len(value) < head:
+    if len(view) < head:
         raise CorruptBlob(key, "shorter than its frame")
-    content = value[head:]
-    if zlib.crc32(content) != _CRC.unpack_from(value, len(_BLOB))[0]:
+    content = view[head:]
+    if zlib.crc32(content) != _CRC.unpack_from(view, len(_BLOB))[0]:
         raise CorruptBlob(key, f"checksum mismatch ({len(content)} octets)")
-    return content
+    return bytes(content)
 
 
-def frame_blob(content: bytes) -> bytes:
-    return frame(content, magic=_BLOB)
+def frame_blob(content: bytes | Sequence[bytes]) -> bytes:
+    """The stored form of a blob given whole or as parts (joined once, with the frame: a
+    message and the header put before it are not copied twice)."""
+    if isinstance(content, bytes | bytearray | memoryview):
+        return frame(bytes(content), magic=_BLOB)
+    crc = 0
+    for part in content:
+        crc = zlib.crc32(part, crc)
+    return b"".join([_BLOB, _CRC.pack(crc), *content])
+
+
+def blob_size(content: bytes | Sequence[bytes]) -> int:
+    return len(content) if isinstance(content, bytes | bytearray | memoryview) else sum(map(len, content))
 
 
 def unframe_record(position: int, value: bytes) -> bytes:

@@ -43,7 +43,7 @@ class Append:
     tag: str
     version: int
     payload: Any
-    blobs: Mapping[bytes, bytes] = field(default_factory=dict)
+    blobs: Mapping[bytes, bytes | Sequence[bytes]] = field(default_factory=dict)  # a blob whole, or in parts to join
     index: Sequence[bytes] = ()  # keys whose value becomes this record's position
 
 
@@ -391,9 +391,14 @@ class Journal:
     def blob(self, key: bytes) -> bytes | None:
         """The body stored under `key` (None: there is none), its checksum checked: a body
         that fails it raises CorruptBlob, never comes back altered."""
-        with self._begin_read() as txn:
+        try:
+            txn = self._env.begin(buffers=True)  # a view of the map: the body is copied once, checked
+        except lmdb.MapResizedError:
+            self._env.set_mapsize(0)
+            txn = self._env.begin(buffers=True)
+        with txn:
             value = txn.get(key, db=self._blobs)
-        return None if value is None else unframe_blob(key, cast(bytes, value))
+            return None if value is None else unframe_blob(key, value)
 
     def close(self) -> None:
         self._env.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from .codec import Record
+from .codec import Record, blob_size
 from .errors import JournalError, JournalFull
 from .store import Append, Journal
 
@@ -180,7 +180,7 @@ class GroupCommitWriter:
             log.error("journal commit of %d records failed: %s", len(batch), exc)
             if isinstance(exc, JournalFull):
                 self._room = None
-                self.shortfall = sum(1024 + sum(map(len, a.blobs.values())) for a in appends)
+                self.shortfall = sum(1024 + sum(blob_size(b) for b in a.blobs.values()) for a in appends)
             for p in batch:
                 p.error = exc
                 if p.done is not None:

@@ -430,8 +430,10 @@ class Session:
             return replies.LOCAL_ERROR
         self.errors.delivered()
         telemetry.note_commit(self.writer.commit_of(position))
-        log.info("%s: from=<%s> to=%s size=%d session=%s", queue_id, tx.reverse_path, ",".join(tx.recipients), len(queued.blob), self.id)
-        for save in exports(actions, queued.accepted, queued.blob, stage="data"):
+        log.info(
+            "%s: from=<%s> to=%s size=%d session=%s", queue_id, tx.reverse_path, ",".join(tx.recipients), queued.accepted.size, self.id
+        )
+        for save in exports(actions, queued.accepted, queued.parts, stage="data"):
             await trio.to_thread.run_sync(save)  # once the message is durable; the 250 waits for the file
         return replies.queued(queue_id)
 

@@ -88,7 +88,7 @@ def encode(event: JournalEvent) -> tuple[str, int, Payload]:
     return event.TAG, event.VERSION, event.to_payload()
 
 
-def to_append(event: JournalEvent, *, blobs: Mapping[bytes, bytes] | None = None) -> Append:
+def to_append(event: JournalEvent, *, blobs: Mapping[bytes, bytes | tuple[bytes, ...]] | None = None) -> Append:
     """What the journal writer appends for `event`: its record, its index keys (written in the
     same transaction) and the blobs it names. Every write of an event goes through here."""
     return Append(event.TAG, event.VERSION, event.to_payload(), dict(blobs or {}), index_keys(event))

@@ -17,7 +17,7 @@ from . import events as qe
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Intake:
     accepted: qe.MessageAccepted
-    blob: bytes  # the message as stored and delivered
+    parts: tuple[bytes, bytes]  # the message as stored and delivered: our Received header, then the body
     appends: tuple[Append, ...]  # message.accepted (with the blob) first, then what follows it
 
 
@@ -39,7 +39,7 @@ def message(
 ) -> Intake:
     """`follow`: the rules' actions as rule.action events; `quarantine`: (queue, by) when a
     stage sent the message there; `postq`: the post-queue stage is to run before delivery."""
-    blob = trace.received(arrival, queue_id=queue_id, recipients=recipients, now=now) + body
+    received = trace.received(arrival, queue_id=queue_id, recipients=recipients, now=now)
     accepted = qe.MessageAccepted(
         at=now,
         queue_id=queue_id,
@@ -48,7 +48,7 @@ def message(
         recipients=tuple(recipients),
         recipient_params=recipient_params,
         blob=queue_id.encode(),
-        size=len(blob),
+        size=len(received) + len(body),
         mail_params=mail_params,
         message_id=trace.message_id(body),
         trace_context=trace_context,
@@ -57,5 +57,6 @@ def message(
     after = list(follow)
     if quarantine[0]:
         after.append(qe.MessageQuarantined(at=now, queue_id=queue_id, queue=quarantine[0], by=quarantine[1]))
-    appends = (qe.to_append(accepted, blobs={accepted.blob: blob}), *(qe.to_append(e) for e in after))
-    return Intake(accepted=accepted, blob=blob, appends=appends)
+    # The header and the body go to the journal as parts: joined once, with the checksum's frame.
+    appends = (qe.to_append(accepted, blobs={accepted.blob: (received, body)}), *(qe.to_append(e) for e in after))
+    return Intake(accepted=accepted, parts=(received, body), appends=appends)

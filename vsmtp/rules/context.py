@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -194,12 +194,19 @@ def apply_actions(ctx: Context, actions: list[Action]) -> None:
             ctx.recipients = [r for r in ctx.recipients if r.lower() != args[0].lower()]
 
 
-def exports(actions: list[Action], envelope: export.Envelope | qe.MessageAccepted, raw: bytes, *, stage: str) -> list[Callable[[], object]]:
+def exports(
+    actions: list[Action], envelope: export.Envelope | qe.MessageAccepted, raw: bytes | Sequence[bytes], *, stage: str
+) -> list[Callable[[], object]]:
     """The writes the export actions asked for (ctx.export), to run once the message they
-    write is safe in the journal (after the data stage's commit, or the postq stage's)."""
+    write is safe in the journal (after the data stage's commit, or the postq stage's).
+    `raw` may come in parts: joined only when something is exported."""
+    wanted = [a for a in actions if a.name == "export"]
+    if not wanted:
+        return []
     if isinstance(envelope, qe.MessageAccepted):
         envelope = export.Envelope.of(envelope)
-    return [partial(export.save, a.args[0], a.args[1], envelope, raw, stage=stage, by=a.by) for a in actions if a.name == "export"]
+    message = raw if isinstance(raw, bytes) else b"".join(raw)
+    return [partial(export.save, a.args[0], a.args[1], envelope, message, stage=stage, by=a.by) for a in wanted]
 
 
 def endpoint(host: str, port: int) -> Endpoint:
