@@ -10,15 +10,20 @@ content (zlib's, 4 bytes big-endian), then the content; reading checks it, so a 
 byte is found, never delivered. A record or snapshot is CBOR, which never starts with a
 zero byte before its map, so values written before framing (unframed) still read; an
 unframed blob is told by the frame's magic, which a message cannot start with.
+
+A body larger than `CHUNK` is kept in chunks of that size, each framed, under its key and
+the chunk's number (`chunk_key`); the key itself then holds the index: the number of chunks
+and their total size, framed too. Storing or reading one never needs the whole body in
+memory at once, and a part of it given as a `Stream` (a spill file) is read chunk by chunk.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import cbor2
 
@@ -28,30 +33,53 @@ _U64 = struct.Struct(">Q")
 _CRC = struct.Struct(">I")
 _RECORD = b"\x00"  # then the CRC, then CBOR
 _BLOB = b"\x00VB1"  # then the CRC, then the body
+_CHUNKED = b"\x00VBC"  # then the CRC, then the number of chunks and their size (u32, u64)
+_INDEX = struct.Struct(">IQ")
+CHUNK = 1 << 20  # octets per chunk of a large body
+
+
+@runtime_checkable
+class Stream(Protocol):
+    """A part of a blob that is not held in memory (a spill file): its size, and its
+    content read in pieces of at most `size` octets, from the start, each time asked."""
+
+    def __len__(self) -> int: ...
+
+    def chunks(self, size: int) -> Iterator[bytes]: ...
+
+
+Buffer = bytes | bytearray | memoryview
+Part = Buffer | Stream
 
 
 def frame(content: bytes, *, magic: bytes = _RECORD) -> bytes:
     return magic + _CRC.pack(zlib.crc32(content)) + content
 
 
-def unframe_blob(key: bytes, value: bytes | memoryview) -> bytes:
-    """The body stored under `key`, its checksum checked (CorruptBlob when it fails). `value`
-    may be a view of LMDB's map: the body is then copied once, after the check."""
+def checked_blob(key: bytes, value: bytes | memoryview) -> memoryview:
+    """The content of one stored blob value (a body, or one chunk of it), its checksum
+    checked (CorruptBlob when it fails). `value` may be a view of LMDB's map: so is the
+    result, and nothing is copied."""
     view = memoryview(value)
     if bytes(view[: len(_BLOB)]) != _BLOB:
-        return bytes(view)  # written before framing: nothing to check it against
+        return view  # written before framing: nothing to check it against
     head = len(_BLOB) + _CRC.size
     if len(view) < head:
         raise CorruptBlob(key, "shorter than its frame")
     content = view[head:]
     if zlib.crc32(content) != _CRC.unpack_from(view, len(_BLOB))[0]:
         raise CorruptBlob(key, f"checksum mismatch ({len(content)} octets)")
-    return bytes(content)
+    return content
 
 
-def frame_blob(content: bytes | Sequence[bytes]) -> bytes:
-    """The stored form of a blob given whole or as parts (joined once, with the frame: a
-    message and the header put before it are not copied twice)."""
+def unframe_blob(key: bytes, value: bytes | memoryview) -> bytes:
+    """The body stored under `key`, checked (see checked_blob), copied once."""
+    return bytes(checked_blob(key, value))
+
+
+def frame_blob(content: Buffer | Sequence[Buffer]) -> bytes:
+    """The stored form of a blob (or a chunk) given whole or as parts (joined once, with
+    the frame: a message and the header put before it are not copied twice)."""
     if isinstance(content, bytes | bytearray | memoryview):
         return frame(bytes(content), magic=_BLOB)
     crc = 0
@@ -60,8 +88,73 @@ def frame_blob(content: bytes | Sequence[bytes]) -> bytes:
     return b"".join([_BLOB, _CRC.pack(crc), *content])
 
 
-def blob_size(content: bytes | Sequence[bytes]) -> int:
-    return len(content) if isinstance(content, bytes | bytearray | memoryview) else sum(map(len, content))
+def blob_size(content: Part | Sequence[Part]) -> int:
+    return len(content) if isinstance(content, bytes | bytearray | memoryview | Stream) else sum(map(len, content))
+
+
+def needs_chunks(content: Part | Sequence[Part]) -> bool:
+    """Whether a blob is stored in chunks: larger than one, or given (partly) as a Stream."""
+    if isinstance(content, Stream):
+        return True
+    if not isinstance(content, bytes | bytearray | memoryview) and any(isinstance(part, Stream) for part in content):
+        return True
+    return blob_size(content) > CHUNK
+
+
+def pieces(content: Part | Sequence[Part], size: int = CHUNK) -> Iterator[list[Buffer]]:
+    """The content cut into chunks of `size` octets (the last one shorter), each given as
+    the pieces of the parts it is made of: views where a part is in memory, a Stream read
+    in pieces, so that no more than about one chunk is copied at a time."""
+    parts: Sequence[Part] = [content] if isinstance(content, bytes | bytearray | memoryview | Stream) else content
+    chunk: list[Buffer] = []
+    filled, made = 0, 0
+
+    def buffers() -> Iterator[memoryview]:
+        for part in parts:
+            if isinstance(part, Stream):
+                for piece in part.chunks(size):
+                    yield memoryview(piece)
+            else:
+                yield memoryview(part)
+
+    for buffer in buffers():
+        while len(buffer):
+            take = buffer[: size - filled]
+            chunk.append(take)
+            filled += len(take)
+            buffer = buffer[len(take) :]
+            if filled == size:
+                yield chunk
+                chunk, filled, made = [], 0, made + 1
+    if chunk or not made:
+        yield chunk
+
+
+def chunk_key(key: bytes, number: int) -> bytes:
+    """Where chunk `number` of the blob `key` is kept: the key, a zero byte (which no blob
+    key holds, so the chunks sort right after it), the number."""
+    return key + b"\x00" + struct.pack(">I", number)
+
+
+def is_chunk_key(key: bytes) -> bool:
+    return b"\x00" in key
+
+
+def frame_index(count: int, size: int) -> bytes:
+    return frame(_INDEX.pack(count, size), magic=_CHUNKED)
+
+
+def read_index(key: bytes, value: bytes | memoryview) -> tuple[int, int] | None:
+    """(chunks, size) when `value` is the index of a chunked blob, None when it is a blob
+    itself; CorruptBlob when it is an index that fails its checksum."""
+    view = memoryview(value)
+    if bytes(view[: len(_CHUNKED)]) != _CHUNKED:
+        return None
+    content = view[len(_CHUNKED) + _CRC.size :]
+    if len(content) != _INDEX.size or zlib.crc32(content) != _CRC.unpack_from(view, len(_CHUNKED))[0]:
+        raise CorruptBlob(key, "its index of chunks is damaged")
+    count, size = _INDEX.unpack(content)
+    return int(count), int(size)
 
 
 def unframe_record(position: int, value: bytes) -> bytes:

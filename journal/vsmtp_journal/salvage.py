@@ -23,8 +23,19 @@ from pathlib import Path
 import lmdb
 
 from .codec import _BLOB as _BLOB_FRAME
+from .codec import _CHUNKED as _INDEX_FRAME
 from .codec import _RECORD as _RECORD_FRAME
-from .codec import decode_position, decode_record, encode_position, encode_record, unframe_blob, unframe_record
+from .codec import (
+    chunk_key,
+    decode_position,
+    decode_record,
+    encode_position,
+    encode_record,
+    is_chunk_key,
+    read_index,
+    unframe_blob,
+    unframe_record,
+)
 from .errors import CorruptBlob, CorruptRecord, JournalError
 from .store import Journal
 
@@ -55,8 +66,10 @@ def _scan(path: Path, page_size: int) -> Iterator[tuple[bytes, bytes]]:
     """Every (key, value) of every leaf page of the file, whatever tree it belonged to."""
     data = path.read_bytes()
     for start in range(0, len(data) - page_size + 1, page_size):
-        _pgno, _pad, flags, lower, _upper = _PAGE_HEADER.unpack_from(data, start)
-        if not flags & _P_LEAF or flags & _P_OVERFLOW or lower < _PAGE_HEADER.size or lower > page_size:
+        pgno, _pad, flags, lower, _upper = _PAGE_HEADER.unpack_from(data, start)
+        # A page names its own number: the pages inside a large value (a body) that happen
+        # to look like a leaf are told apart by that.
+        if pgno != start // page_size or not flags & _P_LEAF or flags & _P_OVERFLOW or lower < _PAGE_HEADER.size or lower > page_size:
             continue
         for i in range((lower - _PAGE_HEADER.size) // 2):
             (offset,) = struct.unpack_from("=H", data, start + _PAGE_HEADER.size + 2 * i)
@@ -68,12 +81,39 @@ def _scan(path: Path, page_size: int) -> Iterator[tuple[bytes, bytes]]:
             key = data[key_start : key_start + key_size]
             size = lo | (hi << 16)
             if node_flags & _F_BIGDATA:
+                if key_start + key_size + 8 > start + page_size:
+                    continue
                 (overflow,) = struct.unpack_from("=Q", data, key_start + key_size)
                 value_start = overflow * page_size + _PAGE_HEADER.size
             else:
                 value_start = key_start + key_size
             if value_start + size <= len(data):
                 yield key, data[value_start : value_start + size]
+
+
+def _incomplete(blobs: dict[bytes, bytes], bad: dict[bytes, str]) -> list[tuple[bytes, str]]:
+    """Chunked blobs that lack a chunk, and chunks whose index is lost: removed from `blobs`
+    (a body is salvaged whole or not at all) and reported under the blob's key."""
+    lost: list[tuple[bytes, str]] = []
+    indexed: set[bytes] = set()
+    for key, value in list(blobs.items()):
+        index = None if is_chunk_key(key) else read_index(key, value)
+        if index is None:
+            continue
+        keys = [chunk_key(key, number) for number in range(index[0])]
+        indexed.update(keys)
+        missing = next((number for number, k in enumerate(keys) if k not in blobs), None)
+        if missing is not None:
+            why = bad.get(keys[missing], "not found in the damaged file")
+            lost.append((key, f"chunk {missing + 1} of {index[0]}: {why}"))
+            for k in (key, *keys):
+                blobs.pop(k, None)
+    for key in [k for k in blobs if is_chunk_key(k) and k not in indexed]:
+        del blobs[key]
+        owner = key.split(b"\x00", 1)[0]
+        if owner not in blobs and owner not in bad and owner not in dict(lost):
+            lost.append((owner, "its index of chunks is damaged or lost"))
+    return lost
 
 
 def salvage(source: str | Path, destination: str | Path) -> SalvageReport:
@@ -106,11 +146,12 @@ def salvage(source: str | Path, destination: str | Path) -> SalvageReport:
                 records[position] = value
             except CorruptRecord as exc:
                 bad_records[position] = exc.reason
-        elif value.startswith(_BLOB_FRAME):
+        elif value.startswith(_BLOB_FRAME) or value.startswith(_INDEX_FRAME):
             if key in blobs:
                 continue
             try:
-                unframe_blob(key, value)
+                if read_index(key, value) is None:
+                    unframe_blob(key, value)
                 blobs[key] = value
             except CorruptBlob as exc:
                 bad_blobs[key] = exc.reason
@@ -126,7 +167,9 @@ def salvage(source: str | Path, destination: str | Path) -> SalvageReport:
     records = {p: v for p, v in records.items() if p > horizon}
     snapshots = {k: v for k, v in snapshots.items() if decode_position(k[len(_SNAPSHOT) :]) >= horizon}
     report.lost_records = sorted((p, why) for p, why in bad_records.items() if p not in records and p > horizon)
-    report.lost_blobs = sorted((k, why) for k, why in bad_blobs.items() if k not in blobs)
+    report.lost_blobs = [(k, why) for k, why in bad_blobs.items() if k not in blobs and not is_chunk_key(k)]
+    report.lost_blobs += _incomplete(blobs, bad_blobs)
+    report.lost_blobs.sort()
     with Journal(destination) as target, target._env.begin(write=True) as txn:
         first, last = horizon + 1, max([*records, *(p for p, _ in report.lost_records)], default=horizon)
         lost = dict(report.lost_records)
@@ -142,7 +185,7 @@ def salvage(source: str | Path, destination: str | Path) -> SalvageReport:
             txn.put(encode_position(position), found, db=target._events)
         for key, value in blobs.items():
             txn.put(key, value, db=target._blobs)
-            report.blobs += 1
+            report.blobs += not is_chunk_key(key)
         for key, value in index.items():
             if first <= decode_position(value) <= last:
                 txn.put(key, value, db=target._index)

@@ -11,6 +11,7 @@ writers across processes, so positions stay unique and gapless even with several
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,8 +22,25 @@ from typing import Any, cast
 import cbor2
 import lmdb
 
-from .codec import Record, decode_position, decode_record, encode_position, encode_record, frame, frame_blob, unframe_blob, unframe_record
-from .errors import CorruptRecord, JournalError, JournalFull
+from .codec import (
+    Part,
+    Record,
+    checked_blob,
+    chunk_key,
+    decode_position,
+    decode_record,
+    encode_position,
+    encode_record,
+    frame,
+    frame_blob,
+    frame_index,
+    is_chunk_key,
+    needs_chunks,
+    pieces,
+    read_index,
+    unframe_record,
+)
+from .errors import CorruptBlob, CorruptRecord, JournalError, JournalFull
 
 SALVAGE_HINT = "Run `vsmtp journal verify` to see the damage, and `vsmtp journal salvage DIRECTORY` to copy what is readable"
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB of address space to start with; the file itself is sparse
@@ -43,7 +61,7 @@ class Append:
     tag: str
     version: int
     payload: Any
-    blobs: Mapping[bytes, bytes | Sequence[bytes]] = field(default_factory=dict)  # a blob whole, or in parts to join
+    blobs: Mapping[bytes, Part | Sequence[Part]] = field(default_factory=dict)  # a blob whole, or in parts to join
     index: Sequence[bytes] = ()  # keys whose value becomes this record's position
 
 
@@ -147,7 +165,7 @@ class Journal:
             for offset, (a, data) in enumerate(zip(appends, encoded, strict=True), start=1):
                 position = last + offset
                 for key, body in a.blobs.items():
-                    txn.put(key, frame_blob(body), db=self._blobs)
+                    self._put_blob(txn, key, body)
                 for key in a.index:
                     txn.put(key, encode_position(position), db=self._index)
                 # append=True: the key is past the last one, so LMDB appends without a search.
@@ -155,6 +173,29 @@ class Journal:
                     raise JournalError(f"position {position} already exists")
                 positions.append(position)
             return positions
+
+    def _put_blob(self, txn: lmdb.Transaction, key: bytes, body: Part | Sequence[Part]) -> None:
+        """One blob, whole or (when large, or given as a Stream) in chunks under an index."""
+        if is_chunk_key(key):
+            raise JournalError(f"a blob key cannot hold a zero byte: {key!r}")
+        self._delete_chunks(txn, key)  # a blob stored again: none of its old chunks may linger
+        if not needs_chunks(body):
+            txn.put(key, frame_blob(cast(Sequence[bytes], body)), db=self._blobs)
+            return
+        count = size = 0
+        for chunk in pieces(body):
+            txn.put(chunk_key(key, count), frame_blob(chunk), db=self._blobs)
+            count, size = count + 1, size + sum(map(len, chunk))
+        txn.put(key, frame_index(count, size), db=self._blobs)
+
+    def _delete_chunks(self, txn: lmdb.Transaction, key: bytes) -> int:
+        cursor, first, deleted = txn.cursor(db=self._blobs), chunk_key(key, 0)[:-4], 0
+        if cursor.set_range(first):
+            while bytes(cursor.key()).startswith(first):
+                deleted += 1
+                if not cursor.delete():
+                    break
+        return deleted
 
     # -- snapshots and retention -----------------------------------------------------------
 
@@ -204,7 +245,8 @@ class Journal:
             for key in cursor.iternext(values=False):
                 if before is not None and bytes(key) >= before:
                     return
-                yield bytes(key)
+                if not is_chunk_key(bytes(key)):  # a chunk belongs to the blob before it
+                    yield bytes(key)
 
     def purge(self, *, blobs: Sequence[bytes] = (), blobs_before: bytes = b"", through: int = 0) -> tuple[int, int]:
         """Delete `blobs`, and every record up to position `through` with the index entries
@@ -218,7 +260,10 @@ class Journal:
         while True:
             try:
                 with self._env.begin(write=True) as txn:
-                    removed_blobs = sum(1 for key in blobs if txn.delete(key, db=self._blobs))
+                    removed_blobs = 0
+                    for key in blobs:
+                        self._delete_chunks(txn, key)
+                        removed_blobs += bool(txn.delete(key, db=self._blobs))
                     if blobs_before > (txn.get(_BLOBS_PURGED, db=self._meta) or b""):
                         txn.put(_BLOBS_PURGED, blobs_before, db=self._meta)
                     removed_records = 0
@@ -390,15 +435,77 @@ class Journal:
 
     def blob(self, key: bytes) -> bytes | None:
         """The body stored under `key` (None: there is none), its checksum checked: a body
-        that fails it raises CorruptBlob, never comes back altered."""
+        that fails it raises CorruptBlob, never comes back altered. Copied once, whole: for
+        a large body, `blob_chunks` reads it a chunk at a time."""
+        with self._blob_views(key) as parts:
+            return None if parts is None else b"".join(parts)
+
+    def blob_chunks(self, key: bytes) -> Iterator[memoryview]:
+        """The body under `key` a chunk at a time (CHUNK octets), each copied out of LMDB in
+        a transaction of its own and checked (CorruptBlob); nothing if there is none. For
+        writing a large body out (a Maildir file) holding one chunk in memory, not the body."""
+        with self._begin_read() as txn:
+            value = txn.get(key, db=self._blobs)
+        if value is None:
+            return
+        index = read_index(key, value)
+        if index is None:
+            yield checked_blob(key, value)
+            return
+        count, size = index
+        for number in range(count):
+            with self._begin_read() as txn:
+                chunk = txn.get(chunk_key(key, number), db=self._blobs)
+            if chunk is None:
+                raise CorruptBlob(key, f"chunk {number + 1} of {count} is missing")
+            try:
+                content = checked_blob(key, chunk)
+            except CorruptBlob as exc:
+                raise CorruptBlob(key, f"chunk {number + 1} of {count}: {exc.reason}") from exc
+            size -= len(content)
+            if size < 0 or (number == count - 1 and size):
+                raise CorruptBlob(key, "its chunks do not hold the size its index gives")
+            yield content
+
+    @contextlib.contextmanager
+    def _blob_views(self, key: bytes) -> Iterator[list[memoryview] | None]:
+        """The body under `key` as views of LMDB's map (one per chunk), every checksum
+        checked (CorruptBlob). Valid only inside the `with`, and to be held briefly: the map
+        must not be grown under them (see `_grow`)."""
         try:
-            txn = self._env.begin(buffers=True)  # a view of the map: the body is copied once, checked
+            txn = self._env.begin(buffers=True)
         except lmdb.MapResizedError:
             self._env.set_mapsize(0)
             txn = self._env.begin(buffers=True)
         with txn:
-            value = txn.get(key, db=self._blobs)
-            return None if value is None else unframe_blob(key, value)
+            yield self._parts_in(txn, key)
+
+    def check_blob(self, key: bytes) -> bool:
+        """Whether the body under `key` is there; CorruptBlob when it is damaged (checked
+        in place, nothing copied)."""
+        with self._blob_views(key) as parts:
+            return parts is not None
+
+    def _parts_in(self, txn: lmdb.Transaction, key: bytes) -> list[memoryview] | None:
+        value = txn.get(key, db=self._blobs)
+        if value is None:
+            return None
+        index = read_index(key, value)
+        if index is None:
+            return [checked_blob(key, value)]
+        count, size = index
+        parts = []
+        for number in range(count):
+            chunk = txn.get(chunk_key(key, number), db=self._blobs)
+            if chunk is None:
+                raise CorruptBlob(key, f"chunk {number + 1} of {count} is missing")
+            try:
+                parts.append(checked_blob(key, chunk))
+            except CorruptBlob as exc:
+                raise CorruptBlob(key, f"chunk {number + 1} of {count}: {exc.reason}") from exc
+        if sum(map(len, parts)) != size:
+            raise CorruptBlob(key, f"its chunks hold {sum(map(len, parts))} octets, not {size}")
+        return parts
 
     def close(self) -> None:
         self._env.close()

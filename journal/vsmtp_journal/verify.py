@@ -76,7 +76,7 @@ def verify(
             for key in blobs_of(record):
                 blobs += 1
                 try:
-                    present = journal.blob(key) is not None
+                    present = journal.check_blob(key)
                 except CorruptBlob as exc:
                     corrupt.add(key)
                     problems.append(Problem(position, f"{record.tag} refers to blob {_name(key)}, which is corrupt: {exc.reason}"))
@@ -87,7 +87,7 @@ def verify(
             if key in corrupt:
                 continue
             try:
-                journal.blob(key)
+                journal.check_blob(key)
             except CorruptBlob as exc:
                 problems.append(Problem(0, f"blob {_name(key)} is corrupt: {exc.reason}"))
     except lmdb.Error as exc:

@@ -23,6 +23,9 @@ from .store import Append, Journal
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 2048  # appends (records or groups) per transaction: bounds the latency a huge burst adds to one commit
+# Octets of blobs per transaction (a group larger than this is one alone): LMDB holds a
+# transaction's new pages in memory until it commits, so this bounds the writer's memory.
+MAX_BATCH_BYTES = 64 << 20
 LINGER = 0.1  # seconds a record nobody waits for may wait for a durable one to ride along with
 
 
@@ -166,7 +169,13 @@ class GroupCommitWriter:
 
     async def _commit_all(self) -> None:
         while self._queue:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            taken, octets = 0, 0
+            for pending in self._queue[:MAX_BATCH]:
+                octets += sum(blob_size(b) for a in pending.appends for b in a.blobs.values())
+                if taken and octets > MAX_BATCH_BYTES:
+                    break
+                taken += 1
+            batch, self._queue = self._queue[:taken], self._queue[taken:]
             await self._commit(batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
