@@ -212,7 +212,8 @@ class DnsConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LimitsConfig:
     message_size: int = 50 * MiB  # RFC 1870 SIZE, also enforced on the bytes received
-    bodies_in_flight: int = 512 * MiB  # message data held at once by one receiving process; past it 452 4.3.1
+    bodies_in_flight: int = 512 * MiB  # message data held in memory at once by one receiving process; past it 452 4.3.1
+    memory_per_message: int = 1 * MiB  # octets of a message held in memory as it arrives; the rest spills to a file beside the journal
     line_length: int = 1000  # RFC 5321 4.5.3.1.6, CRLF included; 0 means no limit
     recipients: int = 1000  # per message; RFC 5321 4.5.3.1.8 asks for at least 100
     command_timeout: float = 300.0  # RFC 5321 4.5.3.2.7: a whole command line, 5 minutes from when we wait for it

@@ -3,10 +3,15 @@ signatures made and checked, each way a signature can fail, l=, over-signing, AR
 
 from __future__ import annotations
 
+import itertools
+import re
 import time
 
 import dkim as dkimpy
 import pytest
+from dkim.canonicalization import Relaxed, Simple
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vsmtp.auth import arc, dkim
 from vsmtp.auth.dkim import KeyState, Signer
@@ -113,3 +118,52 @@ def test_keygen_writes_keys_that_sign_and_records_that_verify(algorithm: str, tm
     assert pem.startswith(b"-----BEGIN PRIVATE KEY-----") and record.startswith("v=DKIM1; k=")
     line = dkim.zone_line("s._domainkey.example.org", "x" * 600)
     assert line.count('"') == 6  # three strings of at most 255 octets
+
+
+# -- the body hashed as it streams ------------------------------------------------------
+
+_BODY_PIECES = st.lists(st.sampled_from([b"a", b"b c", b" ", b"\t", b"  \t", b"\r\n", b"\n", b"\r", b"\r\n\r\n", b"."]), max_size=40)
+
+
+@settings(max_examples=500, deadline=None)
+@given(pieces=_BODY_PIECES, cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6))
+def test_the_streamed_canonical_body_is_dkimpys_whole_one(pieces: list[bytes], cuts: list[int]) -> None:
+    """Simple and relaxed, cut anywhere (a CRLF split between two reads included): the same
+    octets as dkimpy's canonicalization of the body whole, as its parser sees it."""
+    body = b"".join(pieces)
+    whole = b"\r\n".join(re.split(rb"\r?\n", body))  # what dkimpy's rfc822_parse makes of it
+    bounds = sorted({c % (len(body) + 1) for c in cuts} | {0, len(body)})
+    split = [body[a:b] for a, b in itertools.pairwise(bounds)]
+    for relaxed, algorithm in ((False, Simple), (True, Relaxed)):
+        seen = Collect()
+        stream = dkim._Canonical(relaxed, [seen])  # type: ignore[list-item]
+        for piece in split:
+            stream.feed(piece)
+        stream.end()
+        assert b"".join(seen.data) == algorithm.canonicalize_body(whole), (relaxed, body, split)
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+
+    def update(self, data: bytes) -> None:
+        self.data.append(data)
+
+
+@pytest.mark.parametrize("canonicalize", [(b"relaxed", b"relaxed"), (b"simple", b"simple"), (b"relaxed", b"simple")])
+def test_a_large_body_given_in_pieces_verifies_and_a_change_in_it_fails(keys: dict[str, Key], canonicalize: tuple[bytes, bytes]) -> None:
+    rsa = keys["SIGNED_RSA"]
+    body = b"".join(b"line %d with  trailing space \t\r\n" % n for n in range(100_000)) + b"\r\n\r\n"  # about 3.5 MB
+    message = MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n\r\n" + body
+    secret = rsa.secret.secret
+    field = dkimpy.DKIM(message).sign(b"sel", b"signed.test", secret, include_headers=[b"from", b"subject"], canonicalize=canonicalize)
+    head = field + MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n"
+    parts = [body[i : i + 65_537] for i in range(0, len(body), 65_537)]  # cut mid-line, mid-CRLF
+    [sig] = dkim.verify_parts(head, iter(parts), published(rsa)).signatures
+    assert sig.result == "pass", sig.reason
+    [whole] = dkim.verify(head + b"\r\n" + body, published(rsa)).signatures
+    assert whole.result == "pass"
+    parts[20] = parts[20].replace(b"line", b"LINE", 1)
+    [changed] = dkim.verify_parts(head, iter(parts), published(rsa)).signatures
+    assert (changed.result, changed.reason) == ("fail", "body hash mismatch")

@@ -157,6 +157,23 @@ async def test_dkim_pass_a_changed_body_and_a_missing_key(start_server: Any, aut
     assert "dkim=pass header.d=signed.test header.s=ed header.a=ed25519-sha256" in header.replace("\r\n\t", " ")
 
 
+async def test_a_large_spilled_message_is_verified_as_it_streams(start_server: Any, auth_config: Config, keys: dict[str, Key]) -> None:
+    """Past limits.memory_per_message the body is in a spill file: DKIM hashes it from there,
+    DMARC and the Authentication-Results header work on the header section alone."""
+    running = await start_server(with_changes(auth_config, limits={"memory_per_message": 32 * 1024}))
+    body = "".join(f"line {n} of a long message, with  two spaces \t\r\n" for n in range(60_000))  # about 3 MB
+    good = signed(message("a@signed.test", "large", body), keys["SIGNED_RSA"], keys["SIGNED_ED"])
+    changed = signed(message("a@signed.test", "large changed", body), keys["SIGNED_RSA"]).replace(b"line 59999", b"line 59990")
+    for raw in (good, changed):
+        assert (await trio.to_thread.run_sync(send, running, "x@spf-neutral.test", raw))[0] == 250
+    await wait_delivered(running, 2)
+    results = [[(s["result"], s["selector"], s["reason"]) for s in e.result["signatures"]] for e in events(running, qe.DkimVerified)]
+    assert results == [[("pass", "ed", ""), ("pass", "sel", "")], [("fail", "sel", "body hash mismatch")]]
+    assert [e.result["result"] for e in events(running, qe.DmarcEvaluated)] == ["pass", "fail"]
+    first = maildir_files(auth_config, "bob")[0].read_bytes()
+    assert b"dkim=pass header.d=signed.test" in first and first.endswith(body.encode())
+
+
 async def test_dmarc_passes_by_spf_alignment_alone_and_by_dkim_alignment_alone(
     start_server: Any, auth_config: Config, keys: dict[str, Key]
 ) -> None:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import base64
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
@@ -68,13 +69,48 @@ def key_names(message: bytes, *, fields: Sequence[bytes] = SIGNATURE_FIELDS) -> 
 
 def verify(message: bytes, keys: Keys) -> DkimResult:
     """Every DKIM-Signature of `message`, top first, checked with the looked-up `keys`."""
-    parsed = dkim.DKIM(message, logger=_quiet, minkey=1024)
+    lines = re.split(rb"\r?\n", message)
+    blank = next((i for i, line in enumerate(lines) if not line), len(lines))
+    head = b"".join(line + b"\r\n" for line in lines[:blank])
+    return verify_parts(head, [b"\r\n".join(lines[blank + 1 :])], keys)
+
+
+def verify_parts(head: bytes, body: Iterable[bytes], keys: Keys) -> DkimResult:
+    """verify, for a message given as its header section and its body in pieces (a large
+    message, partly in a spill file): the body is read once, whatever the signatures, and
+    hashed as it streams; it is never joined or copied whole."""
+    parsed = dkim.DKIM(head + b"\r\n", logger=_quiet, minkey=1024)
     count = sum(1 for name, _ in parsed.headers if name.lower() == b"dkim-signature")
-    bodies: dict[bytes, bytes] = {}  # body canonicalization -> the body in it: computed once, whatever the signatures
-    return DkimResult(signatures=tuple(_one(parsed, index, keys, bodies) for index in range(count)))
+    checks = [_prepare(parsed, index, keys) for index in range(count)]
+    hashing = [c for c in checks if isinstance(c, _Pending)]
+    if hashing:
+        streams = {
+            relaxed: _Canonical(relaxed, [c.hash for c in hashing if c.relaxed == relaxed]) for relaxed in {c.relaxed for c in hashing}
+        }
+        for piece in body:
+            for stream in streams.values():
+                stream.feed(piece)
+        for stream in streams.values():
+            stream.end()
+    return DkimResult(signatures=tuple(c if isinstance(c, DkimSignature) else _finish(parsed, c) for c in checks))
 
 
-def _one(parsed: dkim.DKIM, index: int, keys: Keys, bodies: dict[bytes, bytes]) -> DkimSignature:
+@dataclass(slots=True)
+class _Pending:
+    """A signature whose header and key are in order: what is left is its body hash."""
+
+    found: DkimSignature
+    index: int
+    sig: dict[bytes, bytes]
+    include_headers: list[bytes]
+    sig_list: list[object]
+    relaxed: bool
+    expected: bytes
+    hash: _BodyHash
+    key: tuple[Any, ...]  # what dkimpy made of the key record (pk, keysize, ktag, seqtlsrpt)
+
+
+def _prepare(parsed: dkim.DKIM, index: int, keys: Keys) -> DkimSignature | _Pending:
     sig_headers = [(n, v) for n, v in parsed.headers if n.lower() == b"dkim-signature"]
     try:
         tags = parse_tag_value(sig_headers[index][1])
@@ -107,15 +143,11 @@ def _one(parsed: dkim.DKIM, index: int, keys: Keys, bodies: dict[bytes, bytes]) 
         parsed.pk, parsed.keysize, parsed.ktag, parsed.seqtlsrpt = dkim.evaluate_pk(name.encode(), record)
     except (dkim.KeyFormatError, ValueError, IndexError) as exc:
         return _with(found, "permerror", f"key {name}: {exc or 'unusable'}")
+    key = (parsed.pk, parsed.keysize, parsed.ktag, parsed.seqtlsrpt)
     try:
         canon = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
     except InvalidCanonicalizationPolicyError as exc:
         return _with(found, "permerror", f"invalid c= value: {exc}")
-    algorithm = canon.body_algorithm.name
-    if algorithm not in bodies:
-        bodies[algorithm] = canon.canonicalize_body(parsed.body)
-    body = bodies[algorithm]
-    signed = int(sig[b"l"]) if b"l" in sig and sig[b"l"].isdigit() else len(body)
     try:
         expected = base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"]))
     except ValueError as exc:
@@ -123,20 +155,109 @@ def _one(parsed: dkim.DKIM, index: int, keys: Keys, bodies: dict[bytes, bytes]) 
     hasher = HASH_ALGORITHMS.get(sig[b"a"].lower())
     if hasher is None:
         return _with(found, "permerror", f"unknown algorithm {_text(sig[b'a'])}")
-    if hasher(body[:signed]).digest() != expected:
+    limit = int(sig[b"l"]) if b"l" in sig and sig[b"l"].isdigit() else None
+    return _Pending(
+        found=found,
+        index=index,
+        sig=sig,
+        include_headers=include_headers,
+        sig_list=sig_list,
+        relaxed=canon.body_algorithm.name == b"relaxed",
+        expected=expected,
+        hash=_BodyHash(hasher(), limit),
+        key=key,
+    )
+
+
+def _finish(parsed: dkim.DKIM, check: _Pending) -> DkimSignature:
+    found, sig, body = check.found, check.sig, check.hash
+    if body.digest() != check.expected:
         return _with(found, "fail", "body hash mismatch")
+    parsed.pk, parsed.keysize, parsed.ktag, parsed.seqtlsrpt = check.key  # each signature its own key
     try:
         # The body is checked: what is left is the header hash and the signature over it.
-        ok = parsed.verify_sig_process({k: v for k, v in sig.items() if k != b"bh"}, include_headers, sig_list[index], None)
+        ok = parsed.verify_sig_process(
+            {k: v for k, v in sig.items() if k != b"bh"}, check.include_headers, check.sig_list[check.index], None
+        )
     except dkim.DKIMException as exc:
         return _with(found, "permerror", str(exc))
     if not ok:
         return _with(found, "fail", "signature did not verify")
-    unsigned = max(0, len(body) - signed)
+    signed = int(sig[b"l"]) if body.limit is not None else body.length
+    unsigned = max(0, body.length - signed)
     if unsigned:
         note = f"only the first {signed} octets of the body are signed (l=); {unsigned} are not"
         return replace(found, result="pass", body_length=signed, unsigned_bytes=unsigned, reason=note)
     return replace(found, result="pass", reason="", body_length=signed if b"l" in sig else None)
+
+
+class _BodyHash:
+    """One signature's body hash, over at most `limit` octets of the canonical body (l=)."""
+
+    def __init__(self, hasher: Any, limit: int | None) -> None:
+        self._hasher = hasher
+        self.limit = limit
+        self._left = limit
+        self.length = 0  # octets of the canonical body
+
+    def update(self, data: bytes) -> None:
+        self.length += len(data)
+        if self._left is not None:
+            data = data[: self._left]
+            self._left -= len(data)
+        self._hasher.update(data)
+
+    def digest(self) -> bytes:
+        return bytes(self._hasher.digest())
+
+
+_LINE_END = re.compile(rb"\r?\n")
+_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
+_WSP = re.compile(rb"[\t ]+")
+
+
+class _Canonical:
+    """The body canonicalized as it streams (RFC 6376 3.4.3 simple, 3.4.4 relaxed), exactly
+    as dkimpy does it whole: CR LF or LF ends a line, and the empty lines at the end are
+    held back until a line with content shows they were not the end."""
+
+    def __init__(self, relaxed: bool, sinks: list[_BodyHash]) -> None:
+        self.relaxed = relaxed
+        self.sinks = sinks
+        self._carry = b""  # the line not yet ended
+        self._empty = 0  # empty lines held back
+        self._emitted = False
+
+    def feed(self, piece: bytes) -> None:
+        data = self._carry + piece
+        cut = data.rfind(b"\n") + 1
+        self._carry = data[cut:]
+        if not cut:
+            return
+        lines = _LINE_END.sub(b"\r\n", data[:cut])
+        if self.relaxed:
+            lines = _WSP.sub(b" ", _TRAILING_WSP.sub(b"\r\n", lines))
+        end = len(lines)
+        while lines.endswith(b"\r\n", 0, end):
+            end -= 2
+        trailing = (len(lines) - end) // 2  # CRLFs at its end: the last line's, and empty lines
+        if end:
+            self._emit(b"\r\n" * self._empty + lines[:end] + b"\r\n")
+            self._empty = trailing - 1
+        else:
+            self._empty += trailing
+
+    def end(self) -> None:
+        last = _WSP.sub(b" ", self._carry) if self.relaxed else self._carry
+        if last:
+            self._emit(b"\r\n" * self._empty + last + b"\r\n")
+        elif not self._emitted and not self.relaxed:
+            self._emit(b"\r\n")  # simple: an empty body is one CRLF; relaxed: nothing
+
+    def _emit(self, data: bytes) -> None:
+        self._emitted = True
+        for sink in self.sinks:
+            sink.update(data)
 
 
 def _with(sig: DkimSignature, result: DkimStatus, reason: str) -> DkimSignature:

@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +53,26 @@ def find(maildir: Path, name: str, *, look_in_cur: bool) -> Path | None:
     return None
 
 
-def _write_all(fd: int, parts: list[bytes]) -> None:
-    """Write every part, in as few calls as the kernel allows (writev: no joined copy)."""
-    views = [memoryview(p) for p in parts if p]
+GROUP = 1 << 20  # octets gathered into one writev
+
+
+def _write_all(fd: int, parts: Iterable[bytes | memoryview]) -> None:
+    """Write every part, in as few calls as the kernel allows (writev: no joined copy). The
+    parts may come one at a time (a large body read chunk by chunk): no more than about
+    GROUP octets of them are held at once."""
+    group: list[memoryview] = []
+    held = 0
+    for part in parts:
+        if part:
+            group.append(memoryview(part))
+            held += len(part)
+        if held >= GROUP:
+            _writev(fd, group)
+            group, held = [], 0
+    _writev(fd, group)
+
+
+def _writev(fd: int, views: list[memoryview]) -> None:
     while views:
         written = os.writev(fd, views)
         while views and written >= len(views[0]):
@@ -65,8 +82,10 @@ def _write_all(fd: int, parts: list[bytes]) -> None:
             views[0] = views[0][written:]
 
 
-def deliver(maildir: Path, name: str, parts: list[bytes]) -> Path:
-    """Write parts as one message file and make it visible atomically; return its path."""
+def deliver(maildir: Path, name: str, parts: Iterable[bytes | memoryview]) -> Path:
+    """Write parts as one message file and make it visible atomically; return its path.
+    Whatever goes wrong while it is written (a full disk, a body that fails its checksum
+    halfway) leaves nothing in tmp/ and is raised."""
     ensure(maildir)
     tmp = maildir / "tmp" / name
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
@@ -79,7 +98,7 @@ def deliver(maildir: Path, name: str, parts: list[bytes]) -> Path:
     try:
         _write_all(fd, parts)
         os.fsync(fd)
-    except OSError:
+    except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)  # a full disk leaves no half-written file in tmp/

@@ -18,6 +18,7 @@ import fcntl
 import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 _FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
@@ -28,7 +29,7 @@ def from_line(reverse_path: str, when: float) -> bytes:
     return f"From {sender} {time.asctime(time.gmtime(when))}\n".encode()
 
 
-def entry(reverse_path: str, when: float, parts: list[bytes]) -> bytes:
+def entry(reverse_path: str, when: float, parts: Sequence[bytes | memoryview]) -> bytes:
     """One message as the mbox stores it, blank separator line included."""
     message = b"".join(parts).replace(b"\r\n", b"\n")
     message = _FROM_LINE.sub(rb">\1", message)
@@ -37,7 +38,7 @@ def entry(reverse_path: str, when: float, parts: list[bytes]) -> bytes:
     return from_line(reverse_path, when) + message + b"\n"
 
 
-def deliver(path: Path, reverse_path: str, parts: list[bytes], *, when: float | None = None) -> int:
+def deliver(path: Path, reverse_path: str, parts: Sequence[bytes | memoryview], *, when: float | None = None) -> int:
     """Append one message to the mbox at `path` (created 0600 if missing); return the offset
     it starts at."""
     data = entry(reverse_path, time.time() if when is None else when, parts)

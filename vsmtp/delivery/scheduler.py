@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import logging
 import math
 import time
@@ -421,23 +422,29 @@ class Worker:
             return outcomes
 
     def _deliver(self, job: DeliveryJob) -> list[qe.JournalEvent]:
+        outcomes: list[qe.JournalEvent] = []
         try:
-            body = self.journal.blob(job.blob)
+            # Checked whole first (in place, nothing copied), then read a chunk at a time
+            # for each recipient: a large body is never held in memory whole.
+            present = self.journal.check_blob(job.blob)
+            self._deliver_each(job, present, outcomes)
         except CorruptBlob as exc:  # never delivered altered: held for the operator
             log.error("%s: not delivered, held in the quarantine %r: %s", job.queue_id, CORRUPT, exc)
-            return [qe.MessageCorrupted(at=time.time(), queue_id=job.queue_id, blob=job.blob, reason=exc.reason)]
+            outcomes.append(qe.MessageCorrupted(at=time.time(), queue_id=job.queue_id, blob=job.blob, reason=exc.reason))
+        return outcomes
+
+    def _deliver_each(self, job: DeliveryJob, present: bool, outcomes: list[qe.JournalEvent]) -> None:
         now = time.time()
-        outcomes: list[qe.JournalEvent] = []
         for address, attempts in job.recipients:
             route = job.routes.get(address) or policy.route(address, self.config)
-            if body is None:
+            if not present:
                 reason = "message body missing from the journal"
                 outcomes.append(qe.DeliveryFailed(at=now, queue_id=job.queue_id, recipient=address, transport="maildir", reason=reason))
                 continue
             assert isinstance(route, policy.LocalRoute), "remote recipients go through _deliver_remote"
             try:
                 write = self._mbox if route.format == "mbox" else self._maildir
-                detail = write(job, address, attempts, route, body)
+                detail = write(job, address, attempts, route)
             except OSError as exc:
                 reason = f"cannot write to the {'mbox' if route.format == 'mbox' else 'Maildir'}: {exc}"
                 log.warning("%s: %s: %s", job.queue_id, address, reason)
@@ -455,19 +462,18 @@ class Worker:
                 )
                 continue
             outcomes.append(qe.DeliverySucceeded(at=now, queue_id=job.queue_id, recipient=address, transport=route.format, detail=detail))
-        return outcomes
 
-    def _mbox(self, job: DeliveryJob, address: str, attempts: int, route: policy.LocalRoute, body: bytes) -> str:
+    def _mbox(self, job: DeliveryJob, address: str, attempts: int, route: policy.LocalRoute) -> str:
         path = Path(self.config.delivery.mbox.format(user=route.user, domain=route.domain))
         headers = f"Return-Path: <{job.reverse_path}>\r\nDelivered-To: {address}\r\n".encode()
         # Written before a crash or a lost journal record? Our Received header names the queue id.
         if (job.recovered or attempts) and mbox.has_delivery(path, address, job.queue_id):
             log.info("%s: %s was already delivered to %s before a restart", job.queue_id, address, path)
             return str(path)
-        offset = mbox.deliver(path, job.reverse_path, [headers, body])
+        offset = mbox.deliver(path, job.reverse_path, [headers, *self.journal.blob_chunks(job.blob)])  # escaped whole
         return f"{path} at offset {offset}"
 
-    def _maildir(self, job: DeliveryJob, address: str, attempts: int, route: policy.LocalRoute, body: bytes) -> str:
+    def _maildir(self, job: DeliveryJob, address: str, attempts: int, route: policy.LocalRoute) -> str:
         path = Path(self.config.delivery.maildir.format(user=route.user, domain=route.domain))
         name = maildir.file_name(accepted_at=job.accepted_at, queue_id=job.queue_id, recipient=address, hostname=self.config.hostname)
         # Written before? Only possible if a crash (recovered) or a journal failure (a retry)
@@ -478,7 +484,7 @@ class Worker:
             return str(existing)
         # RFC 5321 4.4: the final delivery adds Return-Path; Delivered-To marks the mailbox.
         headers = f"Return-Path: <{job.reverse_path}>\r\nDelivered-To: {address}\r\n".encode()
-        return str(maildir.deliver(path, name, [headers, body]))
+        return str(maildir.deliver(path, name, itertools.chain([headers], self.journal.blob_chunks(job.blob))))
 
 
 async def serve_delivery(

@@ -7,15 +7,22 @@ from __future__ import annotations
 import email
 import email.message
 import email.policy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from .spill import Spill
 
 
 class Message:
     """The message at data (and after): the raw bytes, with a MIME view parsed only when a
-    rule asks for it. Edits (headers, parts) make a new message; `raw` is always current."""
+    rule asks for it. Edits (headers, parts) make a new message; `raw` is always current.
 
-    def __init__(self, raw: bytes) -> None:
-        self._raw = raw
+    A large message arrives partly spilled (mail/spill.py): the first octets in memory, the
+    rest in a file. Its header section, header edits and `body_chunks` read no more than
+    that; `raw`, `mime` and part edits read the whole message into memory (once)."""
+
+    def __init__(self, raw: bytes, *, spill: Spill | None = None) -> None:
+        self._raw = raw  # the message; with `spill`, its first octets
+        self._spill = spill
         self._parsed: email.message.EmailMessage | None = None
         self._head: email.message.Message | None = None
         self.edited = False
@@ -23,16 +30,66 @@ class Message:
 
     @property
     def raw(self) -> bytes:
+        if self._spill is not None:  # asked for whole: read into memory, once
+            self._raw, self._spill = self._raw + self._spill.read(), None
         if self._parsed is not None and self.edited:
             self._raw = self._parsed.as_bytes(policy=email.policy.SMTP)  # only after a part edit
             self._parsed, self._head, self.edited = None, None, False
         return self._raw
 
     @property
+    def size(self) -> int:
+        return sum(map(len, self.parts()))
+
+    def parts(self) -> tuple[bytes | Spill, ...]:
+        """The message as it is to be stored: in memory, or its first octets and the spill."""
+        if self._parsed is not None and self.edited:
+            return (self.raw,)
+        return (self._raw,) if self._spill is None else (self._raw, self._spill)
+
+    def _first(self) -> bytes:
+        first = self.parts()[0]
+        assert isinstance(first, bytes)
+        return first
+
+    def _split(self) -> int:
+        """Where the header section ends in the octets in memory (the CRLF of the empty line
+        that ends it), or -1 when it does not end there (no body; or, spilled, a header
+        section larger than what is in memory: then the whole message is read)."""
+        end = self._first().find(b"\r\n\r\n")
+        if end < 0 and self._spill is not None:
+            self.raw  # noqa: B018 - read whole: the header section goes on past the memory
+            end = self._raw.find(b"\r\n\r\n")
+        return end if end < 0 else end + 2
+
+    @property
+    def head(self) -> bytes:
+        """The header section: every field with its CRLF, without the empty line after it."""
+        end = self._split()
+        first = self._first()
+        return first if end < 0 else first[:end]
+
+    def with_head(self, head: bytes) -> Message:
+        """The same message with another header section (the body, in memory or spilled, shared)."""
+        end = self._split()
+        first = self._first()
+        rest = b"" if end < 0 else first[end:]
+        return Message(head + rest, spill=self._spill if not (self._parsed is not None and self.edited) else None)
+
+    def body_chunks(self) -> Iterator[bytes]:
+        """The body (after the empty line), in pieces: for hashing it without a copy."""
+        end = self._split()
+        first = self._first()
+        if end >= 0:
+            yield first[end + 2 :]
+        if self._spill is not None:
+            yield from self._spill.chunks()
+
+    @property
     def mime(self) -> email.message.EmailMessage:
         """The message parsed by the standard library (email.policy.default), on first use."""
         if self._parsed is None:
-            parsed = email.message_from_bytes(self._raw, policy=email.policy.default)
+            parsed = email.message_from_bytes(self.raw, policy=email.policy.default)
             assert isinstance(parsed, email.message.EmailMessage)
             self._parsed = parsed
         return self._parsed
@@ -46,8 +103,7 @@ class Message:
         if self._parsed is not None:
             return [str(v) for v in self._parsed.get_all(name, [])]
         if self._head is None:  # the header section alone, parsed once until the next edit
-            head = self._raw.split(b"\r\n\r\n", 1)[0]
-            self._head = email.message_from_bytes(head + b"\r\n\r\n", policy=email.policy.default)
+            self._head = email.message_from_bytes(self.head + b"\r\n", policy=email.policy.default)
         return [str(v) for v in self._head.get_all(name, [])]
 
     def attachments(self) -> list[email.message.EmailMessage]:
@@ -128,14 +184,13 @@ class Message:
     def edit_header(self, action: str, name: str, value: str = "") -> None:
         """add_header, set_header or remove_header on the raw bytes: the rest of the message
         stays byte for byte as it came (a DKIM signature over the body still verifies)."""
-        raw = self.raw
-        split = raw.find(b"\r\n\r\n")
-        head, body = (raw[: split + 2], raw[split + 2 :]) if split >= 0 else (raw, b"")
+        head = self.head
         if action in ("set_header", "remove_header"):
             head = _without_header(head, name)
         if action in ("add_header", "set_header"):
             head = f"{name}: {value}\r\n".encode() + head
-        self._raw, self._parsed, self._head = head + body, None, None
+        edited = self.with_head(head)
+        self._raw, self._spill, self._parsed, self._head, self.edited = edited._raw, edited._spill, None, None, False
 
 
 def _without_header(head: bytes, name: str) -> bytes:

@@ -24,6 +24,7 @@ from . import anvil as anvil_mod
 from .anvil import Anvil
 from .counts import ConnectionCounts
 from .refusals import RefusalLog
+from .room import InFlight
 from .session import Session
 from .settings import Peer, SessionSettings
 
@@ -145,9 +146,10 @@ class SmtpService:
                 await sock_listener.aclose()
             # Listening stopped (shutdown): the sessions nursery waits for the sessions.
 
-    def bodies_in_flight(self) -> int:
-        """Octets of message data the sessions of this process hold now."""
-        return sum(s.tx.body.held for s in self.sessions if s.tx is not None)
+    def bodies_in_flight(self) -> InFlight:
+        """The message data the sessions of this process are receiving now."""
+        bodies = [s.tx.body for s in self.sessions if s.tx is not None]
+        return InFlight(memory=sum(b.memory for b in bodies), octets=sum(b.held for b in bodies))
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting; let open transactions finish within `grace` seconds; 421 the rest."""

@@ -21,7 +21,6 @@ from vsmtp_journal import GroupCommitWriter, JournalError, JournalFull
 from .. import ids, telemetry
 from ..config import ListenerConfig
 from ..mail.body import Body
-from ..mail.message import Message
 from ..mail.trace import Arrival
 from ..queue import events as qe
 from ..queue import intake, policy
@@ -35,7 +34,7 @@ from . import screen
 from .auth import Login
 from .deadlines import Deadlines
 from .errorlimits import ErrorLimits
-from .room import Room
+from .room import InFlight, Room
 from .settings import Peer, SessionSettings
 from .stages import StageRunner
 from .tls import handshake
@@ -70,7 +69,7 @@ class Session:
         local: Peer,
         on_last_reply: Callable[[], None] = lambda: None,
         stressed: Callable[[], bool] = lambda: False,
-        in_flight: Callable[[], int] = lambda: 0,
+        in_flight: Callable[[], InFlight] = lambda: InFlight(0, 0),
     ) -> None:
         self.stream = stream
         # Called before the session's last reply (221, 421) goes out: a client that reconnects
@@ -140,6 +139,8 @@ class Session:
                 reason = "shutdown"
                 raise
             finally:
+                if self.tx is not None:
+                    self.tx.body.close()
                 span.set_attribute("vsmtp.close_reason", reason)
                 with trio.CancelScope(shield=True):
                     try:
@@ -182,7 +183,7 @@ class Session:
             if isinstance(event, ev.DataChunk):
                 self.deadlines.received(len(event.data))
                 if self.tx is not None:  # else a chunk of a transaction already refused
-                    self.tx.body.add(event.data)
+                    await self.tx.body.add(event.data)
                     if not self.room.while_receiving():
                         self.tx.body.drop()  # read to its end, then refused: 452
                 continue
@@ -337,7 +338,8 @@ class Session:
             return replies.STORAGE_FULL
         if self.holds.denied is not None:
             return self.holds.denied.answer
-        tx = Transaction(reverse_path=path, params=params, holds=self.holds.for_transaction(), body=Body(self.config.limits.message_size))
+        body = Body(self.config.limits.message_size, keep=self.config.limits.memory_per_message, spool=self.config.journal.path)
+        tx = Transaction(reverse_path=path, params=params, holds=self.holds.for_transaction(), body=body)
         await self._journal(qe.MailReceived(at=now, session_id=self.id, reverse_path=path, params=params))
         self.ctx.new_transaction()
         self.ctx.sender, self.ctx.mail_params, self.ctx.recipients = path, tx.params, tx.recipients
@@ -374,7 +376,10 @@ class Session:
     async def _message_end(self, bare_line_endings: bool, long_line: bool) -> Reply:
         tx, self.tx = self.tx, None
         assert tx is not None
-        reply = await self._accept(tx, bare_line_endings, long_line)
+        try:
+            reply = await self._accept(tx, bare_line_endings, long_line)
+        finally:
+            tx.body.close()  # a spill file's space returns at once
         await self._journal(qe.DataReceived(at=time.time(), session_id=self.id, size=tx.body.size, reply=str(reply)))
         return reply
 
@@ -387,20 +392,19 @@ class Session:
             return replies.line_too_long(self.config.limits.line_length)
         if bare_line_endings and self.config.smtp.bare_line_endings == "reject":
             return replies.BARE_LINE_ENDING_IN_DATA
-        body = tx.body.content(normalize=bare_line_endings)
-        if body and not body.endswith(b"\r\n"):
-            body += b"\r\n"  # a BDAT message may end without one: stored with it, as Postfix does
         if tx.holds.denied is not None:
             return tx.holds.denied.answer
+        # A BDAT message may end without a CRLF: stored with one, as Postfix does.
+        message = await tx.body.message(normalize=bare_line_endings, final_crlf=True)
         actions = []
         if self.ctx.actions or self.stages.active("data"):
-            self.ctx.message = Message(body)
+            self.ctx.message = message
             verdict = await self.stages.run("data", tx.holds)
             if verdict.refuses:
                 return verdict.answer
             actions, self.ctx.actions = self.ctx.actions, []
             apply_actions(self.ctx, actions)
-            body = self.ctx.message.raw  # with the rules' edits
+            message = self.ctx.message  # with the rules' edits
             tx.reverse_path, tx.recipients = self.ctx.sender or "", list(self.ctx.recipients)
             if not tx.recipients:
                 return replies.NO_RECIPIENTS_LEFT
@@ -413,7 +417,7 @@ class Session:
             recipients=tx.recipients,
             recipient_params=tx.recipient_params,
             mail_params=tx.params,
-            body=body,
+            message=message,
             follow=[a.event(at=now, session_id=self.id, queue_id=queue_id) for a in actions],
             quarantine=tx.holds.quarantine,
             postq=self.settings.postq_due(self.ctx, tx.recipients, faccepted=self.stages.faccepted),

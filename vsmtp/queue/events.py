@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from vsmtp_journal import Append, Record
+from vsmtp_journal.codec import Part
 
 Payload = dict[str, Any]
 EVENTS: dict[str, type[JournalEvent]] = {}
@@ -88,7 +89,7 @@ def encode(event: JournalEvent) -> tuple[str, int, Payload]:
     return event.TAG, event.VERSION, event.to_payload()
 
 
-def to_append(event: JournalEvent, *, blobs: Mapping[bytes, bytes | tuple[bytes, ...]] | None = None) -> Append:
+def to_append(event: JournalEvent, *, blobs: Mapping[bytes, Part | Sequence[Part]] | None = None) -> Append:
     """What the journal writer appends for `event`: its record, its index keys (written in the
     same transaction) and the blobs it names. Every write of an event goes through here."""
     return Append(event.TAG, event.VERSION, event.to_payload(), dict(blobs or {}), index_keys(event))

@@ -19,6 +19,7 @@ from typing import Any
 from ..auth.results import ArcResult, DkimResult, DmarcResult, SpfResult
 from ..mail import export
 from ..mail.message import Message
+from ..mail.spill import Spill, joined
 from ..queue import events as qe
 from ..queue import policy
 from .objects import IpAddress
@@ -195,7 +196,7 @@ def apply_actions(ctx: Context, actions: list[Action]) -> None:
 
 
 def exports(
-    actions: list[Action], envelope: export.Envelope | qe.MessageAccepted, raw: bytes | Sequence[bytes], *, stage: str
+    actions: list[Action], envelope: export.Envelope | qe.MessageAccepted, raw: bytes | Sequence[bytes | Spill], *, stage: str
 ) -> list[Callable[[], object]]:
     """The writes the export actions asked for (ctx.export), to run once the message they
     write is safe in the journal (after the data stage's commit, or the postq stage's).
@@ -205,7 +206,7 @@ def exports(
         return []
     if isinstance(envelope, qe.MessageAccepted):
         envelope = export.Envelope.of(envelope)
-    message = raw if isinstance(raw, bytes) else b"".join(raw)
+    message = raw if isinstance(raw, bytes) else joined(raw)
     return [partial(export.save, a.args[0], a.args[1], envelope, message, stage=stage, by=a.by) for a in wanted]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from ...auth import results
 from ...config import Config
-from ...mail.message import Message
 from ...rules.context import Context
 from .base import Check
 
@@ -28,7 +27,7 @@ class AuthResultsCheck(Check):
         header = results.authentication_results(self.authserv_id, spf=ctx.spf, dkim=ctx.dkim, dmarc=ctx.dmarc, arc=ctx.arc)
         if ctx.spf is not None:
             header += results.received_spf(ctx.spf, receiver=self.authserv_id)
-        ctx.message = Message(header + results.without_ours(ctx.message.raw, self.authserv_id))
+        ctx.message = ctx.message.with_head(header + results.without_ours(ctx.message.head, self.authserv_id))
 
 
 def build(config: Config, shared: object) -> Check | None:

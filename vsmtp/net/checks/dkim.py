@@ -34,9 +34,8 @@ class DkimCheck(Check):
 
     async def learn(self, stage: str, ctx: Context) -> None:
         assert ctx.message is not None
-        message = ctx.message.raw
-        end = message.find(b"\r\n\r\n")
-        head = (message if end < 0 else message[: end + 2]).lower()
+        message = ctx.message
+        head = message.head.lower()
         signed = self.dkim and b"dkim-signature:" in head
         sealed = self.arc and b"arc-seal:" in head
         if self.dkim and not signed:
@@ -46,11 +45,12 @@ class DkimCheck(Check):
         if not (signed or sealed):
             return
         fields = (b"dkim-signature",) * signed + (b"arc-seal", b"arc-message-signature") * sealed
-        keys = await self._keys(dkim.key_names(message, fields=fields))
-        if signed:
-            ctx.dkim = await trio.to_thread.run_sync(partial(dkim.verify, message, keys), limiter=_THREADS)
-        if sealed:
-            ctx.arc = await trio.to_thread.run_sync(partial(arc.verify, message, keys), limiter=_THREADS)
+        keys = await self._keys(dkim.key_names(message.head, fields=fields))
+        if signed:  # the body hashed as it is read, from memory or the spill file: never joined
+            verify = partial(dkim.verify_parts, message.head, message.body_chunks(), keys)
+            ctx.dkim = await trio.to_thread.run_sync(verify, limiter=_THREADS)
+        if sealed:  # dkimpy's ARC takes the message whole (a spilled one is read into memory)
+            ctx.arc = await trio.to_thread.run_sync(partial(arc.verify, message.raw, keys), limiter=_THREADS)
 
     async def _keys(self, names: list[str]) -> dict[str, bytes | str]:
         """Each key record (its TXT text), or a KeyState; all looked up at once."""

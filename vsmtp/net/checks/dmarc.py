@@ -44,7 +44,7 @@ class DmarcCheck(Check):
         if trusted(ctx, self.networks):
             return
         assert ctx.message is not None
-        authors = dmarc.from_domains(ctx.message.raw)
+        authors = dmarc.from_domains(ctx.message.head)
         if not authors:
             ctx.dmarc = DmarcResult(result="none", header_from="", reason="no RFC5322.From domain to evaluate")
             return
