@@ -214,6 +214,7 @@ class _BodyHash:
 _LINE_END = re.compile(rb"\r?\n")
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
 _WSP = re.compile(rb"[\t ]+")
+_WSP_TO_CHANGE = re.compile(rb"[ \t]*\t[ \t]*| {2,}")  # the runs [\t ]+ -> " " changes: not a lone space
 
 
 class _Canonical:
@@ -234,9 +235,16 @@ class _Canonical:
         self._carry = data[cut:]
         if not cut:
             return
-        lines = _LINE_END.sub(b"\r\n", data[:cut])
+        lines = data[:cut]
+        # Each rewrite only where it changes something: a body received over SMTP has CRLF
+        # line ends already, and most have no tabs, runs of spaces or trailing spaces.
+        if lines.count(b"\n") != lines.count(b"\r\n"):
+            lines = _LINE_END.sub(b"\r\n", lines)
         if self.relaxed:
-            lines = _WSP.sub(b" ", _TRAILING_WSP.sub(b"\r\n", lines))
+            if b" \r\n" in lines or b"\t\r\n" in lines:
+                lines = _TRAILING_WSP.sub(b"\r\n", lines)
+            if b"\t" in lines or b"  " in lines:
+                lines = _WSP_TO_CHANGE.sub(b" ", lines)
         end = len(lines)
         while lines.endswith(b"\r\n", 0, end):
             end -= 2
