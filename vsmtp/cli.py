@@ -160,8 +160,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace, config: config_mod.Config) -> int:
     from .daemon import run_until_signalled
+    from .telemetry import logs
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logs.configure(args.log_level, form=config.telemetry.log_format)
     logging.getLogger("vsmtp").info("configuration: %s", config.source)
     try:
         if config.workers == 0:
@@ -373,6 +374,11 @@ def _journal_rebuild(args: argparse.Namespace, config: config_mod.Config) -> int
     return 1 if matches is False else 0
 
 
+def trace_link(config: config_mod.Config, trace_id: str) -> str:
+    """telemetry.trace_url for this trace, or "" (no URL configured, or no trace)."""
+    return config.telemetry.trace_url.replace("{trace_id}", trace_id) if trace_id and config.telemetry.trace_url else ""
+
+
 def _trace(args: argparse.Namespace, config: config_mod.Config) -> int:
     with Journal(config.journal.path, readonly=True) as journal:
         found = history.trace(journal, args.id)
@@ -386,6 +392,7 @@ def _trace(args: argparse.Namespace, config: config_mod.Config) -> int:
                     "queue_id": found.queue_id,
                     "message_id": found.message_id,
                     "trace_id": found.trace_id,
+                    "trace_url": trace_link(config, found.trace_id),
                     "events": [record_dict(r) for r in found.records],
                 },
                 default=_jsonable,
@@ -393,6 +400,8 @@ def _trace(args: argparse.Namespace, config: config_mod.Config) -> int:
         )
         return 0
     print(f"message {found.queue_id}  Message-ID {found.message_id or '-'}  trace {found.trace_id or '-'}")
+    if trace_link(config, found.trace_id):
+        print(f"  {trace_link(config, found.trace_id)}")
     start = next((r.payload["at"] for r in found.records if isinstance(r.payload, dict) and "at" in r.payload), 0.0)
     for record in found.records:
         at = record.payload.get("at", start) if isinstance(record.payload, dict) else start

@@ -274,8 +274,30 @@ class GreylistConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OtlpConfig:
+    """Where OTLP goes (exporter = "otlp"). Empty values leave the choice to the standard
+    OTEL_EXPORTER_OTLP_* environment variables, then to the SDK's defaults."""
+
+    protocol: Literal["", "grpc", "http/protobuf"] = ""  # "": OTEL_EXPORTER_OTLP_PROTOCOL, else grpc
+    endpoint: str = ""  # grpc: "http://127.0.0.1:4317"; http/protobuf: "http://127.0.0.1:4318" (/v1/traces ... added)
+    headers: Mapping[str, str] = field(default_factory=dict)  # e.g. an API key: {"authorization" = "Bearer ..."}
+    insecure: bool = False  # gRPC without TLS to an endpoint given without a scheme (http:// is plain, https:// TLS)
+    certificate: str = ""  # a CA bundle (PEM) that the collector's certificate is verified against
+    timeout: float = 10.0  # seconds an export may take, retries included (in a background thread)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TelemetryConfig:
-    exporter: Literal["none", "console"] = "none"
+    """Traces, metrics and logs (vsmtp/telemetry/, docs/telemetry.md)."""
+
+    exporter: Literal["none", "console", "otlp"] = "none"
+    otlp: OtlpConfig = OtlpConfig()
+    logs: bool = False  # also export log records (OTLP, or the console)
+    metric_interval: float = 60.0  # seconds between metric exports
+    prometheus: str = ""  # "127.0.0.1:9465": serve /metrics there, the figures of every process together
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, with trace_id and span_id
+    trace_url: str = ""  # "https://tracing.example/trace/{trace_id}": `vsmtp trace` prints the link
+    traceparent: bool = True  # a traceparent header from an authenticated or relay.networks client continues its trace
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -349,6 +371,13 @@ def load(path: str | Path | None = None) -> Config:
             raise src.error(("listeners", index, "require_auth"), "needs AUTH offered here: auth.passwords set and auth not false")
     if config.auth.passwords and not config.auth.mechanisms:
         raise src.error(("auth", "mechanisms"), "at least one mechanism is needed to offer AUTH")
+    if config.telemetry.prometheus:
+        try:
+            parse_address(config.telemetry.prometheus)
+        except ValueError:
+            raise src.error(("telemetry", "prometheus"), f"expected host:port, got {config.telemetry.prometheus!r}") from None
+    if config.telemetry.trace_url and "{trace_id}" not in config.telemetry.trace_url:
+        raise src.error(("telemetry", "trace_url"), "expected a URL with {trace_id} in it")
     return config
 
 

@@ -83,14 +83,16 @@ async def serve(
     doorbell_in: int | None = None,
     doorbell_out: int | None = None,
     anvil: Anvil | None = None,
+    process: str = "all",
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run vsmtp in this process: by default everything (one process). `receive=False` is the
     delivery process of several (workers.py), `deliver=False` a receiving process, accepting on
     `sockets` bound by the supervisor. A receiving process rings `doorbell_out` after each
     commit; the delivery process listens on `doorbell_in` to see those commits at once.
-    `anvil` holds the limits the receiving processes share (net/anvil.py)."""
-    telemetry.setup(config.telemetry)
+    `anvil` holds the limits the receiving processes share (net/anvil.py). `process` names
+    this one in its telemetry ("all", "delivery", "receiver-N")."""
+    telemetry.setup(config.telemetry, process=process, journal_path=config.journal.path, serve_prometheus=deliver)
     if plugins is None:
         plugins = PluginManager()
         plugins.load(config.plugins, config.plugin)
@@ -120,6 +122,7 @@ async def serve(
                             len(projection.state.messages),
                         )
                         await nursery.start(projection.serve)
+                        telemetry.watch_queue(lambda: projection.state, config.journal.path)
                         await nursery.start(projection.serve_checkpoints, config.journal.checkpoint_interval)
                         await nursery.start(serve_retention, journal, writer, projection, config.retention)
                         await nursery.start(_observe, journal, writer, plugins)
@@ -155,6 +158,7 @@ async def serve(
             outer.cancel_scope.cancel()
     finally:
         journal.close()
+        telemetry.shutdown()  # the last spans and metrics (a receiving process's last snapshot)
 
 
 def signing_of(config: Config) -> Signing | None:

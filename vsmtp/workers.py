@@ -40,15 +40,16 @@ import trio
 from vsmtp_journal import doorbell
 
 from . import config as config_mod
+from . import telemetry
 from .config import Config
 from .daemon import RELOAD_ERRORS, Running, SignalActions, journal_lock, serve, serve_signals, signal_actions
 from .net import anvil, counts
 from .net.server import bind_sockets
 from .net.settings import SessionSettings
+from .telemetry import logs
 
 log = logging.getLogger("vsmtp.workers")  # not "__main__" in a receiving process
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 RESTART_DELAY = (0.5, 30.0)  # first and longest wait before restarting a receiving process
 
 
@@ -93,6 +94,7 @@ class Supervisor:
     async def serve(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop gracefully; a second one stops at once."""
         with journal_lock(self.config.journal.path):  # before binding: a second vsmtp must not join the port
+            telemetry.fresh_start(self.config.journal.path)  # the metric snapshots of a previous run
             await self._run()
 
     async def _run(self) -> None:
@@ -125,7 +127,7 @@ class Supervisor:
     async def _deliver(self, scope: trio.CancelScope, task_status: trio.TaskStatus[Running]) -> None:
         # The doorbell's write end stays open here too, so the listener never reads EOF while
         # no receiving process runs (between a crash and its restart).
-        await serve(self.config, receive=False, doorbell_in=self._doorbell_r, task_status=task_status)
+        await serve(self.config, receive=False, doorbell_in=self._doorbell_r, process="delivery", task_status=task_status)
         scope.cancel()  # delivery has stopped: leave the signal loop too
 
     async def _stop(self, running: Running, children: trio.CancelScope, grace: float) -> None:
@@ -199,6 +201,7 @@ class Supervisor:
                 watching.cancel_scope.cancel()
             os.close(ready_r)
             child.exits.append(code)
+            telemetry.retire(self.config.journal.path, f"receiver-{child.index}")  # its counters live on in /metrics
             if self.stopping:
                 return
             delay = RESTART_DELAY[0] if trio.current_time() - started > 60 else min(delay * 2, RESTART_DELAY[1])
@@ -233,10 +236,10 @@ class Supervisor:
 
 def receiver_main(argv: Sequence[str]) -> int:
     spec: _Spec = json.loads(argv[0])
-    logging.basicConfig(level=spec["log_level"], format=f"%(asctime)s %(levelname)s receiver-{spec['index']} %(name)s: %(message)s")
     # The configuration in force, as the supervisor holds it: not the file, which may have
     # been changed (even broken) since the last successful reload.
     config = config_mod.from_table(spec["table"], spec["config"] or "<embedded defaults>")
+    logs.configure(spec["log_level"], process=f"receiver-{spec['index']}", form=config.telemetry.log_format)
     by_name = {listener.name: listener for listener in config.listeners}
     sockets = [(by_name[name], socket.socket(fileno=fd)) for name, fd in spec["sockets"]]
     trio.run(_receive, config, spec, sockets)
@@ -265,7 +268,8 @@ async def _serve_then_leave(
 ) -> None:
     doorbell, (fd, rows, row) = spec["doorbell"], spec["counts"]
     shared = anvil.Anvil(counts.ConnectionCounts(fd, rows=rows, row=row), spec["anvil"])
-    await serve(config, deliver=False, sockets=sockets, doorbell_out=doorbell, anvil=shared, task_status=task_status)
+    process = f"receiver-{spec['index']}"
+    await serve(config, deliver=False, sockets=sockets, doorbell_out=doorbell, anvil=shared, process=process, task_status=task_status)
     scope.cancel()
 
 

@@ -338,7 +338,7 @@ async def test_delivery_spans_link_to_the_receiving_session(
     from vsmtp import telemetry
     from vsmtp.config import TelemetryConfig
 
-    from ..test_telemetry import _json_objects
+    from ..telemetry.test_inprocess import _json_objects
 
     await start_sink("127.0.0.2")
     running = await start_server(dataclasses.replace(sender, telemetry=TelemetryConfig(exporter="console")))
@@ -356,11 +356,11 @@ async def test_delivery_spans_link_to_the_receiving_session(
     spans = [json.loads(chunk) for chunk in _json_objects(out)]
     [session] = [s for s in spans if s["name"] == telemetry.SPAN_SESSION]
     [delivery] = [s for s in spans if s["name"] == telemetry.SPAN_DELIVERY]
-    assert delivery["attributes"]["net.peer.name"] == "mx1.far.test" and delivery["attributes"]["vsmtp.domain"] == "far.test"
+    assert delivery["attributes"]["server.address"] == "mx1.far.test" and delivery["attributes"]["vsmtp.domain"] == "far.test"
     assert [link["context"]["trace_id"] for link in delivery["links"]] == [session["context"]["trace_id"]]
     [local] = [s for s in spans if s["name"] == telemetry.SPAN_LOCAL]
     assert [link["context"]["trace_id"] for link in local["links"]] == [session["context"]["trace_id"]]
-    assert local["attributes"]["vsmtp.statuses"] == ["delivery.succeeded"]
+    assert local["attributes"]["vsmtp.statuses"] == ["delivered"]
 
 
 async def test_a_domain_that_requires_tls_gets_nothing_in_clear(start_server: Any, sender: Config, start_sink: Any) -> None:

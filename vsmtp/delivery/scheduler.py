@@ -8,6 +8,7 @@ outcome the worker journaled, so nothing is handed out twice.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -18,8 +19,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
+from opentelemetry.trace import INVALID_SPAN, Span
 from vsmtp_journal import Append, CorruptBlob, GroupCommitWriter, Journal, JournalError
 
 from .. import telemetry
@@ -36,6 +39,8 @@ from .outcomes import deferred, with_expiry
 from .signing import Signing
 
 log = logging.getLogger(__name__)
+
+_STATUS = {qe.DeliverySucceeded: "delivered", qe.DeliveryDeferred: "deferred", qe.DeliveryFailed: "failed", qe.MessageCorrupted: "corrupt"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -182,9 +187,10 @@ class Scheduler:
             return
         try:
             async with self._filter_limit:
-                appends, settled, exports = await stages.postq(
-                    message, journal=self.journal, stages=self.stages, config=self.config, signing=self.signing
-                )
+                with traced(self.journal, telemetry.SPAN_POSTQ, queue_id):
+                    appends, settled, exports = await stages.postq(
+                        message, journal=self.journal, stages=self.stages, config=self.config, signing=self.signing
+                    )
             with trio.CancelScope(shield=True):
                 await self.writer.append_group(appends)  # the verdict, edits and message.filtered: all or none
             for save in exports:
@@ -398,6 +404,7 @@ class Worker:
             with trio.CancelScope(shield=True):
                 positions = await self.writer.append_group([qe.to_append(e) for e in outcomes], durable=True, urgent=False)
             position = positions[-1] if positions else 0
+            telemetry.metrics.delivered(outcomes, accepted_at=job.accepted_at)
         except JournalError as exc:
             # The outcome is lost but the message is not: it stays pending and the next
             # attempt finds the Maildir file already there.
@@ -412,13 +419,10 @@ class Worker:
         per job when tracing is on, linked to the session that received the message."""
         if not telemetry.enabled():
             return self._deliver(job)
-        accepted = history.accepted(self.journal, job.queue_id)
-        links = telemetry.links_to(accepted.trace_context if accepted else {})
-        with telemetry.tracer().start_as_current_span(telemetry.SPAN_LOCAL, links=links) as span:
-            span.set_attribute("vsmtp.queue_id", job.queue_id)
-            span.set_attribute("vsmtp.recipients", len(job.recipients))
+        with traced(self.journal, telemetry.SPAN_LOCAL, job.queue_id, **{"vsmtp.recipients": len(job.recipients)}) as span:
             outcomes = self._deliver(job)
-            span.set_attribute("vsmtp.statuses", sorted({o.TAG for o in outcomes}))
+            statuses = {_STATUS.get(type(o), o.TAG) for o in outcomes}
+            telemetry.spans.outcome(span, statuses, next((getattr(o, "reason", "") for o in outcomes if hasattr(o, "reason")), ""))
             return outcomes
 
     def _deliver(self, job: DeliveryJob) -> list[qe.JournalEvent]:
@@ -485,6 +489,15 @@ class Worker:
         # RFC 5321 4.4: the final delivery adds Return-Path; Delivered-To marks the mailbox.
         headers = f"Return-Path: <{job.reverse_path}>\r\nDelivered-To: {address}\r\n".encode()
         return str(maildir.deliver(path, name, itertools.chain([headers], self.journal.blob_chunks(job.blob))))
+
+
+def traced(journal: Journal, name: str, queue_id: str, **attributes: Any) -> contextlib.AbstractContextManager[Span]:
+    """A span of the delivery process for one message, tied to the message's own span."""
+    if not telemetry.enabled():
+        return contextlib.nullcontext(INVALID_SPAN)
+    accepted = history.accepted(journal, queue_id)
+    context, continued = (accepted.trace_context, accepted.trace_continued) if accepted is not None else ({}, False)
+    return telemetry.spans.delivery(name, context, continued=continued, **{"vsmtp.queue_id": queue_id, **attributes})
 
 
 async def serve_delivery(

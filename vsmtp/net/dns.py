@@ -32,6 +32,7 @@ import dns.resolver
 import trio
 
 from ..config import DnsConfig, parse_address
+from ..telemetry import TracedResolver
 
 
 class DnsTemporary(Exception):
@@ -51,9 +52,9 @@ class Exchanger:
 
 def resolver(config: DnsConfig) -> dns.asyncresolver.Resolver:
     if not config.nameservers:
-        made = dns.asyncresolver.Resolver()
+        made = TracedResolver()
     else:
-        made = dns.asyncresolver.Resolver(configure=False)
+        made = TracedResolver(configure=False)
         made.nameservers = []
         for server in config.nameservers:  # "192.0.2.1", "192.0.2.1:5353", "2001:db8::1" or "[2001:db8::1]:5353"
             if server.startswith("[") or server.count(":") == 1:

@@ -26,6 +26,7 @@ from typing import Literal
 
 import trio
 
+from .. import telemetry
 from ..smtp import client as smtp
 from ..smtp.errors import ProtocolError
 from ..smtp.replies import Reply
@@ -207,7 +208,8 @@ async def _one_host_unlimited(message: OutboundMessage, host: str, address: str,
         conn = await _open(host, address, settings, timeout)
     kept = False
     try:
-        outcomes = await _transaction(conn.talk, message, timeout, before_data=_bound(settings, host, address))
+        with telemetry.span(telemetry.SPAN_TRANSACTION, attributes={"server.address": host, "network.peer.address": address}):
+            outcomes = await _transaction(conn.talk, message, timeout, before_data=_bound(settings, host, address))
         if cache is not None and cache.put(key, conn):
             kept = True
         else:
@@ -224,7 +226,8 @@ async def _one_host_unlimited(message: OutboundMessage, host: str, address: str,
 
 async def _open(host: str, address: str, settings: ClientSettings, timeout: dict[str, float]) -> _Open:
     try:
-        with trio.fail_after(timeout["connect"]):
+        attributes = {"server.address": host, "network.peer.address": address, "server.port": settings.port}
+        with telemetry.span(telemetry.SPAN_CONNECT, attributes=attributes), trio.fail_after(timeout["connect"]):
             stream: trio.abc.Stream = await trio.open_tcp_stream(address, settings.port)
     except (OSError, trio.TooSlowError) as exc:
         raise _Failed(f"cannot connect: {exc}") from exc
@@ -331,8 +334,17 @@ async def _tls(stream: trio.abc.Stream, host: str, timeout: float) -> trio.SSLSt
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # encryption without authentication (Postfix's "may" and "encrypt")
     tls_stream = trio.SSLStream(stream, context, server_hostname=host)
-    with trio.fail_after(timeout):
-        await tls_stream.do_handshake()
+    with telemetry.span(telemetry.SPAN_TLS, attributes={"server.address": host}) as span:
+        try:
+            with trio.fail_after(timeout):
+                await tls_stream.do_handshake()
+        except BaseException:
+            telemetry.metrics.tls_handshake("outbound", False)
+            raise
+        telemetry.metrics.tls_handshake("outbound", True)
+        if telemetry.enabled():
+            span.set_attribute("tls.protocol.version", (tls_stream.version() or "").removeprefix("TLSv"))
+            span.set_attribute("tls.cipher", (tls_stream.cipher() or ("",))[0])
     return tls_stream
 
 

@@ -16,11 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 from vsmtp_journal import GroupCommitWriter, JournalError, JournalFull
 
 from .. import ids, telemetry
 from ..config import ListenerConfig
 from ..mail.body import Body
+from ..mail.message import Message
 from ..mail.trace import Arrival
 from ..queue import events as qe
 from ..queue import intake, policy
@@ -102,17 +104,18 @@ class Session:
         self.deadlines = Deadlines(self.config.limits, now=trio.current_time(), stressed=stressed)
         self.room = Room(self.config, writer, in_flight)
         self._shutdown_deadline: float | None = None
+        self.span: Span = INVALID_SPAN  # the session's, while it converses
         self._recv_scope: trio.CancelScope | None = None
 
     # -- the loop --------------------------------------------------------------------------
 
     async def converse(self) -> None:
         """Hold the whole conversation, from the greeting (or the TLS handshake) to the close."""
-        with telemetry.tracer().start_as_current_span(
-            telemetry.SPAN_SESSION,
-            attributes={"net.peer.ip": self.peer.host, "net.peer.port": self.peer.port, "vsmtp.listener": self.listener.name},
-        ) as span:
-            span.set_attribute("vsmtp.session_id", self.id)
+        where = {"client": (self.peer.host, self.peer.port), "server": (self.local.host, self.local.port)}
+        attributes = telemetry.spans.session_attributes(**where, listener=self.listener.name, session_id=self.id)
+        with telemetry.span(telemetry.SPAN_SESSION, kind=SpanKind.SERVER, attributes=attributes) as span:
+            self.span = span
+            telemetry.metrics.session(self.listener.name, +1)
             reason = "error"
             try:
                 implicit = self.listener.role == "submissions"
@@ -142,6 +145,7 @@ class Session:
                 if self.tx is not None:
                     self.tx.body.close()
                 span.set_attribute("vsmtp.close_reason", reason)
+                telemetry.metrics.session(self.listener.name, -1)
                 with trio.CancelScope(shield=True):
                     try:
                         await self._journal(qe.SessionClosed(at=time.time(), session_id=self.id, reason=reason))
@@ -190,6 +194,7 @@ class Session:
             assert event is not ev.PAUSED, "every event is answered before the next is read"
             reply = await self.errors.count(await self._answer(event), self._flush)
             self._out += self.conn.send(reply)
+            telemetry.spans.command(self.span, event, reply)
             self.deadlines.answered()
             if isinstance(event, ev.StartTls) and reply.positive:
                 await self._flush()
@@ -246,6 +251,7 @@ class Session:
 
     async def _journal(self, event: qe.JournalEvent) -> None:
         """Append without waiting for the disk: it rides along with the next commit."""
+        telemetry.metrics.journaled(event)
         await self.writer.append_group([qe.to_append(event)], durable=False)
 
     # -- TLS ------------------------------------------------------------------------------
@@ -258,6 +264,7 @@ class Session:
             )
         except (trio.BrokenResourceError, trio.TooSlowError) as exc:
             log.info("session %s: TLS handshake with %s failed: %s", self.id, self.peer.host, exc.__cause__ or exc)
+            telemetry.metrics.tls_handshake("inbound", False)
             return False
         return True
 
@@ -266,6 +273,7 @@ class Session:
         self.conn.tls = self.ctx.tls = True
         version, cipher, bits = self.tls_info
         self.ctx.tls_version = version
+        telemetry.spans.tls_started(self.span, version, cipher)
         await self._journal(qe.TlsStarted(at=time.time(), session_id=self.id, version=version, cipher=cipher, bits=bits))
 
     # -- answers ---------------------------------------------------------------------------
@@ -376,10 +384,13 @@ class Session:
     async def _message_end(self, bare_line_endings: bool, long_line: bool) -> Reply:
         tx, self.tx = self.tx, None
         assert tx is not None
+        started = time.perf_counter()
         try:
             reply = await self._accept(tx, bare_line_endings, long_line)
         finally:
             tx.body.close()  # a spill file's space returns at once
+        seconds = time.perf_counter() - started
+        telemetry.metrics.message_end(reply, listener=self.listener.name, size=tx.body.size, recipients=len(tx.recipients), seconds=seconds)
         await self._journal(qe.DataReceived(at=time.time(), session_id=self.id, size=tx.body.size, reply=str(reply)))
         return reply
 
@@ -396,6 +407,14 @@ class Session:
             return tx.holds.denied.answer
         # A BDAT message may end without a CRLF: stored with one, as Postfix does.
         message = await tx.body.message(normalize=bare_line_endings, final_crlf=True)
+        trusted = self.config.telemetry.traceparent and (bool(self.ctx.auth) or self.settings.trusted(self.ctx.client.address))
+        with telemetry.spans.message(message.head, trusted=trusted) as (span, continued):
+            reply = await self._queue(tx, message, continued)
+            telemetry.spans.verdict(span, reply)
+            return reply
+
+    async def _queue(self, tx: Transaction, message: Message, continued: bool) -> Reply:
+        """The data stage, then the message into the journal: its reply."""
         actions = []
         if self.ctx.actions or self.stages.active("data"):
             self.ctx.message = message
@@ -422,11 +441,13 @@ class Session:
             quarantine=tx.holds.quarantine,
             postq=self.settings.postq_due(self.ctx, tx.recipients, faccepted=self.stages.faccepted),
             trace_context=telemetry.current_context(),
+            trace_continued=continued,
             now=now,
         )
         try:
             # Durable before 250: this await returns only after the synced commit.
-            position = (await self.writer.append_group(queued.appends, durable=True))[0]
+            with telemetry.span(telemetry.SPAN_COMMIT):
+                position = (await self.writer.append_group(queued.appends, durable=True))[0]
         except JournalFull:
             return replies.STORAGE_FULL
         except JournalError as exc:
@@ -434,6 +455,7 @@ class Session:
             return replies.LOCAL_ERROR
         self.errors.delivered()
         telemetry.note_commit(self.writer.commit_of(position))
+        telemetry.spans.identify(queue_id, queued.accepted.message_id, queued.accepted.size, len(tx.recipients))
         log.info(
             "%s: from=<%s> to=%s size=%d session=%s", queue_id, tx.reverse_path, ",".join(tx.recipients), queued.accepted.size, self.id
         )

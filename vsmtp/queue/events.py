@@ -535,7 +535,8 @@ class MessageAccepted(JournalEvent):
     mail_params: Mapping[str, str | None] = field(default_factory=dict)  # SIZE, BODY, RET, ENVID ...
     recipient_params: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)  # NOTIFY, ORCPT
     message_id: str = ""  # the Message-ID header, if the message has one
-    trace_context: Mapping[str, str] = field(default_factory=dict)  # W3C traceparent of the session
+    trace_context: Mapping[str, str] = field(default_factory=dict)  # W3C traceparent of the message's span (smtp.message)
+    trace_continued: bool = False  # that span continues the client's trace: delivery spans are its children, not linked
     postq: bool = False  # the post-queue stage is to run before its first delivery (message.filtered)
 
 

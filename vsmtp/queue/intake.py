@@ -37,6 +37,7 @@ def message(
     quarantine: tuple[str, str] = ("", ""),
     postq: bool = False,
     trace_context: Mapping[str, str],
+    trace_continued: bool = False,
     now: float,
 ) -> Intake:
     """`follow`: the rules' actions as rule.action events; `quarantine`: (queue, by) when a
@@ -55,6 +56,7 @@ def message(
         mail_params=mail_params,
         message_id=trace.message_id(message.head),
         trace_context=trace_context,
+        trace_continued=trace_continued,
         postq=postq,
     )
     after = list(follow)

@@ -8,6 +8,7 @@ import inspect
 import logging
 from typing import Any
 
+from .. import telemetry
 from ..config import Config
 from ..plugins import PluginManager
 from . import verdicts
@@ -67,14 +68,17 @@ class Stages:
     @staticmethod
     async def _call(by: str, stage: str, ctx: Context, function: Any, args: list[Any]) -> Verdict:
         ctx.by = by
-        try:
-            result = function(*args)
-            if inspect.isawaitable(result):
-                result = await result
-            ctx.take_changes()
-            return verdicts.of(result, by)
-        except Exception as exc:
-            log.exception("%s raised at the %s stage (session %s)", by, stage, ctx.session_id)
-            raise HookFailed(by, stage) from exc
-        finally:
-            ctx.by = ""
+        with telemetry.span(f"hook {by}", attributes={"vsmtp.stage": stage, "vsmtp.hook": by}) as span:
+            try:
+                result = function(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+                ctx.take_changes()
+                verdict = verdicts.of(result, by)
+                span.set_attribute("vsmtp.verdict", verdict.kind)
+                return verdict
+            except Exception as exc:
+                log.exception("%s raised at the %s stage (session %s)", by, stage, ctx.session_id)
+                raise HookFailed(by, stage) from exc
+            finally:
+                ctx.by = ""

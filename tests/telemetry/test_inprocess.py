@@ -1,4 +1,4 @@
-"""One span per SMTP session, exported when the console exporter is configured."""
+"""In one process: spans on the console exporter, metrics in an in-memory reader."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import trio
 from vsmtp import telemetry
 from vsmtp.config import Config, TelemetryConfig
 
-from .conftest import sendmail, wait_delivered
+from ..conftest import sendmail, wait_delivered
 
 
 async def test_console_exporter_prints_a_session_span(start_server: Any, config: Config, capfd: pytest.CaptureFixture[str]) -> None:
@@ -31,10 +31,12 @@ async def test_console_exporter_prints_a_session_span(start_server: Any, config:
     spans = [json.loads(chunk) for chunk in _json_objects(out)]
     sessions = [s for s in spans if s["name"] == telemetry.SPAN_SESSION]
     assert len(sessions) == 1
-    assert sessions[0]["attributes"]["net.peer.ip"] == "127.0.0.1"
+    assert sessions[0]["attributes"]["client.address"] == "127.0.0.1"
     assert sessions[0]["attributes"]["vsmtp.close_reason"] == "quit"
-    assert sessions[0]["attributes"]["vsmtp.journal.batch_records"] >= 1  # the commit that made the message durable
-    assert 0 < sessions[0]["attributes"]["vsmtp.journal.commit_seconds"] < 10
+    [message] = [s for s in spans if s["name"] == telemetry.SPAN_MESSAGE]
+    assert message["parent_id"] == sessions[0]["context"]["span_id"]
+    assert message["attributes"]["vsmtp.journal.batch_records"] >= 1  # the commit that made the message durable
+    assert 0 < message["attributes"]["vsmtp.journal.commit_seconds"] < 10
 
 
 async def test_journal_commits_are_measured_as_metrics(start_server: Any, config: Config) -> None:

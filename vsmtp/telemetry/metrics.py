@@ -1,0 +1,240 @@
+"""vsmtp's metrics: the instruments, their histogram buckets, and what records them.
+
+Every name, unit and attribute is listed in docs/telemetry.md (a test checks that the two
+agree). Attribute values come from small fixed sets (verbs, reply classes, transports,
+outcomes, enhanced status codes): no address, host name or queue id ever becomes an
+attribute, so the number of series stays bounded whatever the peers send.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+from ..queue import events as qe
+from ..smtp import events as ev
+from ..smtp.replies import Reply
+
+SESSIONS = "vsmtp.smtp.sessions"
+SESSIONS_ACTIVE = "vsmtp.smtp.sessions.active"
+COMMANDS = "vsmtp.smtp.commands"
+ACCEPTED = "vsmtp.messages.accepted"
+REFUSED = "vsmtp.messages.refused"
+RECEIVED_BYTES = "vsmtp.messages.received.size"
+RECEIVED_RECIPIENTS = "vsmtp.messages.received.recipients"
+TIME_TO_250 = "vsmtp.smtp.accept.duration"
+COMMIT_DURATION = "vsmtp.journal.commit.duration"
+COMMIT_RECORDS = "vsmtp.journal.commit.records"
+TLS_HANDSHAKES = "vsmtp.tls.handshakes"
+AUTH = "vsmtp.auth.attempts"
+DELIVERY_ATTEMPTS = "vsmtp.delivery.attempts"
+DELIVERY_LATENCY = "vsmtp.delivery.latency"
+QUEUE_MESSAGES = "vsmtp.queue.messages"
+QUEUE_OLDEST = "vsmtp.queue.oldest.age"
+JOURNAL_SIZE = "vsmtp.journal.size"
+JOURNAL_FREE = "vsmtp.journal.free"
+EXPORT_FAILURES = "vsmtp.telemetry.export.failures"
+
+# Buckets that fit what they measure (the SDK's default is made for milliseconds).
+BUCKETS = {
+    TIME_TO_250: (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    COMMIT_DURATION: (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+    COMMIT_RECORDS: (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+    DELIVERY_LATENCY: (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0, 5 * 86400.0),
+}
+
+
+def views() -> list[View]:
+    return [View(instrument_name=name, aggregation=ExplicitBucketHistogramAggregation(list(b))) for name, b in BUCKETS.items()]
+
+
+VERBS: dict[type, str] = {
+    ev.Helo: "HELO",
+    ev.Ehlo: "EHLO",
+    ev.MailFrom: "MAIL",
+    ev.RcptTo: "RCPT",
+    ev.Data: "DATA",
+    ev.Bdat: "BDAT",
+    ev.BdatLast: "BDAT",
+    ev.DataEnd: "DATA_END",  # the end of the message (the dot): its reply is the 250 or the refusal
+    ev.StartTls: "STARTTLS",
+    ev.Auth: "AUTH",
+    ev.AuthResponse: "AUTH",
+    ev.Rset: "RSET",
+    ev.Noop: "NOOP",
+    ev.Quit: "QUIT",
+    ev.Vrfy: "VRFY",
+    ev.Expn: "EXPN",
+    ev.Help: "HELP",
+    ev.Invalid: "INVALID",  # unknown, malformed or out of sequence
+}
+
+
+@dataclass(slots=True)
+class Instruments:
+    sessions: Any
+    active: Any
+    commands: Any
+    accepted: Any
+    refused: Any
+    received_bytes: Any
+    received_recipients: Any
+    time_to_250: Any
+    commit_duration: Any
+    commit_records: Any
+    tls: Any
+    auth: Any
+    attempts: Any
+    latency: Any
+    export_failures: Any
+    meter: metrics.Meter
+
+    @classmethod
+    def on(cls, meter: metrics.Meter) -> Instruments:
+        counter, updown, histogram = meter.create_counter, meter.create_up_down_counter, meter.create_histogram
+        return cls(
+            sessions=counter(SESSIONS, unit="{session}", description="SMTP sessions opened"),
+            active=updown(SESSIONS_ACTIVE, unit="{session}", description="SMTP sessions open now"),
+            commands=counter(COMMANDS, unit="{command}", description="SMTP commands answered, by verb and reply class"),
+            accepted=counter(ACCEPTED, unit="{message}", description="messages accepted (the 250 to DATA sent)"),
+            refused=counter(REFUSED, unit="{message}", description="messages refused at their end, by reply"),
+            received_bytes=counter(RECEIVED_BYTES, unit="By", description="octets of the messages accepted"),
+            received_recipients=counter(RECEIVED_RECIPIENTS, unit="{recipient}", description="recipients of the messages accepted"),
+            time_to_250=histogram(TIME_TO_250, unit="s", description="from the end of the message to its reply (checks, rules, journal)"),
+            commit_duration=histogram(COMMIT_DURATION, unit="s", description="journal commit latency, from the batch to the sync"),
+            commit_records=histogram(COMMIT_RECORDS, unit="{record}", description="records per journal commit (group commit)"),
+            tls=counter(TLS_HANDSHAKES, unit="{handshake}", description="TLS handshakes, by direction and outcome"),
+            auth=counter(AUTH, unit="{attempt}", description="SMTP AUTH attempts, by mechanism and outcome"),
+            attempts=counter(DELIVERY_ATTEMPTS, unit="{attempt}", description="delivery attempts per recipient, by transport and outcome"),
+            latency=histogram(DELIVERY_LATENCY, unit="s", description="from acceptance to delivery, per recipient delivered"),
+            export_failures=counter(EXPORT_FAILURES, unit="{export}", description="telemetry exports that failed, by signal"),
+            meter=meter,
+        )
+
+
+current = Instruments.on(metrics.NoOpMeterProvider().get_meter("vsmtp"))
+
+
+def install(meter: metrics.Meter | None) -> None:
+    """Record on `meter` from now on (None: the API's no-op)."""
+    global current
+    current = Instruments.on(meter if meter is not None else metrics.NoOpMeterProvider().get_meter("vsmtp"))
+
+
+# -- what records them ---------------------------------------------------------------------
+
+
+def reply_class(reply: Reply) -> str:
+    return f"{reply.code // 100}xx"
+
+
+def command(event: object, reply: Reply) -> None:
+    current.commands.add(1, {"smtp.command": VERBS.get(type(event), "OTHER"), "smtp.reply.class": reply_class(reply)})
+
+
+def message_end(reply: Reply, *, listener: str, size: int, recipients: int, seconds: float) -> None:
+    """The reply to the end of a message: accepted (a 250) or refused."""
+    current.time_to_250.record(seconds, {"smtp.reply.class": reply_class(reply)})
+    if reply.code == 250:
+        current.accepted.add(1, {"vsmtp.listener": listener})
+        current.received_bytes.add(size, {"vsmtp.listener": listener})
+        current.received_recipients.add(recipients, {"vsmtp.listener": listener})
+    else:
+        current.refused.add(1, {"vsmtp.listener": listener, "smtp.reply.code": reply.code, "smtp.status": reply.enhanced or ""})
+
+
+def session(listener: str, delta: int) -> None:
+    """A session opened (+1) or closed (-1)."""
+    if delta > 0:
+        current.sessions.add(1, {"vsmtp.listener": listener})
+    current.active.add(delta, {"vsmtp.listener": listener})
+
+
+def tls_handshake(direction: str, ok: bool) -> None:
+    current.tls.add(1, {"vsmtp.direction": direction, "vsmtp.outcome": "ok" if ok else "failed"})
+
+
+def journaled(event: qe.JournalEvent) -> None:
+    """What a session journals and a metric counts: AUTH's outcome."""
+    if isinstance(event, qe.Authenticated):
+        current.auth.add(1, {"vsmtp.mechanism": event.mechanism, "vsmtp.outcome": "success"})
+    elif isinstance(event, qe.AuthFailed):
+        current.auth.add(1, {"vsmtp.mechanism": event.mechanism or "none", "vsmtp.outcome": "failure"})
+
+
+def commit(records: int, seconds: float) -> None:
+    current.commit_duration.record(seconds)
+    current.commit_records.record(records)
+
+
+_OUTCOMES = {qe.DeliverySucceeded: "delivered", qe.DeliveryDeferred: "deferred", qe.DeliveryFailed: "failed"}
+
+
+def delivered(outcomes: Iterable[qe.JournalEvent], *, accepted_at: float) -> None:
+    """A job's outcomes, as the delivery process journals them."""
+    now = time.time()
+    for outcome in outcomes:
+        kind = _OUTCOMES.get(type(outcome))
+        if kind is None:
+            continue
+        transport = getattr(outcome, "transport", "")
+        current.attempts.add(1, {"vsmtp.transport": transport, "vsmtp.outcome": kind})
+        if kind == "delivered":
+            current.latency.record(max(0.0, now - accepted_at), {"vsmtp.transport": transport})
+
+
+def export_failed(signal: str) -> None:
+    current.export_failures.add(1, {"vsmtp.signal": signal})
+
+
+# -- gauges of the delivery process ---------------------------------------------------------
+
+
+def watch_queue(state: Callable[[], Any], journal_path: str) -> None:
+    """Gauges read when metrics are collected (in the exporter's thread): the queue by state
+    and its oldest message's age, from the projection; the journal's size and free space."""
+    meter = current.meter
+
+    def depth(options: CallbackOptions) -> Iterable[Observation]:
+        counts = dict.fromkeys(("active", "deferred", "held", "quarantined"), 0)
+        now = time.time()
+        for message in state().messages.values():
+            if message.quarantine:
+                counts["quarantined"] += 1
+            elif message.held:
+                counts["held"] += 1
+            elif any(r.status == "pending" and r.next_attempt > now for r in message.recipients):
+                counts["deferred"] += 1
+            else:
+                counts["active"] += 1
+        return [Observation(n, {"vsmtp.state": name}) for name, n in counts.items()]
+
+    def oldest(options: CallbackOptions) -> Iterable[Observation]:
+        messages = state().messages
+        first = min((m.accepted_at for m in messages.values()), default=None)
+        return [Observation(0.0 if first is None else max(0.0, time.time() - first))]
+
+    def size(options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            return [Observation(os.stat(os.path.join(journal_path, "data.mdb")).st_size)]
+        except OSError:
+            return []
+
+    def free(options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            fs = os.statvfs(journal_path)
+        except OSError:
+            return []
+        return [Observation(fs.f_bavail * fs.f_frsize)]
+
+    meter.create_observable_gauge(QUEUE_MESSAGES, [depth], unit="{message}", description="messages in the queue, by state")
+    meter.create_observable_gauge(QUEUE_OLDEST, [oldest], unit="s", description="age of the oldest message in the queue")
+    meter.create_observable_gauge(JOURNAL_SIZE, [size], unit="By", description="size of the journal's data file")
+    meter.create_observable_gauge(JOURNAL_FREE, [free], unit="By", description="free space on the journal's filesystem")

@@ -1,0 +1,213 @@
+"""vsmtp's spans: their names, their attributes, and the helpers that open them where work
+happens. Each helper costs a function call when tracing is off (the exporter "none").
+
+The receiving side: `smtp.session` (a span event per command, with its reply), and inside it
+`smtp.message` from the end of a message to its reply, with the checks (`check NAME`), the
+rules and plugin hooks (`hook NAME`), the DNS lookups (`dns TYPE`) and the journal commit
+(`journal.commit`) below it. The delivery side: `postq`, `smtp.delivery` (an attempt to one
+domain: `mx lookup`, `connect`, `tls handshake`, `smtp transaction`) and `local.delivery`,
+each linked to the message's span, or its child when the message continues a client's trace
+(a traceparent header).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import dns.asyncresolver
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from ..smtp.replies import Reply
+from . import metrics
+
+SPAN_SESSION = "smtp.session"  # one per SMTP connection
+SPAN_MESSAGE = "smtp.message"  # from the end of a message to its reply
+SPAN_COMMIT = "journal.commit"  # the durable commit awaited before the 250
+SPAN_DELIVERY = "smtp.delivery"  # one per remote delivery attempt (one domain's recipients)
+SPAN_LOCAL = "local.delivery"  # one per job delivered into local mailboxes
+SPAN_POSTQ = "postq"  # the post-queue stage of one message
+SPAN_MX = "mx lookup"
+SPAN_CONNECT = "connect"
+SPAN_TLS = "tls handshake"
+SPAN_TRANSACTION = "smtp transaction"
+
+_provider: trace.TracerProvider = trace.NoOpTracerProvider()
+_tracer: trace.Tracer = _provider.get_tracer("vsmtp")
+_on = False
+
+
+def install(provider: trace.TracerProvider | None) -> None:
+    global _provider, _tracer, _on
+    _provider = provider if provider is not None else trace.NoOpTracerProvider()
+    _tracer = _provider.get_tracer("vsmtp")
+    _on = provider is not None
+
+
+def enabled() -> bool:
+    """Whether spans are recorded (so that work only a span needs can be skipped)."""
+    return _on
+
+
+def tracer() -> trace.Tracer:
+    return _tracer
+
+
+def span(name: str, **kwargs: Any) -> contextlib.AbstractContextManager[Span]:
+    """A child of the current span; nothing at all when tracing is off."""
+    if not _on:
+        return contextlib.nullcontext(trace.INVALID_SPAN)
+    return _tracer.start_as_current_span(name, **kwargs)
+
+
+# -- the receiving session -----------------------------------------------------------------
+
+
+def session_attributes(*, client: tuple[str, int], server: tuple[str, int], listener: str, session_id: str) -> dict[str, Any]:
+    """The stable semantic conventions for a connection, and ours."""
+    return {
+        "client.address": client[0],
+        "client.port": client[1],
+        "server.address": server[0],
+        "server.port": server[1],
+        "network.transport": "tcp",
+        "network.type": "ipv6" if ":" in server[0] else "ipv4",
+        "vsmtp.listener": listener,
+        "vsmtp.session_id": session_id,
+    }
+
+
+def command(span: Span, event: object, reply: Reply) -> None:
+    """A command answered: a span event on the session, and the commands metric."""
+    metrics.command(event, reply)
+    if _on:
+        verb = metrics.VERBS.get(type(event), "OTHER")
+        span.add_event(verb, {"smtp.command": verb, "smtp.reply.code": reply.code, "smtp.status": reply.enhanced or ""})
+
+
+def tls_started(span: Span, version: str, cipher: str) -> None:
+    metrics.tls_handshake("inbound", True)
+    if _on:
+        span.set_attribute("tls.protocol.version", version.removeprefix("TLSv"))
+        span.set_attribute("tls.protocol.name", "tls")
+        span.set_attribute("tls.cipher", cipher)
+
+
+_TRACEPARENT = re.compile(rb"^traceparent:[ \t]*([0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2})[ \t]*\r?$", re.I | re.M)
+
+
+def traceparent(head: bytes) -> dict[str, str]:
+    """The W3C trace context a message carries in a traceparent header, or none."""
+    found = _TRACEPARENT.search(head)
+    return {"traceparent": found.group(1).decode().lower()} if found else {}
+
+
+@contextlib.contextmanager
+def message(head: bytes, *, trusted: bool) -> Iterator[tuple[Span, bool]]:
+    """The span of one message, from its end to its reply; and whether it continues the
+    client's trace: a trusted client (authenticated, or in relay.networks) that sends a
+    traceparent header makes it a child of that trace, linked to the session."""
+    if not _on:
+        yield trace.INVALID_SPAN, False
+        return
+    carried = traceparent(head) if trusted else {}
+    parent = trace.get_current_span(propagate.extract(carried)).get_span_context() if carried else None
+    if parent is None or not parent.is_valid:
+        with _tracer.start_as_current_span(SPAN_MESSAGE) as made:
+            yield made, False
+        return
+    session = trace.get_current_span().get_span_context()
+    links = [trace.Link(session, {"vsmtp.link": "session"})] if session.is_valid else []
+    with _tracer.start_as_current_span(
+        SPAN_MESSAGE, context=trace.set_span_in_context(trace.NonRecordingSpan(parent)), links=links
+    ) as made:
+        yield made, True
+
+
+def verdict(span: Span, reply: Reply) -> None:
+    if _on:
+        span.set_attribute("smtp.reply.code", reply.code)
+        span.set_attribute("vsmtp.verdict", "accepted" if reply.code == 250 else "refused")
+
+
+def identify(queue_id: str, message_id: str, size: int, recipients: int) -> None:
+    """On the current span (the message's): what the message is, once it is queued."""
+    if _on:
+        current = trace.get_current_span()
+        current.set_attribute("vsmtp.queue_id", queue_id)
+        current.set_attribute("vsmtp.message_id", message_id)
+        current.set_attribute("vsmtp.size", size)
+        current.set_attribute("vsmtp.recipients", recipients)
+
+
+def current_context() -> dict[str, str]:
+    """The W3C trace context of the current span, to keep with a message (message.accepted)."""
+    if not _on:
+        return {}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+# -- the delivery side ---------------------------------------------------------------------
+
+
+def delivery(name: str, trace_context: Mapping[str, str], *, continued: bool, **attributes: Any) -> contextlib.AbstractContextManager[Span]:
+    """A delivery span: a child of the message's span when the message continues a client's
+    trace, else a new trace linked to it."""
+    if not _on:
+        return contextlib.nullcontext(trace.INVALID_SPAN)
+    found = trace.get_current_span(propagate.extract(dict(trace_context))).get_span_context() if trace_context else None
+    valid = found is not None and found.is_valid
+    kind = SpanKind.CLIENT if name == SPAN_DELIVERY else SpanKind.INTERNAL
+    if valid and continued:
+        assert found is not None
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(found))
+        return _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
+    links = [trace.Link(found)] if valid and found is not None else []
+    root = otel_context.Context()  # never a child of whatever ran before in this task
+    return _tracer.start_as_current_span(name, context=root, kind=kind, links=links, attributes=attributes)
+
+
+def outcome(span: Span, statuses: set[str], reason: str = "") -> None:
+    """ERROR (with error.type: deferred or failed) when not every recipient was delivered."""
+    if not _on:
+        return
+    span.set_attribute("vsmtp.statuses", sorted(statuses))
+    bad = sorted(statuses - {"delivered"})
+    if bad:
+        span.set_attribute("error.type", "failed" if "failed" in bad else bad[0])
+        span.set_status(Status(StatusCode.ERROR, reason[:512]))
+
+
+def failed(span: Span, error_type: str, reason: str) -> None:
+    if _on:
+        span.set_attribute("error.type", error_type)
+        span.set_status(Status(StatusCode.ERROR, reason[:512]))
+
+
+# -- DNS ------------------------------------------------------------------------------------
+
+
+class TracedResolver(dns.asyncresolver.Resolver):
+    """dnspython's resolver with a span per lookup (`dns A`, `dns MX` ...)."""
+
+    async def resolve(self, qname: Any, rdtype: Any = "A", *args: Any, **kwargs: Any) -> Any:
+        if not _on:
+            return await super().resolve(qname, rdtype, *args, **kwargs)
+        # NXDOMAIN and "no answer" are answers: the span is not an error for them.
+        name, kind = f"dns {rdtype}", SpanKind.CLIENT
+        with _tracer.start_as_current_span(name, kind=kind, record_exception=False, set_status_on_exception=False) as made:
+            made.set_attribute("dns.question.name", str(qname))
+            made.set_attribute("dns.question.type", str(rdtype))
+            try:
+                answer = await super().resolve(qname, rdtype, *args, **kwargs)
+            except Exception as exc:
+                made.set_attribute("dns.response.outcome", type(exc).__name__)
+                raise
+            made.set_attribute("dns.response.outcome", "answer")
+            return answer
