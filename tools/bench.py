@@ -53,10 +53,18 @@ class Scenario:
     persistent: bool
     messages: int
     auth: Authenticated | None = None  # SPF, DKIM and DMARC on vsmtp's side, a DKIM-signed message from a stranger
+    otlp: str = ""  # traces and metrics exported over OTLP/gRPC to this endpoint (tests/otlp.py, in this process)
 
     def __str__(self) -> str:
         mode = "persistent" if self.persistent else "conn/msg"
-        return f"{self.size_kib:>3} KiB  c={self.sessions:<3} {mode:<10}" + (" +auth" if self.auth else "")
+        extras = (" +auth" if self.auth else "") + (" +otlp" if self.otlp else "")
+        return f"{self.size_kib:>3} KiB  c={self.sessions:<3} {mode:<10}{extras}"
+
+    def vsmtp_config(self) -> str:
+        extra = self.auth.vsmtp_config() if self.auth is not None else ""
+        if self.otlp:
+            extra += f'[telemetry]\nexporter = "otlp"\n[telemetry.otlp]\nendpoint = "{self.otlp}"\n'
+        return extra
 
 
 AUTH_SENDER = "news@bench-sender.test"
@@ -336,7 +344,10 @@ def to_toml(settings: dict[str, Any]) -> str:
             for item in v:
                 lines += ["[[listeners]]", *(f"{ik} = {json.dumps(iv)}" for ik, iv in item.items())]
         elif isinstance(v, dict):
-            lines += [f"[{k}]", *(f"{ik} = {json.dumps(iv)}" for ik, iv in v.items())]
+            lines += [f"[{k}]", *(f"{ik} = {json.dumps(iv)}" for ik, iv in v.items() if not isinstance(iv, dict))]
+            for ik, iv in v.items():
+                if isinstance(iv, dict):  # [telemetry.otlp]
+                    lines += [f"[{k}.{ik}]", *(f"{jk} = {json.dumps(jv)}" for jk, jv in iv.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -370,7 +381,7 @@ def run_one(server: Postfix | Vsmtp, scenario: Scenario) -> Result:
         server.stop()
 
 
-def scenarios(args: argparse.Namespace, auth: Authenticated | None) -> Iterator[Scenario]:
+def scenarios(args: argparse.Namespace, auth: Authenticated | None, otlp: str = "") -> Iterator[Scenario]:
     for size in args.sizes:
         for sessions in args.sessions:
             for mode in args.modes:
@@ -380,6 +391,8 @@ def scenarios(args: argparse.Namespace, auth: Authenticated | None) -> Iterator[
                 yield Scenario(size_kib=size, sessions=sessions, persistent=mode == "persistent", messages=count)
                 if auth is not None and sessions >= 50 and mode == "persistent":
                     yield Scenario(size_kib=size, sessions=sessions, persistent=True, messages=count, auth=auth)
+                if otlp and sessions >= 50 and mode == "persistent" and size <= 10:
+                    yield Scenario(size_kib=size, sessions=sessions, persistent=True, messages=count, otlp=otlp)
 
 
 def main() -> int:
@@ -394,6 +407,7 @@ def main() -> int:
     parser.add_argument("--vsmtp-config", default="", help="extra TOML appended to vsmtp's configuration")
     parser.add_argument("--vsmtp-only", action="store_true", help="skip Postfix (for profiling; prints no ratio)")
     parser.add_argument("--no-auth", action="store_true", help="leave out the scenarios with SPF, DKIM and DMARC on")
+    parser.add_argument("--no-otlp", action="store_true", help="leave out the scenario with OTLP export on")
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("postfix") is None or shutil.which("smtp-source") is None:
         print("bench: needs root and Debian's postfix package (smtp-source); `make bench` installs it as root", file=sys.stderr)
@@ -406,18 +420,29 @@ def main() -> int:
     )
     stack = contextlib.ExitStack()
     auth = None if args.no_auth else Authenticated.start(args.workdir / "auth", args.sizes, stack)
+    otlp = "" if args.no_otlp else otlp_endpoint(stack)
     with stack:
-        return _run(args, auth)
+        return _run(args, auth, otlp)
 
 
-def _run(args: argparse.Namespace, auth: Authenticated | None) -> int:
+def otlp_endpoint(stack: contextlib.ExitStack) -> str:
+    """A real OTLP/gRPC endpoint in this process (it decodes and keeps what arrives, as a
+    collector would receive it), for the scenario with export on: its CPU counts in the
+    machine's, as a collector on the same host would."""
+    sys.path.insert(0, str(ROOT))
+    from tests.otlp import GrpcEndpoint
+
+    return stack.enter_context(GrpcEndpoint()).endpoint
+
+
+def _run(args: argparse.Namespace, auth: Authenticated | None, otlp: str) -> int:
     lost = 0
-    for n, scenario in enumerate(scenarios(args, auth)):
+    for n, scenario in enumerate(scenarios(args, auth, otlp)):
         runs: dict[str, list[Result]] = {"postfix": [], "vsmtp": []}
         for r in range(args.repeat):
             for name in ("vsmtp",) if args.vsmtp_only else ("postfix", "vsmtp"):  # back to back, same load, same disk
                 root = args.workdir / f"{n}-{r}-{name}"
-                extra = args.vsmtp_config + (scenario.auth.vsmtp_config() if scenario.auth is not None else "")
+                extra = args.vsmtp_config + scenario.vsmtp_config()
                 server: Postfix | Vsmtp = Postfix(root) if name == "postfix" else Vsmtp(root, extra)
                 runs[name].append(run_one(server, scenario))
         if args.vsmtp_only:

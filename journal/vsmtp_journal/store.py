@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,9 @@ class Append:
     index: Sequence[bytes] = ()  # keys whose value becomes this record's position
 
 
+PAGES_MAX_AGE = 0.5  # seconds: how old room()'s count of the pages in use may be
+
+
 class Journal:
     """An LMDB environment used as an append-only log.
 
@@ -82,6 +86,7 @@ class Journal:
         self.path = Path(path)
         self.readonly = readonly
         self.max_map_size = max_map_size
+        self._pages: tuple[float, int, int] | None = None  # (when, bytes of pages in use, file size): room()
         if max_map_size is not None:
             map_size = min(map_size, max_map_size)
         if readonly:
@@ -143,7 +148,10 @@ class Journal:
         encoded = [encode_record(a.tag, a.version, a.payload) for a in appends]
         while True:
             try:
-                return self._write(appends, encoded)
+                positions = self._write(appends, encoded)
+                if self.max_map_size is not None:
+                    self._pages = None  # the pages in use count against the maximum: counted afresh
+                return positions
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.MapResizedError:
@@ -408,7 +416,23 @@ class Journal:
         filesystem's free space, and no more than `max_map_size` minus the pages in use.
 
         LMDB reuses the pages that deleted records freed (retention), so the pages in use,
-        not the file's size, are what counts against the maximum."""
+        not the file's size, are what counts against the maximum. The filesystem's free space
+        is read at every call; the pages in use, which take LMDB's statistics in a read
+        transaction, are counted at most every PAGES_MAX_AGE seconds (pages taken inside the
+        file since then use no disk, so the disk's figure stays exact), and after each of this
+        process's commits when the journal has a maximum size."""
+        now = time.monotonic()
+        if self._pages is None or now - self._pages[0] > PAGES_MAX_AGE:
+            self._pages = (now, *self._pages_in_use())
+        _, used, file_bytes = self._pages
+        fs = os.statvfs(self.path)
+        room = fs.f_bavail * fs.f_frsize + max(file_bytes - used, 0)
+        if self.max_map_size is not None:
+            room = min(room, self.max_map_size - used)
+        return max(room, 0)
+
+    def _pages_in_use(self) -> tuple[int, int]:
+        """The bytes of the pages in use, and the data file's size."""
         stat = self._env.stat()
         page = stat["psize"]
         with self._begin_read() as txn:
@@ -418,13 +442,11 @@ class Journal:
                 if db is not None
             )
         used = (used + stat["branch_pages"] + stat["leaf_pages"] + 4) * page  # + the main db and meta pages
-        data = self.path / "data.mdb"
-        file_bytes = data.stat().st_size if data.exists() else 0
-        fs = os.statvfs(self.path)
-        room = fs.f_bavail * fs.f_frsize + max(file_bytes - used, 0)
-        if self.max_map_size is not None:
-            room = min(room, self.max_map_size - used)
-        return max(room, 0)
+        try:
+            file_bytes = (self.path / "data.mdb").stat().st_size
+        except FileNotFoundError:
+            file_bytes = 0
+        return used, file_bytes
 
     def _open_optional(self, name: bytes, readonly: bool) -> Any:
         """A database that older journals may lack: created when writing, None when reading one without it."""

@@ -209,6 +209,12 @@ def _check(server: Daemon, port: int, received: Received, sink: Sink) -> None:
     # Not from a client we do not trust.
     refused = only(received.named("smtp.message"), **{"vsmtp.queue_id": third})
     assert refused.trace_id != APP_TRACE and refused.parent_id != APP_SPAN
+    # Its sender was checked (SPF at MAIL: a child of its session, with its DNS lookup).
+    [spf] = [s for s in received.named("check spf") if s.trace_id == refused.trace_id]
+    assert spf.parent_id == refused.parent_id and spf.attributes["vsmtp.stage"] == "mail"
+    assert spf.attributes["vsmtp.result"] == "none"  # client.test publishes no SPF record
+    assert any(s.name == "dns TXT" and s.attributes["dns.question.name"].startswith("client.test") for s in children(received, spf))
+    assert not [s for s in received.named("check spf") if s.trace_id == session.trace_id]  # a relay client is not checked
 
     # Metrics, from every process, service.name vsmtp on each.
     def counted() -> bool:
@@ -217,10 +223,13 @@ def _check(server: Daemon, port: int, received: Received, sink: Sink) -> None:
     wait_for(counted, "vsmtp.messages.accepted never reached 3")
     assert {p.resource["service.name"] for p in received.points} == {"vsmtp"}
     assert {p.resource["vsmtp.process"] for p in received.latest("vsmtp.messages.accepted")} <= {"receiver-1", "receiver-2"}
-    attempts = {
-        (p.attributes["vsmtp.transport"], p.attributes["vsmtp.outcome"]): p.value for p in received.latest("vsmtp.delivery.attempts")
-    }
-    assert attempts[("smtp", "delivered")] == 2 and attempts[("smtp", "deferred")] == 1 and attempts[("maildir", "delivered")] == 2
+
+    def attempts() -> dict[tuple[str, str], float]:
+        points = received.latest("vsmtp.delivery.attempts")
+        return {(p.attributes["vsmtp.transport"], p.attributes["vsmtp.outcome"]): p.value for p in points}
+
+    expected = {("smtp", "delivered"): 2, ("smtp", "deferred"): 1, ("maildir", "delivered"): 2}
+    wait_for(lambda: attempts() == expected, f"delivery attempts: {attempts()}")
     [commit] = received.latest("vsmtp.journal.commit.duration")[:1]
     assert commit.kind == "histogram" and commit.bounds[0] == 0.0001 and commit.bounds[-1] == 5.0  # seconds, not the ms default
 
@@ -237,7 +246,10 @@ async def test_spans_over_otlp_http(tmp_path: Path, dns_server: DnsServer) -> No
         try:
             queue_id = await trio.to_thread.run_sync(lambda: send(port, "Subject: http\r\n\r\nx\r\n", ["bob@localhost"]))
             await trio.to_thread.run_sync(
-                lambda: wait_for(lambda: otlp.received.named("local.delivery"), f"nothing over HTTP:\n{server.log()}")
+                lambda: wait_for(
+                    lambda: otlp.received.named("local.delivery") and otlp.received.named("smtp.message"),
+                    f"nothing over HTTP:\n{server.log()}",
+                )
             )
         finally:
             server.kill()

@@ -30,7 +30,7 @@ from ..config import Config
 from ..net import dns as mx
 from ..net import outbound
 from ..queue import events as qe
-from ..queue import history, policy
+from ..queue import policy
 from ..queue.projection import QueueProjection
 from ..queue.state import CORRUPT, MessageState
 from ..rules.engine import Stages
@@ -53,6 +53,8 @@ class DeliveryJob:
     recovered: bool  # pending when the process started: a crash may have cut an attempt short
     in_doubt: frozenset[str] = frozenset()  # recipients whose data went out without a final answer
     routes: Mapping[str, policy.Route] = dataclasses.field(default_factory=dict)  # chosen by delivery rules (set_route)
+    traceparent: str = ""  # the message's span, which the delivery spans link to (or continue)
+    trace_continued: bool = False
 
 
 # The notices the scheduler queues: kind -> (what plans its records, whether it is still due).
@@ -147,6 +149,8 @@ class Scheduler:
             recipients=tuple(due),
             recovered=message.queue_id in self._recovered,
             in_doubt=frozenset(r.address for r in message.recipients if r.in_doubt),
+            traceparent=message.traceparent,
+            trace_continued=message.trace_continued,
         )
 
     def _check_delay(self, message: MessageState, *, now: float) -> None:
@@ -187,7 +191,7 @@ class Scheduler:
             return
         try:
             async with self._filter_limit:
-                with traced(self.journal, telemetry.SPAN_POSTQ, queue_id):
+                with traced(telemetry.SPAN_POSTQ, message.queue_id, message.traceparent, message.trace_continued):
                     appends, settled, exports = await stages.postq(
                         message, journal=self.journal, stages=self.stages, config=self.config, signing=self.signing
                     )
@@ -419,7 +423,8 @@ class Worker:
         per job when tracing is on, linked to the session that received the message."""
         if not telemetry.enabled():
             return self._deliver(job)
-        with traced(self.journal, telemetry.SPAN_LOCAL, job.queue_id, **{"vsmtp.recipients": len(job.recipients)}) as span:
+        recipients = {"vsmtp.recipients": len(job.recipients)}
+        with traced(telemetry.SPAN_LOCAL, job.queue_id, job.traceparent, job.trace_continued, **recipients) as span:
             outcomes = self._deliver(job)
             statuses = {_STATUS.get(type(o), o.TAG) for o in outcomes}
             telemetry.spans.outcome(span, statuses, next((getattr(o, "reason", "") for o in outcomes if hasattr(o, "reason")), ""))
@@ -491,12 +496,11 @@ class Worker:
         return str(maildir.deliver(path, name, itertools.chain([headers], self.journal.blob_chunks(job.blob))))
 
 
-def traced(journal: Journal, name: str, queue_id: str, **attributes: Any) -> contextlib.AbstractContextManager[Span]:
+def traced(name: str, queue_id: str, traceparent: str, continued: bool, **attributes: Any) -> contextlib.AbstractContextManager[Span]:
     """A span of the delivery process for one message, tied to the message's own span."""
     if not telemetry.enabled():
         return contextlib.nullcontext(INVALID_SPAN)
-    accepted = history.accepted(journal, queue_id)
-    context, continued = (accepted.trace_context, accepted.trace_continued) if accepted is not None else ({}, False)
+    context = {"traceparent": traceparent} if traceparent else {}
     return telemetry.spans.delivery(name, context, continued=continued, **{"vsmtp.queue_id": queue_id, **attributes})
 
 

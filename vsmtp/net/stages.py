@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from .. import telemetry
 from ..queue import events as qe
 from ..rules.context import Context
 from ..rules.engine import HookFailed, Stages
@@ -46,9 +45,7 @@ class StageRunner:
         ctx = self.ctx
         checks = self._checks.get(stage, ())
         for check in checks:
-            name = check.name.removeprefix("vsmtp:")
-            with telemetry.span(f"check {name}", attributes={"vsmtp.stage": stage, "vsmtp.check": name}):
-                await check.learn(stage, ctx)
+            await check.learn(stage, ctx)
         verdict = await self._decide(stage, checks, **kwargs)
         for check in checks:
             for event in check.record(stage, ctx, verdict):

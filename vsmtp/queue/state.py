@@ -51,6 +51,8 @@ class MessageState:
     delay_warned: bool = False  # the sender was told it is delayed (message.delay_warned)
     quarantine: str = ""  # the quarantine it is held in (message.quarantined), until released
     postq: bool = False  # the post-queue stage has yet to run (until message.filtered)
+    traceparent: str = ""  # the W3C context of the message's span, for the delivery spans (message.accepted)
+    trace_continued: bool = False  # ... which are its children rather than linked to it
 
     @property
     def done(self) -> bool:
@@ -119,6 +121,8 @@ def _accepted(state: QueueState, event: qe.MessageAccepted) -> QueueState:
         accepted_at=event.at,
         message_id=event.message_id,
         postq=event.postq,
+        traceparent=event.trace_context.get("traceparent", ""),
+        trace_continued=event.trace_continued,
         recipients=tuple(
             RecipientState(address=a, notify=((params.get(a) or {}).get("NOTIFY") or "").upper()) for a in dict.fromkeys(event.recipients)
         ),
@@ -294,6 +298,8 @@ _MESSAGE = (
     "delay_warned",
     "quarantine",
     "postq",
+    "traceparent",  # later fields: a snapshot without them gives their defaults
+    "trace_continued",
 )
 _RECIPIENT = ("address", "status", "attempts", "next_attempt", "last_error", "in_doubt", "notify")
 

@@ -48,7 +48,23 @@ def resource(process: str) -> Resource:
     }
     if not os.environ.get("OTEL_SERVICE_NAME"):
         attributes["service.name"] = "vsmtp"
-    return Resource.create(attributes)
+    made = Resource.create(attributes)
+    return _Resource(made.attributes, made.schema_url)
+
+
+class _Resource(Resource):
+    """A Resource whose hash is computed once: the SDK's encoder groups every exported span
+    by its resource, and Resource hashes by dumping its attributes to JSON each time."""
+
+    def __init__(self, attributes: Any, schema_url: str | None = None) -> None:
+        super().__init__(attributes, schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(other)
 
 
 def _version() -> str:

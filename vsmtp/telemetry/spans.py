@@ -84,9 +84,12 @@ def session_attributes(*, client: tuple[str, int], server: tuple[str, int], list
 def command(span: Span, event: object, reply: Reply) -> None:
     """A command answered: a span event on the session, and the commands metric."""
     metrics.command(event, reply)
-    if _on:
-        verb = metrics.VERBS.get(type(event), "OTHER")
-        span.add_event(verb, {"smtp.command": verb, "smtp.reply.code": reply.code, "smtp.status": reply.enhanced or ""})
+    if _on:  # one attribute for a positive reply: a session sends a great many of them
+        name = metrics.VERBS.get(type(event), "OTHER")
+        attributes: dict[str, Any] = {"smtp.reply.code": reply.code}
+        if reply.code >= 400:
+            attributes["smtp.status"] = reply.enhanced or ""
+        span.add_event(name, attributes)
 
 
 def tls_started(span: Span, version: str, cipher: str) -> None:

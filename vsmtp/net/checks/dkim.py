@@ -11,6 +11,7 @@ from functools import partial
 
 import trio
 
+from ... import telemetry
 from ...auth import arc, dkim, results
 from ...config import Config
 from ...queue import events as qe
@@ -44,13 +45,15 @@ class DkimCheck(Check):
             ctx.arc = results.ArcResult(result="none")
         if not (signed or sealed):
             return
-        fields = (b"dkim-signature",) * signed + (b"arc-seal", b"arc-message-signature") * sealed
-        keys = await self._keys(dkim.key_names(message.head, fields=fields))
-        if signed:  # the body hashed as it is read, from memory or the spill file: never joined
-            verify = partial(dkim.verify_parts, message.head, message.body_chunks(), keys)
-            ctx.dkim = await trio.to_thread.run_sync(verify, limiter=_THREADS)
+        with telemetry.span("check dkim", attributes={"vsmtp.check": "dkim", "vsmtp.stage": stage}):
+            fields = (b"dkim-signature",) * signed + (b"arc-seal", b"arc-message-signature") * sealed
+            keys = await self._keys(dkim.key_names(message.head, fields=fields))
+            if signed:  # the body hashed as it is read, from memory or the spill file: never joined
+                verify = partial(dkim.verify_parts, message.head, message.body_chunks(), keys)
+                ctx.dkim = await trio.to_thread.run_sync(verify, limiter=_THREADS)
         if sealed:  # dkimpy's ARC takes the message whole (a spilled one is read into memory)
-            ctx.arc = await trio.to_thread.run_sync(partial(arc.verify, message.raw, keys), limiter=_THREADS)
+            with telemetry.span("check arc", attributes={"vsmtp.check": "arc", "vsmtp.stage": stage}):
+                ctx.arc = await trio.to_thread.run_sync(partial(arc.verify, message.raw, keys), limiter=_THREADS)
 
     async def _keys(self, names: list[str]) -> dict[str, bytes | str]:
         """Each key record (its TXT text), or a KeyState; all looked up at once."""

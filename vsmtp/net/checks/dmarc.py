@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import trio
 
+from ... import telemetry
 from ...auth import dmarc, results
 from ...auth.results import DmarcResult
 from ...config import Config
@@ -48,6 +49,11 @@ class DmarcCheck(Check):
         if not authors:
             ctx.dmarc = DmarcResult(result="none", header_from="", reason="no RFC5322.From domain to evaluate")
             return
+        with telemetry.span("check dmarc", attributes={"vsmtp.check": "dmarc", "vsmtp.stage": stage}) as span:
+            ctx.dmarc = await self._evaluate(ctx, authors)
+            span.set_attribute("vsmtp.result", ctx.dmarc.result)
+
+    async def _evaluate(self, ctx: Context, authors: list[str]) -> DmarcResult:
         evaluated: list[DmarcResult] = []
         with trio.move_on_after(self.config.timeout) as scope:
             for author in authors[:MAX_FROM_DOMAINS]:
@@ -62,7 +68,7 @@ class DmarcCheck(Check):
         result = dmarc.arc_override(dmarc.strictest(evaluated), ctx.arc, self.trusted_sealers)
         if self.config.mode != "enforce" and result.disposition != "none":
             result = replace(result, disposition="none", reason=(result.reason + "; " if result.reason else "") + "mode tag")
-        ctx.dmarc = result
+        return result
 
     async def _policy(self, author: str) -> dmarc.Policy | None:
         """The record that governs `author`: its own, else its organizational domain's."""

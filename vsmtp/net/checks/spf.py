@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from ... import telemetry
 from ...auth import results, spf
 from ...config import Config
 from ...queue import events as qe
@@ -49,11 +50,13 @@ class SpfCheck(Check):
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         client = str(address)
-        try:
-            ctx.spf = await self._check(ctx, client)
-        except Exception as exc:  # pyspf failing on odd input: a temporary error, never a crash
-            log.warning("session %s: SPF check of <%s> failed: %r", ctx.session_id, ctx.sender, exc)
-            ctx.spf = _temperror(ctx, client, f"SPF check failed: {exc}")
+        with telemetry.span("check spf", attributes={"vsmtp.check": "spf", "vsmtp.stage": stage}) as span:
+            try:
+                ctx.spf = await self._check(ctx, client)
+            except Exception as exc:  # pyspf failing on odd input: a temporary error, never a crash
+                log.warning("session %s: SPF check of <%s> failed: %r", ctx.session_id, ctx.sender, exc)
+                ctx.spf = _temperror(ctx, client, f"SPF check failed: {exc}")
+            span.set_attribute("vsmtp.result", ctx.spf.result)
 
     async def _check(self, ctx: Context, client: str) -> results.SpfResult:
         sender = ctx.sender or ""
