@@ -6,6 +6,7 @@ remote loopback host found through the tests' DNS server, and to a host that ref
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import smtplib
@@ -85,10 +86,13 @@ async def free_port(host: str) -> int:
     return number
 
 
-def daemon_for(tmp_path: Path, endpoint: str, protocol: str, dns: int, port: int, *, env: dict[str, str] | None = None) -> Daemon:
+def daemon_for(
+    tmp_path: Path, endpoint: str, protocol: str, dns: int, port: int, *, env: dict[str, str] | None = None, telemetry: str = ""
+) -> Daemon:
     (tmp_path / "rules.py").write_text(RULES)
     (tmp_path / "passwords").write_text(f"{USER}:{hash_password(PASSWORD)}\n")
     text = CONFIG.format(trusted=TRUSTED, dns=dns, port=port, protocol=protocol, endpoint=endpoint)
+    text = text.replace("[telemetry]\n", f"[telemetry]\n{telemetry}", 1)
     return Daemon(tmp_path, text, env={**FAST, **(env or {})})
 
 
@@ -241,21 +245,26 @@ def _check(server: Daemon, port: int, received: Received, sink: Sink) -> None:
 
 async def test_spans_over_otlp_http(tmp_path: Path, dns_server: DnsServer) -> None:
     with HttpEndpoint() as otlp:
-        server = daemon_for(tmp_path, otlp.endpoint, "http/protobuf", dns_server.port, 1)
+        server = daemon_for(tmp_path, otlp.endpoint, "http/protobuf", dns_server.port, 1, telemetry='logs = true\nlog_format = "json"\n')
         port = await trio.to_thread.run_sync(server.start)
         try:
             queue_id = await trio.to_thread.run_sync(lambda: send(port, "Subject: http\r\n\r\nx\r\n", ["bob@localhost"]))
-            await trio.to_thread.run_sync(
-                lambda: wait_for(
-                    lambda: otlp.received.named("local.delivery") and otlp.received.named("smtp.message"),
-                    f"nothing over HTTP:\n{server.log()}",
-                )
-            )
+
+            def arrived() -> bool:
+                logged = any(queue_id in body and "from=<" in body for body, *_ in otlp.received.logs)
+                return bool(otlp.received.named("local.delivery") and otlp.received.named("smtp.message") and logged)
+
+            await trio.to_thread.run_sync(lambda: wait_for(arrived, f"nothing over HTTP:\n{server.log()}"))
         finally:
             server.kill()
     message = only(otlp.received.named("smtp.message"), **{"vsmtp.queue_id": queue_id})
     assert message.resource["service.name"] == "vsmtp"
     assert otlp.received.named("local.delivery")[0].links == [(message.trace_id, message.span_id)]
+    # The log record of the message, exported with its trace; and the JSON line of it on stderr.
+    [(_, resource, trace_id, span_id)] = [r for r in otlp.received.logs if queue_id in r[0] and "from=<" in r[0]]
+    assert resource["service.name"] == "vsmtp" and (trace_id, span_id) == (message.trace_id, message.span_id)
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{") and queue_id in line and "from=<" in line]
+    assert lines and lines[0]["trace_id"] == message.trace_id and lines[0]["process"].startswith("receiver-")
 
 
 def test_a_collector_that_is_down_stops_no_mail(tmp_path: Path) -> None:
@@ -265,7 +274,7 @@ def test_a_collector_that_is_down_stops_no_mail(tmp_path: Path) -> None:
     port = server.start()
     try:
         for n in range(20):
-            send(port, f"Subject: {n}\r\n\r\nx\r\n", ["bob@localhost"])
+            send(port, f"Subject: {n}\r\n\r\nx\r\n", ["bob@localhost"], source=TRUSTED)
         mail = tmp_path / "var" / "mail" / "bob" / "Maildir" / "new"
         wait_until(lambda: mail.is_dir() and len(os.listdir(mail)) == 20, lambda: f"not delivered:\n{server.log()}")
         wait_until(lambda: "cannot export" in server.log(), lambda: f"no word of the failing exports:\n{server.log()}", timeout=30)

@@ -166,6 +166,8 @@ def delivery(name: str, trace_context: Mapping[str, str], *, continued: bool, **
         return contextlib.nullcontext(trace.INVALID_SPAN)
     found = trace.get_current_span(propagate.extract(dict(trace_context))).get_span_context() if trace_context else None
     valid = found is not None and found.is_valid
+    if valid and found is not None and not found.trace_flags.sampled:
+        return contextlib.nullcontext(trace.INVALID_SPAN)  # a sampler left the message out: its deliveries too
     kind = SpanKind.CLIENT if name == SPAN_DELIVERY else SpanKind.INTERNAL
     if valid and continued:
         assert found is not None
