@@ -407,7 +407,11 @@ class Session:
             return tx.holds.denied.answer
         # A BDAT message may end without a CRLF: stored with one, as Postfix does.
         message = await tx.body.message(normalize=bare_line_endings, final_crlf=True)
-        trusted = self.config.telemetry.traceparent and (bool(self.ctx.auth) or self.settings.trusted(self.ctx.client.address))
+        trusted = (
+            telemetry.enabled()
+            and self.config.telemetry.traceparent
+            and (bool(self.ctx.auth) or self.settings.trusted(self.ctx.client.address))
+        )
         with telemetry.spans.message(message.head, trusted=trusted) as (span, continued):
             reply = await self._queue(tx, message, continued)
             telemetry.spans.verdict(span, reply)
