@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,12 @@ class Arrival:
     authenticated: bool
 
 
+@functools.lru_cache(maxsize=4)
+def _date(second: int) -> str:
+    """The RFC 5322 date of a second, made once for all the messages received in it."""
+    return email.utils.formatdate(second, localtime=True)
+
+
 def protocol(arrival: Arrival) -> str:
     """The "with" keyword: RFC 3848 (ESMTP, ESMTPS, ESMTPA, ESMTPSA) and RFC 6531 (UTF8SMTP...)."""
     name = "UTF8SMTP" if arrival.smtputf8 else "ESMTP" if arrival.esmtp else "SMTP"
@@ -42,7 +49,7 @@ def received(arrival: Arrival, *, queue_id: str, recipients: Sequence[str], now:
         version, cipher, bits = arrival.tls
         tls = f"\r\n\t(using {version} with cipher {cipher} ({bits}/{bits} bits))"
     recipient = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
-    date = email.utils.formatdate(now, localtime=True)
+    date = _date(int(now))
     return (
         f"Received: from {arrival.helo} ([{literal}]){tls}\r\n"
         f"\tby {arrival.hostname} (vsmtp) with {protocol(arrival)} id {queue_id}{recipient};\r\n"

@@ -91,6 +91,7 @@ def relay_networks(config: Config) -> tuple[IpNetwork, ...]:
     return tuple(ipaddress.ip_network(n, strict=False) for n in config.relay.networks)
 
 
+@functools.lru_cache(maxsize=4096)  # asked several times per message (relay, SPF, DMARC, anvil) for the same client
 def may_relay(host: str | ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[IpNetwork, ...]) -> bool:
     """Is a client at `host` allowed to send to domains that are not ours (Postfix's mynetworks)?
     Whether an address is in any of `networks`, an IPv4-mapped IPv6 address as its IPv4 one."""
