@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -54,6 +54,7 @@ class DeliveryJob:
     in_doubt: frozenset[str] = frozenset()  # recipients whose data went out without a final answer
     routes: Mapping[str, policy.Route] = dataclasses.field(default_factory=dict)  # chosen by delivery rules (set_route)
     traceparent: str = ""  # the message's span, which the delivery spans link to (or continue)
+    size: int = 0  # octets of the body (0: unknown)
     trace_continued: bool = False
 
 
@@ -151,6 +152,7 @@ class Scheduler:
             in_doubt=frozenset(r.address for r in message.recipients if r.in_doubt),
             traceparent=message.traceparent,
             trace_continued=message.trace_continued,
+            size=message.size,
         )
 
     def _check_delay(self, message: MessageState, *, now: float) -> None:
@@ -245,6 +247,7 @@ class Scheduler:
 
 
 BATCH = 32  # jobs one worker delivers in one thread call
+SMALL = 1 << 20  # a body up to this size is read from the journal once for all its recipients
 
 
 class Worker:
@@ -433,27 +436,32 @@ class Worker:
     def _deliver(self, job: DeliveryJob) -> list[qe.JournalEvent]:
         outcomes: list[qe.JournalEvent] = []
         try:
-            # Checked whole first (in place, nothing copied), then read a chunk at a time
-            # for each recipient: a large body is never held in memory whole.
-            present = self.journal.check_blob(job.blob)
-            self._deliver_each(job, present, outcomes)
+            body: Callable[[], Iterable[bytes | memoryview]] | None
+            if 0 < job.size <= SMALL:  # read once, checked, for all its recipients
+                whole = self.journal.blob(job.blob)
+                body = None if whole is None else (lambda: (whole,))
+            else:  # checked whole in place first, then read a chunk at a time for each recipient
+                body = (lambda: self.journal.blob_chunks(job.blob)) if self.journal.check_blob(job.blob) else None
+            self._deliver_each(job, body, outcomes)
         except CorruptBlob as exc:  # never delivered altered: held for the operator
             log.error("%s: not delivered, held in the quarantine %r: %s", job.queue_id, CORRUPT, exc)
             outcomes.append(qe.MessageCorrupted(at=time.time(), queue_id=job.queue_id, blob=job.blob, reason=exc.reason))
         return outcomes
 
-    def _deliver_each(self, job: DeliveryJob, present: bool, outcomes: list[qe.JournalEvent]) -> None:
+    def _deliver_each(
+        self, job: DeliveryJob, body: Callable[[], Iterable[bytes | memoryview]] | None, outcomes: list[qe.JournalEvent]
+    ) -> None:
         now = time.time()
         for address, attempts in job.recipients:
             route = job.routes.get(address) or policy.route(address, self.config)
-            if not present:
+            if body is None:
                 reason = "message body missing from the journal"
                 outcomes.append(qe.DeliveryFailed(at=now, queue_id=job.queue_id, recipient=address, transport="maildir", reason=reason))
                 continue
             assert isinstance(route, policy.LocalRoute), "remote recipients go through _deliver_remote"
             try:
                 write = self._mbox if route.format == "mbox" else self._maildir
-                detail = write(job, address, attempts, route)
+                detail = write(job, address, attempts, route, body)
             except OSError as exc:
                 reason = f"cannot write to the {'mbox' if route.format == 'mbox' else 'Maildir'}: {exc}"
                 log.warning("%s: %s: %s", job.queue_id, address, reason)
@@ -472,17 +480,17 @@ class Worker:
                 continue
             outcomes.append(qe.DeliverySucceeded(at=now, queue_id=job.queue_id, recipient=address, transport=route.format, detail=detail))
 
-    def _mbox(self, job: DeliveryJob, address: str, attempts: int, route: policy.LocalRoute) -> str:
+    def _mbox(self, job: DeliveryJob, address: str, attempts: int, route: policy.LocalRoute, body: Callable[[], Iterable[Any]]) -> str:
         path = Path(self.config.delivery.mbox.format(user=route.user, domain=route.domain))
         headers = f"Return-Path: <{job.reverse_path}>\r\nDelivered-To: {address}\r\n".encode()
         # Written before a crash or a lost journal record? Our Received header names the queue id.
         if (job.recovered or attempts) and mbox.has_delivery(path, address, job.queue_id):
             log.info("%s: %s was already delivered to %s before a restart", job.queue_id, address, path)
             return str(path)
-        offset = mbox.deliver(path, job.reverse_path, [headers, *self.journal.blob_chunks(job.blob)])  # escaped whole
+        offset = mbox.deliver(path, job.reverse_path, [headers, *body()])  # escaped whole
         return f"{path} at offset {offset}"
 
-    def _maildir(self, job: DeliveryJob, address: str, attempts: int, route: policy.LocalRoute) -> str:
+    def _maildir(self, job: DeliveryJob, address: str, attempts: int, route: policy.LocalRoute, body: Callable[[], Iterable[Any]]) -> str:
         path = Path(self.config.delivery.maildir.format(user=route.user, domain=route.domain))
         name = maildir.file_name(accepted_at=job.accepted_at, queue_id=job.queue_id, recipient=address, hostname=self.config.hostname)
         # Written before? Only possible if a crash (recovered) or a journal failure (a retry)
@@ -493,7 +501,7 @@ class Worker:
             return str(existing)
         # RFC 5321 4.4: the final delivery adds Return-Path; Delivered-To marks the mailbox.
         headers = f"Return-Path: <{job.reverse_path}>\r\nDelivered-To: {address}\r\n".encode()
-        return str(maildir.deliver(path, name, itertools.chain([headers], self.journal.blob_chunks(job.blob))))
+        return str(maildir.deliver(path, name, itertools.chain([headers], body())))
 
 
 def traced(name: str, queue_id: str, traceparent: str, continued: bool, **attributes: Any) -> contextlib.AbstractContextManager[Span]:
