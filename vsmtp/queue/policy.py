@@ -91,10 +91,26 @@ def relay_networks(config: Config) -> tuple[IpNetwork, ...]:
     return tuple(ipaddress.ip_network(n, strict=False) for n in config.relay.networks)
 
 
-@functools.lru_cache(maxsize=4096)  # asked several times per message (relay, SPF, DMARC, anvil) for the same client
+_RELAY: dict[tuple[object, int], tuple[tuple[IpNetwork, ...], bool]] = {}  # (host, id(networks)) -> (networks, answer)
+
+
 def may_relay(host: str | ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[IpNetwork, ...]) -> bool:
     """Is a client at `host` allowed to send to domains that are not ours (Postfix's mynetworks)?
-    Whether an address is in any of `networks`, an IPv4-mapped IPv6 address as its IPv4 one."""
+    Whether an address is in any of `networks`, an IPv4-mapped IPv6 address as its IPv4 one.
+    Remembered per client and list of networks (the same list object: the configuration's),
+    for it is asked several times per message (relay, SPF, DMARC, the anvil)."""
+    key = (host, id(networks))
+    found = _RELAY.get(key)
+    if found is not None and found[0] is networks:
+        return found[1]
+    answer = _may_relay(host, networks)
+    if len(_RELAY) >= 4096:
+        _RELAY.clear()
+    _RELAY[key] = (networks, answer)
+    return answer
+
+
+def _may_relay(host: str | ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[IpNetwork, ...]) -> bool:
     address = ipaddress.ip_address(host) if isinstance(host, str) else host
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
