@@ -125,3 +125,26 @@ async def test_on_a_small_disk_mail_is_refused_before_it_is_full_and_delivery_re
     assert len(list(new.iterdir())) == accepted + 1
     assert list((small_disk / "mail" / "bob" / "Maildir" / "tmp").iterdir()) == []
     running.cancel_scope.cancel()
+
+
+async def test_the_bodies_in_flight_are_counted_back_however_a_transaction_ends(start_server: Any, config: Config) -> None:
+    """The tally each body keeps returns to zero: after a message, an RSET, and a client that
+    leaves in the middle of its data."""
+    running = await start_server(config)
+    peer = await Peer.connect(port_of(running))
+    await peer.replies(1)
+    await peer.send(b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n")
+    assert (await peer.replies(4))[3].startswith("354")
+    await peer.send(b"Subject: one\r\n\r\n" + (b"x" * 98 + b"\r\n") * 50 + b".\r\n")
+    assert (await peer.replies(1))[0].startswith("250")
+    assert running.smtp.bodies_in_flight() == (0, 0)
+    await peer.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n")
+    assert (await peer.replies(3))[2].startswith("354")
+    await peer.send(b"Subject: two\r\n\r\n" + (b"y" * 98 + b"\r\n") * 70)
+    with trio.fail_after(5):
+        while running.smtp.bodies_in_flight().octets < 7000:  # received, not ended
+            await trio.sleep(0.01)
+    await peer.aclose()  # gone in the middle of its data
+    with trio.fail_after(5):
+        while running.smtp.bodies_in_flight() != (0, 0):
+            await trio.sleep(0.01)

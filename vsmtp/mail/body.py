@@ -26,8 +26,20 @@ _ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
 WRITE = 256 * 1024  # octets gathered before a write to the spill file
 
 
+class Flight:
+    """What the bodies of one receiving process hold now, kept up to date by each Body as it
+    changes (net/room.py asks at every MAIL, DATA and chunk: a sum over the sessions each
+    time would cost as many sessions as there are)."""
+
+    __slots__ = ("memory", "octets")
+
+    def __init__(self) -> None:
+        self.memory = 0  # octets held in memory
+        self.octets = 0  # octets kept, in memory or spilled
+
+
 class Body:
-    def __init__(self, limit: int, *, keep: int = 0, spool: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, limit: int, *, keep: int = 0, spool: str | os.PathLike[str] | None = None, flight: Flight | None = None) -> None:
         self.limit = limit  # octets; 0: none
         self.keep = keep if spool is not None else 0  # octets held in memory before the rest spills; 0: all
         self.spool = spool
@@ -39,8 +51,28 @@ class Body:
         self._pending: list[bytes] = []  # octets past them, not yet in the spill file
         self._pending_size = 0
         self._spill: Spill | None = None
+        self._flight = flight
+        self._counted = (0, 0)  # what this body adds to the flight now: (memory, held)
 
     async def add(self, data: bytes) -> None:
+        await self._add(data)
+        self._recount()
+
+    def _recount(self) -> None:
+        if self._flight is not None:
+            memory, held = self.memory, self.held
+            self._flight.memory += memory - self._counted[0]
+            self._flight.octets += held - self._counted[1]
+            self._counted = (memory, held)
+
+    def release(self) -> None:
+        """The transaction is over: this body no longer counts in the flight."""
+        if self._flight is not None:
+            self._flight.memory -= self._counted[0]
+            self._flight.octets -= self._counted[1]
+            self._flight, self._counted = None, (0, 0)
+
+    async def _add(self, data: bytes) -> None:
         self.size += len(data)
         if self.limit and self.size > self.limit:
             if not self.too_big:
@@ -72,6 +104,7 @@ class Body:
         """No room for it (net/room.py): keep counting, keep nothing, refuse it at its end."""
         self.no_room = True
         self._let_go()
+        self._recount()
 
     def _let_go(self) -> None:
         self._chunks, self._pending, self._kept, self._pending_size = [], [], 0, 0
@@ -106,6 +139,7 @@ class Body:
                     await trio.to_thread.run_sync(spill.write, [b"\r\n"])
                 else:
                     first += b"\r\n"
+        self._recount()
         return Message(first, spill=spill if spill is not None and spill.size else None)
 
     def _normalized(self, first: bytes, spill: Spill) -> tuple[bytes, Spill]:

@@ -19,6 +19,7 @@ import trio
 from vsmtp_journal import GroupCommitWriter
 
 from ..config import Config, ListenerConfig, parse_address
+from ..mail.body import Flight
 from ..plugins import PluginManager
 from . import anvil as anvil_mod
 from .anvil import Anvil
@@ -106,6 +107,7 @@ class SmtpService:
         self.plugins = plugins
         self.writer = writer
         self.sessions: set[Session] = set()
+        self.flight = Flight()  # what their bodies hold: each Body keeps it up to date
         self.anvil = anvil or Anvil(ConnectionCounts())  # shared with the other receiving processes, if any
         self.counts = self.anvil.counts
         self.settings = SessionSettings.build(config, plugins, anvil=self.anvil)
@@ -148,8 +150,7 @@ class SmtpService:
 
     def bodies_in_flight(self) -> InFlight:
         """The message data the sessions of this process are receiving now."""
-        bodies = [s.tx.body for s in self.sessions if s.tx is not None]
-        return InFlight(memory=sum(b.memory for b in bodies), octets=sum(b.held for b in bodies))
+        return InFlight(memory=self.flight.memory, octets=self.flight.octets)
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting; let open transactions finish within `grace` seconds; 421 the rest."""
@@ -192,6 +193,7 @@ class SmtpService:
                 on_last_reply=release,
                 stressed=lambda: self.counts.total() * 5 >= limits.max_connections * 4,  # 80% of the slots taken
                 in_flight=self.bodies_in_flight,
+                flight=self.flight,
             )
             self.sessions.add(session)
             self._idle = trio.Event() if self._idle.is_set() else self._idle

@@ -21,7 +21,7 @@ from vsmtp_journal import GroupCommitWriter, JournalError, JournalFull
 
 from .. import ids, telemetry
 from ..config import ListenerConfig
-from ..mail.body import Body
+from ..mail.body import Body, Flight
 from ..mail.message import Message
 from ..mail.trace import Arrival
 from ..queue import events as qe
@@ -72,6 +72,7 @@ class Session:
         on_last_reply: Callable[[], None] = lambda: None,
         stressed: Callable[[], bool] = lambda: False,
         in_flight: Callable[[], InFlight] = lambda: InFlight(0, 0),
+        flight: Flight | None = None,
     ) -> None:
         self.stream = stream
         # Called before the session's last reply (221, 421) goes out: a client that reconnects
@@ -87,7 +88,8 @@ class Session:
         self.conn = settings.connection(listener)
         self.helo = ""
         self.tls_info: tuple[str, str, int] | None = None
-        self.tx: Transaction | None = None
+        self.flight = flight if flight is not None else Flight()  # the process's bodies in flight (net/room.py)
+        self._tx: Transaction | None = None
         self.ctx = Context(
             session_id=self.id,
             client=endpoint(peer.host, peer.port),
@@ -106,6 +108,18 @@ class Session:
         self._shutdown_deadline: float | None = None
         self.span: Span = INVALID_SPAN  # the session's, while it converses
         self._recv_scope: trio.CancelScope | None = None
+
+    @property
+    def tx(self) -> Transaction | None:
+        return self._tx
+
+    @tx.setter
+    def tx(self, value: Transaction | None) -> None:
+        """A transaction ends however it ends (its message, RSET, EHLO, a refusal, the close):
+        its body stops counting in the bodies in flight."""
+        if self._tx is not None and self._tx is not value:
+            self._tx.body.release()
+        self._tx = value
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -144,6 +158,7 @@ class Session:
             finally:
                 if self.tx is not None:
                     self.tx.body.close()
+                    self.tx = None  # and out of the bodies in flight
                 span.set_attribute("vsmtp.close_reason", reason)
                 telemetry.metrics.session(self.listener.name, -1)
                 with trio.CancelScope(shield=True):
@@ -346,7 +361,8 @@ class Session:
             return replies.STORAGE_FULL
         if self.holds.denied is not None:
             return self.holds.denied.answer
-        body = Body(self.config.limits.message_size, keep=self.config.limits.memory_per_message, spool=self.config.journal.path)
+        limits = self.config.limits
+        body = Body(limits.message_size, keep=limits.memory_per_message, spool=self.config.journal.path, flight=self.flight)
         tx = Transaction(reverse_path=path, params=params, holds=self.holds.for_transaction(), body=body)
         await self._journal(qe.MailReceived(at=now, session_id=self.id, reverse_path=path, params=params))
         self.ctx.new_transaction()
