@@ -98,8 +98,7 @@ def compose(
     head, _, _ = original.partition(b"\r\n\r\n")
     # RET=FULL asks for the whole message back in a failure notice (RFC 3461 4.3); other notices carry its headers.
     full = kind == "failed" and (accepted.mail_params.get("RET") or "").upper() == "FULL"
-    lines = [
-        "Return-Path: <>",
+    lines = [  # no Return-Path: the final delivery adds it (RFC 5321 4.4), from the null sender
         f"From: MAILER-DAEMON@{hostname} (Mail Delivery System)",
         f"To: <{message.reverse_path}>",
         f"Subject: {_SUBJECTS[kind]}",

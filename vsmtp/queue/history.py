@@ -63,6 +63,9 @@ def trace(journal: Journal, ident: str) -> Trace | None:
         its_session = r.tag != qe.MessageAccepted.TAG and payload.get("session_id") == accepted.session_id
         if ours or its_session:
             kept.append(r)
+    # In the order things happened: records of several processes (and records that ride
+    # along with a later commit, as data_received does) reach the journal out of that order.
+    kept.sort(key=lambda r: (r.payload.get("at", 0.0) if isinstance(r.payload, dict) else 0.0, r.position))
     traceparent = accepted.trace_context.get("traceparent", "")
     trace_id = traceparent.split("-")[1] if traceparent.count("-") >= 3 else ""
     return Trace(queue_id=accepted.queue_id, message_id=accepted.message_id, trace_id=trace_id, records=tuple(kept))
