@@ -326,6 +326,8 @@ async def test_a_smarthost_that_refuses_the_credentials_or_lacks_tls_gets_nothin
                 await trio.sleep(0.05)
         [deferred] = [r for r in running.journal.read(0) if r.tag == "delivery.deferred"]
         assert ("AUTH: 535" in deferred.payload["reason"]) if relay is wrong else ("without TLS" in deferred.payload["reason"])
+        [attempt] = [r for r in running.journal.read(0) if r.tag == "delivery.attempted"]
+        assert attempt.payload["tls"] is (relay is wrong)  # the refusal of the credentials came after STARTTLS
         running.cancel_scope.cancel()
     assert with_tls.received == [] and plain.received == []
 

@@ -85,6 +85,7 @@ class _Failed(Exception):
         super().__init__(reply)
         self.reply = reply
         self.final = final  # the data may have gone through: do not try another host
+        self.tls = False  # the connection was encrypted when it failed (set where that is known)
 
 
 class _Conversation:
@@ -141,11 +142,11 @@ async def deliver(
             try:
                 outcomes = await _one_host(message, exchanger.host, address, settings)
             except _Failed as exc:
-                attempts.append(Attempt(exchanger.host, address, False, exc.reply))
+                attempts.append(Attempt(exchanger.host, address, exc.tls, exc.reply))
                 last = f"{exchanger.host}[{address}]: {exc.reply}"
                 log.info("delivery to %s failed: %s", exchanger.host, last)
                 if exc.final:
-                    return {r: Outcome("deferred", last, exchanger.host, address) for r in message.recipients}
+                    return {r: Outcome("deferred", last, exchanger.host, address, exc.tls) for r in message.recipients}
                 continue
             first = next(iter(outcomes.values()))
             attempts.append(Attempt(exchanger.host, address, first.tls, "; ".join(sorted({o.reply for o in outcomes.values()}))))
@@ -214,10 +215,13 @@ async def _one_host_unlimited(message: OutboundMessage, host: str, address: str,
             kept = True
         else:
             await _quit(conn.talk)
+    except _Failed as exc:
+        _encrypted(exc, conn.talk)
+        raise
     except _LOST as exc:
-        raise _Failed(f"connection lost: {exc}") from exc
+        raise _encrypted(_Failed(f"connection lost: {exc}"), conn.talk) from exc
     except ProtocolError as exc:
-        raise _Failed(f"protocol error: {exc}") from exc
+        raise _encrypted(_Failed(f"protocol error: {exc}"), conn.talk) from exc
     finally:
         if not kept:  # done, failed or cancelled: closed, unless the cache has it
             await trio.aclose_forcefully(conn.talk.stream)
@@ -232,8 +236,8 @@ async def _open(host: str, address: str, settings: ClientSettings, timeout: dict
     except (OSError, trio.TooSlowError) as exc:
         raise _Failed(f"cannot connect: {exc}") from exc
     opened: _Open | None = None
+    talk = _Conversation(stream)
     try:
-        talk = _Conversation(stream)
         if settings.implicit_tls:
             stream = talk.stream = await _tls(stream, host, timeout["command"])
             talk.conn.implicit_tls()
@@ -260,14 +264,23 @@ async def _open(host: str, address: str, settings: ClientSettings, timeout: dict
                 await _quit(talk)
                 raise _Failed(f"AUTH: {reply}")
         opened = _Open(talk)
+    except _Failed as exc:
+        _encrypted(exc, talk)
+        raise
     except _LOST as exc:
-        raise _Failed(f"connection lost: {exc}") from exc
+        raise _encrypted(_Failed(f"connection lost: {exc}"), talk) from exc
     except ProtocolError as exc:
-        raise _Failed(f"protocol error: {exc}") from exc
+        raise _encrypted(_Failed(f"protocol error: {exc}"), talk) from exc
     finally:
         if opened is None:  # failed, or cancelled: never leave the socket open
             await trio.aclose_forcefully(stream)
     return opened
+
+
+def _encrypted(failed: _Failed, talk: _Conversation) -> _Failed:
+    """`failed`, knowing whether TLS was on when it happened (journaled with the attempt)."""
+    failed.tls = talk.conn.tls
+    return failed
 
 
 class ConnectionCache:
