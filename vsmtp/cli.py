@@ -467,7 +467,9 @@ def _queue_list(args: argparse.Namespace, config: config_mod.Config) -> int:
     for row in rows:
         held = f" (quarantine {row['quarantine']})" if row["quarantine"] else " (held)" if row["held"] else ""
         print(f"{row['queue_id']}{held}  {_age(row['age'])}  {row['size']} bytes  from <{row['sender']}>")
-        print(f"    to {', '.join(row['pending'])}" + (f"  ({row['last_error']})" if row["last_error"] else ""))
+        for address in row["pending"]:
+            error = row["errors"].get(address, "")
+            print(f"    to {address}" + (f"  ({error})" if error else ""))
     print(f"{len(rows)} message(s) in the queue")
     return 0
 

@@ -31,7 +31,7 @@ def current(journal: Journal) -> QueueState:
 
 def summary(message: MessageState, *, now: float) -> dict[str, Any]:
     pending = message.pending()
-    errors = [r.last_error for r in message.recipients if r.last_error]
+    errors = {r.address: r.last_error for r in pending if r.last_error}  # each pending recipient's own
     return {
         "queue_id": message.queue_id,
         "age": round(now - message.accepted_at, 1),
@@ -41,7 +41,8 @@ def summary(message: MessageState, *, now: float) -> dict[str, Any]:
         "held": message.held,
         "quarantine": message.quarantine,
         "next_attempt": min((r.next_attempt for r in pending), default=0.0),
-        "last_error": errors[-1] if errors else "",
+        "errors": errors,
+        "last_error": list(errors.values())[-1] if errors else "",  # of a pending recipient, never of one done
     }
 
 
