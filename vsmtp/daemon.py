@@ -70,7 +70,7 @@ class Running:
         if self.smtp is not None and settings is not None:
             self.smtp.reload(settings)
         if self.scheduler is not None:
-            self.scheduler.stages, self.scheduler.signing = stages, signing
+            self.scheduler.reload(config, stages=stages, signing=signing)
 
 
 async def serve(

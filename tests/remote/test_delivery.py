@@ -460,3 +460,17 @@ async def test_a_message_sent_with_smtputf8_needs_a_host_that_offers_it(start_se
     assert "SMTPUTF8" in failed.payload["reason"] and sink.received == []
     await wait_for_files(sender, "alice")  # and the sender hears why
     running.cancel_scope.cancel()
+
+
+async def test_a_reload_that_changes_the_smarthost_sends_the_next_message_there(
+    start_server: Any, sender: Config, start_sink: Any, port: int
+) -> None:
+    first, second = await start_sink("127.0.0.8"), await start_sink("127.0.0.9")
+    running = await start_server(with_changes(sender, relayhost=RelayhostConfig(url=f"smtp://127.0.0.8:{port}")))
+    await sendmail(running, "a@example.org", ["someone@far.test"], MESSAGE)
+    await outcomes(running, 1)
+    running.reload(with_changes(sender, relayhost=RelayhostConfig(url=f"smtp://127.0.0.9:{port}")))  # what SIGHUP does
+    await sendmail(running, "a@example.org", ["someone@far.test"], MESSAGE)
+    await outcomes(running, 2)
+    assert len(first.received) == 1 and len(second.received) == 1
+    running.cancel_scope.cancel()

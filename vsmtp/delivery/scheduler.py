@@ -98,6 +98,16 @@ class Scheduler:
         self.in_flight: dict[str, dict[str, int | None]] = {}
         self._retries: list[tuple[float, str]] = []  # heap of (due time, queue id)
         self._recovered = set(projection.state.messages.keys())
+        self.reloaded: list[Callable[[Config], None]] = []  # told of a new configuration (the worker)
+
+    def reload(self, config: Config, *, stages: Stages, signing: Signing | None) -> None:
+        """SIGHUP: the configuration in force for what is delivered from now on ([delivery],
+        [relayhost], [dns], the rules); `delivery.workers` takes effect at the next start."""
+        if config.delivery.workers != self.config.delivery.workers:
+            log.warning("delivery.workers changes from %d to %d at the next start", self.config.delivery.workers, config.delivery.workers)
+        self.config, self.stages, self.signing = config, stages, signing
+        for tell in self.reloaded:
+            tell(config)
 
     def due_jobs(self, queue_ids: set[str], *, now: float) -> list[DeliveryJob]:
         jobs = []
@@ -264,6 +274,15 @@ class Worker:
         self.host_limits = outbound.HostLimits(config.delivery.per_host)  # and per host address
         self.resolver = mx.resolver(config.dns)
         self.connections = outbound.ConnectionCache(idle=config.delivery.connection_idle)  # run() by serve_delivery
+
+    def reload(self, config: Config) -> None:
+        """A new configuration: the next jobs use its relay host, DNS servers and limits."""
+        self.config = config
+        self.resolver = mx.resolver(config.dns)
+        self.remote_limit.total_tokens = config.delivery.remote_workers
+        self.domain_limits = {}  # deliveries under way keep the limiter they hold
+        self.host_limits.per_host = config.delivery.per_host
+        self.connections.idle = config.delivery.connection_idle
 
     async def serve(self, receive: trio.MemoryReceiveChannel[DeliveryJob]) -> None:
         async with receive, trio.open_nursery() as background:
@@ -525,6 +544,7 @@ async def serve_delivery(
     scheduler = Scheduler(projection, config=config, journal=journal, writer=writer, stages=stages, signing=signing)
     send, receive = trio.open_memory_channel[DeliveryJob](config.delivery.workers)
     worker = Worker(config=config, journal=journal, writer=writer, scheduler=scheduler)
+    scheduler.reloaded.append(worker.reload)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.connections.serve)
         async with receive:
