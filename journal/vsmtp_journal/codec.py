@@ -23,7 +23,7 @@ import struct
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeGuard, cast, runtime_checkable
+from typing import Any, Protocol, TypeGuard, cast
 
 import cbor2
 
@@ -38,7 +38,6 @@ _INDEX = struct.Struct(">IQ")
 CHUNK = 1 << 20  # octets per chunk of a large body
 
 
-@runtime_checkable
 class Stream(Protocol):
     """A part of a blob that is not held in memory (a spill file): its size, and its
     content read in pieces of at most `size` octets, from the start, each time asked."""

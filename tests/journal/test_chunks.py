@@ -12,6 +12,8 @@ import pytest
 from vsmtp_journal import Append, CorruptBlob, Journal, salvage, verify
 from vsmtp_journal.codec import CHUNK, pieces
 
+from ..test_integrity import flip
+
 
 class Stream:
     """A part of a blob that is not in memory: read in pieces, as a spill file is."""
@@ -26,16 +28,6 @@ class Stream:
         for start in range(0, len(self.data), size):
             self.reads += 1
             yield self.data[start : start + size]
-
-
-def flip(path: Path, needle: bytes) -> int:
-    data = bytearray(path.read_bytes())
-    found, start = 0, 0
-    while (at := data.find(needle, start)) >= 0:
-        data[at + len(needle) // 2] ^= 0x20
-        found, start = found + 1, at + 1
-    path.write_bytes(bytes(data))
-    return found
 
 
 def test_pieces_cut_parts_into_chunks_without_losing_or_adding_an_octet() -> None:

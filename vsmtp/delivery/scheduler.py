@@ -40,8 +40,6 @@ from .signing import Signing
 
 log = logging.getLogger(__name__)
 
-_STATUS = {qe.DeliverySucceeded: "delivered", qe.DeliveryDeferred: "deferred", qe.DeliveryFailed: "failed", qe.MessageCorrupted: "corrupt"}
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeliveryJob:
@@ -448,7 +446,7 @@ class Worker:
         recipients = {"vsmtp.recipients": len(job.recipients)}
         with traced(telemetry.SPAN_LOCAL, job.queue_id, job.traceparent, job.trace_continued, **recipients) as span:
             outcomes = self._deliver(job)
-            statuses = {_STATUS.get(type(o), o.TAG) for o in outcomes}
+            statuses = {telemetry.metrics.OUTCOMES.get(type(o), o.TAG) for o in outcomes}
             telemetry.spans.outcome(span, statuses, next((getattr(o, "reason", "") for o in outcomes if hasattr(o, "reason")), ""))
             return outcomes
 

@@ -32,7 +32,7 @@ from ..smtp import events as ev
 from ..smtp import replies
 from ..smtp.replies import Reply
 from ..smtp.states import State
-from . import screen
+from . import checks, screen
 from .auth import Login
 from .deadlines import Deadlines
 from .errorlimits import ErrorLimits
@@ -423,11 +423,7 @@ class Session:
             return tx.holds.denied.answer
         # A BDAT message may end without a CRLF: stored with one, as Postfix does.
         message = await tx.body.message(normalize=bare_line_endings, final_crlf=True)
-        trusted = (
-            telemetry.enabled()
-            and self.config.telemetry.traceparent
-            and (bool(self.ctx.auth) or self.settings.trusted(self.ctx.client.address))
-        )
+        trusted = telemetry.enabled() and self.config.telemetry.traceparent and checks.trusted(self.ctx, self.settings.relay_networks)
         with telemetry.spans.message(message.head, trusted=trusted) as (span, continued):
             reply = await self._queue(tx, message, continued)
             telemetry.spans.verdict(span, reply)

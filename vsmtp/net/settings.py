@@ -47,7 +47,7 @@ class SessionSettings:
         the session was not faccepted), or it is to be signed or sealed there."""
         if self.stages.active("postq") and not faccepted:
             return True
-        trusted = bool(ctx.auth) or policy.may_relay(ctx.client.address, self.relay_networks)
+        trusted = checks.trusted(ctx, self.relay_networks)
         return policy.signing_due(self.config, trusted=trusted, recipients=recipients)
 
     def connection(self, listener: ListenerConfig) -> ServerConnection:

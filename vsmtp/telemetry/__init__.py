@@ -15,10 +15,10 @@ no-op: near zero cost.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader, PeriodicExportingMetricReader
 from vsmtp_journal import Commit
 
@@ -61,7 +61,6 @@ __all__ = [
     "TracedResolver",
     "current_context",
     "enabled",
-    "links_to",
     "metrics",
     "note_commit",
     "record_commit",
@@ -124,11 +123,6 @@ def shutdown() -> None:
     spans.install(None)
 
 
-def prometheus_port() -> int | None:
-    """The port /metrics is served on in this process (for tests that ask for port 0)."""
-    return _endpoint.port if _endpoint is not None else None
-
-
 def record_commit(records: int, seconds: float) -> None:
     metrics.commit(records, seconds)
 
@@ -139,14 +133,6 @@ def note_commit(commit: Commit | None) -> None:
         current = trace.get_current_span()
         current.set_attribute("vsmtp.journal.commit_seconds", commit.seconds)
         current.set_attribute("vsmtp.journal.batch_records", commit.records)
-
-
-def links_to(trace_context: Mapping[str, str]) -> list[trace.Link]:
-    """A link to the span whose W3C context this is, or none."""
-    if not trace_context:
-        return []
-    context = trace.get_current_span(propagate.extract(dict(trace_context))).get_span_context()
-    return [trace.Link(context)] if context.is_valid else []
 
 
 def watch_queue(state: Callable[[], Any], journal_path: str) -> None:

@@ -195,14 +195,15 @@ def commit(records: int, seconds: float) -> None:
     current.histograms[COMMIT_RECORDS].record(records)
 
 
-_OUTCOMES = {qe.DeliverySucceeded: "delivered", qe.DeliveryDeferred: "deferred", qe.DeliveryFailed: "failed"}
+# A delivery outcome event as a word (metrics, and the delivery spans' vsmtp.statuses).
+OUTCOMES = {qe.DeliverySucceeded: "delivered", qe.DeliveryDeferred: "deferred", qe.DeliveryFailed: "failed"}
 
 
 def delivered(outcomes: Iterable[qe.JournalEvent], *, accepted_at: float) -> None:
     """A job's outcomes, as the delivery process journals them."""
     now = time.time()
     for outcome in outcomes:
-        kind = _OUTCOMES.get(type(outcome))
+        kind = OUTCOMES.get(type(outcome))
         if kind is None:
             continue
         transport = getattr(outcome, "transport", "")

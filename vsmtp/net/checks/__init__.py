@@ -20,7 +20,7 @@ from ...config import Config
 from .. import dns as net_dns
 from ..anvil import Anvil
 from . import authres, dkim, dmarc, greylist, rates, recipients, screen, spf
-from .base import Check, Shared
+from .base import Check, Shared, trusted
 
 # In the order they run at a stage (DMARC reads SPF's and DKIM's results; the headers tell
 # them all). Each builds its check from a configuration and what the checks share, or None when off.
@@ -42,4 +42,4 @@ def build(config: Config, anvil: Anvil) -> tuple[Check, ...]:
     return tuple(check for make in CHECKS if (check := make(config, shared)) is not None)
 
 
-__all__ = ["CHECKS", "Check", "Shared", "build"]
+__all__ = ["CHECKS", "Check", "Shared", "build", "trusted"]
