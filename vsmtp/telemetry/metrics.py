@@ -139,12 +139,14 @@ def _instruments(meter: metrics.Meter) -> Instruments:
 
 
 current = _instruments(metrics.NoOpMeterProvider().get_meter("vsmtp"))
+counting = False  # a meter reads the tallies: off, the recording functions return at once
 
 
 def install(meter: metrics.Meter | None) -> None:
     """Record on `meter` from now on (None: the API's no-op)."""
-    global current
+    global current, counting
     current = _instruments(meter if meter is not None else metrics.NoOpMeterProvider().get_meter("vsmtp"))
+    counting = meter is not None
 
 
 # -- what records them ---------------------------------------------------------------------
@@ -155,11 +157,15 @@ def reply_class(reply: Reply) -> str:
 
 
 def command(event: object, reply: Reply) -> None:
+    if not counting:
+        return
     COMMANDS_TALLY.add(1, (("smtp.command", VERBS.get(type(event), "OTHER")), ("smtp.reply.class", f"{reply.code // 100}xx")))
 
 
 def message_end(reply: Reply, *, listener: str, size: int, recipients: int, seconds: float) -> None:
     """The reply to the end of a message: accepted (a 250) or refused."""
+    if not counting:
+        return
     current.histograms[TIME_TO_250].record(seconds, {"smtp.reply.class": reply_class(reply)})
     where = (("vsmtp.listener", listener),)
     if reply.code == 250:
@@ -172,6 +178,8 @@ def message_end(reply: Reply, *, listener: str, size: int, recipients: int, seco
 
 def session(listener: str, delta: int) -> None:
     """A session opened (+1) or closed (-1)."""
+    if not counting:
+        return
     where = (("vsmtp.listener", listener),)
     if delta > 0:
         SESSIONS_TALLY.add(1, where)
@@ -179,11 +187,15 @@ def session(listener: str, delta: int) -> None:
 
 
 def tls_handshake(direction: str, ok: bool) -> None:
+    if not counting:
+        return
     TLS_TALLY.add(1, (("vsmtp.direction", direction), ("vsmtp.outcome", "ok" if ok else "failed")))
 
 
 def journaled(event: qe.JournalEvent) -> None:
     """What a session journals and a metric counts: AUTH's outcome."""
+    if not counting:
+        return
     if isinstance(event, qe.Authenticated):
         AUTH_TALLY.add(1, (("vsmtp.mechanism", event.mechanism), ("vsmtp.outcome", "success")))
     elif isinstance(event, qe.AuthFailed):
@@ -201,6 +213,8 @@ OUTCOMES = {qe.DeliverySucceeded: "delivered", qe.DeliveryDeferred: "deferred", 
 
 def delivered(outcomes: Iterable[qe.JournalEvent], *, accepted_at: float) -> None:
     """A job's outcomes, as the delivery process journals them."""
+    if not counting:
+        return
     now = time.time()
     for outcome in outcomes:
         kind = OUTCOMES.get(type(outcome))
