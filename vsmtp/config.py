@@ -88,6 +88,9 @@ class LocalConfig:
     domains: tuple[str, ...] = ("localhost",)
     users: tuple[str, ...] = ()  # known local users; postmaster always exists
     catch_all: bool = True  # accept any syntactically safe user in a local domain
+    # Postfix's recipient_delimiter: with "+", bob+lists@ is bob's mail (the extension "lists"
+    # goes to routes, rules and pipe's ${extension}); several characters: any of them.
+    recipient_delimiter: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,13 +113,34 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PipeConfig:
+    """A program mail is piped to (Postfix's pipe(8)): [delivery.pipe.NAME], used by the
+    transport "pipe:NAME". Its arguments may hold ${sender}, ${recipient}, ${user},
+    ${extension}, ${domain}, ${queue_id}, ${nexthop}; no shell runs it."""
+
+    command: tuple[str, ...]  # the program and its arguments
+    user: str = ""  # run as this user (and its group) when vsmtp runs as root; "" : vsmtp's own
+    group: str = ""  # ... and this group instead of the user's
+    timeout: float = 100.0  # seconds before the program is killed and the delivery deferred
+    recipients: int = 1  # recipients per run (more than 1: ${recipient} repeats the argument for each)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeliveryConfig:
     enabled: bool = True
     workers: int = 8
     maildir: str = "var/mail/{user}/Maildir"  # {user}: local part, {domain}: the domain
     mbox: str = "var/mail/{user}.mbox"  # the same placeholders
-    mailbox: Literal["maildir", "mbox"] = "maildir"  # the format of local mailboxes ...
-    mailboxes: Mapping[str, str] = field(default_factory=dict)  # ... unless named here: "user" or "@domain" -> format
+    # How local mail is delivered: "maildir", "mbox", "lmtp:HOST:PORT" or "lmtp:unix:PATH"
+    # (Dovecot), "pipe:NAME" ([delivery.pipe.NAME]), "discard", or "error[:TEXT]" ...
+    mailbox: str = "maildir"
+    mailboxes: Mapping[str, str] = field(default_factory=dict)  # ... unless named here: "user@domain", "user" or "@domain" -> transport
+    pipe: Mapping[str, PipeConfig] = field(default_factory=dict)  # programs mail is piped to
+    # Who owns what maildir and mbox write when vsmtp runs as root: "system" (the system user
+    # of the mailbox's name, else vsmtp's own user), a user name, or "UID:GID" (virtual
+    # mailboxes, as Postfix's virtual_uid_maps); "" : vsmtp's own user always.
+    mailbox_owner: str = "system"
+    lmtp_per_server: int = 10  # LMTP deliveries at once to one server
     remote_workers: int = 50  # remote (SMTP) deliveries at once
     remote_port: int = 25  # the port of other domains' mail hosts (tests use another)
     per_domain: int = 20  # SMTP deliveries at once to one destination domain
@@ -363,9 +387,29 @@ def load(path: str | Path | None = None) -> Config:
     for name, value in config.delivery.tls_policy.items():
         if value not in ("may", "require"):
             raise src.error(("delivery", "tls_policy", name), f"expected 'may' or 'require', got {value!r}")
-    for name, value in config.delivery.mailboxes.items():
-        if value not in ("maildir", "mbox"):
-            raise src.error(("delivery", "mailboxes", name), f"expected 'maildir' or 'mbox', got {value!r}")
+    from .queue import policy
+
+    for keys, value in [(("delivery", "mailbox"), config.delivery.mailbox)] + [
+        (("delivery", "mailboxes", name), value) for name, value in config.delivery.mailboxes.items()
+    ]:
+        try:
+            policy.check_transport(value, config.delivery.pipe)
+        except ValueError as exc:
+            raise src.error(keys, str(exc)) from None
+    from .delivery.transports import pipe as piped
+
+    for name, pipe in config.delivery.pipe.items():
+        if not pipe.command:
+            raise src.error(("delivery", "pipe", name, "command"), "expected the program and its arguments")
+        try:
+            piped.check_command(pipe.command)
+        except ValueError as exc:
+            raise src.error(("delivery", "pipe", name, "command"), str(exc)) from None
+        if pipe.recipients < 1:
+            raise src.error(("delivery", "pipe", name, "recipients"), "at least 1")
+    owner = config.delivery.mailbox_owner
+    if owner not in ("", "system") and not re.fullmatch(r"\d+:\d+|[a-z_][a-z0-9_.-]*\$?", owner):
+        raise src.error(("delivery", "mailbox_owner"), f"expected 'system', '', a user name or UID:GID, got {owner!r}")
     for index, listener in enumerate(config.listeners):
         if listener.require_auth and not (config.auth.passwords and listener.auth):
             raise src.error(("listeners", index, "require_auth"), "needs AUTH offered here: auth.passwords set and auth not false")
@@ -449,6 +493,8 @@ def _convert(hint: Any, value: Any, keys: tuple[str | int, ...], src: _Source) -
     if origin in (Mapping, dict, typing.Union, types.UnionType) or hint is Any:
         if origin is Mapping and not isinstance(value, dict):
             raise src.error(keys, "expected a table")
+        if origin is Mapping and dataclasses.is_dataclass(item := typing.get_args(hint)[1]):  # [delivery.pipe.NAME]
+            return {name: _convert(item, table, (*keys, name), src) for name, table in value.items()}
         return value
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)

@@ -11,9 +11,23 @@ import pytest
 from vsmtp_journal import Journal
 
 from vsmtp.config import Config, DeliveryConfig
-from vsmtp.delivery.maildir import deliver, file_name, find
-from vsmtp.delivery.scheduler import DeliveryJob, Worker
+from vsmtp.delivery import outcomes
+from vsmtp.delivery.transport import Delivery, DeliveryJob, Services
+from vsmtp.delivery.transports.maildir import Maildir, deliver, file_name, find
 from vsmtp.queue import events as qe
+from vsmtp.queue import policy
+
+
+def deliver_now(config: Config, journal: Journal, *jobs: DeliveryJob) -> list[list[qe.JournalEvent]]:
+    """Each job through the maildir transport, one batch, as the worker runs it: its events."""
+    services = Services(config=config, journal=journal, writer=None, resolver=None, connections=None, host_limits=None, started=None)  # type: ignore[arg-type]
+    deliveries = [
+        Delivery(job=job, recipients=((address, attempts),), route=policy.route(address, config))
+        for job in jobs
+        for address, attempts in job.recipients
+    ]
+    results = Maildir(services).deliver_batch(deliveries)
+    return [outcomes.events(d, r, config, now=time.time()) for d, r in zip(deliveries, results, strict=True)]
 
 
 def test_deliver_writes_new_and_leaves_tmp_empty(tmp_path: Path) -> None:
@@ -47,12 +61,11 @@ def test_a_recovered_job_does_not_write_a_second_copy(tmp_path: Path) -> None:
     config = Config(hostname="mx.test", delivery=DeliveryConfig(maildir=str(tmp_path / "{user}")))
     with Journal(tmp_path / "j") as journal:
         journal.append(*qe.encode(qe.SessionClosed(at=1.0, session_id="S", reason="x")), blobs={b"Q": b"Subject: s\r\n\r\nb\r\n"})
-        worker = Worker(config=config, journal=journal, writer=None, scheduler=None)  # type: ignore[arg-type]
         job = DeliveryJob(
             queue_id="Q", reverse_path="a@x.org", blob=b"Q", accepted_at=5.0, recipients=(("bob@localhost", 0),), recovered=True
         )
-        [first] = worker.deliver(job)
-        [again] = worker.deliver(job)
+        [[first]] = deliver_now(config, journal, job)
+        [[again]] = deliver_now(config, journal, job)
     assert isinstance(first, qe.DeliverySucceeded) and isinstance(again, qe.DeliverySucceeded)
     assert first.detail == again.detail
     assert len(list((tmp_path / "bob" / "new").iterdir())) == 1
@@ -63,26 +76,26 @@ def test_an_unwritable_maildir_defers_with_a_retry_time(tmp_path: Path) -> None:
     config = Config(hostname="mx.test", delivery=DeliveryConfig(maildir=str(tmp_path / "blocked" / "{user}")))
     with Journal(tmp_path / "j") as journal:
         journal.append("x", 1, None, blobs={b"Q": b"m"})
-        worker = Worker(config=config, journal=journal, writer=None, scheduler=None)  # type: ignore[arg-type]
         job = DeliveryJob(
             queue_id="Q", reverse_path="", blob=b"Q", accepted_at=time.time(), recipients=(("bob@localhost", 2),), recovered=False
         )
-        [outcome] = worker.deliver(job)
+        [[outcome]] = deliver_now(config, journal, job)
         old = dataclasses.replace(job, accepted_at=time.time() - config.delivery.lifetime)
-        [expired] = worker.deliver(old)
-        assert [type(e) for e in worker.deliver_batch([old])[0]] == [qe.DeliveryFailed, qe.MessageExpired]
+        [[expired, gone]] = deliver_now(config, journal, old)
+        assert isinstance(gone, qe.MessageExpired)
     assert isinstance(outcome, qe.DeliveryDeferred)
     assert "cannot write to the Maildir" in outcome.reason
     assert outcome.retry_at - outcome.at == 1200.0  # the third failure: 5, 10, then 20 minutes
     # Queued for longer than delivery.lifetime (5 days): no more retries, a failure (and a bounce).
     assert isinstance(expired, qe.DeliveryFailed) and expired.reason.startswith("message expired: not delivered in 5 days")
+    assert expired.expired and expired.status == "4.4.7" and outcome.status == "4.3.0" and outcome.stage == "mailbox"
 
 
 def test_renames_waiting_for_a_running_fsync_share_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
     import time
 
-    from vsmtp.delivery import maildir
+    from vsmtp.delivery.transports import maildir
 
     real, first_started, release = maildir._fsync_dir, threading.Event(), threading.Event()
 
@@ -119,7 +132,7 @@ def test_concurrent_deliveries_all_land(tmp_path: Path) -> None:
 
 
 def test_a_failed_directory_fsync_fails_the_deliveries_it_covered(tmp_path: Path) -> None:
-    from vsmtp.delivery import maildir
+    from vsmtp.delivery.transports import maildir
 
     syncer = maildir.DirectorySync()
     with pytest.raises(FileNotFoundError):

@@ -9,7 +9,7 @@ from typing import Any
 import trio
 
 from vsmtp.config import Config
-from vsmtp.delivery import mbox
+from vsmtp.delivery.transports import mbox
 
 from ..conftest import maildir_files, sendmail, wait_delivered, with_changes
 

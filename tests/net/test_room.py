@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from vsmtp.config import Config
-from vsmtp.delivery import maildir
+from vsmtp.delivery.transports import maildir
 
 from ..clients import Peer
 from ..conftest import maildir_files, port_of, wait_delivered, with_changes

@@ -117,3 +117,31 @@ def test_every_operator_action_has_its_own_fold_and_an_unknown_one_is_refused() 
     state = apply(QueueState(), accepted())
     with pytest.raises(TypeError, match="operator action"):
         apply(state, MessageFrozen(at=2.0, queue_id="Q", by="t"))
+
+
+def test_version_1_delivery_events_are_upcast_with_their_facts() -> None:
+    """Records written before the v2 delivery events read with code, status and host filled in."""
+    from vsmtp_journal import Record
+
+    failed = qe.decode(
+        Record(position=1, tag="delivery.failed", version=1, payload={
+            "at": 1.0, "queue_id": "Q", "recipient": "a@far.test", "transport": "smtp",
+            "reason": "mx.far.test[127.0.0.1]: 550 5.1.1 no such user",
+        })
+    )  # fmt: skip
+    assert isinstance(failed, qe.DeliveryFailed)
+    assert (failed.code, failed.status, failed.host, failed.address, failed.expired) == (550, "5.1.1", "mx.far.test", "127.0.0.1", False)
+    expired = qe.decode(
+        Record(position=2, tag="delivery.failed", version=1, payload={
+            "at": 1.0, "queue_id": "Q", "recipient": "a@far.test", "transport": "smtp",
+            "reason": "message expired: not delivered in 5 days in the queue (last error: x)",
+        })
+    )  # fmt: skip
+    assert isinstance(expired, qe.DeliveryFailed) and expired.expired and expired.status == "4.4.7"
+    deferred = qe.decode(
+        Record(position=3, tag="delivery.deferred", version=1, payload={
+            "at": 1.0, "queue_id": "Q", "recipient": "a@far.test", "transport": "maildir",
+            "reason": "cannot write to the Maildir: [Errno 28] No space left on device", "retry_at": 2.0,
+        })
+    )  # fmt: skip
+    assert isinstance(deferred, qe.DeliveryDeferred) and (deferred.code, deferred.status, deferred.host) == (0, "4.0.0", "")

@@ -1,8 +1,9 @@
 """Delivery: the scheduler picks due work from the queue projection, workers carry it out
-through a transport and journal the outcome. Transports are plain functions (maildir.py)."""
+through a transport (transport.py, transports/) and journal the outcome."""
 
 from __future__ import annotations
 
-from .scheduler import DeliveryJob, Scheduler, serve_delivery
+from .scheduler import Scheduler, serve_delivery
+from .transport import DeliveryJob
 
 __all__ = ["DeliveryJob", "Scheduler", "serve_delivery"]

@@ -21,7 +21,6 @@ neither lose the bounce nor send it twice.
 from __future__ import annotations
 
 import email.utils
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,30 +30,18 @@ from .. import ids
 from ..config import Config
 from ..queue import events as qe
 from ..queue import history, policy
-from ..queue.state import MessageState
-from .outcomes import EXPIRED
-
-_STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-_REMOTE = re.compile(r"^([A-Za-z0-9.-]+)\[([0-9A-Fa-f:.]+)\]: ")
-_REPLY = re.compile(r"^[245]\d\d ")
+from ..queue.state import MessageState, RecipientState
 
 
-def status_of(reason: str) -> str:
-    """The RFC 3463 status for a failure reason: the server's own, else ours."""
-    if reason.startswith(EXPIRED):
-        return "4.4.7"  # RFC 3463: delivery time expired
-    if "null MX" in reason:
-        return "5.1.10"  # RFC 7505 section 4.2
-    if "does not exist" in reason:
-        return "5.1.2"  # bad destination system address
-    found = _STATUS.search(reason)
-    return found.group(1) if found and found.group(1).startswith("5") else "5.0.0"
+def failure_status(recipient: RecipientState) -> str:
+    """The RFC 3463 status of a failed recipient: its last attempt's (the server's, or ours)."""
+    status = recipient.last_status
+    return status if status[:1] in ("4", "5") else "5.0.0"  # 4.4.7 for an expired one
 
 
-def delay_status_of(reason: str) -> str:
-    """The RFC 3463 status of a delay: the server's 4.x.x, else 4.0.0."""
-    found = _STATUS.search(reason)
-    return found.group(1) if found and found.group(1).startswith("4") else "4.0.0"
+def delay_status(recipient: RecipientState) -> str:
+    """The RFC 3463 status of a delay: the last attempt's 4.x.x, else 4.0.0."""
+    return recipient.last_status if recipient.last_status.startswith("4") else "4.0.0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +52,16 @@ class Report:
     action: str  # failed, delayed, delivered (into a mailbox here) or relayed (to a host without DSN)
     status: str  # RFC 3463
     reason: str  # the diagnostic; "" for none
+    remote: str = ""  # the host whose reply the reason holds ("" : ours)
+
+    @classmethod
+    def of(cls, recipient: RecipientState, action: str, status: str) -> Report:
+        """The report of a recipient's last attempt: the server's reply as its diagnostic, if a
+        server gave one (the reason without the "host[address]: " our outcomes begin with)."""
+        reason, host = recipient.last_error, recipient.last_host
+        if recipient.last_code and host and reason.startswith(host):
+            return cls(recipient.address, action, status, reason.split(": ", 1)[-1], host)
+        return cls(recipient.address, action, status, reason)
 
 
 _SUBJECTS = {
@@ -131,15 +128,14 @@ def compose(
     ]
     for report in reports:
         params = accepted.recipient_params.get(report.recipient) or {}
-        remote = _REMOTE.match(report.reason)
-        diagnostic = report.reason[remote.end() :] if remote else report.reason
-        kind_of_code = "smtp" if _REPLY.match(diagnostic) else "x-vsmtp"
+        diagnostic = report.reason
+        kind_of_code = "smtp" if report.remote else "x-vsmtp"  # RFC 3464 2.3.6: an SMTP (or LMTP) server's reply
         lines += [
             f"Final-Recipient: rfc822; {report.recipient}",
             *([f"Original-Recipient: {params['ORCPT']}"] if params.get("ORCPT") else []),
             f"Action: {report.action}",
             f"Status: {report.status}",
-            *([f"Remote-MTA: dns; {remote.group(1)}"] if remote else []),
+            *([f"Remote-MTA: dns; {report.remote}"] if report.remote else []),
             *([f"Diagnostic-Code: {kind_of_code}; {diagnostic}"] if diagnostic else []),
             *([f"Will-Retry-Until: {email.utils.formatdate(retry_until)}"] if report.action == "delayed" and retry_until else []),
             "",
@@ -218,7 +214,9 @@ def plan(journal: Journal, message: MessageState, config: Config, *, now: float)
         if r.status == "failed":
             settled.append(r.address)
             if r.wants("FAILURE"):
-                reports.append(Report(r.address, "failed", status_of(r.last_error), r.last_error or "delivery failed"))
+                reports.append(
+                    Report.of(r, "failed", failure_status(r)) if r.last_error else Report(r.address, "failed", "5.0.0", "delivery failed")
+                )
         elif r.status == "delivered" and r.wants("SUCCESS"):
             # Handed to another host, which was not asked to report further: "relayed" (RFC 3464 2.3.3).
             remote = policy.remote_domain(r.address, config) is not None
@@ -235,7 +233,7 @@ def plan_delay_warning(journal: Journal, message: MessageState, config: Config, 
     delayed for the pending recipients that want it, and message.delay_warned, in one
     transaction. Reads the journal: run it in a worker thread."""
     pending = [r for r in message.recipients if r.status == "pending"]
-    reports = [Report(r.address, "delayed", delay_status_of(r.last_error), r.last_error) for r in pending if r.wants("DELAY")]
+    reports = [Report.of(r, "delayed", delay_status(r)) for r in pending if r.wants("DELAY")]
 
     def warned(warning_id: str, recipients: tuple[str, ...]) -> qe.JournalEvent:
         return qe.MessageDelayWarned(at=now, queue_id=message.queue_id, warning_id=warning_id, recipients=recipients)

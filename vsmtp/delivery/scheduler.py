@@ -8,21 +8,15 @@ outcome the worker journaled, so nothing is handed out twice.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import heapq
-import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from pathlib import Path
-from typing import Any
 
 import trio
-from opentelemetry.trace import INVALID_SPAN, Span
 from vsmtp_journal import Append, CorruptBlob, GroupCommitWriter, Journal, JournalError
 
 from .. import telemetry
@@ -34,26 +28,11 @@ from ..queue import policy
 from ..queue.projection import QueueProjection
 from ..queue.state import CORRUPT, MessageState
 from ..rules.engine import Stages
-from . import bounce, maildir, mbox, remote, stages
-from .outcomes import deferred, with_expiry
+from . import bounce, outcomes, stages, transports
 from .signing import Signing
+from .transport import Delivery, DeliveryJob, Result, Services, Transport, traced
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeliveryJob:
-    queue_id: str
-    reverse_path: str
-    blob: bytes
-    accepted_at: float
-    recipients: tuple[tuple[str, int], ...]  # (address, attempts so far)
-    recovered: bool  # pending when the process started: a crash may have cut an attempt short
-    in_doubt: frozenset[str] = frozenset()  # recipients whose data went out without a final answer
-    routes: Mapping[str, policy.Route] = dataclasses.field(default_factory=dict)  # chosen by delivery rules (set_route)
-    traceparent: str = ""  # the message's span, which the delivery spans link to (or continue)
-    size: int = 0  # octets of the body (0: unknown)
-    trace_continued: bool = False
 
 
 # The notices the scheduler queues: kind -> (what plans its records, whether it is still due).
@@ -227,11 +206,12 @@ class Scheduler:
         """Its last outcome may be missing from the journal: look for delivered files first."""
         self._recovered.add(queue_id)
 
-    def finished(self, job: DeliveryJob, position: int) -> None:
-        flying = self.in_flight.setdefault(job.queue_id, {})
-        for address, _ in job.recipients:
+    def finished(self, queue_id: str, recipients: Iterable[str], position: int) -> None:
+        """The outcomes of these recipients are journaled up to `position`."""
+        flying = self.in_flight.setdefault(queue_id, {})
+        for address in recipients:
             flying[address] = position
-        self.projection.touch(job.queue_id)
+        self.projection.touch(queue_id)
 
     async def serve(self, send: trio.MemorySendChannel[DeliveryJob]) -> None:
         async with send, trio.open_nursery() as noticing:
@@ -254,63 +234,104 @@ class Scheduler:
                 await self.projection.wait_touched(timeout=max(wait, 0.0))
 
 
-BATCH = 32  # jobs one worker delivers in one thread call
-SMALL = 1 << 20  # a body up to this size is read from the journal once for all its recipients
+BATCH = 32  # jobs one worker takes at once: their local deliveries share one thread call
 
 
 class Worker:
     """Delivers the jobs the scheduler sends. One Worker serves `delivery.workers` loops
-    (serve); what they share (limits, resolver, kept connections) is its state."""
+    (serve); what they share (the transports, their limits and kept connections) is its
+    state. Each job's recipients are grouped by route into Deliveries, each handed to the
+    transport of its route's kind (delivery/transport.py); the outcomes are journaled here."""
 
-    def __init__(self, *, config: Config, journal: Journal, writer: GroupCommitWriter, scheduler: Scheduler) -> None:
+    def __init__(self, *, config: Config, journal: Journal, writer: GroupCommitWriter, stages: Callable[[], Stages]) -> None:
         self.config = config
         self.journal = journal
         self.writer = writer
-        self.scheduler = scheduler
-        self.remote_limit = trio.CapacityLimiter(config.delivery.remote_workers)  # SMTP deliveries at once, in all
-        self.domain_limits: dict[str, trio.CapacityLimiter] = {}  # and per destination domain
-        self.host_limits = outbound.HostLimits(config.delivery.per_host)  # and per host address
-        self.resolver = mx.resolver(config.dns)
+        self.stages = stages  # the delivery stage's rules in force (the scheduler's, replaced on reload)
         self.connections = outbound.ConnectionCache(idle=config.delivery.connection_idle)  # run() by serve_delivery
+        self.host_limits = outbound.HostLimits(config.delivery.per_host)  # SMTP deliveries at once to one host address
+        self.transports = transports.build(self._services(config))
+        self.recorded: Callable[[str, Iterable[str], int], None] = lambda queue_id, recipients, position: None
+        self.lost: Callable[[str], None] = lambda queue_id: None  # an outcome could not be journaled
+
+    def _services(self, config: Config) -> Services:
+        return Services(
+            config=config,
+            journal=self.journal,
+            writer=self.writer,
+            resolver=mx.resolver(config.dns),
+            connections=self.connections,
+            host_limits=self.host_limits,
+            started=self._started,
+        )
 
     def reload(self, config: Config) -> None:
-        """A new configuration: the next jobs use its relay host, DNS servers and limits."""
+        """A new configuration: the next deliveries use its routes, relay host, DNS servers and
+        limits (deliveries under way keep what they hold)."""
         self.config = config
-        self.resolver = mx.resolver(config.dns)
-        self.remote_limit.total_tokens = config.delivery.remote_workers
-        self.domain_limits = {}  # deliveries under way keep the limiter they hold
         self.host_limits.per_host = config.delivery.per_host
         self.connections.idle = config.delivery.connection_idle
+        self.transports = transports.build(self._services(config))
 
     async def serve(self, receive: trio.MemoryReceiveChannel[DeliveryJob]) -> None:
         async with receive, trio.open_nursery() as background:
             async for job in receive:
-                # Whatever else is waiting goes along in the same thread call: one hand-off and
-                # one directory fsync per Maildir for the lot, instead of one per message.
+                # Whatever else is waiting goes along: the local deliveries of the lot share one
+                # thread call and one directory fsync per Maildir, instead of one per message.
                 jobs = [job]
                 while len(jobs) < BATCH:
                     try:
                         jobs.append(receive.receive_nowait())
                     except trio.WouldBlock:
                         break
-                local = []
+                local: dict[str, list[Delivery]] = {}
                 for job in jobs:
-                    each = await self._through_rules(job, background) if self.scheduler.stages.active("delivery") else job
+                    each = await self._through_rules(job, background) if self.stages().active("delivery") else job
                     if each is None:
                         continue
-                    mine, by_domain = self._split(each)
-                    if mine is not None:
-                        local.append(mine)
-                    for (domain, relay), sub in by_domain.items():  # one SMTP transaction per domain, in the background
-                        background.start_soon(self._deliver_remote, sub, domain, relay)
-                if not local:
-                    continue
-                results = await trio.to_thread.run_sync(self.deliver_batch, local)
-                # The outcome is journaled while this worker takes its next job: it rides along
-                # with the next commit someone waits for. Losing it in a crash costs nothing but
-                # a look into the Maildir (recovered messages check for the file first).
-                for each, outcomes in zip(local, results, strict=True):
-                    background.start_soon(self._record, each, outcomes)
+                    for delivery in self.deliveries(each):
+                        transport = self.transports[delivery.route.kind]
+                        if transport.concurrent:
+                            background.start_soon(self._deliver_one, transport, delivery)
+                        else:
+                            local.setdefault(delivery.route.kind, []).append(delivery)
+                for kind, deliveries in local.items():
+                    results = await self._deliver(self.transports[kind], deliveries)
+                    # Journaled while this worker takes its next jobs: it rides along with the
+                    # next commit someone waits for. Losing it in a crash costs nothing but a
+                    # look into the mailbox (recovered messages check for the file first).
+                    for delivery, result in zip(deliveries, results, strict=True):
+                        background.start_soon(self._record_result, delivery, result)
+
+    def deliveries(self, job: DeliveryJob) -> list[Delivery]:
+        """The job's recipients grouped by route (a rule's choice, or policy.route), each group
+        cut to what its transport takes at once."""
+        groups: dict[policy.Route, list[tuple[str, int]]] = {}
+        for recipient in job.recipients:
+            route = job.routes.get(recipient[0]) or policy.route(recipient[0], self.config)
+            groups.setdefault(route, []).append(recipient)
+        found = []
+        for route, recipients in groups.items():
+            size = self.transports[route.kind].max_recipients or len(recipients)
+            for start in range(0, len(recipients), size):
+                found.append(Delivery(job=job, recipients=tuple(recipients[start : start + size]), route=route))
+        return found
+
+    async def _deliver(self, transport: Transport, deliveries: Sequence[Delivery]) -> list[Result]:
+        """transport.deliver, whose failures become deferrals (a transport raises only for a bug
+        or a journal that takes no writes): nothing is left in flight."""
+        try:
+            return await transport.deliver(deliveries)
+        except JournalError as exc:  # delivery.started could not be journaled: the data did not go
+            text = f"cannot journal the start of the delivery: {exc}"
+        except Exception as exc:  # a bug in a transport: logged, and the mail waits for a fix
+            log.exception("the %s transport failed", transport.kind)
+            text = f"internal error in the {transport.kind} transport: {exc}"
+        return [Result.all(d, "deferred", text, enhanced="4.3.0") for d in deliveries]
+
+    async def _deliver_one(self, transport: Transport, delivery: Delivery) -> None:
+        [result] = await self._deliver(transport, [delivery])
+        await self._record_result(delivery, result)
 
     async def _through_rules(self, job: DeliveryJob, background: trio.Nursery) -> DeliveryJob | None:
         """The delivery stage (stages.py): what is left to deliver, with the routes rules chose;
@@ -322,211 +343,40 @@ class Worker:
             accepted_at=job.accepted_at,
             recipients=list(job.recipients),
             journal=self.journal,
-            stages=self.scheduler.stages,
+            stages=self.stages(),
             config=self.config,
         )
         if routed.events:
-            background.start_soon(self._record, dataclasses.replace(job, recipients=tuple(routed.settled)), routed.events)
+            background.start_soon(self._record, job.queue_id, [a for a, _ in routed.settled], routed.events, job.accepted_at)
         if not routed.kept:
             return None
         return dataclasses.replace(job, recipients=tuple(routed.kept), routes={**job.routes, **routed.routes})
-
-    def _split(self, job: DeliveryJob) -> tuple[DeliveryJob | None, dict[tuple[str, policy.Smarthost | None], DeliveryJob]]:
-        """The job's local recipients as one job, and its remote ones as a job per domain (or
-        per host a delivery rule chose)."""
-        local: list[tuple[str, int]] = []
-        by_domain: dict[tuple[str, policy.Smarthost | None], list[tuple[str, int]]] = {}
-        for recipient in job.recipients:
-            chosen = job.routes.get(recipient[0])
-            if isinstance(chosen, policy.Smarthost):
-                by_domain.setdefault((f"[{chosen.host}]:{chosen.port}", chosen), []).append(recipient)
-                continue
-            domain = chosen.domain if isinstance(chosen, policy.RemoteRoute) else None
-            if chosen is None:
-                domain = policy.remote_domain(recipient[0], self.config)
-            if domain is not None:
-                by_domain.setdefault((domain, None), []).append(recipient)
-            else:
-                local.append(recipient)
-        if not by_domain:
-            return job, {}
-        return (
-            dataclasses.replace(job, recipients=tuple(local)) if local else None,
-            {domain: dataclasses.replace(job, recipients=tuple(rs)) for domain, rs in by_domain.items()},
-        )
-
-    async def _deliver_remote(self, job: DeliveryJob, domain: str, relay: policy.Smarthost | None = None) -> None:
-        per_domain = self.domain_limits.setdefault(domain, trio.CapacityLimiter(self.config.delivery.per_domain))
-        async with per_domain, self.remote_limit:  # a busy domain waits for itself, not for the others
-            try:
-                outcomes = await self._remote_outcomes(job, domain, relay)
-            except JournalError as exc:  # delivery.started could not be journaled: the data did not go
-                reason = f"cannot journal the start of the delivery: {exc}"
-                outcomes = [
-                    deferred(job.queue_id, a, n, now=time.time(), reason=reason, config=self.config, accepted_at=job.accepted_at)
-                    for a, n in job.recipients
-                ]
-        await self._record(job, outcomes)
-
-    async def _remote_outcomes(self, job: DeliveryJob, domain: str, relay: policy.Smarthost | None) -> list[qe.JournalEvent]:
-        return await remote.deliver(
-            queue_id=job.queue_id,
-            reverse_path=job.reverse_path,
-            blob=job.blob,
-            accepted_at=job.accepted_at,
-            domain=domain,
-            recipients=list(job.recipients),
-            config=self.config,
-            journal=self.journal,
-            resolver=self.resolver,
-            in_doubt=job.in_doubt,
-            before_data=partial(self._started, job.queue_id),
-            cache=self.connections,
-            host_limits=self.host_limits,
-            route=relay,
-        )
 
     async def _started(self, queue_id: str, recipients: list[str], host: str, address: str) -> None:
         """delivery.started, durable before the data goes (a crash after it risks a duplicate)."""
         event = qe.DeliveryStarted(at=time.time(), queue_id=queue_id, recipients=tuple(recipients), host=host, address=address)
         await self.writer.append_group([qe.to_append(event)], durable=True, urgent=True)
 
-    def deliver_batch(self, jobs: list[DeliveryJob]) -> list[list[qe.JournalEvent]]:
-        """deliver() each job; the Maildir directories are synced once at the end."""
-        results = []
-        try:
-            with maildir.batch():
-                for job in jobs:
-                    results.append(with_expiry(self.deliver(job)))
-        except OSError as exc:  # a directory could not be synced: none of the renames is sure
-            log.warning("cannot sync Maildir directories: %s", exc)
-            reason = f"cannot write to the Maildir: {exc}"
-            results = [
-                [
-                    deferred(
-                        job.queue_id,
-                        o.recipient,
-                        dict(job.recipients)[o.recipient],
-                        now=o.at,
-                        reason=reason,
-                        config=self.config,
-                        accepted_at=job.accepted_at,
-                        transport="maildir",
-                    )
-                    if isinstance(o, qe.DeliverySucceeded) and o.transport == "maildir"
-                    else o
-                    for o in outcomes
-                ]
-                for job, outcomes in zip(jobs, results, strict=True)
-            ]
-        return results
+    async def _record_result(self, delivery: Delivery, result: Result) -> None:
+        found = outcomes.events(delivery, result, self.config, now=time.time())
+        await self._record(delivery.job.queue_id, [a for a, _ in delivery.recipients], found, delivery.job.accepted_at)
 
-    async def _record(self, job: DeliveryJob, outcomes: list[qe.JournalEvent]) -> None:
+    async def _record(self, queue_id: str, recipients: list[str], found: list[qe.JournalEvent], accepted_at: float) -> None:
         try:
             # Shielded: what was delivered is journaled even while we are being stopped. One
-            # group: the outcomes of one job are committed together or not at all.
+            # group: the outcomes of one delivery are committed together or not at all.
             with trio.CancelScope(shield=True):
-                positions = await self.writer.append_group([qe.to_append(e) for e in outcomes], durable=True, urgent=False)
+                positions = await self.writer.append_group([qe.to_append(e) for e in found], durable=True, urgent=False)
             position = positions[-1] if positions else 0
-            telemetry.metrics.delivered(outcomes, accepted_at=job.accepted_at)
+            telemetry.metrics.delivered(found, accepted_at=accepted_at)
         except JournalError as exc:
             # The outcome is lost but the message is not: it stays pending and the next
             # attempt finds the Maildir file already there.
-            log.error("cannot journal delivery of %s: %s", job.queue_id, exc)
-            self.scheduler.recovering(job.queue_id)  # its next attempt looks for the file first
+            log.error("cannot journal delivery of %s: %s", queue_id, exc)
+            self.lost(queue_id)  # its next attempt looks for the file first
             await trio.sleep(1.0)  # do not spin while the journal cannot take writes
             position = self.journal.last_position()
-        self.scheduler.finished(job, position)
-
-    def deliver(self, job: DeliveryJob) -> list[qe.JournalEvent]:
-        """Deliver every recipient of the job; return the events that say how it went. A span
-        per job when tracing is on, linked to the session that received the message."""
-        if not telemetry.enabled():
-            return self._deliver(job)
-        recipients = {"vsmtp.recipients": len(job.recipients)}
-        with traced(telemetry.SPAN_LOCAL, job.queue_id, job.traceparent, job.trace_continued, **recipients) as span:
-            outcomes = self._deliver(job)
-            statuses = {telemetry.metrics.OUTCOMES.get(type(o), o.TAG) for o in outcomes}
-            telemetry.spans.outcome(span, statuses, next((getattr(o, "reason", "") for o in outcomes if hasattr(o, "reason")), ""))
-            return outcomes
-
-    def _deliver(self, job: DeliveryJob) -> list[qe.JournalEvent]:
-        outcomes: list[qe.JournalEvent] = []
-        try:
-            body: Callable[[], Iterable[bytes | memoryview]] | None
-            if 0 < job.size <= SMALL:  # read once, checked, for all its recipients
-                whole = self.journal.blob(job.blob)
-                body = None if whole is None else (lambda: (whole,))
-            else:  # checked whole in place first, then read a chunk at a time for each recipient
-                body = (lambda: self.journal.blob_chunks(job.blob)) if self.journal.check_blob(job.blob) else None
-            self._deliver_each(job, body, outcomes)
-        except CorruptBlob as exc:  # never delivered altered: held for the operator
-            log.error("%s: not delivered, held in the quarantine %r: %s", job.queue_id, CORRUPT, exc)
-            outcomes.append(qe.MessageCorrupted(at=time.time(), queue_id=job.queue_id, blob=job.blob, reason=exc.reason))
-        return outcomes
-
-    def _deliver_each(
-        self, job: DeliveryJob, body: Callable[[], Iterable[bytes | memoryview]] | None, outcomes: list[qe.JournalEvent]
-    ) -> None:
-        now = time.time()
-        for address, attempts in job.recipients:
-            route = job.routes.get(address) or policy.route(address, self.config)
-            if body is None:
-                reason = "message body missing from the journal"
-                outcomes.append(qe.DeliveryFailed(at=now, queue_id=job.queue_id, recipient=address, transport="maildir", reason=reason))
-                continue
-            assert isinstance(route, policy.LocalRoute), "remote recipients go through _deliver_remote"
-            try:
-                write = self._mbox if route.format == "mbox" else self._maildir
-                detail = write(job, address, attempts, route, body)
-            except OSError as exc:
-                reason = f"cannot write to the {'mbox' if route.format == 'mbox' else 'Maildir'}: {exc}"
-                log.warning("%s: %s: %s", job.queue_id, address, reason)
-                outcomes.append(
-                    deferred(
-                        job.queue_id,
-                        address,
-                        attempts,
-                        now=now,
-                        reason=reason,
-                        config=self.config,
-                        accepted_at=job.accepted_at,
-                        transport=route.format,
-                    )
-                )
-                continue
-            outcomes.append(qe.DeliverySucceeded(at=now, queue_id=job.queue_id, recipient=address, transport=route.format, detail=detail))
-
-    def _mbox(self, job: DeliveryJob, address: str, attempts: int, route: policy.LocalRoute, body: Callable[[], Iterable[Any]]) -> str:
-        path = Path(self.config.delivery.mbox.format(user=route.user, domain=route.domain))
-        headers = f"Return-Path: <{job.reverse_path}>\r\nDelivered-To: {address}\r\n".encode()
-        # Written before a crash or a lost journal record? Our Received header names the queue id.
-        if (job.recovered or attempts) and mbox.has_delivery(path, address, job.queue_id):
-            log.info("%s: %s was already delivered to %s before a restart", job.queue_id, address, path)
-            return str(path)
-        offset = mbox.deliver(path, job.reverse_path, [headers, *body()])  # escaped whole
-        return f"{path} at offset {offset}"
-
-    def _maildir(self, job: DeliveryJob, address: str, attempts: int, route: policy.LocalRoute, body: Callable[[], Iterable[Any]]) -> str:
-        path = Path(self.config.delivery.maildir.format(user=route.user, domain=route.domain))
-        name = maildir.file_name(accepted_at=job.accepted_at, queue_id=job.queue_id, recipient=address, hostname=self.config.hostname)
-        # Written before? Only possible if a crash (recovered) or a journal failure (a retry)
-        # came between the rename and the journal commit; a first attempt skips the look.
-        existing = maildir.find(path, name, look_in_cur=job.recovered) if job.recovered or attempts else None
-        if existing is not None:
-            log.info("%s: %s was already delivered to %s before a restart", job.queue_id, address, existing)
-            return str(existing)
-        # RFC 5321 4.4: the final delivery adds Return-Path; Delivered-To marks the mailbox.
-        headers = f"Return-Path: <{job.reverse_path}>\r\nDelivered-To: {address}\r\n".encode()
-        return str(maildir.deliver(path, name, itertools.chain([headers], body())))
-
-
-def traced(name: str, queue_id: str, traceparent: str, continued: bool, **attributes: Any) -> contextlib.AbstractContextManager[Span]:
-    """A span of the delivery process for one message, tied to the message's own span."""
-    if not telemetry.enabled():
-        return contextlib.nullcontext(INVALID_SPAN)
-    context = {"traceparent": traceparent} if traceparent else {}
-    return telemetry.spans.delivery(name, context, continued=continued, **{"vsmtp.queue_id": queue_id, **attributes})
+        self.recorded(queue_id, recipients, position)
 
 
 async def serve_delivery(
@@ -541,7 +391,8 @@ async def serve_delivery(
 ) -> None:
     scheduler = Scheduler(projection, config=config, journal=journal, writer=writer, stages=stages, signing=signing)
     send, receive = trio.open_memory_channel[DeliveryJob](config.delivery.workers)
-    worker = Worker(config=config, journal=journal, writer=writer, scheduler=scheduler)
+    worker = Worker(config=config, journal=journal, writer=writer, stages=lambda: scheduler.stages)
+    worker.recorded, worker.lost = scheduler.finished, scheduler.recovering
     scheduler.reloaded.append(worker.reload)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.connections.serve)

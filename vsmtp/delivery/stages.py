@@ -114,7 +114,19 @@ async def postq(
         after.append(qe.MessageQuarantined(at=now, queue_id=message.queue_id, queue=verdict.queue, by=verdict.by))
     elif verdict.refuses:
         reason = f"refused after queueing by {verdict.by}: {verdict.answer}"
-        after += [qe.DeliveryFailed(at=now, queue_id=message.queue_id, recipient=a, transport="postq", reason=reason) for a in recipients]
+        answer = verdict.answer
+        after += [
+            qe.DeliveryFailed(
+                at=now,
+                queue_id=message.queue_id,
+                recipient=a,
+                transport="postq",
+                reason=reason,
+                status=answer.enhanced or "5.7.1",
+                stage="route",
+            )
+            for a in recipients
+        ]
     after.append(qe.MessageFiltered(at=now, queue_id=message.queue_id, verdict=verdict.kind, by=verdict.by))
     envelope = export.Envelope(
         queue_id=message.queue_id,
@@ -185,7 +197,16 @@ async def delivery(
             routed.events.append(verdict.event(at=now, session_id=ctx.session_id, stage="delivery", recipient=address))
         if verdict.refuses:
             reason = f"refused at delivery by {verdict.by}: {verdict.answer}"
-            routed.events.append(qe.DeliveryFailed(at=now, queue_id=queue_id, recipient=address, transport="rules", reason=reason))
+            failed = qe.DeliveryFailed(
+                at=now,
+                queue_id=queue_id,
+                recipient=address,
+                transport="rules",
+                reason=reason,
+                status=verdict.answer.enhanced or "5.7.1",
+                stage="route",
+            )
+            routed.events.append(failed)
             routed.settled.append((address, attempts))
         elif verdict.kind == "quarantine":
             routed.events.append(qe.MessageQuarantined(at=now, queue_id=queue_id, queue=verdict.queue, by=verdict.by))

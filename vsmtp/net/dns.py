@@ -40,7 +40,11 @@ class DnsTemporary(Exception):
 
 
 class DnsPermanent(Exception):
-    """The answer says mail cannot go there: fail (bounce)."""
+    """The answer says mail cannot go there: fail (bounce), with an RFC 3463 status."""
+
+    def __init__(self, text: str, *, status: str = "5.4.4") -> None:  # 5.4.4: unable to route
+        super().__init__(text)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +81,13 @@ async def exchangers(domain: str, resolve: dns.asyncresolver.Resolver) -> list[E
         answer = await resolve.resolve(domain, "MX")
         records = [(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in answer]
     except dns.resolver.NXDOMAIN as exc:
-        raise DnsPermanent(f"domain {domain} does not exist") from exc
+        raise DnsPermanent(f"domain {domain} does not exist", status="5.1.2") from exc
     except dns.resolver.NoAnswer:
         records = [(0, domain)]  # the implicit MX
     except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
         raise DnsTemporary(f"cannot look up MX of {domain}: {exc}") from exc
     if any(host in ("", ".") for _, host in records) and len(records) == 1:
-        raise DnsPermanent(f"domain {domain} accepts no mail (null MX, RFC 7505)")
+        raise DnsPermanent(f"domain {domain} accepts no mail (null MX, RFC 7505)", status="5.1.10")  # RFC 7505 4.2
     records = [(pref, host) for pref, host in records if host not in ("", ".")]
     ordered = sorted(records, key=lambda r: (r[0], random.random()))  # shuffled among equals
     found = []

@@ -50,10 +50,18 @@ Status = Literal["delivered", "deferred", "failed"]
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: Status
-    reply: str  # what the server said (or why we could not ask)
+    text: str  # what the server said, without its code (or why we could not ask)
+    code: int = 0  # the server's reply code; 0: no server answered
+    enhanced: str = ""  # RFC 3463, the server's or ours
     host: str = ""  # the host that gave it
     address: str = ""
     tls: bool = False
+    stage: str = ""  # where it ended: connect, greeting, hello, tls, auth, mail, rcpt, data, message
+
+    @property
+    def reply(self) -> str:
+        """As the server said it: "550 5.1.1 text" (or our own words alone)."""
+        return " ".join(str(p) for p in (self.code or "", self.enhanced if self.code else "", self.text) if p)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,23 +86,35 @@ class ClientSettings:
     host_limits: HostLimits | None = None  # deliveries at once to one host address, across domains
 
 
-class _Failed(Exception):
+class Failed(Exception):
     """This host did not work out; try the next one."""
 
-    def __init__(self, reply: str, *, final: bool = False) -> None:
-        super().__init__(reply)
-        self.reply = reply
+    def __init__(self, text: str, *, final: bool = False, stage: str = "", said: Reply | None = None) -> None:
+        super().__init__(text)
+        self.text = text  # what went wrong, with the server's reply if it gave one
         self.final = final  # the data may have gone through: do not try another host
         self.tls = False  # the connection was encrypted when it failed (set where that is known)
+        self.stage = stage
+        self.said = said  # the reply that ended it, if a server gave one
+
+    @property
+    def reply(self) -> str:
+        return self.text
+
+    def outcome(self, host: str, address: str) -> Outcome:
+        """What the recipients get when this was the last host tried: deferred (the text
+        holds the server's reply, if any; its enhanced status is kept apart)."""
+        enhanced = (self.said.enhanced or "") if self.said is not None else ""
+        return Outcome("deferred", self.text, 0, enhanced if enhanced[:1] == "4" else "", host, address, self.tls, self.stage)
 
 
-class _Conversation:
+class Conversation:
     """A ClientConnection (smtp/client.py) over a trio stream: it sends what the connection
     allows and reads until the replies it waits for have come, within a timeout."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, conn: smtp.ClientConnection | None = None) -> None:
         self.stream = stream
-        self.conn = smtp.ClientConnection()
+        self.conn = conn or smtp.ClientConnection()  # an LmtpConnection for LMTP
         self.pending: list[Reply] = []
 
     async def replies(self, count: int, timeout: float) -> list[Reply]:
@@ -102,10 +122,10 @@ class _Conversation:
             while len(self.pending) < count:
                 data = await self.stream.receive_some(65536)
                 if not data:
-                    raise _Failed("connection closed by the server")
+                    raise Failed("connection closed by the server")
                 self.pending += [answer.reply for answer in self.conn.receive_data(bytes(data))]
         if scope.cancelled_caught:
-            raise _Failed(f"timed out after {timeout:.0f}s waiting for a reply")
+            raise Failed(f"timed out after {timeout:.0f}s waiting for a reply")
         taken, self.pending = self.pending[:count], self.pending[count:]
         return taken
 
@@ -117,7 +137,7 @@ class _Conversation:
         with trio.move_on_after(timeout) as scope:
             await self.stream.send_all(data)
         if scope.cancelled_caught:
-            raise _Failed(f"timed out after {timeout:.0f}s sending")
+            raise Failed(f"timed out after {timeout:.0f}s sending")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,33 +156,33 @@ async def deliver(
     """Try each host in turn until one takes the transaction; an outcome per recipient.
     Each connection tried is added to `attempts`."""
     attempts = [] if attempts is None else attempts
-    last = "no mail host to try"
+    last = Outcome("deferred", "no mail host to try", stage="dns")
     for exchanger in hosts:
         for address in exchanger.addresses:
             try:
                 outcomes = await _one_host(message, exchanger.host, address, settings)
-            except _Failed as exc:
+            except Failed as exc:
                 attempts.append(Attempt(exchanger.host, address, exc.tls, exc.reply))
-                last = f"{exchanger.host}[{address}]: {exc.reply}"
-                log.info("delivery to %s failed: %s", exchanger.host, last)
-                if exc.final:
-                    return {r: Outcome("deferred", last, exchanger.host, address, exc.tls) for r in message.recipients}
+                last = exc.outcome(exchanger.host, address)
+                log.debug("delivery to %s[%s] failed: %s", exchanger.host, address, exc.reply)
+                if exc.final:  # the host may have the message: no other is tried
+                    return dict.fromkeys(message.recipients, last)
                 continue
             first = next(iter(outcomes.values()))
             attempts.append(Attempt(exchanger.host, address, first.tls, "; ".join(sorted({o.reply for o in outcomes.values()}))))
             return outcomes
-    return {r: Outcome("deferred", last) for r in message.recipients}
+    return dict.fromkeys(message.recipients, last)
 
 
 @dataclass(slots=True)
-class _Open:
+class Opened:
     """A connection past its greeting, EHLO, TLS and AUTH: ready for MAIL."""
 
-    talk: _Conversation  # its ClientConnection knows the capabilities and whether TLS is on
+    talk: Conversation  # its ClientConnection knows the capabilities and whether TLS is on
     idle_since: float = 0.0
 
 
-_LOST = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError, trio.TooSlowError)
+LOST = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError, trio.TooSlowError)
 
 
 class HostLimits:
@@ -199,10 +219,10 @@ async def _one_host_unlimited(message: OutboundMessage, host: str, address: str,
     if conn is not None:  # reused: RSET proves it is still there (RFC 5321 4.1.1.5)
         try:
             if (await conn.talk.say(conn.talk.conn.rset(), timeout["command"])).code != 250:
-                raise _Failed("RSET refused")
+                raise Failed("RSET refused", stage="mail")
         except BaseException as exc:
             await trio.aclose_forcefully(conn.talk.stream)
-            if not isinstance(exc, (_Failed, ProtocolError, *_LOST)):
+            if not isinstance(exc, (Failed, ProtocolError, *LOST)):
                 raise  # cancelled
             conn = None
     if conn is None:
@@ -214,36 +234,37 @@ async def _one_host_unlimited(message: OutboundMessage, host: str, address: str,
         if cache is not None and cache.put(key, conn):
             kept = True
         else:
-            await _quit(conn.talk)
-    except _Failed as exc:
+            await say_quit(conn.talk)
+    except Failed as exc:
         _encrypted(exc, conn.talk)
         raise
-    except _LOST as exc:
-        raise _encrypted(_Failed(f"connection lost: {exc}"), conn.talk) from exc
+    except LOST as exc:
+        raise _encrypted(Failed(f"connection lost: {exc}"), conn.talk) from exc
     except ProtocolError as exc:
-        raise _encrypted(_Failed(f"protocol error: {exc}"), conn.talk) from exc
+        raise _encrypted(Failed(f"protocol error: {exc}"), conn.talk) from exc
     finally:
         if not kept:  # done, failed or cancelled: closed, unless the cache has it
             await trio.aclose_forcefully(conn.talk.stream)
-    return {r: Outcome(o.status, o.reply, host, address, conn.talk.conn.tls) for r, o in outcomes.items()}
+    tls = conn.talk.conn.tls
+    return {r: Outcome(o.status, o.text, o.code, o.enhanced, host, address, tls, o.stage) for r, o in outcomes.items()}
 
 
-async def _open(host: str, address: str, settings: ClientSettings, timeout: dict[str, float]) -> _Open:
+async def _open(host: str, address: str, settings: ClientSettings, timeout: dict[str, float]) -> Opened:
     try:
         attributes = {"server.address": host, "network.peer.address": address, "server.port": settings.port}
         with telemetry.span(telemetry.SPAN_CONNECT, attributes=attributes), trio.fail_after(timeout["connect"]):
             stream: trio.abc.Stream = await trio.open_tcp_stream(address, settings.port)
     except (OSError, trio.TooSlowError) as exc:
-        raise _Failed(f"cannot connect: {exc}") from exc
-    opened: _Open | None = None
-    talk = _Conversation(stream)
+        raise Failed(f"cannot connect: {exc}", stage="connect") from exc
+    opened: Opened | None = None
+    talk = Conversation(stream)
     try:
         if settings.implicit_tls:
             stream = talk.stream = await _tls(stream, host, timeout["command"])
             talk.conn.implicit_tls()
         greeting = (await talk.replies(1, timeout["greeting"]))[0]
         if greeting.code // 100 != 2:
-            raise _Failed(f"greeting: {greeting}")
+            raise Failed(f"greeting: {greeting}", stage="greeting", said=greeting)
         await _hello(talk, settings.helo_name, timeout["command"])
         if not talk.conn.tls and talk.conn.capabilities.has("STARTTLS"):
             reply = await talk.say(talk.conn.starttls(), timeout["command"])
@@ -253,34 +274,47 @@ async def _open(host: str, address: str, settings: ClientSettings, timeout: dict
                 talk.pending.clear()
                 await _hello(talk, settings.helo_name, timeout["command"])
         if settings.require_tls and not talk.conn.tls:
-            await _quit(talk)
-            raise _Failed("TLS is required for this destination and the server does not offer STARTTLS")
+            await say_quit(talk)
+            raise Failed("TLS is required for this destination and the server does not offer STARTTLS", stage="tls")
         if settings.auth is not None:
             if not talk.conn.tls:
-                await _quit(talk)
-                raise _Failed("refusing to send credentials over a connection without TLS")
+                await say_quit(talk)
+                raise Failed("refusing to send credentials over a connection without TLS", stage="auth")
             reply = await talk.say(talk.conn.auth_plain(*settings.auth), timeout["command"])
             if reply.code != 235:
-                await _quit(talk)
-                raise _Failed(f"AUTH: {reply}")
-        opened = _Open(talk)
-    except _Failed as exc:
+                await say_quit(talk)
+                raise Failed(f"AUTH: {reply}", stage="auth", said=reply)
+        opened = Opened(talk)
+    except Failed as exc:
         _encrypted(exc, talk)
         raise
-    except _LOST as exc:
-        raise _encrypted(_Failed(f"connection lost: {exc}"), talk) from exc
+    except LOST as exc:
+        raise _encrypted(Failed(f"connection lost: {exc}"), talk) from exc
     except ProtocolError as exc:
-        raise _encrypted(_Failed(f"protocol error: {exc}"), talk) from exc
+        raise _encrypted(Failed(f"protocol error: {exc}"), talk) from exc
     finally:
         if opened is None:  # failed, or cancelled: never leave the socket open
             await trio.aclose_forcefully(stream)
     return opened
 
 
-def _encrypted(failed: _Failed, talk: _Conversation) -> _Failed:
-    """`failed`, knowing whether TLS was on when it happened (journaled with the attempt)."""
+def _encrypted(failed: Failed, talk: Conversation) -> Failed:
+    """`failed`, knowing whether TLS was on when it happened (journaled with the attempt), and
+    in which stage, when it did not say."""
     failed.tls = talk.conn.tls
+    failed.stage = failed.stage or _STAGES[talk.conn.state]
     return failed
+
+
+_STAGES = {
+    smtp.State.GREETING: "greeting",
+    smtp.State.HELLO: "hello",
+    smtp.State.READY: "mail",
+    smtp.State.TLS: "tls",
+    smtp.State.TRANSACTION: "rcpt",
+    smtp.State.BODY: "message",
+    smtp.State.CLOSED: "connect",
+}
 
 
 class ConnectionCache:
@@ -291,10 +325,10 @@ class ConnectionCache:
     def __init__(self, *, idle: float = 2.0, per_host: int = 4) -> None:
         self.idle = idle
         self.per_host = per_host
-        self._idle: dict[tuple[object, ...], list[_Open]] = {}
+        self._idle: dict[tuple[object, ...], list[Opened]] = {}
         self.reused = 0  # deliveries that found a connection here (tests look)
 
-    def take(self, key: tuple[object, ...]) -> _Open | None:
+    def take(self, key: tuple[object, ...]) -> Opened | None:
         now = trio.current_time()
         waiting = self._idle.get(key, [])
         while waiting:
@@ -306,7 +340,7 @@ class ConnectionCache:
             break
         return None
 
-    def put(self, key: tuple[object, ...], conn: _Open) -> bool:
+    def put(self, key: tuple[object, ...], conn: Opened) -> bool:
         """Keep `conn`; False when it is not kept (idle = 0 keeps none, or the host has enough)."""
         if self.idle <= 0:
             return False
@@ -328,7 +362,7 @@ class ConnectionCache:
                     self._idle[key] = [c for c in waiting if c not in stale]
                     for conn in stale:
                         try:
-                            await _quit(conn.talk)
+                            await say_quit(conn.talk)
                         finally:
                             await trio.aclose_forcefully(conn.talk.stream)
                     if not self._idle[key]:
@@ -361,12 +395,12 @@ async def _tls(stream: trio.abc.Stream, host: str, timeout: float) -> trio.SSLSt
     return tls_stream
 
 
-async def _hello(talk: _Conversation, name: str, timeout: float) -> None:
+async def _hello(talk: Conversation, name: str, timeout: float) -> None:
     reply = await talk.say(talk.conn.ehlo(name), timeout)
     if reply.code // 100 == 2:
         return
     if reply.code == 421 or (await talk.say(talk.conn.helo(name), timeout)).code // 100 != 2:
-        raise _Failed(f"EHLO/HELO: {reply}")
+        raise Failed(f"EHLO/HELO: {reply}", stage="hello", said=reply)
 
 
 def _bound(settings: ClientSettings, host: str, address: str) -> Callable[[list[str]], Awaitable[None]] | None:
@@ -381,7 +415,7 @@ def _bound(settings: ClientSettings, host: str, address: str) -> Callable[[list[
 
 
 async def _transaction(
-    talk: _Conversation,
+    talk: Conversation,
     message: OutboundMessage,
     timeout: dict[str, float],
     *,
@@ -393,7 +427,7 @@ async def _transaction(
     try:
         params = smtp.mail_params(capabilities, size=len(message.body), eight_bit=smtp.needs_8bit(message.body), smtputf8=message.smtputf8)
     except smtp.Unsupported as exc:
-        return {r: Outcome("failed", str(exc)) for r in recipients}
+        return {r: Outcome("failed", str(exc), enhanced=exc.status, stage="mail") for r in recipients}
     if capabilities.has("PIPELINING"):  # MAIL, every RCPT and DATA in one write (RFC 2920)
         await talk.send(
             b"".join([conn.mail(message.reverse_path, params), *(conn.rcpt(r) for r in recipients), conn.data()]), timeout["command"]
@@ -404,12 +438,12 @@ async def _transaction(
     else:
         mail = await talk.say(conn.mail(message.reverse_path, params), timeout["command"])
         if mail.code // 100 != 2:
-            return _all(recipients, mail)
+            return _all(recipients, mail, "mail")
         rcpts = [await talk.say(conn.rcpt(r), timeout["command"]) for r in recipients]
         data = await talk.say(conn.data(), timeout["data_init"]) if any(r.code // 100 == 2 for r in rcpts) else None
     if mail.code // 100 != 2:
-        return _all(recipients, mail)
-    outcomes = {r: _outcome(reply) for r, reply in zip(recipients, rcpts, strict=True) if reply.code // 100 != 2}
+        return _all(recipients, mail, "mail")
+    outcomes = {r: _outcome(reply, "rcpt") for r, reply in zip(recipients, rcpts, strict=True) if reply.code // 100 != 2}
     accepted = [r for r in recipients if r not in outcomes]
     if not accepted or data is None or data.code != 354:
         if data is not None and data.code == 354:  # pipelined DATA went through with no recipient: end it empty
@@ -417,28 +451,28 @@ async def _transaction(
             await talk.replies(1, timeout["data_end"])
         else:
             await talk.say(conn.rset(), timeout["command"])
-        return outcomes | ({r: _outcome(data) for r in accepted} if data is not None else {})
+        return outcomes | ({r: _outcome(data, "data") for r in accepted} if data is not None else {})
     if before_data is not None:
         await before_data(accepted)
     try:
         await talk.send(conn.message(message.body), timeout["data_block"])
         final = (await talk.replies(1, timeout["data_end"]))[0]
-    except _Failed as exc:
-        raise _Failed(exc.reply, final=True) from exc  # it may have been delivered: do not send it again elsewhere
-    return outcomes | {r: _outcome(final) for r in accepted}
+    except Failed as exc:
+        raise Failed(exc.reply, final=True, stage="message") from exc  # it may have been delivered: do not send it again elsewhere
+    return outcomes | {r: _outcome(final, "message") for r in accepted}
 
 
-def _outcome(reply: Reply) -> Outcome:
+def _outcome(reply: Reply, stage: str) -> Outcome:
     status: Status = "delivered" if reply.code // 100 == 2 else "deferred" if reply.code // 100 == 4 else "failed"
-    return Outcome(status, str(reply))
+    return Outcome(status, reply.text, reply.code, reply.enhanced or "", stage=stage)
 
 
-def _all(recipients: Sequence[str], reply: Reply) -> dict[str, Outcome]:
-    return {r: _outcome(reply) for r in recipients}
+def _all(recipients: Sequence[str], reply: Reply, stage: str) -> dict[str, Outcome]:
+    return {r: _outcome(reply, stage) for r in recipients}
 
 
-async def _quit(talk: _Conversation) -> None:
+async def say_quit(talk: Conversation) -> None:
     if talk.conn.state in (smtp.State.CLOSED, smtp.State.TLS, smtp.State.BODY) or talk.conn.awaiting:
         return  # nothing to say politely
-    with trio.move_on_after(5), contextlib.suppress(_Failed, trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError):
+    with trio.move_on_after(5), contextlib.suppress(Failed, trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError):
         await talk.say(talk.conn.quit(), 5)

@@ -9,6 +9,7 @@ bool, bytes, None, lists and maps of them); tuples travel as lists.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -552,17 +553,74 @@ class DeliverySucceeded(JournalEvent):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeliveryDeferred(JournalEvent):
     TAG = "delivery.deferred"
+    VERSION = 2  # 2: the attempt as data (code ... tls), not only its text
     queue_id: str
     recipient: str
     transport: str
-    reason: str
+    reason: str  # the line operators read: the next hop, then what it said (delivery/transport.py Outcome.reason)
     retry_at: float
+    code: int = 0  # the reply code of the server that answered; 0: none did
+    status: str = ""  # RFC 3463 enhanced status, the server's or ours
+    host: str = ""  # the next hop that answered (mail host, LMTP server, program)
+    address: str = ""  # its address
+    stage: str = ""  # where the attempt ended (delivery/transport.py STAGES)
+    tls: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeliveryFailed(JournalEvent):
     TAG = "delivery.failed"
+    VERSION = 2  # as DeliveryDeferred; and `expired`
     queue_id: str
     recipient: str
     transport: str
     reason: str
+    code: int = 0
+    status: str = ""
+    host: str = ""
+    address: str = ""
+    stage: str = ""
+    tls: bool = False
+    expired: bool = False  # it waited delivery.lifetime: given up (the reason says after what)
+
+
+# Version 1 of the two events had only the text. Read once, here, to fill the fields in:
+# "host[address]: 550 5.1.1 text" from a server, or our own words.
+_V1_REMOTE = re.compile(r"^([A-Za-z0-9.-]+)\[([0-9A-Fa-f:.]+)\]: ")
+_V1_REPLY = re.compile(r"^([245]\d\d)(?: ([245]\.\d{1,3}\.\d{1,3}))?\b")
+_V1_STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+def _v1_facts(payload: Payload, *, failed: bool) -> Payload:
+    reason: str = payload.get("reason", "")
+    expired = failed and reason.startswith("message expired")
+    remote = _V1_REMOTE.match(reason)
+    said = reason[remote.end() :] if remote else reason
+    reply = _V1_REPLY.match(said)
+    status = reply.group(2) if reply and reply.group(2) else ""
+    if not status:
+        found = _V1_STATUS.search(reason)
+        status = found.group(1) if found else ""
+    default = "5.0.0" if failed else "4.0.0"
+    if expired:
+        status = "4.4.7"
+    elif "null MX" in reason:
+        status = "5.1.10"
+    elif "does not exist" in reason:
+        status = "5.1.2"
+    elif status[:1] != default[:1]:
+        status = default
+    facts = {"code": int(reply.group(1)) if reply else 0, "status": status}
+    if remote:
+        facts |= {"host": remote.group(1), "address": remote.group(2)}
+    return {**payload, **facts, **({"expired": True} if expired else {})}
+
+
+@upcaster("delivery.deferred", 1)
+def _deferred_v1(payload: Payload) -> Payload:
+    return _v1_facts(payload, failed=False)
+
+
+@upcaster("delivery.failed", 1)
+def _failed_v1(payload: Payload) -> Payload:
+    return _v1_facts(payload, failed=True)

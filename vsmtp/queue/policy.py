@@ -30,9 +30,14 @@ Verdict = Literal["local", "relay", "relay denied", "unknown user"]
 class LocalRoute:
     """Deliver to a local mailbox: a Maildir or an mbox file."""
 
-    user: str
+    user: str  # the mailbox's user: the local part without its extension (recipient_delimiter)
     domain: str
     format: str = "maildir"
+    extension: str = ""  # "lists" for bob+lists@ when local.recipient_delimiter is "+"
+
+    @property
+    def kind(self) -> str:
+        return self.format
 
 
 def domain_key(domain: str) -> str:
@@ -141,7 +146,7 @@ def recipient_verdict(address: str, config: Config, *, relay_allowed: bool) -> V
     user, domain = local_user(address)
     if domain and not is_local_domain(domain, config):
         return "relay" if relay_allowed else "relay denied"
-    return "local" if local_recipient_ok(user, config) else "unknown user"
+    return "local" if local_recipient_ok(split_extension(user, config.local.recipient_delimiter)[0], config) else "unknown user"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -149,6 +154,7 @@ class RemoteRoute:
     """Deliver over SMTP to the domain's mail hosts (its MX, or the domain itself)."""
 
     domain: str
+    kind = "smtp"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,9 +162,48 @@ class Smarthost:
     host: str
     port: int
     implicit_tls: bool  # smtps://
+    kind = "smtp"
 
 
-Route = LocalRoute | RemoteRoute | Smarthost  # how one recipient is delivered
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LmtpRoute:
+    """Hand the message to an LMTP server (RFC 2033): Dovecot's, Cyrus's. A TCP host and port,
+    or a unix socket (path)."""
+
+    host: str = ""
+    port: int = 24
+    path: str = ""  # a unix socket, instead of host and port
+    kind = "lmtp"
+
+    @property
+    def name(self) -> str:
+        return f"unix:{self.path}" if self.path else f"[{self.host}]:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipeRoute:
+    """Run the program [delivery.pipe.NAME] with the message on its standard input."""
+
+    name: str
+    kind = "pipe"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscardRoute:
+    """Accept and throw away (tests, routing rules); journaled as delivered."""
+
+    kind = "discard"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorRoute:
+    """Fail the recipient with this text (Postfix's error(8)): a bounce."""
+
+    text: str = "mail for this recipient is not accepted"
+    kind = "error"
+
+
+Route = LocalRoute | RemoteRoute | Smarthost | LmtpRoute | PipeRoute | DiscardRoute | ErrorRoute  # how one recipient is delivered
 
 
 def smarthost(config: Config) -> Smarthost | None:
@@ -185,27 +230,82 @@ def remote_domain(address: str, config: Config) -> str | None:
     return domain if domain and not is_local_domain(domain, config) else None
 
 
-def route(address: str, config: Config) -> LocalRoute | RemoteRoute:
-    """The route of an accepted recipient: a local mailbox, or the domain's mail hosts."""
+def route(address: str, config: Config) -> Route:
+    """The route of an accepted recipient: its local mailbox's transport, or the domain's
+    mail hosts."""
     remote = remote_domain(address, config)
     if remote is not None:
         return RemoteRoute(domain=remote)
     return _mailbox(address, config)
 
 
-def _mailbox(address: str, config: Config) -> LocalRoute:
-    """The local mailbox of the address's user (in its domain, or the first local one)."""
+def split_extension(user: str, delimiter: str) -> tuple[str, str]:
+    """('bob', 'lists') for 'bob+lists' with delimiter '+' (Postfix's recipient_delimiter:
+    any of its characters separates); (user, '') without one. postmaster+x stays whole."""
+    if not delimiter:
+        return user, ""
+    for index, char in enumerate(user):
+        if char in delimiter and index > 0:
+            return user[:index], user[index + 1 :]
+    return user, ""
+
+
+def _mailbox(address: str, config: Config) -> Route:
+    """The mailbox of the address's user (in its domain, or the first local one): the transport
+    `delivery.mailboxes` names for user@domain, user or @domain, else `delivery.mailbox`."""
     user, domain = local_user(address)
+    user, extension = split_extension(user, config.local.recipient_delimiter)
     domain = domain or config.local.domains[0].lower()
     mailboxes = config.delivery.mailboxes
     chosen = mailboxes.get(f"{user}@{domain}") or mailboxes.get(user) or mailboxes.get(f"@{domain}") or config.delivery.mailbox
-    return LocalRoute(user=user, domain=domain, format=chosen)
+    return transport_route(chosen, user=user, domain=domain, extension=extension)
+
+
+def transport_route(text: str, *, user: str, domain: str, extension: str = "") -> Route:
+    """A local recipient's route from its transport text (check_transport says which)."""
+    if text in ("maildir", "mbox"):
+        return LocalRoute(user=user, domain=domain, format=text, extension=extension)
+    kind, _, rest = text.partition(":")
+    if kind == "lmtp":
+        if rest.startswith("unix:"):
+            return LmtpRoute(path=rest.removeprefix("unix:"))
+        host, port = _host_port(rest.removeprefix("inet:"), 24)
+        return LmtpRoute(host=host, port=port)
+    if kind == "pipe":
+        return PipeRoute(name=rest)
+    if kind == "discard":
+        return DiscardRoute()
+    if kind == "error":
+        return ErrorRoute(text=rest) if rest else ErrorRoute()
+    raise ValueError(f"transport {text!r}: expected maildir, mbox, lmtp:HOST:PORT, lmtp:unix:PATH, pipe:NAME, discard or error[:TEXT]")
+
+
+def _host_port(text: str, default: int) -> tuple[str, int]:
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        port = port.lstrip(":")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    if not host or (port and not port.isdigit()):
+        raise ValueError(f"expected HOST:PORT or [HOST]:PORT, got {text!r}")
+    return host, int(port) if port else default
+
+
+def check_transport(text: str, pipes: Mapping[str, object]) -> None:
+    """ValueError unless `text` is a local transport (delivery.mailbox, delivery.mailboxes, a
+    rule's set_route) whose pipe, if any, is configured."""
+    chosen = transport_route(text, user="x", domain="x")
+    if isinstance(chosen, PipeRoute) and chosen.name not in pipes:
+        raise ValueError(f"transport {text!r}: no [delivery.pipe.{chosen.name}] is configured")
 
 
 def check_route(text: str) -> None:
     """ValueError unless `text` is a route a rule may choose (ctx.set_route): "local" (the
     mailbox of the address's user, whatever its domain), "smtp" (the domain's mail hosts),
-    or "smtp:HOST[:PORT]" / "smtp:[HOST]:PORT" (that host, as Postfix's "smtp:[host]:port")."""
+    "smtp:HOST[:PORT]" / "smtp:[HOST]:PORT" (that host, as Postfix's "smtp:[host]:port"), or
+    a local transport (maildir, mbox, lmtp:..., pipe:NAME, discard, error[:TEXT])."""
     if text in ("local", "smtp"):
         return
     scheme, colon, rest = text.partition(":")
@@ -215,7 +315,14 @@ def check_route(text: str) -> None:
             return
         except ValueError:
             pass
-    raise ValueError(f"route {text!r}: expected local, smtp, or smtp:HOST[:PORT]")
+    try:
+        transport_route(text, user="x", domain="x")
+        return
+    except ValueError:
+        pass
+    raise ValueError(
+        f"route {text!r}: expected local, smtp, smtp:HOST[:PORT], or a transport (maildir, mbox, lmtp:..., pipe:NAME, discard, error)"
+    )
 
 
 def chosen_route(text: str, address: str, config: Config) -> Route:
@@ -223,13 +330,19 @@ def chosen_route(text: str, address: str, config: Config) -> Route:
     check_route(text)
     if text == "local":
         return _mailbox(address, config)
-    _, domain = local_user(address)
+    user, domain = local_user(address)
     if text == "smtp":
         if not domain:
             raise ValueError(f"route smtp for {address!r}: the address has no domain")
         return RemoteRoute(domain=domain)
     scheme, _, rest = text.partition(":")
-    return relay_url(f"{scheme}://{rest}")
+    if scheme in ("smtp", "smtps"):
+        return relay_url(f"{scheme}://{rest}")
+    user, extension = split_extension(user, config.local.recipient_delimiter)
+    chosen = transport_route(text, user=user, domain=domain or config.local.domains[0].lower(), extension=extension)
+    if isinstance(chosen, PipeRoute) and chosen.name not in config.delivery.pipe:
+        raise ValueError(f"route {text!r}: no [delivery.pipe.{chosen.name}] is configured")
+    return chosen
 
 
 def retry_at(attempts: int, *, now: float, config: Config) -> float:

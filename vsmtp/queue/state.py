@@ -27,9 +27,13 @@ class RecipientState:
     status: Status = "pending"
     attempts: int = 0
     next_attempt: float = 0.0  # seconds since the epoch; 0 means now
-    last_error: str = ""
+    last_error: str = ""  # the line operators read (delivery.deferred and .failed's reason)
     in_doubt: bool = False  # its data went to a remote host without a final answer (delivery.started)
     notify: str = ""  # its NOTIFY parameter (RFC 3461), upper case; "" when not given
+    # The last failed attempt as data (the v2 delivery events): what notices are built from.
+    last_status: str = ""  # RFC 3463
+    last_code: int = 0  # the reply code of the server that answered (0: none did)
+    last_host: str = ""  # the next hop that answered
 
     def wants(self, kind: str) -> bool:
         """Whether this recipient asked to be reported on `kind` (SUCCESS, FAILURE or DELAY).
@@ -225,12 +229,12 @@ def _succeeded(state: QueueState, event: qe.DeliverySucceeded) -> QueueState:
 
 @_folds(qe.DeliveryFailed)
 def _failed_one(state: QueueState, event: qe.DeliveryFailed) -> QueueState:
-    return _recipient(state, event.queue_id, event.recipient, status="failed", attempt=True, error=event.reason)
+    return _recipient(state, event.queue_id, event.recipient, status="failed", attempt=True, error=event)
 
 
 @_folds(qe.DeliveryDeferred)
 def _deferred(state: QueueState, event: qe.DeliveryDeferred) -> QueueState:
-    return _recipient(state, event.queue_id, event.recipient, status="pending", attempt=True, error=event.reason, retry_at=event.retry_at)
+    return _recipient(state, event.queue_id, event.recipient, status="pending", attempt=True, error=event, retry_at=event.retry_at)
 
 
 def _recipient(
@@ -240,7 +244,7 @@ def _recipient(
     *,
     status: Status,
     attempt: bool,
-    error: str = "",
+    error: qe.DeliveryFailed | qe.DeliveryDeferred | None = None,
     retry_at: float = 0.0,
 ) -> QueueState:
     message = state.messages.get(queue_id)
@@ -252,7 +256,10 @@ def _recipient(
         status=status,
         attempts=current.attempts + (1 if attempt else 0),
         next_attempt=retry_at,
-        last_error=error or current.last_error,
+        last_error=error.reason if error is not None else current.last_error,
+        last_status=error.status if error is not None else current.last_status,
+        last_code=error.code if error is not None else current.last_code,
+        last_host=error.host if error is not None else current.last_host,
         in_doubt=current.in_doubt and status == "pending",  # a final outcome settles the doubt
     )
     message = replace(message, recipients=tuple(updated if r is current else r for r in message.recipients))
@@ -280,7 +287,7 @@ def _to_report(recipients: Iterable[RecipientState]) -> bool:
 
 # 2 added `held` per message and the `removed` counter; 3 `notify` per recipient and
 # `delay_warned` and `quarantine` per message; 4 `postq` per message. Older versions still read.
-SNAPSHOT_VERSION = 4
+SNAPSHOT_VERSION = 5  # 5: last_status, last_code and last_host per recipient
 
 
 # A snapshot stores each object as a list of its fields in these orders. A new field goes at
@@ -301,7 +308,7 @@ _MESSAGE = (
     "traceparent",  # later fields: a snapshot without them gives their defaults
     "trace_continued",
 )
-_RECIPIENT = ("address", "status", "attempts", "next_attempt", "last_error", "in_doubt", "notify")
+_RECIPIENT = ("address", "status", "attempts", "next_attempt", "last_error", "in_doubt", "notify", "last_status", "last_code", "last_host")
 
 
 def to_snapshot(state: QueueState) -> dict[str, Any]:

@@ -135,7 +135,7 @@ class Answer:
     reply: Reply
 
 
-_ENDS_GROUP = frozenset({"GREETING", "EHLO", "HELO", "STARTTLS", "AUTH", "DATA", "MESSAGE", "QUIT"})  # RFC 2920 3.1
+_ENDS_GROUP = frozenset({"GREETING", "EHLO", "HELO", "LHLO", "STARTTLS", "AUTH", "DATA", "MESSAGE", "QUIT"})  # RFC 2920 3.1
 
 
 class ClientConnection:
@@ -145,6 +145,7 @@ class ClientConnection:
         self.tls = False
         self.authenticated = False
         self.recipients_sent = 0
+        self.recipients_accepted = 0  # RCPTs the server took in this transaction
         self._reader = ReplyReader()
         self._awaiting: collections.deque[str] = collections.deque(["GREETING"])
 
@@ -193,7 +194,7 @@ class ClientConnection:
 
     def mail(self, reverse_path: str, params: Iterable[str] = ()) -> bytes:
         self._expect(State.READY, "MAIL")
-        self.recipients_sent = 0
+        self.recipients_sent = self.recipients_accepted = 0
         sent = self._send("MAIL", _with_params(f"MAIL FROM:<{reverse_path}>", params))
         self.state = State.TRANSACTION  # pipelined RCPTs may follow before the reply
         return sent
@@ -251,15 +252,17 @@ class ClientConnection:
             self._awaiting.clear()
         elif command == "GREETING":
             self.state = State.HELLO
-        elif command in ("EHLO", "HELO"):
+        elif command in ("EHLO", "HELO", "LHLO"):
             if code // 100 == 2:
-                self.capabilities = Capabilities.from_ehlo(answer.reply) if command == "EHLO" else Capabilities.none()
+                self.capabilities = Capabilities.from_ehlo(answer.reply) if command != "HELO" else Capabilities.none()
                 self.state = State.READY
         elif command == "STARTTLS":
             if code == 220:
                 self.state = State.TLS
         elif command == "AUTH":
             self.authenticated = code == 235
+        elif command == "RCPT":
+            self.recipients_accepted += code // 100 == 2
         elif command == "MAIL":
             if code // 100 != 2 and not self._awaiting:
                 self.state = State.READY  # nothing pipelined behind it: the transaction never began
@@ -293,7 +296,12 @@ def _with_params(command: str, params: Iterable[str]) -> bytes:
 
 
 class Unsupported(Exception):
-    """The message needs what the server does not offer; the text says what."""
+    """The message needs what the server does not offer; the text says what, `status` the
+    RFC 3463 code."""
+
+    def __init__(self, text: str, status: str) -> None:
+        super().__init__(text)
+        self.status = status
 
 
 def mail_params(capabilities: Capabilities, *, size: int, eight_bit: bool, smtputf8: bool) -> list[str]:
@@ -301,15 +309,15 @@ def mail_params(capabilities: Capabilities, *, size: int, eight_bit: bool, smtpu
     Unsupported when the server cannot take it."""
     limit = capabilities.size_limit
     if limit is not None and size > limit:
-        raise Unsupported(f"message size {size} exceeds the server's limit {limit}")
+        raise Unsupported(f"message size {size} exceeds the server's limit {limit}", "5.3.4")
     params = [f"SIZE={size}"] if capabilities.has("SIZE") else []
     if eight_bit:
         if not capabilities.has("8BITMIME"):
-            raise Unsupported("the message has 8-bit data and the server does not offer 8BITMIME")
+            raise Unsupported("the message has 8-bit data and the server does not offer 8BITMIME", "5.6.3")
         params.append("BODY=8BITMIME")
     if smtputf8:
         if not capabilities.has("SMTPUTF8"):
-            raise Unsupported("the message needs SMTPUTF8 and the server does not offer it")
+            raise Unsupported("the message needs SMTPUTF8 and the server does not offer it", "5.6.7")  # RFC 6531 3.5
         params.append("SMTPUTF8")
     return params
 

@@ -1,4 +1,4 @@
-"""The Maildir transport: one file per recipient, written to tmp/, fsynced, renamed into new/.
+"""The maildir transport: one file per recipient, written to tmp/, fsynced, renamed into new/.
 
 File names follow the Maildir convention "time.unique.host" with a unique part derived from
 the queue id and the recipient, so that a delivery interrupted between the rename and the
@@ -15,12 +15,43 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
+import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ...queue import policy
+from ..transport import Delivery
+from .local import Body, FileTransport, Owner, acting_as, make_parents
+
+log = logging.getLogger(__name__)
+
+
+class Maildir(FileTransport):
+    kind = "maildir"
+    what = "Maildir"
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return batch()
+
+    def write(self, delivery: Delivery, address: str, attempts: int, route: policy.LocalRoute, body: Body, owner: Owner | None) -> str:
+        job, config = delivery.job, self.services.config
+        path = Path(config.delivery.maildir.format(user=route.user, domain=route.domain))
+        name = file_name(accepted_at=job.accepted_at, queue_id=job.queue_id, recipient=address, hostname=config.hostname)
+        if owner is not None and path not in _ensured:
+            make_parents(path, owner)
+        with acting_as(owner):
+            # Written before? Only possible if a crash (recovered) or a journal failure (a
+            # retry) came between the rename and the journal commit; a first attempt skips it.
+            existing = find(path, name, look_in_cur=job.recovered) if job.recovered or attempts else None
+            if existing is not None:
+                log.info("%s: %s was already delivered to %s before a restart", job.queue_id, address, existing)
+                return str(existing)
+            return str(deliver(path, name, itertools.chain([self.headers(delivery, address)], body())))
 
 
 def file_name(*, accepted_at: float, queue_id: str, recipient: str, hostname: str) -> str:
@@ -88,7 +119,7 @@ def deliver(maildir: Path, name: str, parts: Iterable[bytes | memoryview]) -> Pa
     halfway) leaves nothing in tmp/ and is raised."""
     ensure(maildir)
     tmp = maildir / "tmp" / name
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
         fd = os.open(tmp, flags, 0o600)
     except FileNotFoundError:  # removed since we made it: make it again

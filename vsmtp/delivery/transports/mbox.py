@@ -15,11 +15,37 @@ Synchronous: run it in a worker thread.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from ...queue import policy
+from ..transport import Delivery
+from .local import Body, FileTransport, Owner, acting_as, make_parents
+
+log = logging.getLogger(__name__)
+
+
+class Mbox(FileTransport):
+    kind = "mbox"
+    what = "mbox"
+
+    def write(self, delivery: Delivery, address: str, attempts: int, route: policy.LocalRoute, body: Body, owner: Owner | None) -> str:
+        job = delivery.job
+        path = Path(self.services.config.delivery.mbox.format(user=route.user, domain=route.domain))
+        if owner is not None:
+            make_parents(path.parent, owner)
+        with acting_as(owner):
+            # Written before a crash or a lost journal record? Our Received header names the queue id.
+            if (job.recovered or attempts) and has_delivery(path, address, job.queue_id):
+                log.info("%s: %s was already delivered to %s before a restart", job.queue_id, address, path)
+                return str(path)
+            offset = deliver(path, job.reverse_path, [self.headers(delivery, address), *body()])  # escaped whole
+        return f"{path} at offset {offset}"
+
 
 _FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
 
@@ -43,7 +69,7 @@ def deliver(path: Path, reverse_path: str, parts: Sequence[bytes | memoryview], 
     it starts at."""
     data = entry(reverse_path, time.time() if when is None else when, parts)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)
         start = os.lseek(fd, 0, os.SEEK_END)

@@ -1,0 +1,185 @@
+"""What the two file transports (maildir.py, mbox.py) share: a batch of deliveries written in
+one worker thread, and mailbox ownership.
+
+Run as root, vsmtp writes a mailbox as its owner (delivery.mailbox_owner): the thread that
+writes takes the owner's file-system identity (setfsuid and setfsgid, which Linux keeps per
+thread), so the kernel checks every path as the owner's and every file it creates is the
+owner's, mode 0600: a symbolic link a user plants in their own Maildir leads nowhere they could
+not write themselves. Directories missing above the mailbox are made by root and given to
+the owner. Elsewhere (not Linux, or not root) mailboxes belong to vsmtp's own user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import pwd
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import trio
+from vsmtp_journal import CorruptBlob
+
+from ... import telemetry
+from ...config import Config
+from ...queue import policy
+from ..transport import MISSING, Delivery, Outcome, Result, Services, body_reader, traced
+
+log = logging.getLogger(__name__)
+
+Owner = tuple[int, int]  # uid, gid
+Body = Callable[[], Iterable[bytes | memoryview]]
+
+
+class OwnerUnknown(Exception):
+    """The configured mailbox owner is not a user of this system."""
+
+
+def owner_of(route: policy.LocalRoute, config: Config) -> Owner | None:
+    """Who owns the mailbox of `route`, when vsmtp can write as someone else (root); None:
+    vsmtp's own user."""
+    wanted = config.delivery.mailbox_owner
+    if not wanted or os.geteuid() != 0 or _libc is None:
+        return None
+    if wanted == "system":
+        try:
+            entry = pwd.getpwnam(route.user)
+        except KeyError:
+            return None  # not a system user: a virtual mailbox, vsmtp's own
+        return entry.pw_uid, entry.pw_gid
+    uid, colon, gid = wanted.partition(":")
+    if colon and uid.isdigit() and gid.isdigit():
+        return int(uid), int(gid)
+    try:
+        entry = pwd.getpwnam(wanted)
+    except KeyError:
+        raise OwnerUnknown(f"delivery.mailbox_owner {wanted!r} is not a user of this system") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if os.name == "posix" and hasattr(os, "setresuid") else None
+
+
+@contextlib.contextmanager
+def acting_as(owner: Owner | None) -> Iterator[None]:
+    """This thread's file-system identity is `owner`'s inside the block (Linux's setfsuid is
+    per thread: the other threads, and the event loop, stay root)."""
+    if owner is None or _libc is None:
+        yield
+        return
+    uid, gid = owner
+    _libc.setfsgid(gid)
+    _libc.setfsuid(uid)
+    try:
+        if _libc.setfsuid(-1) != uid:  # setfsuid reports no error: ask what is in force
+            raise PermissionError(f"cannot take uid {uid} to write the mailbox")
+        yield
+    finally:
+        _libc.setfsuid(0)
+        _libc.setfsgid(0)
+
+
+def make_parents(path: Path, owner: Owner | None) -> None:
+    """Make the directories missing above and at `path` (mode 0700), as root, each given to
+    `owner`: the owner may not be allowed to make them in the spool itself."""
+    missing = []
+    for directory in (path, *path.parents):
+        if directory.exists():
+            break
+        missing.append(directory)
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+            if owner is not None:
+                os.chown(directory, *owner, follow_symlinks=False)
+
+
+class FileTransport:
+    """Delivery into local files, a batch in one worker thread. A subclass writes one
+    recipient's copy (`write`) and may sync what the batch wrote at its end (`batch`)."""
+
+    kind: ClassVar[str]
+    concurrent = False
+    max_recipients = 0
+    what: ClassVar[str]  # the mailbox, as a reason names it: "Maildir", "mbox"
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Result]:
+        return await trio.to_thread.run_sync(self.deliver_batch, deliveries)
+
+    def deliver_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
+        results = []
+        try:
+            with self.batch():
+                results = [self._one(d) for d in deliveries]
+        except OSError as exc:  # what the batch wrote could not be synced: none of it is sure
+            log.warning("cannot sync the %s directories: %s", self.what, exc)
+            text = f"cannot write to the {self.what}: {exc}"
+            results = [
+                Result([o if o.status != "delivered" else _deferred(o.recipient, text) for o in r.outcomes], r.facts, r.corrupt)
+                for r in results
+            ]
+        return results
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """What the deliveries of one batch share (maildir.py: one sync per directory)."""
+        return contextlib.nullcontext()
+
+    def _one(self, delivery: Delivery) -> Result:
+        """One Delivery, in a span when tracing is on (linked to the session that received it)."""
+        if not telemetry.enabled():
+            return self._write_all(delivery)
+        job = delivery.job
+        with traced(
+            telemetry.SPAN_LOCAL, job.queue_id, job.traceparent, job.trace_continued, **{"vsmtp.recipients": len(delivery.recipients)}
+        ) as span:
+            result = self._write_all(delivery)
+            statuses: set[str] = {o.status for o in result.outcomes} or {"held"}
+            telemetry.spans.outcome(span, statuses, next((o.reason for o in result.outcomes if o.status != "delivered"), result.corrupt))
+            return result
+
+    def _write_all(self, delivery: Delivery) -> Result:
+        route = delivery.route
+        assert isinstance(route, policy.LocalRoute)
+        try:
+            body = body_reader(self.services.journal, delivery.job)
+            if body is None:
+                return Result.all(delivery, "failed", MISSING, enhanced="5.3.0", stage="mailbox")
+            owner = owner_of(route, self.services.config)
+            outcomes = []
+            for address, attempts in delivery.recipients:
+                try:
+                    detail = self.write(delivery, address, attempts, route, body, owner)
+                except OSError as exc:
+                    log.warning("%s: %s: cannot write to the %s: %s", delivery.job.queue_id, address, self.what, exc)
+                    outcomes.append(_deferred(address, f"cannot write to the {self.what}: {exc}", full=exc.errno in _FULL))
+                    continue
+                outcomes.append(Outcome(recipient=address, status="delivered", text="delivered", stage="mailbox", detail=detail))
+            return Result(outcomes)
+        except CorruptBlob as exc:  # never delivered altered: held for the operator
+            return Result([], corrupt=exc.reason)
+        except OwnerUnknown as exc:
+            return Result([_deferred(a, str(exc)) for a, _ in delivery.recipients])
+
+    def write(self, delivery: Delivery, address: str, attempts: int, route: policy.LocalRoute, body: Body, owner: Owner | None) -> str:
+        """Deliver one recipient's copy; where it went. OSError defers it."""
+        raise NotImplementedError
+
+    def headers(self, delivery: Delivery, address: str) -> bytes:
+        """RFC 5321 4.4: the final delivery adds Return-Path; Delivered-To marks the mailbox."""
+        return f"Return-Path: <{delivery.job.reverse_path}>\r\nDelivered-To: {address}\r\n".encode()
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _deferred(address: str, text: str, *, full: bool = False) -> Outcome:
+    # RFC 3463: 4.2.2 mailbox full (a full disk, a quota), else 4.3.0 other mail system status.
+    return Outcome(recipient=address, status="deferred", text=text, enhanced="4.2.2" if full else "4.3.0", stage="mailbox")

@@ -1,0 +1,127 @@
+"""The smtp transport: one message to the recipients of one domain (or of one relay host),
+over SMTP to its mail hosts; net/outbound.py does the talking. Runs in the delivery
+process's event loop, a task per delivery, within `delivery.remote_workers` at once and
+`delivery.per_domain` per destination."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import trio
+from vsmtp_journal import CorruptBlob, CorruptRecord, Journal
+
+from ... import telemetry
+from ...net import dns as mx
+from ...net import outbound
+from ...queue import events as qe
+from ...queue import history, policy
+from ..transport import MISSING, Delivery, Outcome, Result, Services
+
+
+class Smtp:
+    kind = "smtp"
+    concurrent = True
+    max_recipients = 0
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        config = services.config
+        self.limit = trio.CapacityLimiter(config.delivery.remote_workers)  # SMTP deliveries at once, in all
+        self.per_domain: dict[str, trio.CapacityLimiter] = {}  # and per destination domain (or relay host)
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Result]:
+        return [await self._one(d) for d in deliveries]
+
+    async def _one(self, delivery: Delivery) -> Result:
+        route = delivery.route
+        assert isinstance(route, policy.RemoteRoute | policy.Smarthost)
+        key = route.domain if isinstance(route, policy.RemoteRoute) else f"[{route.host}]:{route.port}"
+        per_domain = self.per_domain.setdefault(key, trio.CapacityLimiter(self.services.config.delivery.per_domain))
+        async with per_domain, self.limit:  # a busy domain waits for itself, not for the others
+            return await self._deliver(delivery, route)
+
+    async def _deliver(self, delivery: Delivery, route: policy.RemoteRoute | policy.Smarthost) -> Result:
+        services, job = self.services, delivery.job
+        config = services.config
+        try:
+            body, accepted = await trio.to_thread.run_sync(_read, services.journal, job.blob, job.queue_id)  # not in the event loop
+        except CorruptBlob as exc:
+            return Result([], corrupt=exc.reason)
+        except CorruptRecord as exc:
+            return Result([], corrupt=str(exc))
+        domain = route.domain if isinstance(route, policy.RemoteRoute) else route.host
+        context, continued = (accepted.trace_context, accepted.trace_continued) if accepted is not None else ({}, False)
+        attributes = {"vsmtp.queue_id": job.queue_id, "vsmtp.domain": domain, "vsmtp.recipients": len(delivery.recipients)}
+        with telemetry.spans.delivery(telemetry.SPAN_DELIVERY, context, continued=continued, **attributes) as span:
+            if body is None:
+                return Result.all(delivery, "failed", MISSING, enhanced="5.3.0", stage="route")
+            relayhost = policy.smarthost(config)
+            relay = route if isinstance(route, policy.Smarthost) else relayhost
+            try:
+                with telemetry.span(telemetry.SPAN_MX, attributes={"vsmtp.domain": relay.host if relay is not None else domain}):
+                    hosts = await (
+                        mx.host(relay.host, services.resolver) if relay is not None else mx.exchangers(domain, services.resolver)
+                    )
+            except mx.DnsPermanent as exc:
+                telemetry.spans.failed(span, "failed", str(exc))
+                return Result.all(delivery, "failed", str(exc), enhanced=exc.status, stage="dns")
+            except mx.DnsTemporary as exc:
+                telemetry.spans.failed(span, "deferred", str(exc))
+                return Result.all(delivery, "deferred", str(exc), enhanced="4.4.3", stage="dns")  # 4.4.3: directory server failure
+            addresses = tuple(a for a, _ in delivery.recipients)
+            message = outbound.OutboundMessage(
+                reverse_path=job.reverse_path,
+                recipients=addresses,
+                body=body,
+                # RFC 6531 3.4: asked for when the sender asked for it, or when an address needs it.
+                smtputf8=(accepted is not None and "SMTPUTF8" in accepted.mail_params)
+                or not (job.reverse_path.isascii() and all(a.isascii() for a in addresses)),
+            )
+            settings = outbound.ClientSettings(
+                helo_name=config.hostname,
+                port=config.delivery.remote_port,
+                before_data=lambda recipients, host, address: services.started(job.queue_id, recipients, host, address),
+                cache=services.connections,
+                host_limits=services.host_limits,
+            )
+            settings.require_tls = config.delivery.tls_policy.get(domain.lower()) == "require"
+            if relay is not None:
+                settings.port, settings.implicit_tls = relay.port, relay.implicit_tls
+            if relay is not None and relay is relayhost:
+                settings.require_tls = config.relayhost.tls == "require"
+                if config.relayhost.username:
+                    settings.auth = (config.relayhost.username, config.relayhost.password)
+            tried: list[outbound.Attempt] = []
+            outcomes = await outbound.deliver(message, hosts, settings, tried)
+            first = next(iter(outcomes.values()))
+            if telemetry.enabled():
+                span.set_attribute("server.address", first.host)
+                span.set_attribute("network.peer.address", first.address)
+                span.set_attribute("server.port", settings.port)
+                span.set_attribute("vsmtp.tls", first.tls)
+                telemetry.spans.outcome(span, {o.status for o in outcomes.values()}, first.reply)
+            now = time.time()
+            facts: list[qe.JournalEvent] = [
+                qe.DeliveryAttempted(at=now, queue_id=job.queue_id, host=a.host, address=a.address, tls=a.tls, reply=a.reply) for a in tried
+            ]
+            return Result([_outcome(address, outcomes[address]) for address in addresses], facts)
+
+
+def _outcome(recipient: str, said: outbound.Outcome) -> Outcome:
+    return Outcome(
+        recipient=recipient,
+        status=said.status,
+        text=said.text,
+        code=said.code,
+        enhanced=said.enhanced,
+        host=said.host,
+        address=said.address,
+        stage=said.stage,
+        tls=said.tls,
+    )
+
+
+def _read(journal: Journal, blob: bytes, queue_id: str) -> tuple[bytes | None, qe.MessageAccepted | None]:
+    """The message (up to limits.message_size) and how it was accepted (its MAIL parameters)."""
+    return journal.blob(blob), history.accepted(journal, queue_id)
