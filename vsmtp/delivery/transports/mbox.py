@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ...queue import policy
 from ..transport import Delivery
-from .local import Body, FileTransport, Owner, acting_as, make_parents
+from .local import Body, FileTransport, Owner, acting_as
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ class Mbox(FileTransport):
     def write(self, delivery: Delivery, address: str, attempts: int, route: policy.LocalRoute, body: Body, owner: Owner | None) -> str:
         job = delivery.job
         path = Path(self.services.config.delivery.mbox.format(user=route.user, domain=route.domain))
-        if owner is not None:
-            make_parents(path.parent, owner)
+        if owner is not None and not path.exists():
+            _create_for(path, owner)
         with acting_as(owner):
             # Written before a crash or a lost journal record? Our Received header names the queue id.
             if (job.recovered or attempts) and has_delivery(path, address, job.queue_id):
@@ -48,6 +48,21 @@ class Mbox(FileTransport):
 
 
 _FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
+
+
+def _create_for(path: Path, owner: Owner) -> None:
+    """An mbox spool is shared (var/mail) and its owner may not create files in it, so root
+    creates the mailbox, empty, and gives it to its owner (as Postfix's local does when the
+    spool is not world-writable); O_EXCL and O_NOFOLLOW: never through a planted link."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)  # the shared spool stays root's
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
 
 
 def from_line(reverse_path: str, when: float) -> bytes:
