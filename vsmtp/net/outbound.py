@@ -8,7 +8,8 @@ The protocol text and reply parsing live in smtp/client.py; this module drives t
 - EHLO, or HELO if EHLO is refused; STARTTLS when offered (opportunistic, as Postfix's
   `smtp_tls_security_level = may`: the certificate is not checked), then EHLO again;
 - SIZE checked against the server's limit before sending; BODY=8BITMIME and SMTPUTF8 passed
-  when the message needs them, and a message that needs what the server lacks fails;
+  when the message needs them; an 8-bit message to a server without 8BITMIME converted to
+  7 bit (mail/downgrade.py), and a message that needs what the server lacks fails;
 - MAIL, every RCPT and DATA in one write when the server offers PIPELINING;
 - an outcome per recipient: 2xx delivered, 4xx deferred, 5xx failed; a host that fails
   after the data was sent is not tried again (the message may have been delivered);
@@ -27,6 +28,7 @@ from typing import Literal
 import trio
 
 from .. import telemetry
+from ..mail import downgrade
 from ..smtp import client as smtp
 from ..smtp.errors import ProtocolError
 from ..smtp.replies import Reply
@@ -424,8 +426,11 @@ async def _transaction(
     conn = talk.conn
     capabilities = conn.capabilities
     recipients = message.recipients
+    body = message.body
+    if not capabilities.has("8BITMIME") and smtp.needs_8bit(body):
+        body = downgrade.seven_bit(body) or body  # RFC 6152 3: converted, as Postfix does; or it fails below
     try:
-        params = smtp.mail_params(capabilities, size=len(message.body), eight_bit=smtp.needs_8bit(message.body), smtputf8=message.smtputf8)
+        params = smtp.mail_params(capabilities, size=len(body), eight_bit=smtp.needs_8bit(body), smtputf8=message.smtputf8)
     except smtp.Unsupported as exc:
         return {r: Outcome("failed", str(exc), enhanced=exc.status, stage="mail") for r in recipients}
     if capabilities.has("PIPELINING"):  # MAIL, every RCPT and DATA in one write (RFC 2920)
@@ -455,7 +460,7 @@ async def _transaction(
     if before_data is not None:
         await before_data(accepted)
     try:
-        await talk.send(conn.message(message.body), timeout["data_block"])
+        await talk.send(conn.message(body), timeout["data_block"])
         final = (await talk.replies(1, timeout["data_end"]))[0]
     except Failed as exc:
         raise Failed(exc.reply, final=True, stage="message") from exc  # it may have been delivered: do not send it again elsewhere

@@ -1,0 +1,68 @@
+"""Relaying to Postfix's smtp-sink started with -8 (no 8BITMIME): an 8-bit message arrives
+converted to quoted-printable, and decodes to the original body (RFC 6152 3)."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vsmtp.config import Config, RelayhostConfig
+from vsmtp.queue import events as qe
+
+from ..conftest import sendmail, wait_journal, with_changes
+from ..delivery.dovecot import free_port
+
+SINK = "/usr/sbin/smtp-sink"
+BODY = "Grüße aus vsmtp, ça va ?\r\n.une ligne qui commence par un point\r\n".encode()
+MESSAGE = (
+    b"From: a@example.org\r\nTo: b@far.test\r\nSubject: eight bit\r\nMIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + BODY
+)
+
+
+async def test_an_8bit_message_to_a_host_without_8bitmime_arrives_quoted_printable(start_server: Any, config: Config) -> None:
+    if not Path(SINK).exists():
+        pytest.skip("smtp-sink is not installed (Debian package postfix: tools/system-packages, as root)")
+    dump = Path(tempfile.mkdtemp(prefix="vsmtp-sink-", dir="/tmp"))
+    dump.chmod(0o777)  # smtp-sink writes as nobody
+    port = free_port()
+    sink = subprocess.Popen([SINK, "-8", "-u", "nobody", "-d", f"{dump}/%H%M%S.", f"127.0.0.1:{port}", "10"])
+    try:
+        deadline = time.monotonic() + 10
+        while not _listening(port):
+            assert sink.poll() is None and time.monotonic() < deadline, "smtp-sink did not start"
+            time.sleep(0.05)
+        relaying = with_changes(config, relay={"networks": ("127.0.0.0/8",)}, relayhost=RelayhostConfig(url=f"smtp://127.0.0.1:{port}"))
+        running = await start_server(relaying)
+        assert await sendmail(running, "a@example.org", ["b@far.test"], MESSAGE) == {}
+        records = await wait_journal(running, lambda rs: any(r.tag == qe.DeliverySucceeded.TAG for r in rs), timeout=20)
+        assert not any(r.tag == qe.DeliveryFailed.TAG for r in records)
+        [file] = list(dump.iterdir())
+        received = file.read_bytes().removesuffix(b"\n")  # smtp-sink ends its dump with an empty line
+        assert received.isascii()
+        assert b"X-Mail-Args: <a@example.org>\n" in received  # no BODY=8BITMIME: it was not offered
+        message = email.message_from_bytes(received.split(b"X-Rcpt-Args: <b@far.test>\n", 1)[1], policy=email.policy.default)
+        assert message["Content-Transfer-Encoding"] == "quoted-printable"
+        assert message.get_payload(decode=True).replace(b"\r\n", b"\n") == BODY.replace(b"\r\n", b"\n")
+    finally:
+        sink.terminate()
+        sink.wait(timeout=10)
+        shutil.rmtree(dump, ignore_errors=True)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
