@@ -54,6 +54,8 @@ def test_trace_by_queue_id_and_by_message_id_on_a_running_server(running: tuple[
     for stage in ("session.opened", "session.helo", "session.mail", "recipient.accepted", "message.accepted"):
         assert stage in tags
     assert tags.index("session.opened") < tags.index("message.accepted") < tags.index("delivery.succeeded")
+    [delivered] = [line for line in lines if " delivery.succeeded " in line]
+    assert "transport=maildir" in delivered and "route=maildir routed_by=mailbox" in delivered  # the route, journaled
     for form in ("<hello.42@client.test>", "hello.42@client.test"):
         by_message_id = run_cli(daemon.workdir, "trace", form)
         assert by_message_id.returncode == 0 and by_message_id.stdout.splitlines()[0] == lines[0]

@@ -515,7 +515,8 @@ def _queue_show(args: argparse.Namespace, config: config_mod.Config) -> int:
     print(f"  from <{shown['sender']}>")
     for r in shown["recipients"]:
         error = f"  {r['last_error']}" if r["last_error"] else ""
-        print(f"  to <{r['address']}>  {r['status']}, {r['attempts']} attempt(s){error}")
+        route = f", by {r['route']} ({r['routed_by']})" if r["route"] else ""
+        print(f"  to <{r['address']}>  {r['status']}, {r['attempts']} attempt(s){route}{error}")
     for name, value in shown["headers"]:
         print(f"  | {name}: {value}")
     return 0

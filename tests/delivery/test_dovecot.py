@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import email
 import imaplib
+import time
 from typing import Any
 
 import trio
 
 from vsmtp.config import Config, PipeConfig
 from vsmtp.queue import events as qe
+from vsmtp.queue import inspect as queue_inspect
 
 from ..conftest import sendmail, wait_journal, with_changes
 from . import dovecot
@@ -112,6 +114,11 @@ async def test_lmtp_to_a_server_that_is_down_defers(start_server: Any, config: C
     records = await wait_journal(running, lambda rs: any(r.tag == qe.DeliveryDeferred.TAG for r in rs), timeout=30)
     deferred = outcome(records, qe.DeliveryDeferred, "alice@example.org")
     assert deferred.transport == "lmtp" and deferred.stage == "connect" and "cannot connect" in deferred.reason
+    assert (deferred.route, deferred.routed_by) == (f"lmtp:[127.0.0.1]:{port}", "mailbox")
+    # What `vsmtp queue show` prints: the route of its last attempt.
+    message = queue_inspect.current(running.journal).messages[deferred.queue_id]
+    [shown] = queue_inspect.details(running.journal, message, now=time.time())["recipients"]
+    assert (shown["route"], shown["routed_by"], shown["status"]) == (f"lmtp:[127.0.0.1]:{port}", "mailbox", "pending")
 
 
 async def test_pipe_delivers_through_dovecot_lda(start_server: Any, config: Config) -> None:

@@ -31,10 +31,11 @@ def deferred(
     accepted_at: float,
     transport: str = "smtp",
     outcome: Outcome | None = None,
+    delivery: Delivery | None = None,
 ) -> qe.DeliveryDeferred | qe.DeliveryFailed:
     """A failed attempt, to be tried again on the configured schedule; or, once the message
     has been queued for `delivery.lifetime`, a failure (Postfix's maximal_queue_lifetime)."""
-    facts = _facts(outcome, default="4.0.0")
+    facts = _facts(outcome, delivery, default="4.0.0")
     retry_at = policy.retry_at(attempts + 1, now=now, config=config)
     if retry_at - accepted_at > config.delivery.lifetime:
         days = config.delivery.lifetime / 86400
@@ -44,10 +45,18 @@ def deferred(
     return qe.DeliveryDeferred(at=now, queue_id=queue_id, recipient=address, transport=transport, reason=reason, retry_at=retry_at, **facts)
 
 
-def failed(queue_id: str, address: str, *, now: float, reason: str, transport: str, outcome: Outcome | None = None) -> qe.DeliveryFailed:
-    return qe.DeliveryFailed(
-        at=now, queue_id=queue_id, recipient=address, transport=transport, reason=reason, **_facts(outcome, default="5.0.0")
-    )
+def failed(
+    queue_id: str,
+    address: str,
+    *,
+    now: float,
+    reason: str,
+    transport: str,
+    outcome: Outcome | None = None,
+    delivery: Delivery | None = None,
+) -> qe.DeliveryFailed:
+    facts = _facts(outcome, delivery, default="5.0.0")
+    return qe.DeliveryFailed(at=now, queue_id=queue_id, recipient=address, transport=transport, reason=reason, **facts)
 
 
 class _Facts(TypedDict, total=False):
@@ -57,21 +66,20 @@ class _Facts(TypedDict, total=False):
     address: str
     stage: str
     tls: bool
+    route: str
+    routed_by: str
 
 
-def _facts(outcome: Outcome | None, *, default: str) -> _Facts:
+def _facts(outcome: Outcome | None, delivery: Delivery | None, *, default: str) -> _Facts:
     """The attempt as data, for the v2 delivery events (what bounces are built from)."""
-    if outcome is None:
-        return {"status": default}
-    status = outcome.enhanced if outcome.enhanced[:1] == default[:1] else default
-    return {
-        "code": outcome.code,
-        "status": status,
-        "host": outcome.host,
-        "address": outcome.address,
-        "stage": outcome.stage,
-        "tls": outcome.tls,
-    }
+    facts: _Facts = {"status": default}
+    if delivery is not None:
+        facts["route"], facts["routed_by"] = delivery.route.text, delivery.routed_by
+    if outcome is not None:
+        facts["status"] = outcome.enhanced if outcome.enhanced[:1] == default[:1] else default
+        facts["code"], facts["host"], facts["address"] = outcome.code, outcome.host, outcome.address
+        facts["stage"], facts["tls"] = outcome.stage, outcome.tls
+    return facts
 
 
 def events(delivery: Delivery, result: Result, config: Config, *, now: float) -> list[qe.JournalEvent]:
@@ -79,7 +87,7 @@ def events(delivery: Delivery, result: Result, config: Config, *, now: float) ->
     connections it made), then each recipient's outcome; message.expired after them for the
     recipients that ran out of time."""
     job = delivery.job
-    kind = delivery.route.kind
+    kind, route = delivery.route.kind, delivery.route.text
     if result.corrupt:
         log.error("%s: not delivered, held in the quarantine %r: %s", job.queue_id, CORRUPT, result.corrupt)
         return [qe.MessageCorrupted(at=now, queue_id=job.queue_id, blob=job.blob, reason=result.corrupt)]
@@ -93,12 +101,22 @@ def events(delivery: Delivery, result: Result, config: Config, *, now: float) ->
         )  # fmt: skip
         if outcome.status == "delivered":
             detail = outcome.detail or f"{outcome.where}{' (TLS)' if outcome.tls else ''}: {outcome.reply}"
-            found.append(qe.DeliverySucceeded(at=now, queue_id=job.queue_id, recipient=address, transport=kind, detail=detail))
+            found.append(
+                qe.DeliverySucceeded(
+                    at=now,
+                    queue_id=job.queue_id,
+                    recipient=address,
+                    transport=kind,
+                    detail=detail,
+                    route=route,
+                    routed_by=delivery.routed_by,
+                )
+            )
             if address in job.in_doubt:
                 log.warning("%s: %s may have received this message twice (an attempt was cut off after its data)", job.queue_id, address)
                 found.append(qe.PossibleDuplicate(at=now, queue_id=job.queue_id, recipient=address, detail=detail))
         elif outcome.status == "failed":
-            found.append(failed(job.queue_id, address, now=now, reason=outcome.reason, transport=kind, outcome=outcome))
+            found.append(failed(job.queue_id, address, now=now, reason=outcome.reason, transport=kind, outcome=outcome, delivery=delivery))
         else:
             found.append(
                 deferred(
@@ -111,6 +129,7 @@ def events(delivery: Delivery, result: Result, config: Config, *, now: float) ->
                     accepted_at=job.accepted_at,
                     transport=kind,
                     outcome=outcome,
+                    delivery=delivery,
                 )
             )
     return with_expiry(found)

@@ -306,15 +306,20 @@ class Worker:
     def deliveries(self, job: DeliveryJob) -> list[Delivery]:
         """The job's recipients grouped by route (a rule's choice, or policy.route), each group
         cut to what its transport takes at once."""
-        groups: dict[policy.Route, list[tuple[str, int]]] = {}
+        groups: dict[tuple[policy.Route, str], list[tuple[str, int]]] = {}
         for recipient in job.recipients:
-            route = job.routes.get(recipient[0]) or policy.route(recipient[0], self.config)
-            groups.setdefault(route, []).append(recipient)
+            chosen = job.routes.get(recipient[0])
+            if chosen is not None:
+                key = (chosen, "rule")
+            else:
+                route = policy.route(recipient[0], self.config)
+                key = (route, policy.why(route, recipient[0], self.config))
+            groups.setdefault(key, []).append(recipient)
         found = []
-        for route, recipients in groups.items():
+        for (route, why), recipients in groups.items():
             size = self.transports[route.kind].max_recipients or len(recipients)
             for start in range(0, len(recipients), size):
-                found.append(Delivery(job=job, recipients=tuple(recipients[start : start + size]), route=route))
+                found.append(Delivery(job=job, recipients=tuple(recipients[start : start + size]), route=route, routed_by=why))
         return found
 
     async def _deliver(self, transport: Transport, deliveries: Sequence[Delivery]) -> list[Result]:

@@ -59,6 +59,7 @@ class Delivery:
     job: DeliveryJob
     recipients: tuple[tuple[str, int], ...]  # (address, attempts so far)
     route: policy.Route
+    routed_by: str = ""  # why this route (policy.why, or "rule")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

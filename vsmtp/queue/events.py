@@ -544,10 +544,18 @@ class MessageAccepted(JournalEvent):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeliverySucceeded(JournalEvent):
     TAG = "delivery.succeeded"
+    VERSION = 2  # 2: route and routed_by
     queue_id: str
     recipient: str
     transport: str  # maildir
     detail: str  # where it went, e.g. the Maildir file
+    route: str = ""  # the route it took (policy.Route.text): maildir, lmtp:[HOST]:PORT, smtp:DOMAIN, smtp:[HOST]:PORT ...
+    routed_by: str = ""  # why that route: mailbox, mailboxes, mx, relayhost, rule
+
+
+@upcaster("delivery.succeeded", 1)
+def _succeeded_v1(payload: Payload) -> Payload:
+    return payload  # route and routed_by unknown: their defaults
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -565,6 +573,8 @@ class DeliveryDeferred(JournalEvent):
     address: str = ""  # its address
     stage: str = ""  # where the attempt ended (delivery/transport.py STAGES)
     tls: bool = False
+    route: str = ""  # as delivery.succeeded's
+    routed_by: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -581,6 +591,8 @@ class DeliveryFailed(JournalEvent):
     address: str = ""
     stage: str = ""
     tls: bool = False
+    route: str = ""
+    routed_by: str = ""
     expired: bool = False  # it waited delivery.lifetime: given up (the reason says after what)
 
 

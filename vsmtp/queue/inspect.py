@@ -54,7 +54,15 @@ def details(journal: Journal, message: MessageState, *, now: float) -> dict[str,
     return summary(message, now=now) | {
         "message_id": message.message_id,
         "recipients": [
-            {"address": r.address, "status": r.status, "attempts": r.attempts, "next_attempt": r.next_attempt, "last_error": r.last_error}
+            {
+                "address": r.address,
+                "status": r.status,
+                "attempts": r.attempts,
+                "next_attempt": r.next_attempt,
+                "last_error": r.last_error,
+                "route": r.route,  # of its last attempt ("" : not tried yet)
+                "routed_by": r.routed_by,
+            }
             for r in message.recipients
         ],
         "headers": [[name, str(value)] for name, value in parsed.items()],

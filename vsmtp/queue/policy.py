@@ -39,6 +39,10 @@ class LocalRoute:
     def kind(self) -> str:
         return self.format
 
+    @property
+    def text(self) -> str:
+        return self.format
+
 
 def domain_key(domain: str) -> str:
     """A domain as vsmtp compares it: lower case, without a final dot, internationalized
@@ -156,6 +160,10 @@ class RemoteRoute:
     domain: str
     kind = "smtp"
 
+    @property
+    def text(self) -> str:
+        return f"smtp:{self.domain}"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Smarthost:
@@ -163,6 +171,10 @@ class Smarthost:
     port: int
     implicit_tls: bool  # smtps://
     kind = "smtp"
+
+    @property
+    def text(self) -> str:
+        return f"{'smtps' if self.implicit_tls else 'smtp'}:[{self.host}]:{self.port}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +191,10 @@ class LmtpRoute:
     def name(self) -> str:
         return f"unix:{self.path}" if self.path else f"[{self.host}]:{self.port}"
 
+    @property
+    def text(self) -> str:
+        return f"lmtp:{self.name}"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PipeRoute:
@@ -187,20 +203,26 @@ class PipeRoute:
     name: str
     kind = "pipe"
 
+    @property
+    def text(self) -> str:
+        return f"pipe:{self.name}"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DiscardRoute:
     """Accept and throw away (tests, routing rules); journaled as delivered."""
 
     kind = "discard"
+    text = "discard"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorRoute:
     """Fail the recipient with this text (Postfix's error(8)): a bounce."""
 
-    text: str = "mail for this recipient is not accepted"
+    reason: str = "mail for this recipient is not accepted"
     kind = "error"
+    text = "error"
 
 
 Route = LocalRoute | RemoteRoute | Smarthost | LmtpRoute | PipeRoute | DiscardRoute | ErrorRoute  # how one recipient is delivered
@@ -237,6 +259,18 @@ def route(address: str, config: Config) -> Route:
     if remote is not None:
         return RemoteRoute(domain=remote)
     return _mailbox(address, config)
+
+
+def why(chosen: Route, address: str, config: Config) -> str:
+    """Why `chosen` (policy.route's) is the route of `address`, as the journal says it:
+    relayhost, mx, mailboxes (an entry names its transport) or mailbox (the default)."""
+    if isinstance(chosen, RemoteRoute):
+        return "relayhost" if config.relayhost.url else "mx"
+    user, domain = local_user(address)
+    user = split_extension(user, config.local.recipient_delimiter)[0]
+    domain = domain or config.local.domains[0].lower()
+    mailboxes = config.delivery.mailboxes
+    return "mailboxes" if any(k in mailboxes for k in (f"{user}@{domain}", user, f"@{domain}")) else "mailbox"
 
 
 def split_extension(user: str, delimiter: str) -> tuple[str, str]:
@@ -276,7 +310,7 @@ def transport_route(text: str, *, user: str, domain: str, extension: str = "") -
     if kind == "discard":
         return DiscardRoute()
     if kind == "error":
-        return ErrorRoute(text=rest) if rest else ErrorRoute()
+        return ErrorRoute(reason=rest) if rest else ErrorRoute()
     raise ValueError(f"transport {text!r}: expected maildir, mbox, lmtp:HOST:PORT, lmtp:unix:PATH, pipe:NAME, discard or error[:TEXT]")
 
 

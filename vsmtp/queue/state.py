@@ -34,6 +34,8 @@ class RecipientState:
     last_status: str = ""  # RFC 3463
     last_code: int = 0  # the reply code of the server that answered (0: none did)
     last_host: str = ""  # the next hop that answered
+    route: str = ""  # the route of its last attempt (delivery events' route), and why
+    routed_by: str = ""
 
     def wants(self, kind: str) -> bool:
         """Whether this recipient asked to be reported on `kind` (SUCCESS, FAILURE or DELAY).
@@ -224,7 +226,7 @@ def _held(state: QueueState, event: qe.MessageHeld) -> QueueState:
 
 @_folds(qe.DeliverySucceeded)
 def _succeeded(state: QueueState, event: qe.DeliverySucceeded) -> QueueState:
-    return _recipient(state, event.queue_id, event.recipient, status="delivered", attempt=True)
+    return _recipient(state, event.queue_id, event.recipient, status="delivered", attempt=True, routed=event)
 
 
 @_folds(qe.DeliveryFailed)
@@ -246,7 +248,9 @@ def _recipient(
     attempt: bool,
     error: qe.DeliveryFailed | qe.DeliveryDeferred | None = None,
     retry_at: float = 0.0,
+    routed: qe.DeliverySucceeded | qe.DeliveryFailed | qe.DeliveryDeferred | None = None,
 ) -> QueueState:
+    routed = routed or error
     message = state.messages.get(queue_id)
     current = message.recipient(address) if message is not None else None
     if message is None or current is None or current.status != "pending":
@@ -260,6 +264,8 @@ def _recipient(
         last_status=error.status if error is not None else current.last_status,
         last_code=error.code if error is not None else current.last_code,
         last_host=error.host if error is not None else current.last_host,
+        route=routed.route if routed is not None and routed.route else current.route,
+        routed_by=routed.routed_by if routed is not None and routed.route else current.routed_by,
         in_doubt=current.in_doubt and status == "pending",  # a final outcome settles the doubt
     )
     message = replace(message, recipients=tuple(updated if r is current else r for r in message.recipients))
@@ -287,7 +293,7 @@ def _to_report(recipients: Iterable[RecipientState]) -> bool:
 
 # 2 added `held` per message and the `removed` counter; 3 `notify` per recipient and
 # `delay_warned` and `quarantine` per message; 4 `postq` per message. Older versions still read.
-SNAPSHOT_VERSION = 5  # 5: last_status, last_code and last_host per recipient
+SNAPSHOT_VERSION = 5  # 5: last_status, last_code, last_host, route and routed_by per recipient
 
 
 # A snapshot stores each object as a list of its fields in these orders. A new field goes at
@@ -308,7 +314,20 @@ _MESSAGE = (
     "traceparent",  # later fields: a snapshot without them gives their defaults
     "trace_continued",
 )
-_RECIPIENT = ("address", "status", "attempts", "next_attempt", "last_error", "in_doubt", "notify", "last_status", "last_code", "last_host")
+_RECIPIENT = (
+    "address",
+    "status",
+    "attempts",
+    "next_attempt",
+    "last_error",
+    "in_doubt",
+    "notify",
+    "last_status",
+    "last_code",
+    "last_host",
+    "route",
+    "routed_by",
+)
 
 
 def to_snapshot(state: QueueState) -> dict[str, Any]:

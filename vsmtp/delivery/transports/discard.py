@@ -34,5 +34,5 @@ class Error:
         results = []
         for delivery in deliveries:
             assert isinstance(delivery.route, policy.ErrorRoute)
-            results.append(Result.all(delivery, "failed", delivery.route.text, enhanced="5.0.0", stage="route"))
+            results.append(Result.all(delivery, "failed", delivery.route.reason, enhanced="5.0.0", stage="route"))
         return results
