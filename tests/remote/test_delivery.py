@@ -452,13 +452,20 @@ async def test_a_delay_warning_goes_once_while_the_message_waits(start_server: A
     running.cancel_scope.cancel()
 
 
-async def test_a_message_sent_with_smtputf8_needs_a_host_that_offers_it(start_server: Any, sender: Config, start_sink: Any) -> None:
+async def test_smtputf8_is_asked_of_the_next_host_only_when_the_message_needs_it(
+    start_server: Any, sender: Config, start_sink: Any
+) -> None:
     sink = await start_sink("127.0.0.2")  # offers 8BITMIME, not SMTPUTF8
     running = await start_server(sender)
-    await send_with_dsn(running, "alice@localhost", "user@far.test", mail=["SMTPUTF8"], rcpt=[])  # ASCII addresses
-    [failed] = [r for r in await outcomes(running, 2) if r.tag == "delivery.failed"]
-    assert "SMTPUTF8" in failed.payload["reason"] and sink.received == []
-    await wait_for_files(sender, "alice")  # and the sender hears why
+    # The client asked for SMTPUTF8, but nothing in it needs it (RFC 6531 3.4): it goes.
+    await send_with_dsn(running, "alice@localhost", "user@far.test", mail=["SMTPUTF8"], rcpt=[])
+    await outcomes(running, 1)
+    assert [r.reverse_path for r in sink.received] == ["alice@localhost"]
+    # A UTF-8 address needs it: it cannot go there, and the sender hears why (5.6.7).
+    await send_with_dsn(running, "alice@localhost", "usér@far.test", mail=["SMTPUTF8"], rcpt=[])
+    [failed] = [r for r in await outcomes(running, 3) if r.tag == "delivery.failed"]
+    assert "SMTPUTF8" in failed.payload["reason"] and failed.payload["status"] == "5.6.7" and len(sink.received) == 1
+    await wait_for_files(sender, "alice")
     running.cancel_scope.cancel()
 
 

@@ -1,5 +1,6 @@
-"""Relaying to Postfix's smtp-sink started with -8 (no 8BITMIME): an 8-bit message arrives
-converted to quoted-printable, and decodes to the original body (RFC 6152 3)."""
+"""Relaying to Postfix's smtp-sink: started with -8 (no 8BITMIME), an 8-bit message arrives
+converted to quoted-printable and decodes to the original body (RFC 6152 3); a message that
+needs SMTPUTF8, which smtp-sink does not offer, bounces with 5.6.7 in an RFC 6533 notice."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from vsmtp.config import Config, RelayhostConfig
 from vsmtp.queue import events as qe
 
-from ..conftest import sendmail, wait_journal, with_changes
+from ..conftest import maildir_files, sendmail, wait_journal, with_changes
 from ..delivery.dovecot import free_port
 
 SINK = "/usr/sbin/smtp-sink"
@@ -66,3 +68,41 @@ def _listening(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+async def test_a_message_needing_smtputf8_to_a_host_without_it_bounces_with_a_global_notice(start_server: Any, config: Config) -> None:
+    if not Path(SINK).exists():
+        pytest.skip("smtp-sink is not installed (Debian package postfix: tools/system-packages, as root)")
+    port = free_port()
+    sink = subprocess.Popen([SINK, "-u", "nobody", f"127.0.0.1:{port}", "10"])  # offers no SMTPUTF8
+    try:
+        deadline = time.monotonic() + 10
+        while not _listening(port):
+            assert sink.poll() is None and time.monotonic() < deadline, "smtp-sink did not start"
+            time.sleep(0.05)
+        relaying = with_changes(config, relay={"networks": ("127.0.0.0/8",)}, relayhost=RelayhostConfig(url=f"smtp://127.0.0.1:{port}"))
+        running = await start_server(relaying)
+
+        def send() -> None:
+            import smtplib
+
+            with smtplib.SMTP("127.0.0.1", running.bound[0].port, timeout=10) as client:
+                client.ehlo("client.test")
+                message = "From: sender@localhost\r\nTo: 用户@far.test\r\nSubject: hi\r\n\r\nbody\r\n".encode()
+                client.sendmail("sender@localhost", ["用户@far.test"], message, mail_options=["SMTPUTF8"])
+
+        await trio.to_thread.run_sync(send)
+        records = await wait_journal(running, lambda rs: sum(r.tag == qe.DeliverySucceeded.TAG for r in rs) >= 1, timeout=20)
+        [failed] = [e for e in map(qe.decode, records) if isinstance(e, qe.DeliveryFailed)]
+        assert failed.status == "5.6.7" and failed.recipient == "用户@far.test"
+        [notice_file] = maildir_files(relaying, "sender")
+        notice = email.message_from_bytes(notice_file.read_bytes(), policy=email.policy.default)
+        kinds = [p.get_content_type() for p in notice.walk()]
+        assert "message/global-delivery-status" in kinds and "message/global-headers" in kinds, kinds
+        raw = notice_file.read_bytes().decode("utf-8")
+        assert "Final-Recipient: utf-8; 用户@far.test" in raw and "Status: 5.6.7" in raw
+        accepted = [e for e in map(qe.decode, records) if isinstance(e, qe.MessageAccepted) and not e.reverse_path]
+        assert [a.mail_params for a in accepted] == [{"SMTPUTF8": None}]  # the notice itself goes with SMTPUTF8
+    finally:
+        sink.terminate()
+        sink.wait(timeout=10)

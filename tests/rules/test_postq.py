@@ -153,6 +153,34 @@ async def test_delivery_rules_refuse_accept_and_route_each_recipient(start_serve
     running.cancel_scope.cancel()
 
 
+TRANSPORTS = """
+@rule.delivery
+def by_transport(ctx):
+    routes = {"gone": "discard", "no": "error:we do not take mail for no", "later": "pipe:missing", "box": "mbox"}
+    ctx.set_route(ctx.recipient, routes[ctx.recipient.split("@")[0]])
+"""
+
+
+async def test_delivery_rules_choose_transports(start_server: Any, config: Config, tmp_path: Path) -> None:
+    from vsmtp.queue import events as qe
+
+    running = await start_server(dataclasses.replace(config, rules=rules_file(tmp_path, TRANSPORTS)))
+    recipients = ["gone@localhost", "no@localhost", "later@localhost", "box@localhost"]
+    await session(running, lambda c: c.sendmail("alice@localhost", recipients, "Subject: x\r\n\r\nx\r\n"))
+    records = await wait_journal(running, lambda rs: sum(r.tag.startswith("delivery.") for r in rs) >= 4, timeout=20)
+    outcomes = {
+        e.recipient: e for e in map(qe.decode, records) if isinstance(e, qe.DeliverySucceeded | qe.DeliveryFailed | qe.DeliveryDeferred)
+    }
+    assert isinstance(outcomes["gone@localhost"], qe.DeliverySucceeded) and outcomes["gone@localhost"].routed_by == "rule"
+    assert isinstance(outcomes["box@localhost"], qe.DeliverySucceeded) and outcomes["box@localhost"].transport == "mbox"
+    refused = outcomes["no@localhost"]
+    assert isinstance(refused, qe.DeliveryFailed) and refused.reason == "we do not take mail for no" and refused.route == "error"
+    waiting = outcomes["later@localhost"]  # a pipe that is not configured: kept, not lost
+    assert isinstance(waiting, qe.DeliveryDeferred) and "no [delivery.pipe.missing]" in waiting.reason
+    assert maildir_files(config, "gone") == [] and maildir_files(config, "no") == []
+    running.cancel_scope.cancel()
+
+
 async def test_a_delivery_quarantine_holds_every_recipient_until_released(start_server: Any, config: Config, tmp_path: Path) -> None:
     released = tmp_path / "released"
     rules = rules_file(

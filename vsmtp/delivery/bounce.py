@@ -10,6 +10,9 @@ neither lose the bounce nor send it twice.
   Original-Recipient from ORCPT, Action, Status, Remote-MTA, Diagnostic-Code), and the
   original's headers (text/rfc822-headers), or the whole original (message/rfc822) when the
   sender asked for RET=FULL;
+- a notice about a UTF-8 address or message (RFC 6533) uses message/global-delivery-status,
+  `utf-8;` addresses, message/global-headers (or message/global) for the original, and is
+  itself queued with SMTPUTF8;
 - ENVID is returned as Original-Envelope-Id; NOTIFY is honoured (RFC 3461 4.1): a failed
   recipient is reported unless its NOTIFY leaves out FAILURE, a delivered one only if it
   asked for SUCCESS ("delivered" into a mailbox here, "relayed" when handed to another
@@ -95,6 +98,7 @@ def compose(
     head, _, _ = original.partition(b"\r\n\r\n")
     # RET=FULL asks for the whole message back in a failure notice (RFC 3461 4.3); other notices carry its headers.
     full = kind == "failed" and (accepted.mail_params.get("RET") or "").upper() == "FULL"
+    utf8 = needs_utf8(message, reports, head)
     lines = [  # no Return-Path: the final delivery adds it (RFC 5321 4.4), from the null sender
         f"From: MAILER-DAEMON@{hostname} (Mail Delivery System)",
         f"To: <{message.reverse_path}>",
@@ -118,7 +122,7 @@ def compose(
         *(f"<{r.recipient}>: {r.action}{': ' + r.reason if r.reason else ''}" for r in reports),
         "",
         f"--{boundary}",
-        "Content-Type: message/delivery-status",
+        "Content-Type: message/global-delivery-status" if utf8 else "Content-Type: message/delivery-status",
         "",
         f"Reporting-MTA: dns; {hostname}",
         f"X-Vsmtp-Queue-ID: {message.queue_id}",
@@ -131,7 +135,7 @@ def compose(
         diagnostic = report.reason
         kind_of_code = "smtp" if report.remote else "x-vsmtp"  # RFC 3464 2.3.6: an SMTP (or LMTP) server's reply
         lines += [
-            f"Final-Recipient: rfc822; {report.recipient}",
+            f"Final-Recipient: {'rfc822' if report.recipient.isascii() else 'utf-8'}; {report.recipient}",  # RFC 6533 3
             *([f"Original-Recipient: {params['ORCPT']}"] if params.get("ORCPT") else []),
             f"Action: {report.action}",
             f"Status: {report.status}",
@@ -140,10 +144,21 @@ def compose(
             *([f"Will-Retry-Until: {email.utils.formatdate(retry_until)}"] if report.action == "delayed" and retry_until else []),
             "",
         ]
-    lines += [f"--{boundary}", "Content-Type: message/rfc822" if full else "Content-Type: text/rfc822-headers", "", ""]
+    attached_type = (
+        ("message/global" if utf8 else "message/rfc822") if full else ("message/global-headers" if utf8 else "text/rfc822-headers")
+    )
+    lines += [f"--{boundary}", f"Content-Type: {attached_type}", "", ""]
     text = "\r\n".join(lines).encode("utf-8")
     attached = original if full else head + b"\r\n"
     return text + attached + (b"" if attached.endswith(b"\r\n") else b"\r\n") + f"\r\n--{boundary}--\r\n".encode()
+
+
+def needs_utf8(message: MessageState, reports: list[Report], head: bytes) -> bool:
+    """Whether a notice must be a UTF-8 one (RFC 6533): an address or the original's header
+    is not ASCII, or the failure was that the next hop lacks SMTPUTF8 (5.6.7)."""
+    if not (message.reverse_path.isascii() and head.isascii()):
+        return True
+    return any(not (r.recipient.isascii() and r.reason.isascii()) or r.status == "5.6.7" for r in reports)
 
 
 def _original(journal: Journal, message: MessageState) -> tuple[qe.MessageAccepted, bytes]:
@@ -198,6 +213,7 @@ def _records(
         blob=notice_id.encode(),
         size=len(body),
         message_id=f"<{notice_id}@{config.hostname}>",
+        mail_params={"SMTPUTF8": None} if needs_utf8(message, reports, original.partition(b"\r\n\r\n")[0]) else {},
     )
     done = event(notice_id, tuple(r.recipient for r in reports))
     return [qe.to_append(dsn, blobs={dsn.blob: body}), qe.to_append(done)]

@@ -192,7 +192,11 @@ async def delivery(
         for action in actions:  # set_route: the only action the delivery stage takes
             routed.events.append(action.event(at=now, session_id=ctx.session_id, queue_id=queue_id))
             target, route = action.args
-            routed.routes[target] = policy.chosen_route(route, target, config)
+            try:
+                routed.routes[target] = policy.chosen_route(route, target, config)
+            except ValueError as exc:  # e.g. pipe:NAME with no [delivery.pipe.NAME]: an error route, the mail waits
+                log.warning("%s: %s: %s", queue_id, target, exc)
+                routed.routes[target] = policy.ErrorRoute(reason=str(exc), temporary=True)
         if verdict.kind != "next":
             routed.events.append(verdict.event(at=now, session_id=ctx.session_id, stage="delivery", recipient=address))
         if verdict.refuses:

@@ -221,6 +221,7 @@ class ErrorRoute:
     """Fail the recipient with this text (Postfix's error(8)): a bounce."""
 
     reason: str = "mail for this recipient is not accepted"
+    temporary: bool = False  # deferred instead (a route that names what is not configured)
     kind = "error"
     text = "error"
 

@@ -136,7 +136,8 @@ class Context:
         self._record("export", str(directory), form)
 
     def set_route(self, recipient: str, route: str) -> None:
-        """At delivery: deliver `recipient` by `route` ("local", "smtp", "smtp:[HOST]:PORT")
+        """At delivery: deliver `recipient` by `route` ("local", "smtp", "smtp:[HOST]:PORT", or a
+        transport: "maildir", "mbox", "lmtp:HOST:PORT", "pipe:NAME", "discard", "error:TEXT")
         instead of the route vsmtp chose (Postfix's transport maps)."""
         if self.stage != "delivery":
             raise ValueError(f"set_route at the {self.stage} stage: routes are chosen at the delivery stage")

@@ -34,5 +34,9 @@ class Error:
         results = []
         for delivery in deliveries:
             assert isinstance(delivery.route, policy.ErrorRoute)
-            results.append(Result.all(delivery, "failed", delivery.route.reason, enhanced="5.0.0", stage="route"))
+            route = delivery.route
+            if route.temporary:
+                results.append(Result.all(delivery, "deferred", route.reason, enhanced="4.3.5", stage="route"))  # 4.3.5: configuration
+            else:
+                results.append(Result.all(delivery, "failed", route.reason, enhanced="5.0.0", stage="route"))
         return results

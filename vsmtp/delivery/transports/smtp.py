@@ -74,9 +74,12 @@ class Smtp:
                 reverse_path=job.reverse_path,
                 recipients=addresses,
                 body=body,
-                # RFC 6531 3.4: asked for when the sender asked for it, or when an address needs it.
-                smtputf8=(accepted is not None and "SMTPUTF8" in accepted.mail_params)
-                or not (job.reverse_path.isascii() and all(a.isascii() for a in addresses)),
+                # RFC 6531 3.4: asked for when the message needs it: an address or a header field
+                # in UTF-8 (a client's SMTPUTF8 on an all-ASCII message is not passed on, as
+                # Postfix's smtputf8_autodetect does), else a host without it could not take it.
+                smtputf8=not (
+                    job.reverse_path.isascii() and all(a.isascii() for a in addresses) and body.partition(b"\r\n\r\n")[0].isascii()
+                ),
             )
             settings = outbound.ClientSettings(
                 helo_name=config.hostname,
