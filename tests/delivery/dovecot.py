@@ -62,6 +62,9 @@ service lmtp {{
     address = 127.0.0.1
     port = {lmtp}
   }}
+  unix_listener lmtp {{
+    mode = 0666
+  }}
 }}
 service imap-login {{
   inet_listener imap {{
@@ -91,6 +94,11 @@ class Dovecot:
     config: Path
     lmtp: int
     imap: int
+
+    @property
+    def socket(self) -> Path:
+        """LMTP's unix socket."""
+        return self.root / "run" / "lmtp"
 
     def log(self) -> str:
         path = self.root / "dovecot.log"

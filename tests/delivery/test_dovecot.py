@@ -107,6 +107,19 @@ async def test_lmtp_defers_a_recipient_over_quota_when_dovecot_says_452(start_se
         assert [(r.address, r.status) for r in message.recipients] == [("alice@example.org", "delivered"), ("carol@example.org", "pending")]
 
 
+async def test_lmtp_over_a_unix_socket_keeps_its_connection_for_the_next_message(start_server: Any, config: Config) -> None:
+    with dovecot.running({"alice": ""}) as server:
+        configured = with_changes(
+            config, local={"domains": ("example.org",)}, delivery={"mailbox": f"lmtp:unix:{server.socket}", "connection_idle": 30.0}
+        )
+        running = await start_server(configured)
+        for n in (1, 2):
+            assert await sendmail(running, "sender@example.org", ["alice@example.org"], MESSAGE) == {}
+            await wait_journal(running, lambda rs, n=n: sum(r.tag == qe.DeliverySucceeded.TAG for r in rs) == n, timeout=30)
+        assert len(await trio.to_thread.run_sync(imap_messages, server, "alice")) == 2
+        assert server.log().count("lmtp(") and server.log().count("Connect from local") == 1  # one connection for both
+
+
 async def test_lmtp_to_a_server_that_is_down_defers(start_server: Any, config: Config) -> None:
     port = dovecot.free_port()  # nobody listens
     running = await start_server(with_changes(config, local={"domains": ("example.org",)}, delivery={"mailbox": f"lmtp:127.0.0.1:{port}"}))
