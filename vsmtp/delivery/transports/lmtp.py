@@ -128,8 +128,16 @@ class Lmtp:
             return [refused.get(r) or said[r] for r in recipients]
         await self.services.started(job.queue_id, accepted, route.name, route.path or route.host)  # the data may be taken unheard
         await talk.send(conn.message(body), TIMEOUT["command"])
-        finals = dict(zip(accepted, await talk.replies(len(accepted), TIMEOUT["data_end"]), strict=True))  # RFC 2033 4.2
-        return [refused.get(r) or _outcome(r, finals[r], "message", where) for r in recipients]
+        finals: dict[str, Outcome] = {}
+        try:
+            for recipient in accepted:  # RFC 2033 4.2: one reply each, in RCPT order
+                [reply] = await talk.replies(1, TIMEOUT["data_end"])
+                finals[recipient] = _outcome(recipient, reply, "message", where)
+        except (outbound.Failed, ProtocolError, *outbound.LOST) as exc:  # those answered keep their answer
+            text = f"no answer after the data: {exc}"
+            for recipient in accepted:
+                finals.setdefault(recipient, Outcome(recipient=recipient, status="deferred", text=text, stage="message", host=where[0], address=where[1]))
+        return [refused.get(r) or finals[r] for r in recipients]
 
 
 def _outcome(recipient: str, reply: Reply, stage: str, where: tuple[str, str]) -> Outcome:

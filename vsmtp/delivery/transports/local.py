@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import pwd
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -47,19 +48,36 @@ def owner_of(route: policy.LocalRoute, config: Config) -> Owner | None:
     if not wanted or os.geteuid() != 0 or _libc is None:
         return None
     if wanted == "system":
-        try:
-            entry = pwd.getpwnam(route.user)
-        except KeyError:
-            return None  # not a system user: a virtual mailbox, vsmtp's own
-        return entry.pw_uid, entry.pw_gid
+        return system_user(route.user)  # None: not a system user, a virtual mailbox, vsmtp's own
     uid, colon, gid = wanted.partition(":")
     if colon and uid.isdigit() and gid.isdigit():
         return int(uid), int(gid)
+    found = system_user(wanted)
+    if found is None:
+        raise OwnerUnknown(f"delivery.mailbox_owner {wanted!r} is not a user of this system")
+    return found
+
+
+USERS_TTL = 60.0  # seconds a user lookup is remembered (getpwnam reads the passwd file: ~0.1 ms)
+_users: dict[str, tuple[float, Owner | None]] = {}
+
+
+def system_user(name: str) -> Owner | None:
+    """The uid and gid of the system user `name` (None: no such user), looked up at most
+    once a minute per name."""
+    now = time.monotonic()
+    known = _users.get(name)
+    if known is not None and now - known[0] < USERS_TTL:
+        return known[1]
     try:
-        entry = pwd.getpwnam(wanted)
+        entry = pwd.getpwnam(name)
+        found: Owner | None = (entry.pw_uid, entry.pw_gid)
     except KeyError:
-        raise OwnerUnknown(f"delivery.mailbox_owner {wanted!r} is not a user of this system") from None
-    return entry.pw_uid, entry.pw_gid
+        found = None
+    if len(_users) >= 4096:
+        _users.clear()
+    _users[name] = (now, found)
+    return found
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if os.name == "posix" and hasattr(os, "setresuid") else None
