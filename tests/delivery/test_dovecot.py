@@ -1,6 +1,7 @@
 """Delivery into a real Dovecot (tests/delivery/dovecot.py): by LMTP, several recipients in
 one transaction, read back over IMAP byte for byte; a recipient over quota bounced (552) or
-deferred (452) alone; and through Dovecot's own delivery agent by the pipe transport."""
+deferred (452) alone, an unknown one bounced (550 at RCPT); over the unix socket with the
+connection kept; and through Dovecot's own delivery agent by the pipe transport."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ async def test_lmtp_delivers_every_recipient_in_one_transaction_and_bounces_the_
     with dovecot.running(users) as server:
         running = await start_server(lmtp_config(config, server))
         rcpts = ["alice@example.org", "bob@example.org", "carol@example.org"]
-        assert await sendmail(running, "sender@example.org", rcpts, MESSAGE) == {}
+        assert await sendmail(running, "sender@example.org", [*rcpts, "nobody-here@example.org"], MESSAGE) == {}
         records = await wait_journal(running, has_bounce_delivered, timeout=30)
         [started] = [e for e in map(qe.decode, records) if isinstance(e, qe.DeliveryStarted) and "carol@example.org" in e.recipients]
         assert sorted(started.recipients) == rcpts  # one transaction for the three
@@ -65,6 +66,8 @@ async def test_lmtp_delivers_every_recipient_in_one_transaction_and_bounces_the_
             assert done.transport == "lmtp" and " 250 2.0.0 " in done.detail
         failed = outcome(records, qe.DeliveryFailed, "carol@example.org")
         assert (failed.transport, failed.code, failed.status, failed.stage) == ("lmtp", 552, "5.2.2", "message"), failed
+        unknown = outcome(records, qe.DeliveryFailed, "nobody-here@example.org")  # Dovecot refuses it at RCPT
+        assert (unknown.code, unknown.status, unknown.stage) == (550, "5.1.1", "rcpt"), unknown
         accepted = next(e for e in map(qe.decode, records) if isinstance(e, qe.MessageAccepted) and e.reverse_path)
         stored = running.journal.blob(accepted.blob)
         assert stored is not None
@@ -82,6 +85,7 @@ async def test_lmtp_delivers_every_recipient_in_one_transaction_and_bounces_the_
         status = next(p for p in report.walk() if p.get_content_type() == "message/delivery-status")
         text = status.as_string()
         assert "Final-Recipient: rfc822; carol@example.org" in text and "Status: 5.2.2" in text
+        assert "Final-Recipient: rfc822; nobody-here@example.org" in text and "Status: 5.1.1" in text
         assert "Diagnostic-Code: smtp; 552 5.2.2" in text and "Remote-MTA: dns; [127.0.0.1]:" in text
 
 
