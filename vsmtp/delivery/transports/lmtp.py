@@ -136,7 +136,9 @@ class Lmtp:
         except (outbound.Failed, ProtocolError, *outbound.LOST) as exc:  # those answered keep their answer
             text = f"no answer after the data: {exc}"
             for recipient in accepted:
-                finals.setdefault(recipient, Outcome(recipient=recipient, status="deferred", text=text, stage="message", host=where[0], address=where[1]))
+                finals.setdefault(
+                    recipient, Outcome(recipient=recipient, status="deferred", text=text, stage="message", host=where[0], address=where[1])
+                )
         return [refused.get(r) or finals[r] for r in recipients]
 
 
