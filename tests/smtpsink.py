@@ -40,6 +40,7 @@ class Sink:
     delay: float = 0.0  # seconds before each reply: a slow server
     auth: tuple[str, str] | None = None  # AUTH PLAIN required (offered after STARTTLS only)
     data_delay: float = 0.0  # seconds between taking a message and saying so (its 250)
+    auth_attempts: int = 0  # AUTH commands received (credentials that reached this server)
 
     def __post_init__(self) -> None:
         self.rcpt_replies, self.data_replies = deque(self.rcpt_replies), deque(self.data_replies)
@@ -93,6 +94,7 @@ class Sink:
                     await stream.do_handshake()
                     tls, buffer = True, b""
                 elif verb == b"AUTH":
+                    self.auth_attempts += 1
                     token = command.split()[-1]
                     try:
                         _, name, password = base64.b64decode(token).split(b"\0")

@@ -146,7 +146,10 @@ class DeliveryConfig:
     per_domain: int = 20  # SMTP deliveries at once to one destination domain
     per_host: int = 20  # SMTP deliveries at once to one mail host address, whatever the domain
     connection_idle: float = 2.0  # seconds a connection to a remote host stays open for the next message (0: none)
-    tls_policy: Mapping[str, str] = field(default_factory=dict)  # destination domain -> "may" | "require"
+    # Destination domain -> TLS security level (net/tlspolicy.py): "none", "may" (the default),
+    # "encrypt", "verify" or "secure" ("require": encrypt).
+    tls_policy: Mapping[str, str] = field(default_factory=dict)
+    tls_ca: str = ""  # the CAs trusted at verify and secure (a PEM file); "" : the system's
     lifetime: float = 5 * 86400.0  # seconds a message may wait in the queue; then it fails (and bounces)
     delay_warning: float = 0.0  # seconds after which the sender is told the message is delayed (once); 0: never
     retry_first: float = 300.0  # seconds before the first retry, doubling after each failure ...
@@ -160,7 +163,11 @@ class RelayhostConfig:
     url: str = ""  # "smtp://host:port" (STARTTLS) or "smtps://host:port" (TLS from the start); "" : none
     username: str = ""  # AUTH PLAIN credentials, sent only over TLS
     password: str = ""
-    tls: Literal["may", "require"] = "may"  # require: never send mail to it unencrypted
+    # The TLS security level (net/tlspolicy.py): "verify" checks that the certificate chains to
+    # a trusted CA and names the relay host, and credentials are sent only then; "secure",
+    # "encrypt" (no check; "require" is its earlier name), "may", "none".
+    tls: str = "verify"
+    ca: str = ""  # the CAs trusted for it (a PEM file); "" : the system's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -384,9 +391,18 @@ def load(path: str | Path | None = None) -> Config:
     config: Config = _build(Config, table, (), src)
     if config.relayhost.url and not re.match(r"^smtps?://[^/:]+(:\d+)?/?$|^smtps?://\[[0-9a-fA-F:]+\](:\d+)?/?$", config.relayhost.url):
         raise src.error(("relayhost", "url"), f"expected smtp://host:port or smtps://host:port, got {config.relayhost.url!r}")
-    for name, value in config.delivery.tls_policy.items():
-        if value not in ("may", "require"):
-            raise src.error(("delivery", "tls_policy", name), f"expected 'may' or 'require', got {value!r}")
+    from .net import tlspolicy  # the levels are defined beside their use
+
+    for keys, value in [(("relayhost", "tls"), config.relayhost.tls)] + [
+        (("delivery", "tls_policy", name), value) for name, value in config.delivery.tls_policy.items()
+    ]:
+        try:
+            tlspolicy.level_of(value)
+        except ValueError as exc:
+            raise src.error(keys, str(exc)) from None
+    if config.relayhost.username and not tlspolicy.TlsPolicy(level=tlspolicy.level_of(config.relayhost.tls)).verified:
+        why = "credentials go only to a verified server: set verify or secure (and ca, if its CA is private)"
+        raise src.error(("relayhost", "tls"), why)
     from .queue import policy
 
     for keys, value in [(("delivery", "mailbox"), config.delivery.mailbox)] + [

@@ -3,58 +3,17 @@ on a DNS server on loopback, and delivers to receiving SMTP servers on loopback.
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trustme
 
-from vsmtp.config import Config, DnsConfig, RelayhostConfig
+from vsmtp.config import Config, RelayhostConfig
 from vsmtp.daemon import Running
 
 from ..conftest import sendmail, with_changes
-from ..dnsserver import DnsServer
-from ..smtpsink import Sink
-
-ZONE = Path(__file__).with_name("test.zone")
-
-
-@pytest.fixture
-def dns_server() -> Any:
-    with DnsServer.from_file(ZONE, "test.") as server:
-        yield server
-
-
-@pytest.fixture
-async def port() -> int:
-    """A port free on 127.0.0.2-6 (the mail hosts all listen on the one remote_port)."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.7")
-    number: int = listeners[0].socket.getsockname()[1]
-    await listeners[0].aclose()
-    return number
-
-
-@pytest.fixture
-def sender(config: Config, dns_server: DnsServer, port: int) -> Config:
-    return with_changes(
-        config,
-        relay={"networks": ("127.0.0.0/8",)},
-        dns=DnsConfig(nameservers=(f"{dns_server.host}:{dns_server.port}",), timeout=3),
-        delivery={"remote_port": port, "retry_first": 0.3, "retry_max": 0.6},
-    )
-
-
-@pytest.fixture
-def start_sink(nursery: trio.Nursery, port: int) -> Callable[..., Any]:
-    async def start(host: str, **kwargs: Any) -> Sink:
-        sink = Sink(host=host, port=port, **kwargs)
-        await nursery.start(sink.serve)
-        return sink
-
-    return start
+from .conftest import ca_file, server_tls
 
 
 async def outcomes(running: Running, queue_id_count: int = 1, *, timeout: float = 15) -> list[Any]:
@@ -63,13 +22,6 @@ async def outcomes(running: Running, queue_id_count: int = 1, *, timeout: float 
         while running.projection.state.completed < queue_id_count:
             await running.projection.wait_touched(timeout=0.05)
     return [r for r in running.journal.read(0) if r.tag in ("delivery.succeeded", "delivery.deferred", "delivery.failed")]
-
-
-def server_tls(ca: trustme.CA, name: str) -> ssl.SSLContext:
-    """A receiving server's TLS context, with a certificate for `name` from the test CA."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(name).configure_cert(context)
-    return context
 
 
 MESSAGE = "Subject: far away\r\n\r\n.a line that starts with a dot\r\nbye\r\n"
@@ -295,9 +247,9 @@ async def test_connections_to_one_host_are_limited_across_domains(start_server: 
 async def test_relay_through_a_smarthost_with_auth_over_starttls(
     start_server: Any, sender: Config, start_sink: Any, port: int, ca: trustme.CA
 ) -> None:
-    context = server_tls(ca, "smarthost.test")
+    context = server_tls(ca, "127.0.0.8")  # verified: the test CA is trusted, the certificate names the relay host
     smarthost = await start_sink("127.0.0.8", tls=context, auth=("relayuser", "s3cret"))
-    relay = RelayhostConfig(url=f"smtp://127.0.0.8:{port}", username="relayuser", password="s3cret", tls="require")
+    relay = RelayhostConfig(url=f"smtp://127.0.0.8:{port}", username="relayuser", password="s3cret", ca=ca_file(ca, sender))
     running = await start_server(with_changes(sender, relayhost=relay))
     await sendmail(running, "a@example.org", ["someone@far.test", "other@flat.test"], MESSAGE)  # two domains, no MX asked
     records = await outcomes(running)
@@ -311,11 +263,12 @@ async def test_relay_through_a_smarthost_with_auth_over_starttls(
 async def test_a_smarthost_that_refuses_the_credentials_or_lacks_tls_gets_nothing(
     start_server: Any, sender: Config, start_sink: Any, port: int, ca: trustme.CA
 ) -> None:
-    context = server_tls(ca, "smarthost.test")
+    context = server_tls(ca, "127.0.0.8")
     with_tls = await start_sink("127.0.0.8", tls=context, auth=("relayuser", "s3cret"))
     plain = await start_sink("127.0.0.9")  # no STARTTLS
-    wrong = RelayhostConfig(url=f"smtp://127.0.0.8:{port}", username="relayuser", password="wrong")
-    cleartext = RelayhostConfig(url=f"smtp://127.0.0.9:{port}", username="relayuser", password="s3cret")
+    trusted = ca_file(ca, sender)
+    wrong = RelayhostConfig(url=f"smtp://127.0.0.8:{port}", username="relayuser", password="wrong", ca=trusted)
+    cleartext = RelayhostConfig(url=f"smtp://127.0.0.9:{port}", username="relayuser", password="s3cret", ca=trusted)
     for relay in (wrong, cleartext):
         running = await start_server(
             with_changes(sender, relayhost=relay, journal={"path": f"{sender.journal.path}-{relay.password}{relay.url[-6:]}"})
@@ -325,7 +278,7 @@ async def test_a_smarthost_that_refuses_the_credentials_or_lacks_tls_gets_nothin
             while not any(r.tag == "delivery.deferred" for r in running.journal.read(0)):
                 await trio.sleep(0.05)
         [deferred] = [r for r in running.journal.read(0) if r.tag == "delivery.deferred"]
-        assert ("AUTH: 535" in deferred.payload["reason"]) if relay is wrong else ("without TLS" in deferred.payload["reason"])
+        assert ("AUTH: 535" in deferred.payload["reason"]) if relay is wrong else ("TLS is required" in deferred.payload["reason"])
         [attempt] = [r for r in running.journal.read(0) if r.tag == "delivery.attempted"]
         assert attempt.payload["tls"] is (relay is wrong)  # the refusal of the credentials came after STARTTLS
         running.cancel_scope.cancel()
@@ -473,10 +426,10 @@ async def test_a_reload_that_changes_the_smarthost_sends_the_next_message_there(
     start_server: Any, sender: Config, start_sink: Any, port: int
 ) -> None:
     first, second = await start_sink("127.0.0.8"), await start_sink("127.0.0.9")
-    running = await start_server(with_changes(sender, relayhost=RelayhostConfig(url=f"smtp://127.0.0.8:{port}")))
+    running = await start_server(with_changes(sender, relayhost=RelayhostConfig(url=f"smtp://127.0.0.8:{port}", tls="may")))
     await sendmail(running, "a@example.org", ["someone@far.test"], MESSAGE)
     await outcomes(running, 1)
-    running.reload(with_changes(sender, relayhost=RelayhostConfig(url=f"smtp://127.0.0.9:{port}")))  # what SIGHUP does
+    running.reload(with_changes(sender, relayhost=RelayhostConfig(url=f"smtp://127.0.0.9:{port}", tls="may")))  # what SIGHUP does
     await sendmail(running, "a@example.org", ["someone@far.test"], MESSAGE)
     await outcomes(running, 2)
     assert len(first.received) == 1 and len(second.received) == 1

@@ -42,7 +42,9 @@ async def test_an_8bit_message_to_a_host_without_8bitmime_arrives_quoted_printab
         while not _listening(port):
             assert sink.poll() is None and time.monotonic() < deadline, "smtp-sink did not start"
             time.sleep(0.05)
-        relaying = with_changes(config, relay={"networks": ("127.0.0.0/8",)}, relayhost=RelayhostConfig(url=f"smtp://127.0.0.1:{port}"))
+        relaying = with_changes(
+            config, relay={"networks": ("127.0.0.0/8",)}, relayhost=RelayhostConfig(url=f"smtp://127.0.0.1:{port}", tls="may")
+        )
         running = await start_server(relaying)
         assert await sendmail(running, "a@example.org", ["b@far.test"], MESSAGE) == {}
         records = await wait_journal(running, lambda rs: any(r.tag == qe.DeliverySucceeded.TAG for r in rs), timeout=20)
@@ -80,7 +82,9 @@ async def test_a_message_needing_smtputf8_to_a_host_without_it_bounces_with_a_gl
         while not _listening(port):
             assert sink.poll() is None and time.monotonic() < deadline, "smtp-sink did not start"
             time.sleep(0.05)
-        relaying = with_changes(config, relay={"networks": ("127.0.0.0/8",)}, relayhost=RelayhostConfig(url=f"smtp://127.0.0.1:{port}"))
+        relaying = with_changes(
+            config, relay={"networks": ("127.0.0.0/8",)}, relayhost=RelayhostConfig(url=f"smtp://127.0.0.1:{port}", tls="may")
+        )
         running = await start_server(relaying)
 
         def send() -> None:

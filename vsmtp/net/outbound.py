@@ -5,8 +5,9 @@ The protocol text and reply parsing live in smtp/client.py; this module drives t
 - the domain's mail hosts come from net/dns.py, tried in order, every address of each;
   a host that refuses the connection, times out, or greets with anything but 2xx is left
   for the next one;
-- EHLO, or HELO if EHLO is refused; STARTTLS when offered (opportunistic, as Postfix's
-  `smtp_tls_security_level = may`: the certificate is not checked), then EHLO again;
+- EHLO, or HELO if EHLO is refused; STARTTLS as the security level says (net/tlspolicy.py:
+  none, may, encrypt, verify, secure; the certificate checked at verify and secure), then
+  EHLO again; credentials only to a server whose certificate was verified;
 - SIZE checked against the server's limit before sending; BODY=8BITMIME and SMTPUTF8 passed
   when the message needs them; an 8-bit message to a server without 8BITMIME converted to
   7 bit (mail/downgrade.py), and a message that needs what the server lacks fails;
@@ -32,7 +33,9 @@ from ..mail import downgrade
 from ..smtp import client as smtp
 from ..smtp.errors import ProtocolError
 from ..smtp.replies import Reply
+from . import tlspolicy
 from .dns import Exchanger
+from .tlspolicy import TlsPolicy
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +82,8 @@ class ClientSettings:
     helo_name: str
     port: int = 25
     implicit_tls: bool = False  # TLS from the first byte (smtps://, RFC 8314)
-    require_tls: bool = False  # never send over a connection that is not encrypted
-    auth: tuple[str, str] | None = None  # AUTH PLAIN (RFC 4954) username and password, only over TLS
+    tls: TlsPolicy = TlsPolicy()  # noqa: RUF009 - frozen, shared safely: the security level (net/tlspolicy.py)
+    auth: tuple[str, str] | None = None  # AUTH PLAIN (RFC 4954) username and password, only to a verified server
     # Awaited after the 354 and before the data goes (recipients, host, address): the caller
     # journals that an attempt is under way, so a crash after it is known to risk a duplicate.
     before_data: Callable[[list[str], str, str], Awaitable[None]] | None = None
@@ -215,7 +218,7 @@ async def _one_host(message: OutboundMessage, host: str, address: str, settings:
 
 async def _one_host_unlimited(message: OutboundMessage, host: str, address: str, settings: ClientSettings) -> dict[str, Outcome]:
     timeout = TIMEOUTS
-    key = (host, address, settings.port, settings.implicit_tls, settings.require_tls, settings.auth)
+    key = (host, address, settings.port, settings.implicit_tls, settings.tls, settings.auth)
     cache = settings.cache
     conn = cache.take(key) if cache is not None else None
     if conn is not None:  # reused: RSET proves it is still there (RFC 5321 4.1.1.5)
@@ -262,26 +265,29 @@ async def _open(host: str, address: str, settings: ClientSettings, timeout: dict
     talk = Conversation(stream)
     try:
         if settings.implicit_tls:
-            stream = talk.stream = await _tls(stream, host, timeout["command"])
+            stream = talk.stream = await _tls(stream, host, timeout["command"], settings.tls)
             talk.conn.implicit_tls()
         greeting = (await talk.replies(1, timeout["greeting"]))[0]
         if greeting.code // 100 != 2:
             raise Failed(f"greeting: {greeting}", stage="greeting", said=greeting)
         await _hello(talk, settings.helo_name, timeout["command"])
-        if not talk.conn.tls and talk.conn.capabilities.has("STARTTLS"):
+        if not talk.conn.tls and talk.conn.capabilities.has("STARTTLS") and settings.tls.level != "none":
             reply = await talk.say(talk.conn.starttls(), timeout["command"])
             if reply.code == 220:
-                stream = talk.stream = await _tls(stream, host, timeout["command"])
+                stream = talk.stream = await _tls(stream, host, timeout["command"], settings.tls)
                 talk.conn.tls_started()  # what was read before TLS is forgotten (STARTTLS injection)
                 talk.pending.clear()
                 await _hello(talk, settings.helo_name, timeout["command"])
-        if settings.require_tls and not talk.conn.tls:
+        if settings.tls.required and not talk.conn.tls:
             await say_quit(talk)
-            raise Failed("TLS is required for this destination and the server does not offer STARTTLS", stage="tls")
+            raise Failed(f"TLS is required (security level {settings.tls.level}) and the server does not offer STARTTLS", stage="tls")
         if settings.auth is not None:
             if not talk.conn.tls:
                 await say_quit(talk)
                 raise Failed("refusing to send credentials over a connection without TLS", stage="auth")
+            if not settings.tls.verified:  # the configuration refuses this too (config.py)
+                await say_quit(talk)
+                raise Failed("refusing to send credentials to a server whose certificate was not verified", stage="auth")
             reply = await talk.say(talk.conn.auth_plain(*settings.auth), timeout["command"])
             if reply.code != 235:
                 await say_quit(talk)
@@ -378,18 +384,31 @@ class ConnectionCache:
             self._idle.clear()
 
 
-async def _tls(stream: trio.abc.Stream, host: str, timeout: float) -> trio.SSLStream[trio.abc.Stream]:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # encryption without authentication (Postfix's "may" and "encrypt")
-    tls_stream = trio.SSLStream(stream, context, server_hostname=host)
+async def _tls(stream: trio.abc.Stream, host: str, timeout: float, policy: TlsPolicy) -> trio.SSLStream[trio.abc.Stream]:
+    """The TLS handshake, and the certificate checked as the security level asks: at verify
+    and secure, a chain to a trusted CA and a name the level accepts, else Failed (the
+    attempt is deferred, and nothing else is said to this server)."""
+    sni = host if tlspolicy._address(host) is None else None  # RFC 6066 3: no IP address as a server name
+    tls_stream = trio.SSLStream(stream, tlspolicy.context(policy.ca_file, policy.verified), server_hostname=sni)
     with telemetry.span(telemetry.SPAN_TLS, attributes={"server.address": host}) as span:
         try:
             with trio.fail_after(timeout):
                 await tls_stream.do_handshake()
+        except (ssl.SSLCertVerificationError, trio.BrokenResourceError) as exc:
+            telemetry.metrics.tls_handshake("outbound", False)
+            cause = exc if isinstance(exc, ssl.SSLCertVerificationError) else exc.__cause__  # trio wraps what OpenSSL raised
+            if not isinstance(cause, ssl.SSLCertVerificationError):
+                raise
+            why = f"TLS: the certificate of {host} is not verified (level {policy.level}): {cause.verify_message}"
+            raise Failed(why, stage="tls") from exc
         except BaseException:
             telemetry.metrics.tls_handshake("outbound", False)
             raise
+        if policy.verified and not tlspolicy.matches(tls_stream.getpeercert() or {}, policy.names(host)):
+            telemetry.metrics.tls_handshake("outbound", False)
+            await trio.aclose_forcefully(tls_stream)
+            wanted = " or ".join(policy.names(host))
+            raise Failed(f"TLS: the certificate of {host} does not name {wanted} (level {policy.level})", stage="tls")
         telemetry.metrics.tls_handshake("outbound", True)
         if telemetry.enabled():
             span.set_attribute("tls.protocol.version", (tls_stream.version() or "").removeprefix("TLSv"))

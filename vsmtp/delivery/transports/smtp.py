@@ -13,7 +13,7 @@ from vsmtp_journal import CorruptBlob, CorruptRecord, Journal
 
 from ... import telemetry
 from ...net import dns as mx
-from ...net import outbound
+from ...net import outbound, tlspolicy
 from ...queue import events as qe
 from ...queue import history, policy
 from ..transport import MISSING, Delivery, Outcome, Result, Services
@@ -88,11 +88,13 @@ class Smtp:
                 cache=services.connections,
                 host_limits=services.host_limits,
             )
-            settings.require_tls = config.delivery.tls_policy.get(domain.lower()) == "require"
+            level = tlspolicy.level_of(config.delivery.tls_policy.get(domain.lower(), "may"))
+            settings.tls = tlspolicy.TlsPolicy(level=level, nexthop=domain.lower(), ca_file=config.delivery.tls_ca)
             if relay is not None:
                 settings.port, settings.implicit_tls = relay.port, relay.implicit_tls
             if relay is not None and relay is relayhost:
-                settings.require_tls = config.relayhost.tls == "require"
+                level = tlspolicy.level_of(config.relayhost.tls)
+                settings.tls = tlspolicy.TlsPolicy(level=level, nexthop=relay.host, ca_file=config.relayhost.ca)
                 if config.relayhost.username:
                     settings.auth = (config.relayhost.username, config.relayhost.password)
             tried: list[outbound.Attempt] = []

@@ -1,0 +1,103 @@
+"""Outbound TLS security levels, as Postfix's smtp_tls_security_level:
+
+- none: never STARTTLS;
+- may: STARTTLS when the server offers it, the certificate not checked (opportunistic; the
+  default for a domain's MX hosts);
+- encrypt: TLS required, the certificate not checked;
+- verify: TLS required, the certificate chains to a trusted CA (the system's, or `ca_file`)
+  and names the host connected to (the MX host name, or the relay host's): the default for
+  a smarthost, and what sending credentials requires;
+- secure: as verify, but the certificate must name the next-hop domain or a host under it
+  (the MX name comes from DNS, which an attacker may forge; the domain does not).
+
+What is checked here, after the handshake, is the name (RFC 6125: subjectAltName DNS and IP
+entries, a wildcard only as the whole leftmost label; the subject's CN only when there is no
+DNS name); the chain is checked by OpenSSL during it. Contexts are made once per CA file.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Level = Literal["none", "may", "encrypt", "verify", "secure"]
+LEVELS: tuple[Level, ...] = ("none", "may", "encrypt", "verify", "secure")
+ALIASES = {"require": "encrypt"}  # the earlier name of encrypt (delivery.tls_policy, relayhost.tls)
+
+
+def level_of(text: str) -> Level:
+    """A configured level (ValueError for one that is not)."""
+    found = ALIASES.get(text, text)
+    for level in LEVELS:
+        if level == found:
+            return level
+    raise ValueError(f"expected one of {', '.join(LEVELS)}, got {text!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsPolicy:
+    level: Level = "may"
+    nexthop: str = ""  # secure: the domain (or relay host) the certificate must name
+    ca_file: str = ""  # verify, secure: the CAs trusted ("" : the system's)
+
+    @property
+    def required(self) -> bool:
+        return self.level in ("encrypt", "verify", "secure")
+
+    @property
+    def verified(self) -> bool:
+        return self.level in ("verify", "secure")
+
+    def names(self, host: str) -> tuple[str, ...]:
+        """The names a certificate may carry to be accepted for `host`."""
+        if self.level == "secure":
+            return (self.nexthop, "." + self.nexthop)  # the domain, or any host under it
+        return (host,)
+
+
+@functools.lru_cache(maxsize=16)
+def context(ca_file: str, verified: bool) -> ssl.SSLContext:
+    """The client context of a level: one per CA file (loading a bundle costs milliseconds)."""
+    made = ssl.create_default_context(cafile=ca_file or None)
+    made.check_hostname = False  # names are matched by `matches`, as the level asks
+    made.verify_mode = ssl.CERT_REQUIRED if verified else ssl.CERT_NONE
+    return made
+
+
+def matches(certificate: dict[str, Any], names: tuple[str, ...]) -> bool:
+    """Whether the (verified) certificate names one of `names`: a host name, an IP address,
+    or ".domain" for any host under the domain."""
+    dns = [value.lower() for kind, value in certificate.get("subjectAltName", ()) if kind == "DNS"]
+    ips = [value for kind, value in certificate.get("subjectAltName", ()) if kind == "IP Address"]
+    if not dns and not ips:  # RFC 6125 6.4.4: the CN only without a DNS name
+        dns = [value.lower() for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
+    for name in names:
+        wanted = name.lower().rstrip(".")
+        address = _address(wanted)
+        if address is not None:
+            if any(_address(ip) == address for ip in ips):
+                return True
+            continue
+        for presented in dns:
+            if _dns_match(presented.rstrip("."), wanted):
+                return True
+    return False
+
+
+def _dns_match(presented: str, wanted: str) -> bool:
+    if wanted.startswith("."):  # any host under the domain (secure's dot-nexthop)
+        return presented.endswith(wanted) or (presented.startswith("*.") and presented[1:].endswith(wanted))
+    if presented.startswith("*."):
+        head, _, rest = wanted.partition(".")
+        return bool(head) and rest == presented[2:]
+    return presented == wanted
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
