@@ -150,6 +150,8 @@ class DeliveryConfig:
     # "encrypt", "verify" or "secure" ("require": encrypt).
     tls_policy: Mapping[str, str] = field(default_factory=dict)
     tls_ca: str = ""  # the CAs trusted at verify and secure (a PEM file); "" : the system's
+    mta_sts: bool = True  # honour the MTA-STS policies (RFC 8461) of domains without a tls_policy entry
+    mta_sts_port: int = 443  # the port policies are fetched from (tests use another)
     lifetime: float = 5 * 86400.0  # seconds a message may wait in the queue; then it fails (and bounces)
     delay_warning: float = 0.0  # seconds after which the sender is told the message is delayed (once); 0: never
     retry_first: float = 300.0  # seconds before the first retry, doubling after each failure ...

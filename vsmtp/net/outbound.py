@@ -280,7 +280,7 @@ async def _open(host: str, address: str, settings: ClientSettings, timeout: dict
                 await _hello(talk, settings.helo_name, timeout["command"])
         if settings.tls.required and not talk.conn.tls:
             await say_quit(talk)
-            raise Failed(f"TLS is required (security level {settings.tls.level}) and the server does not offer STARTTLS", stage="tls")
+            raise Failed(f"TLS is required ({settings.tls.said}) and the server does not offer STARTTLS", stage="tls")
         if settings.auth is not None:
             if not talk.conn.tls:
                 await say_quit(talk)
@@ -399,7 +399,7 @@ async def _tls(stream: trio.abc.Stream, host: str, timeout: float, policy: TlsPo
             cause = exc if isinstance(exc, ssl.SSLCertVerificationError) else exc.__cause__  # trio wraps what OpenSSL raised
             if not isinstance(cause, ssl.SSLCertVerificationError):
                 raise
-            why = f"TLS: the certificate of {host} is not verified (level {policy.level}): {cause.verify_message}"
+            why = f"TLS: the certificate of {host} is not verified ({policy.said}): {cause.verify_message}"
             raise Failed(why, stage="tls") from exc
         except BaseException:
             telemetry.metrics.tls_handshake("outbound", False)
@@ -408,7 +408,7 @@ async def _tls(stream: trio.abc.Stream, host: str, timeout: float, policy: TlsPo
             telemetry.metrics.tls_handshake("outbound", False)
             await trio.aclose_forcefully(tls_stream)
             wanted = " or ".join(policy.names(host))
-            raise Failed(f"TLS: the certificate of {host} does not name {wanted} (level {policy.level})", stage="tls")
+            raise Failed(f"TLS: the certificate of {host} does not name {wanted} ({policy.said})", stage="tls")
         telemetry.metrics.tls_handshake("outbound", True)
         if telemetry.enabled():
             span.set_attribute("tls.protocol.version", (tls_stream.version() or "").removeprefix("TLSv"))

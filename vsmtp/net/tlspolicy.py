@@ -42,6 +42,12 @@ class TlsPolicy:
     level: Level = "may"
     nexthop: str = ""  # secure: the domain (or relay host) the certificate must name
     ca_file: str = ""  # verify, secure: the CAs trusted ("" : the system's)
+    by: str = ""  # what set the level, when not the configuration ("MTA-STS"): said in failures
+
+    @property
+    def said(self) -> str:
+        """The level as a failure names it: "level verify", "level verify, MTA-STS"."""
+        return f"level {self.level}" + (f", {self.by}" if self.by else "")
 
     @property
     def required(self) -> bool:

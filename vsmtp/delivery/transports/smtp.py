@@ -5,15 +5,17 @@ process's event loop, a task per delivery, within `delivery.remote_workers` at o
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import trio
 from vsmtp_journal import CorruptBlob, CorruptRecord, Journal
 
 from ... import telemetry
 from ...net import dns as mx
-from ...net import outbound, tlspolicy
+from ...net import mtasts, outbound, tlspolicy
 from ...queue import events as qe
 from ...queue import history, policy
 from ..transport import MISSING, Delivery, Outcome, Result, Services
@@ -29,6 +31,13 @@ class Smtp:
         config = services.config
         self.limit = trio.CapacityLimiter(config.delivery.remote_workers)  # SMTP deliveries at once, in all
         self.per_domain: dict[str, trio.CapacityLimiter] = {}  # and per destination domain (or relay host)
+        verified = ssl.create_default_context(cafile=config.delivery.tls_ca or None)  # the policy host's name checked
+        self.policies = mtasts.Policies(
+            Path(config.journal.path) / "mta-sts.json",
+            mx.AnswerCache(services.resolver),
+            context=verified,
+            port=config.delivery.mta_sts_port,
+        )
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Result]:
         return [await self._one(d) for d in deliveries]
@@ -90,6 +99,15 @@ class Smtp:
             )
             level = tlspolicy.level_of(config.delivery.tls_policy.get(domain.lower(), "may"))
             settings.tls = tlspolicy.TlsPolicy(level=level, nexthop=domain.lower(), ca_file=config.delivery.tls_ca)
+            if relay is None and config.delivery.mta_sts and domain.lower() not in config.delivery.tls_policy:
+                sts = await self.policies.policy(domain)
+                if sts is not None and sts.mode == "enforce":  # RFC 8461 4.1: only its MX hosts, only verified
+                    hosts = [h for h in hosts if sts.allows(h.host)]
+                    if not hosts:
+                        text = f"MTA-STS: no MX host of {domain} matches its policy (mx: {', '.join(sts.mx)})"
+                        telemetry.spans.failed(span, "deferred", text)
+                        return Result.all(delivery, "deferred", text, enhanced="4.7.5", stage="tls")
+                    settings.tls = tlspolicy.TlsPolicy(level="verify", nexthop=domain.lower(), ca_file=config.delivery.tls_ca, by="MTA-STS")
             if relay is not None:
                 settings.port, settings.implicit_tls = relay.port, relay.implicit_tls
             if relay is not None and relay is relayhost:
