@@ -17,6 +17,7 @@
     vsmtp auth hash [USER]              a password file line (the password from the terminal or stdin)
     vsmtp dkim keygen DOMAIN SELECTOR [--algorithm A] [--key FILE]
     vsmtp dmarc report --since TIME [--until TIME] [--domain D] [--output DIR] [--send] [--json]
+    vsmtp tlsrpt report --day YYYY-MM-DD [--domain D]   SMTP TLS reports (RFC 8460), JSON
 
 Every command reads the same configuration as the daemon, so run from the daemon's
 directory with no arguments it finds the daemon's journal.
@@ -155,6 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     reporting.add_argument("--domain", default="", help="only this policy domain's report")
     reporting.add_argument("--output", default=".", metavar="DIR", help="where to write the .xml.gz files (default .)")
     reporting.add_argument("--send", action="store_true", help="also mail each report to its rua addresses (queued in the journal)")
+
+    tlsrpt = sub.add_parser("tlsrpt", help="SMTP TLS reports (RFC 8460)").add_subparsers(metavar="ACTION")
+    tls_report = command(tlsrpt, "report", _tlsrpt_report, "the TLS reports of one UTC day, one per destination domain, from the journal")
+    tls_report.add_argument("--day", required=True, metavar="YYYY-MM-DD", help="the UTC day")
+    tls_report.add_argument("--domain", default="", help="only this destination domain's report")
     return parser
 
 
@@ -645,6 +651,36 @@ def _dmarc_report(args: argparse.Namespace, config: config_mod.Config) -> int:
             print(f"  not sent to {address}: {why}")
     if not outcomes:
         print("no DMARC evaluations with a policy record in that period")
+    return 0
+
+
+def _tlsrpt_report(args: argparse.Namespace, config: config_mod.Config) -> int:
+    """The reports as JSON, one per line (RFC 8460 4.4), read from the journal."""
+    from pathlib import Path
+
+    from .net import mtasts, tlsrpt
+
+    try:
+        start, end = tlsrpt.day_range(args.day)
+    except ValueError:
+        print(f"vsmtp: --day {args.day!r}: expected YYYY-MM-DD", file=sys.stderr)
+        return 2
+    kept = mtasts.Policies.read(Path(config.journal.path) / "mta-sts.json")
+    with Journal(config.journal.path, readonly=True) as journal:
+        attempts = [e for e in map(qe.decode, journal.read(0)) if isinstance(e, qe.DeliveryAttempted)]
+    found = tlsrpt.reports(
+        attempts,
+        start=start,
+        end=end,
+        organization=config.hostname,
+        contact=f"postmaster@{config.hostname}",
+        policies=kept,
+        domain=args.domain,
+    )
+    for report in found:
+        print(json.dumps(report, ensure_ascii=False))
+    if not found:
+        print(f"no TLS sessions on {args.day}", file=sys.stderr)
     return 0
 
 

@@ -5,6 +5,7 @@ over verified TLS; testing: delivered anyway; a policy in hand survives a restar
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import time
@@ -22,6 +23,7 @@ from vsmtp.net import mtasts
 from vsmtp.queue import events as qe
 
 from ..conftest import sendmail, wait_journal, with_changes
+from ..daemon import run_cli
 from .conftest import ca_file, server_tls
 from .test_delivery import MESSAGE
 
@@ -53,7 +55,7 @@ def start_policy(nursery: trio.Nursery, ca: trustme.CA) -> Callable[..., Any]:
 
 
 def sts_config(sender: Config, ca: trustme.CA, port: int) -> Config:
-    return with_changes(sender, delivery={"tls_ca": ca_file(ca, sender), "mta_sts_port": port, "retry_first": 60.0})
+    return with_changes(sender, delivery={"tls_ca": ca_file(ca, sender), "mta_sts_port": port, "retry_first": 60.0, "retry_max": 60.0})
 
 
 async def outcome(running: Any) -> qe.DeliverySucceeded | qe.DeliveryDeferred:
@@ -128,3 +130,38 @@ def test_policy_files_and_records_read_as_rfc_8461_says() -> None:
                 "version: STSv1\nmode: enforce\nmax_age: 1\n", "version: STSv1\nmode: enforce\nmx: a\nmax_age: soon\n"):  # fmt: skip
         with pytest.raises(mtasts.PolicyError):
             mtasts.parse("example.com", bad, policy_id="1", now=time.time())
+
+
+async def test_a_tls_report_counts_the_sessions_made(
+    start_server: Any, sender: Config, start_sink: Any, start_policy: Any, ca: trustme.CA, tmp_path: Path
+) -> None:
+    await start_sink("127.0.0.2", tls=server_tls(ca, "someone-else.test"))  # mx1.sts.test and mx1.far.test both
+    port, _ = await start_policy("enforce", "mx1.sts.test")
+    configured = sts_config(sender, ca, port)
+    running = await start_server(configured)
+    await sendmail(running, "a@example.org", ["user@sts.test"], MESSAGE)  # enforce: the name does not match
+    await sendmail(running, "a@example.org", ["user@far.test"], MESSAGE)  # no policy: may, delivered over TLS
+    await wait_journal(running, lambda rs: sum(r.tag in (qe.DeliveryDeferred.TAG, qe.DeliverySucceeded.TAG) for r in rs) >= 2, timeout=15)
+    (tmp_path / "vsmtp.toml").write_text(f'hostname = "{configured.hostname}"\n[journal]\npath = "{configured.journal.path}"\n')
+    day = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    done = await trio.to_thread.run_sync(lambda: run_cli(tmp_path, "tlsrpt", "report", "--config", "vsmtp.toml", "--day", day))
+    assert done.returncode == 0, done.stderr
+    reports = {r["policies"][0]["policy"]["policy-domain"]: r for r in map(json.loads, done.stdout.splitlines())}
+    sts = reports["sts.test"]
+    assert sts["organization-name"] == "mx.test" and sts["date-range"]["start-datetime"] == f"{day}T00:00:00Z"
+    assert sts["contact-info"] == "postmaster@mx.test" and sts["report-id"]
+    [policy] = sts["policies"]
+    assert policy["policy"]["policy-type"] == "sts" and policy["policy"]["mx-host"] == ["mx1.sts.test"]
+    assert "mode: enforce" in policy["policy"]["policy-string"]
+    assert policy["summary"] == {"total-successful-session-count": 0, "total-failure-session-count": 1}
+    assert policy["failure-details"] == [
+        {
+            "result-type": "certificate-host-mismatch",
+            "receiving-mx-hostname": "mx1.sts.test",
+            "receiving-ip": "127.0.0.2",
+            "failed-session-count": 1,
+        }
+    ]
+    [plain] = reports["far.test"]["policies"]
+    assert plain["policy"]["policy-type"] == "no-policy-found"
+    assert plain["summary"] == {"total-successful-session-count": 1, "total-failure-session-count": 0}

@@ -4,6 +4,7 @@ certificate names another host, and its password never reaches a server not veri
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import pytest
@@ -107,3 +108,7 @@ def test_names_are_matched_as_rfc_6125_says() -> None:
     assert tlspolicy.matches(cert, ("example.com", ".example.com"))  # secure: a host under the domain
     assert not tlspolicy.matches({"subjectAltName": (("DNS", "example.com.evil.test"),)}, ("example.com", ".example.com"))
     assert tlspolicy.matches({"subject": ((("commonName", "mx.example.org"),),)}, ("mx.example.org",))  # no SAN: the CN
+
+
+def test_outbound_handshakes_offer_no_session_tickets() -> None:
+    assert all(tlspolicy.context("", verified).options & ssl.OP_NO_TICKET for verified in (True, False))

@@ -165,13 +165,18 @@ class Policies:
         return body.decode("utf-8")
 
     def _load(self) -> dict[str, Policy]:
-        if self.path is None or not self.path.exists():
+        return self.read(self.path) if self.path is not None else {}
+
+    @staticmethod
+    def read(path: Path) -> dict[str, Policy]:
+        """The policies kept in `path` (for the TLS reports too); {} when there is none."""
+        if not path.exists():
             return {}
         try:
-            rows = json.loads(self.path.read_text())
+            rows = json.loads(path.read_text())
             return {row["domain"]: Policy(**{**row, "mx": tuple(row["mx"])}) for row in rows}
         except (OSError, ValueError, TypeError, KeyError) as exc:
-            log.warning("MTA-STS: %s does not read (%s): policies are fetched again", self.path, exc)
+            log.warning("MTA-STS: %s does not read (%s): policies are fetched again", path, exc)
             return {}
 
     def _save(self) -> None:

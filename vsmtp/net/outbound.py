@@ -62,6 +62,7 @@ class Outcome:
     address: str = ""
     tls: bool = False
     stage: str = ""  # where it ended: connect, greeting, hello, tls, auth, mail, rcpt, data, message
+    tls_result: str = ""  # how the connection's TLS went (Attempt.tls_result)
 
     @property
     def reply(self) -> str:
@@ -101,6 +102,7 @@ class Failed(Exception):
         self.tls = False  # the connection was encrypted when it failed (set where that is known)
         self.stage = stage
         self.said = said  # the reply that ended it, if a server gave one
+        self.tls_result = ""  # set where the TLS of the connection is known (RFC 8460 result types)
 
     @property
     def reply(self) -> str:
@@ -121,6 +123,7 @@ class Conversation:
         self.stream = stream
         self.conn = conn or smtp.ClientConnection()  # an LmtpConnection for LMTP
         self.pending: list[Reply] = []
+        self.tls_result = ""  # how its TLS went (RFC 8460): "success", a failure's result-type, "" : not tried
 
     async def replies(self, count: int, timeout: float) -> list[Reply]:
         with trio.move_on_after(timeout) as scope:
@@ -153,6 +156,7 @@ class Attempt:
     address: str
     tls: bool
     reply: str  # the server's last word, or why there was none
+    tls_result: str = ""  # RFC 8460's word for its TLS: "success", a failure's result-type, "" : no TLS tried
 
 
 async def deliver(
@@ -167,14 +171,15 @@ async def deliver(
             try:
                 outcomes = await _one_host(message, exchanger.host, address, settings)
             except Failed as exc:
-                attempts.append(Attempt(exchanger.host, address, exc.tls, exc.reply))
+                attempts.append(Attempt(exchanger.host, address, exc.tls, exc.reply, exc.tls_result))
                 last = exc.outcome(exchanger.host, address)
                 log.debug("delivery to %s[%s] failed: %s", exchanger.host, address, exc.reply)
                 if exc.final:  # the host may have the message: no other is tried
                     return dict.fromkeys(message.recipients, last)
                 continue
             first = next(iter(outcomes.values()))
-            attempts.append(Attempt(exchanger.host, address, first.tls, "; ".join(sorted({o.reply for o in outcomes.values()}))))
+            said = "; ".join(sorted({o.reply for o in outcomes.values()}))
+            attempts.append(Attempt(exchanger.host, address, first.tls, said, first.tls_result))
             return outcomes
     return dict.fromkeys(message.recipients, last)
 
@@ -250,8 +255,8 @@ async def _one_host_unlimited(message: OutboundMessage, host: str, address: str,
     finally:
         if not kept:  # done, failed or cancelled: closed, unless the cache has it
             await trio.aclose_forcefully(conn.talk.stream)
-    tls = conn.talk.conn.tls
-    return {r: Outcome(o.status, o.text, o.code, o.enhanced, host, address, tls, o.stage) for r, o in outcomes.items()}
+    tls, result = conn.talk.conn.tls, conn.talk.tls_result
+    return {r: Outcome(o.status, o.text, o.code, o.enhanced, host, address, tls, o.stage, result) for r, o in outcomes.items()}
 
 
 async def _open(host: str, address: str, settings: ClientSettings, timeout: dict[str, float]) -> Opened:
@@ -265,7 +270,7 @@ async def _open(host: str, address: str, settings: ClientSettings, timeout: dict
     talk = Conversation(stream)
     try:
         if settings.implicit_tls:
-            stream = talk.stream = await _tls(stream, host, timeout["command"], settings.tls)
+            stream = talk.stream = await _tls(stream, host, timeout["command"], settings.tls, talk)
             talk.conn.implicit_tls()
         greeting = (await talk.replies(1, timeout["greeting"]))[0]
         if greeting.code // 100 != 2:
@@ -274,10 +279,12 @@ async def _open(host: str, address: str, settings: ClientSettings, timeout: dict
         if not talk.conn.tls and talk.conn.capabilities.has("STARTTLS") and settings.tls.level != "none":
             reply = await talk.say(talk.conn.starttls(), timeout["command"])
             if reply.code == 220:
-                stream = talk.stream = await _tls(stream, host, timeout["command"], settings.tls)
+                stream = talk.stream = await _tls(stream, host, timeout["command"], settings.tls, talk)
                 talk.conn.tls_started()  # what was read before TLS is forgotten (STARTTLS injection)
                 talk.pending.clear()
                 await _hello(talk, settings.helo_name, timeout["command"])
+        if not talk.conn.tls:
+            talk.tls_result = "starttls-not-supported" if settings.tls.level != "none" else ""
         if settings.tls.required and not talk.conn.tls:
             await say_quit(talk)
             raise Failed(f"TLS is required ({settings.tls.said}) and the server does not offer STARTTLS", stage="tls")
@@ -307,9 +314,10 @@ async def _open(host: str, address: str, settings: ClientSettings, timeout: dict
 
 
 def _encrypted(failed: Failed, talk: Conversation) -> Failed:
-    """`failed`, knowing whether TLS was on when it happened (journaled with the attempt), and
-    in which stage, when it did not say."""
+    """`failed`, knowing whether TLS was on when it happened (journaled with the attempt), how
+    its TLS went, and in which stage, when it did not say."""
     failed.tls = talk.conn.tls
+    failed.tls_result = talk.tls_result
     failed.stage = failed.stage or _STAGES[talk.conn.state]
     return failed
 
@@ -384,7 +392,9 @@ class ConnectionCache:
             self._idle.clear()
 
 
-async def _tls(stream: trio.abc.Stream, host: str, timeout: float, policy: TlsPolicy) -> trio.SSLStream[trio.abc.Stream]:
+async def _tls(
+    stream: trio.abc.Stream, host: str, timeout: float, policy: TlsPolicy, talk: Conversation
+) -> trio.SSLStream[trio.abc.Stream]:
     """The TLS handshake, and the certificate checked as the security level asks: at verify
     and secure, a chain to a trusted CA and a name the level accepts, else Failed (the
     attempt is deferred, and nothing else is said to this server)."""
@@ -398,18 +408,25 @@ async def _tls(stream: trio.abc.Stream, host: str, timeout: float, policy: TlsPo
             telemetry.metrics.tls_handshake("outbound", False)
             cause = exc if isinstance(exc, ssl.SSLCertVerificationError) else exc.__cause__  # trio wraps what OpenSSL raised
             if not isinstance(cause, ssl.SSLCertVerificationError):
+                talk.tls_result = "validation-failure"
                 raise
+            talk.tls_result = (
+                "certificate-expired" if cause.verify_code == 10 else "certificate-not-trusted"
+            )  # 10: X509_V_ERR_CERT_HAS_EXPIRED
             why = f"TLS: the certificate of {host} is not verified ({policy.said}): {cause.verify_message}"
             raise Failed(why, stage="tls") from exc
         except BaseException:
             telemetry.metrics.tls_handshake("outbound", False)
+            talk.tls_result = "validation-failure"
             raise
         if policy.verified and not tlspolicy.matches(tls_stream.getpeercert() or {}, policy.names(host)):
+            talk.tls_result = "certificate-host-mismatch"
             telemetry.metrics.tls_handshake("outbound", False)
             await trio.aclose_forcefully(tls_stream)
             wanted = " or ".join(policy.names(host))
             raise Failed(f"TLS: the certificate of {host} does not name {wanted} ({policy.said})", stage="tls")
         telemetry.metrics.tls_handshake("outbound", True)
+        talk.tls_result = "success"
         if telemetry.enabled():
             span.set_attribute("tls.protocol.version", (tls_stream.version() or "").removeprefix("TLSv"))
             span.set_attribute("tls.cipher", (tls_stream.cipher() or ("",))[0])

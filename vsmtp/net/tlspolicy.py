@@ -70,6 +70,9 @@ def context(ca_file: str, verified: bool) -> ssl.SSLContext:
     made = ssl.create_default_context(cafile=ca_file or None)
     made.check_hostname = False  # names are matched by `matches`, as the level asks
     made.verify_mode = ssl.CERT_REQUIRED if verified else ssl.CERT_NONE
+    # No session ticket extension: vsmtp never resumes a session, and some servers (Exchange
+    # among them) fail handshakes that offer tickets, as other MTAs have found.
+    made.options |= ssl.OP_NO_TICKET
     return made
 
 

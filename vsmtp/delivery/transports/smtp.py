@@ -99,6 +99,7 @@ class Smtp:
             )
             level = tlspolicy.level_of(config.delivery.tls_policy.get(domain.lower(), "may"))
             settings.tls = tlspolicy.TlsPolicy(level=level, nexthop=domain.lower(), ca_file=config.delivery.tls_ca)
+            sts: mtasts.Policy | None = None
             if relay is None and config.delivery.mta_sts and domain.lower() not in config.delivery.tls_policy:
                 sts = await self.policies.policy(domain)
                 if sts is not None and sts.mode == "enforce":  # RFC 8461 4.1: only its MX hosts, only verified
@@ -125,8 +126,20 @@ class Smtp:
                 span.set_attribute("vsmtp.tls", first.tls)
                 telemetry.spans.outcome(span, {o.status for o in outcomes.values()}, first.reply)
             now = time.time()
+            kind = "sts" if sts is not None and sts.mode != "none" else "no-policy-found"
             facts: list[qe.JournalEvent] = [
-                qe.DeliveryAttempted(at=now, queue_id=job.queue_id, host=a.host, address=a.address, tls=a.tls, reply=a.reply) for a in tried
+                qe.DeliveryAttempted(
+                    at=now,
+                    queue_id=job.queue_id,
+                    host=a.host,
+                    address=a.address,
+                    tls=a.tls,
+                    reply=a.reply,
+                    domain=domain.lower(),
+                    policy=kind,
+                    tls_result=a.tls_result,
+                )
+                for a in tried
             ]
             return Result([_outcome(address, outcomes[address]) for address in addresses], facts)
 
