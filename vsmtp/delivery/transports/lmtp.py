@@ -158,4 +158,5 @@ def _outcome(recipient: str, reply: Reply, stage: str, where: tuple[str, str]) -
 
 
 def _address(route: policy.LmtpRoute) -> str:
-    return route.path or route.host
+    """The outcomes' address: none apart, for the server's name ([HOST]:PORT, unix:PATH) says it."""
+    return ""
