@@ -41,6 +41,8 @@ class Sink:
     auth: tuple[str, str] | None = None  # AUTH PLAIN required (offered after STARTTLS only)
     data_delay: float = 0.0  # seconds between taking a message and saying so (its 250)
     auth_attempts: int = 0  # AUTH commands received (credentials that reached this server)
+    requiretls: bool = False  # offer REQUIRETLS (RFC 8689) once TLS is on
+    mail_commands: list[bytes] = field(default_factory=list)  # every MAIL command, whole
 
     def __post_init__(self) -> None:
         self.rcpt_replies, self.data_replies = deque(self.rcpt_replies), deque(self.data_replies)
@@ -84,6 +86,7 @@ class Sink:
                 if verb == b"EHLO":
                     extensions = [b"PIPELINING", b"SIZE 10000000", b"8BITMIME"] + ([b"STARTTLS"] if self.tls and not tls else [])
                     extensions += [b"AUTH PLAIN"] if self.auth and tls else []
+                    extensions += [b"REQUIRETLS"] if self.requiretls and tls else []
                     lines = [self.name.encode(), *extensions]
                     await reply(b"".join(b"250-" + x + b"\r\n" for x in lines[:-1]) + b"250 " + lines[-1] + b"\r\n")
                 elif verb == b"HELO":
@@ -108,6 +111,7 @@ class Sink:
                 elif verb == b"MAIL" and self.auth is not None and not user:
                     await reply(b"530 5.7.0 authentication required\r\n")
                 elif verb == b"MAIL":
+                    self.mail_commands.append(command)
                     mail, rcpts, accepted = command.split(b"<", 1)[1].split(b">", 1)[0].decode(), [], []
                     await reply(b"250 2.1.0 ok\r\n")
                 elif verb == b"RCPT":

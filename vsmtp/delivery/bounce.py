@@ -97,7 +97,8 @@ def compose(
     arrival = email.utils.formatdate(message.accepted_at)
     head, _, _ = original.partition(b"\r\n\r\n")
     # RET=FULL asks for the whole message back in a failure notice (RFC 3461 4.3); other notices carry its headers.
-    full = kind == "failed" and (accepted.mail_params.get("RET") or "").upper() == "FULL"
+    # RFC 8689 5: the notice of a REQUIRETLS message carries no more than its headers.
+    full = kind == "failed" and (accepted.mail_params.get("RET") or "").upper() == "FULL" and "REQUIRETLS" not in accepted.mail_params
     utf8 = needs_utf8(message, reports, head)
     lines = [  # no Return-Path: the final delivery adds it (RFC 5321 4.4), from the null sender
         f"From: MAILER-DAEMON@{hostname} (Mail Delivery System)",
@@ -213,7 +214,8 @@ def _records(
         blob=notice_id.encode(),
         size=len(body),
         message_id=f"<{notice_id}@{config.hostname}>",
-        mail_params={"SMTPUTF8": None} if needs_utf8(message, reports, original.partition(b"\r\n\r\n")[0]) else {},
+        mail_params=({"SMTPUTF8": None} if needs_utf8(message, reports, original.partition(b"\r\n\r\n")[0]) else {})
+        | ({"REQUIRETLS": None} if "REQUIRETLS" in accepted.mail_params else {}),  # RFC 8689 5: the notice requires TLS too
     )
     done = event(notice_id, tuple(r.recipient for r in reports))
     return [qe.to_append(dsn, blobs={dsn.blob: body}), qe.to_append(done)]

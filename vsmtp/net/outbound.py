@@ -76,6 +76,7 @@ class OutboundMessage:
     recipients: tuple[str, ...]
     body: bytes
     smtputf8: bool = False  # the sender asked for SMTPUTF8 (or an address needs it)
+    requiretls: bool = False  # RFC 8689: only to a verified server that offers REQUIRETLS, and asked of it
 
 
 @dataclass(slots=True, kw_only=True)
@@ -466,7 +467,9 @@ async def _transaction(
     if not capabilities.has("8BITMIME") and smtp.needs_8bit(body):
         body = downgrade.seven_bit(body) or body  # RFC 6152 3: converted, as Postfix does; or it fails below
     try:
-        params = smtp.mail_params(capabilities, size=len(body), eight_bit=smtp.needs_8bit(body), smtputf8=message.smtputf8)
+        params = smtp.mail_params(
+            capabilities, size=len(body), eight_bit=smtp.needs_8bit(body), smtputf8=message.smtputf8, requiretls=message.requiretls
+        )
     except smtp.Unsupported as exc:
         return {r: Outcome("failed", str(exc), enhanced=exc.status, stage="mail") for r in recipients}
     if capabilities.has("PIPELINING"):  # MAIL, every RCPT and DATA in one write (RFC 2920)

@@ -304,9 +304,9 @@ class Unsupported(Exception):
         self.status = status
 
 
-def mail_params(capabilities: Capabilities, *, size: int, eight_bit: bool, smtputf8: bool) -> list[str]:
-    """MAIL's parameters for a message (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8), or
-    Unsupported when the server cannot take it."""
+def mail_params(capabilities: Capabilities, *, size: int, eight_bit: bool, smtputf8: bool, requiretls: bool = False) -> list[str]:
+    """MAIL's parameters for a message (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8, RFC
+    8689 REQUIRETLS), or Unsupported when the server cannot take it."""
     limit = capabilities.size_limit
     if limit is not None and size > limit:
         raise Unsupported(f"message size {size} exceeds the server's limit {limit}", "5.3.4")
@@ -319,6 +319,10 @@ def mail_params(capabilities: Capabilities, *, size: int, eight_bit: bool, smtpu
         if not capabilities.has("SMTPUTF8"):
             raise Unsupported("the message needs SMTPUTF8 and the server does not offer it", "5.6.7")  # RFC 6531 3.5
         params.append("SMTPUTF8")
+    if requiretls:
+        if not capabilities.has("REQUIRETLS"):
+            raise Unsupported("the message requires TLS all the way (REQUIRETLS) and the server does not offer REQUIRETLS", "5.7.30")
+        params.append("REQUIRETLS")
     return params
 
 

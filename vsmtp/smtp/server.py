@@ -51,6 +51,7 @@ class Extensions:
     dsn: bool = True  # RFC 3461
     starttls: bool = False  # RFC 3207: only where a certificate is available
     auth: tuple[str, ...] = ()  # SASL mechanisms (RFC 4954), offered only once TLS is active
+    requiretls: bool = True  # RFC 8689: offered only once TLS is active
 
     def keywords(self, *, tls_active: bool = False) -> list[str]:
         words = []
@@ -71,6 +72,8 @@ class Extensions:
             words.append("SMTPUTF8")
         if self.chunking:
             words.append("CHUNKING")
+        if self.requiretls and tls_active:
+            words.append("REQUIRETLS")
         return words
 
 
@@ -324,6 +327,9 @@ class ServerConnection:
                     if value is None or len(value) > MAX_ENVID:
                         return replies.bad_parameter(f"ENVID is 1 to {MAX_ENVID} characters")
                     check_xtext(value, "ENVID")
+                elif key == "REQUIRETLS" and x.requiretls and self.tls:  # RFC 8689 3: over TLS only, else unknown
+                    if value is not None:
+                        return replies.bad_parameter("REQUIRETLS takes no value")
                 elif key == "AUTH" and x.auth:  # RFC 4954 5: accepted, never trusted
                     if value is None:
                         return replies.bad_parameter("AUTH needs <> or an address")

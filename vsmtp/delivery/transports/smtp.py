@@ -89,6 +89,7 @@ class Smtp:
                 smtputf8=not (
                     job.reverse_path.isascii() and all(a.isascii() for a in addresses) and body.partition(b"\r\n\r\n")[0].isascii()
                 ),
+                requiretls=accepted is not None and "REQUIRETLS" in accepted.mail_params,
             )
             settings = outbound.ClientSettings(
                 helo_name=config.hostname,
@@ -100,7 +101,7 @@ class Smtp:
             level = tlspolicy.level_of(config.delivery.tls_policy.get(domain.lower(), "may"))
             settings.tls = tlspolicy.TlsPolicy(level=level, nexthop=domain.lower(), ca_file=config.delivery.tls_ca)
             sts: mtasts.Policy | None = None
-            if relay is None and config.delivery.mta_sts and domain.lower() not in config.delivery.tls_policy:
+            if relay is None and ((config.delivery.mta_sts and domain.lower() not in config.delivery.tls_policy) or message.requiretls):
                 sts = await self.policies.policy(domain)
                 if sts is not None and sts.mode == "enforce":  # RFC 8461 4.1: only its MX hosts, only verified
                     hosts = [h for h in hosts if sts.allows(h.host)]
@@ -116,6 +117,13 @@ class Smtp:
                 settings.tls = tlspolicy.TlsPolicy(level=level, nexthop=relay.host, ca_file=config.relayhost.ca)
                 if config.relayhost.username:
                     settings.auth = (config.relayhost.username, config.relayhost.password)
+            if message.requiretls:  # RFC 8689 4.2: authenticated hosts only, over verified TLS
+                refused = _requiretls(settings, relay=relay, relayhost=relayhost, sts=sts, domain=domain, ca_file=config.delivery.tls_ca)
+                if refused:
+                    telemetry.spans.failed(span, "failed", refused)
+                    return Result.all(delivery, "failed", refused, enhanced="5.7.30", stage="tls")
+                if sts is not None:
+                    hosts = [h for h in hosts if sts.allows(h.host)]
             tried: list[outbound.Attempt] = []
             outcomes = await outbound.deliver(message, hosts, settings, tried)
             first = next(iter(outcomes.values()))
@@ -142,6 +150,27 @@ class Smtp:
                 for a in tried
             ]
             return Result([_outcome(address, outcomes[address]) for address in addresses], facts)
+
+
+def _requiretls(
+    settings: outbound.ClientSettings,
+    *,
+    relay: policy.Smarthost | None,
+    relayhost: policy.Smarthost | None,
+    sts: mtasts.Policy | None,
+    domain: str,
+    ca_file: str,
+) -> str:
+    """For a REQUIRETLS message: raise the level to verify (at least), and the reason it cannot
+    go at all ("" : it can). Its next hop must be authenticated: the configured relay host by
+    its name, or MX hosts an MTA-STS policy names (vsmtp has no DNSSEC validation)."""
+    if relay is None and (sts is None or sts.mode == "none"):
+        return f"REQUIRETLS: the MX hosts of {domain} cannot be authenticated (no MTA-STS policy; DNSSEC is not supported)"
+    if not settings.tls.verified:
+        nexthop = relay.host if relay is not None else domain.lower()
+        ca = settings.tls.ca_file if relay is not None and relay is relayhost else ca_file
+        settings.tls = tlspolicy.TlsPolicy(level="verify", nexthop=nexthop, ca_file=ca, by="REQUIRETLS")
+    return ""
 
 
 def _outcome(recipient: str, said: outbound.Outcome) -> Outcome:
