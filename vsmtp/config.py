@@ -414,13 +414,11 @@ def load(path: str | Path | None = None) -> Config:
             policy.check_transport(value, config.delivery.pipe)
         except ValueError as exc:
             raise src.error(keys, str(exc)) from None
-    from .delivery.transports import pipe as piped
-
     for name, pipe in config.delivery.pipe.items():
         if not pipe.command:
             raise src.error(("delivery", "pipe", name, "command"), "expected the program and its arguments")
         try:
-            piped.check_command(pipe.command)
+            policy.check_command(pipe.command)
         except ValueError as exc:
             raise src.error(("delivery", "pipe", name, "command"), str(exc)) from None
         if pipe.recipients < 1:

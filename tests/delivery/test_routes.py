@@ -16,8 +16,8 @@ from ..conftest import maildir_files, port_of, wait_delivered, with_changes
 
 
 def routed(address: str, config: Config) -> tuple[str, str]:
-    chosen = policy.route(address, config)
-    return chosen.text, policy.why(chosen, address, config)
+    chosen, why = policy.routed(address, config)
+    return chosen.text, why
 
 
 def test_each_recipient_gets_its_transport_and_the_reason(config: Config) -> None:

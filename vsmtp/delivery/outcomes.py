@@ -93,12 +93,14 @@ def events(delivery: Delivery, result: Result, config: Config, *, now: float) ->
         return [qe.MessageCorrupted(at=now, queue_id=job.queue_id, blob=job.blob, reason=result.corrupt)]
     found: list[qe.JournalEvent] = list(result.facts)
     attempts = dict(delivery.recipients)
+    logging_info = log.isEnabledFor(logging.INFO)  # the line's arguments cost, per message: only when it is written
     for outcome in result.outcomes:
         address = outcome.recipient
-        log.info(
-            "%s: to=<%s>, transport=%s, relay=%s, status=%s (%s)",
-            job.queue_id, address, kind, outcome.where or "none", outcome.status, outcome.reply,
-        )  # fmt: skip
+        if logging_info:
+            log.info(
+                "%s: to=<%s>, transport=%s, relay=%s, status=%s (%s)",
+                job.queue_id, address, kind, outcome.where or "none", outcome.status, outcome.reply,
+            )  # fmt: skip
         if outcome.status == "delivered":
             detail = outcome.detail or f"{outcome.where}{' (TLS)' if outcome.tls else ''}: {outcome.reply}"
             found.append(

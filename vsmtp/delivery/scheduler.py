@@ -309,11 +309,7 @@ class Worker:
         groups: dict[tuple[policy.Route, str], list[tuple[str, int]]] = {}
         for recipient in job.recipients:
             chosen = job.routes.get(recipient[0])
-            if chosen is not None:
-                key = (chosen, "rule")
-            else:
-                route = policy.route(recipient[0], self.config)
-                key = (route, policy.why(route, recipient[0], self.config))
+            key = (chosen, "rule") if chosen is not None else policy.routed(recipient[0], self.config)
             groups.setdefault(key, []).append(recipient)
         found = []
         for (route, why), recipients in groups.items():

@@ -13,13 +13,15 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import trio
 from opentelemetry.trace import INVALID_SPAN, Span
-from vsmtp_journal import GroupCommitWriter, Journal
+from vsmtp_journal import CorruptBlob, GroupCommitWriter, Journal
 
 from .. import telemetry
 from ..config import Config
 from ..queue import events as qe
 from ..queue import policy
+from ..smtp import replies
 
 if TYPE_CHECKING:
     import dns.asyncresolver
@@ -59,7 +61,7 @@ class Delivery:
     job: DeliveryJob
     recipients: tuple[tuple[str, int], ...]  # (address, attempts so far)
     route: policy.Route
-    routed_by: str = ""  # why this route (policy.why, or "rule")
+    routed_by: str = ""  # why this route (policy.routed's reason, or "rule")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,7 +82,7 @@ class Outcome:
     @property
     def reply(self) -> str:
         """What was said, as a server says it: "550 5.1.1 no such user"."""
-        return " ".join(str(part) for part in (self.code or "", self.enhanced if self.code else "", self.text) if part)
+        return replies.said(self.code, self.enhanced, self.text)
 
     @property
     def where(self) -> str:
@@ -155,6 +157,18 @@ def body_reader(journal: Journal, job: DeliveryJob) -> Callable[[], Iterable[byt
 
 
 MISSING = "message body missing from the journal"
+
+
+async def whole_body(journal: Journal, delivery: Delivery) -> bytes | Result:
+    """The message whole, read in a worker thread, for a transport that sends it in one piece
+    (lmtp, pipe); or the Result when it cannot go: damaged (held) or gone (failed)."""
+    try:
+        body = await trio.to_thread.run_sync(journal.blob, delivery.job.blob)
+    except CorruptBlob as exc:
+        return Result([], corrupt=exc.reason)
+    if body is None:
+        return Result.all(delivery, "failed", MISSING, enhanced="5.3.0", stage="route")
+    return body
 
 
 def traced(name: str, queue_id: str, traceparent: str, continued: bool, **attributes: Any) -> contextlib.AbstractContextManager[Span]:

@@ -135,7 +135,7 @@ class Policies:
             log.warning("MTA-STS: cannot fetch the policy of %s: %s%s", domain, exc, " (the one in hand stays)" if kept else "")
             return kept
         self.kept[domain] = fetched
-        self._save()
+        await trio.to_thread.run_sync(self._save)  # a small file, but not written in the event loop
         return fetched
 
     async def fetch(self, domain: str) -> str:

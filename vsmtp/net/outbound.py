@@ -31,6 +31,7 @@ import trio
 from .. import telemetry
 from ..mail import downgrade
 from ..smtp import client as smtp
+from ..smtp import replies
 from ..smtp.errors import ProtocolError
 from ..smtp.replies import Reply
 from . import tlspolicy
@@ -67,7 +68,7 @@ class Outcome:
     @property
     def reply(self) -> str:
         """As the server said it: "550 5.1.1 text" (or our own words alone)."""
-        return " ".join(str(p) for p in (self.code or "", self.enhanced if self.code else "", self.text) if p)
+        return replies.said(self.code, self.enhanced, self.text)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,10 +105,6 @@ class Failed(Exception):
         self.stage = stage
         self.said = said  # the reply that ended it, if a server gave one
         self.tls_result = ""  # set where the TLS of the connection is known (RFC 8460 result types)
-
-    @property
-    def reply(self) -> str:
-        return self.text
 
     def outcome(self, host: str, address: str) -> Outcome:
         """What the recipients get when this was the last host tried: deferred (the text
@@ -172,9 +169,9 @@ async def deliver(
             try:
                 outcomes = await _one_host(message, exchanger.host, address, settings)
             except Failed as exc:
-                attempts.append(Attempt(exchanger.host, address, exc.tls, exc.reply, exc.tls_result))
+                attempts.append(Attempt(exchanger.host, address, exc.tls, exc.text, exc.tls_result))
                 last = exc.outcome(exchanger.host, address)
-                log.debug("delivery to %s[%s] failed: %s", exchanger.host, address, exc.reply)
+                log.debug("delivery to %s[%s] failed: %s", exchanger.host, address, exc.text)
                 if exc.final:  # the host may have the message: no other is tried
                     return dict.fromkeys(message.recipients, last)
                 continue
@@ -399,7 +396,7 @@ async def _tls(
     """The TLS handshake, and the certificate checked as the security level asks: at verify
     and secure, a chain to a trusted CA and a name the level accepts, else Failed (the
     attempt is deferred, and nothing else is said to this server)."""
-    sni = host if tlspolicy._address(host) is None else None  # RFC 6066 3: no IP address as a server name
+    sni = host if tlspolicy.ip_of(host) is None else None  # RFC 6066 3: no IP address as a server name
     tls_stream = trio.SSLStream(stream, tlspolicy.context(policy.ca_file, policy.verified), server_hostname=sni)
     with telemetry.span(telemetry.SPAN_TLS, attributes={"server.address": host}) as span:
         try:
@@ -502,7 +499,7 @@ async def _transaction(
         await talk.send(conn.message(body), timeout["data_block"])
         final = (await talk.replies(1, timeout["data_end"]))[0]
     except Failed as exc:
-        raise Failed(exc.reply, final=True, stage="message") from exc  # it may have been delivered: do not send it again elsewhere
+        raise Failed(exc.text, final=True, stage="message") from exc  # it may have been delivered: do not send it again elsewhere
     return outcomes | {r: _outcome(final, "message") for r in accepted}
 
 

@@ -85,9 +85,9 @@ def matches(certificate: dict[str, Any], names: tuple[str, ...]) -> bool:
         dns = [value.lower() for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
     for name in names:
         wanted = name.lower().rstrip(".")
-        address = _address(wanted)
+        address = ip_of(wanted)
         if address is not None:
-            if any(_address(ip) == address for ip in ips):
+            if any(ip_of(ip) == address for ip in ips):
                 return True
             continue
         for presented in dns:
@@ -105,7 +105,8 @@ def _dns_match(presented: str, wanted: str) -> bool:
     return presented == wanted
 
 
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address `text` writes (brackets allowed), or None for a host name."""
     try:
         return ipaddress.ip_address(text.strip("[]"))
     except ValueError:

@@ -237,14 +237,9 @@ def smarthost(config: Config) -> Smarthost | None:
 def relay_url(url: str) -> Smarthost:
     """smtp://host[:25], smtp://[host]:port or smtps://host[:465]."""
     scheme, _, rest = url.partition("://")
-    rest = rest.rstrip("/")
-    if rest.startswith("["):
-        host, _, port = rest[1:].partition("]")
-        port = port.lstrip(":")
-    else:
-        host, _, port = rest.partition(":")
     implicit = scheme == "smtps"
-    return Smarthost(host=host, port=int(port) if port else (465 if implicit else 25), implicit_tls=implicit)
+    host, port = _host_port(rest.rstrip("/"), 465 if implicit else 25)
+    return Smarthost(host=host, port=port, implicit_tls=implicit)
 
 
 def remote_domain(address: str, config: Config) -> str | None:
@@ -256,22 +251,16 @@ def remote_domain(address: str, config: Config) -> str | None:
 def route(address: str, config: Config) -> Route:
     """The route of an accepted recipient: its local mailbox's transport, or the domain's
     mail hosts."""
+    return routed(address, config)[0]
+
+
+def routed(address: str, config: Config) -> tuple[Route, str]:
+    """The route of `address` and why, as the journal says it: relayhost, mx, mailboxes (an
+    entry names its transport) or mailbox (the default)."""
     remote = remote_domain(address, config)
     if remote is not None:
-        return RemoteRoute(domain=remote)
+        return RemoteRoute(domain=remote), "relayhost" if config.relayhost.url else "mx"
     return _mailbox(address, config)
-
-
-def why(chosen: Route, address: str, config: Config) -> str:
-    """Why `chosen` (policy.route's) is the route of `address`, as the journal says it:
-    relayhost, mx, mailboxes (an entry names its transport) or mailbox (the default)."""
-    if isinstance(chosen, RemoteRoute):
-        return "relayhost" if config.relayhost.url else "mx"
-    user, domain = local_user(address)
-    user = split_extension(user, config.local.recipient_delimiter)[0]
-    domain = domain or config.local.domains[0].lower()
-    mailboxes = config.delivery.mailboxes
-    return "mailboxes" if any(k in mailboxes for k in (f"{user}@{domain}", user, f"@{domain}")) else "mailbox"
 
 
 def split_extension(user: str, delimiter: str) -> tuple[str, str]:
@@ -285,15 +274,17 @@ def split_extension(user: str, delimiter: str) -> tuple[str, str]:
     return user, ""
 
 
-def _mailbox(address: str, config: Config) -> Route:
+def _mailbox(address: str, config: Config) -> tuple[Route, str]:
     """The mailbox of the address's user (in its domain, or the first local one): the transport
-    `delivery.mailboxes` names for user@domain, user or @domain, else `delivery.mailbox`."""
+    `delivery.mailboxes` names for user@domain, user or @domain, else `delivery.mailbox`; and
+    which of the two chose it."""
     user, domain = local_user(address)
     user, extension = split_extension(user, config.local.recipient_delimiter)
     domain = domain or config.local.domains[0].lower()
     mailboxes = config.delivery.mailboxes
-    chosen = mailboxes.get(f"{user}@{domain}") or mailboxes.get(user) or mailboxes.get(f"@{domain}") or config.delivery.mailbox
-    return transport_route(chosen, user=user, domain=domain, extension=extension)
+    entry = mailboxes.get(f"{user}@{domain}") or mailboxes.get(user) or mailboxes.get(f"@{domain}")
+    chosen = transport_route(entry or config.delivery.mailbox, user=user, domain=domain, extension=extension)
+    return chosen, "mailboxes" if entry else "mailbox"
 
 
 def transport_route(text: str, *, user: str, domain: str, extension: str = "") -> Route:
@@ -336,6 +327,19 @@ def check_transport(text: str, pipes: Mapping[str, object]) -> None:
         raise ValueError(f"transport {text!r}: no [delivery.pipe.{chosen.name}] is configured")
 
 
+PIPE_PLACEHOLDERS = ("sender", "recipient", "user", "extension", "domain", "mailbox", "queue_id", "nexthop")
+PIPE_PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+
+
+def check_command(command: Sequence[str]) -> None:
+    """ValueError for a placeholder the pipe transport does not know ([delivery.pipe.NAME]
+    command, checked at load)."""
+    for argument in command:
+        for name in PIPE_PLACEHOLDER.findall(argument):
+            if name not in PIPE_PLACEHOLDERS:
+                raise ValueError(f"unknown placeholder ${{{name}}} (known: {', '.join(PIPE_PLACEHOLDERS)})")
+
+
 def check_route(text: str) -> None:
     """ValueError unless `text` is a route a rule may choose (ctx.set_route): "local" (the
     mailbox of the address's user, whatever its domain), "smtp" (the domain's mail hosts),
@@ -364,7 +368,7 @@ def chosen_route(text: str, address: str, config: Config) -> Route:
     """The route a rule chose for `address` (check_route says which texts are routes)."""
     check_route(text)
     if text == "local":
-        return _mailbox(address, config)
+        return _mailbox(address, config)[0]
     user, domain = local_user(address)
     if text == "smtp":
         if not domain:

@@ -44,6 +44,12 @@ class Reply:
         return "".join(out).encode("utf-8")
 
 
+def said(code: int, enhanced: str, text: str) -> str:
+    """A reply as a log or notice quotes it: "550 5.1.1 no such user"; our own words alone
+    when no server answered (code 0)."""
+    return " ".join(str(part) for part in (code or "", enhanced if code else "", text) if part)
+
+
 def greeting(hostname: str) -> Reply:
     return Reply.of(220, None, f"{hostname} ESMTP vsmtp")
 

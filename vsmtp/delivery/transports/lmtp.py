@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import trio
-from vsmtp_journal import CorruptBlob
 
 from ...net import outbound
 from ...queue import policy
@@ -18,7 +17,7 @@ from ...smtp import client as smtp
 from ...smtp.errors import ProtocolError
 from ...smtp.lmtp import LmtpConnection
 from ...smtp.replies import Reply
-from ..transport import MISSING, Delivery, Outcome, Result, Services, Status
+from ..transport import Delivery, Outcome, Result, Services, Status, whole_body
 
 TIMEOUT = {"connect": 30.0, "command": 300.0, "data_end": 600.0}  # Postfix's lmtp_*_timeout
 
@@ -38,12 +37,9 @@ class Lmtp:
     async def _one(self, delivery: Delivery) -> Result:
         route = delivery.route
         assert isinstance(route, policy.LmtpRoute)
-        try:
-            body = await trio.to_thread.run_sync(self.services.journal.blob, delivery.job.blob)
-        except CorruptBlob as exc:
-            return Result([], corrupt=exc.reason)
-        if body is None:
-            return Result.all(delivery, "failed", MISSING, enhanced="5.3.0", stage="route")
+        body = await whole_body(self.services.journal, delivery)
+        if isinstance(body, Result):
+            return body
         limit = self.limits.setdefault(route.name, trio.CapacityLimiter(self.services.config.delivery.lmtp_per_server))
         async with limit:
             cache, key = self.services.connections, ("lmtp", route.name)
@@ -53,10 +49,10 @@ class Lmtp:
                     conn = await self._open(route)
                 outcomes = await self._transaction(conn.talk, delivery, body, route)
             except outbound.Failed as exc:
-                return Result.all(delivery, "deferred", exc.text, stage=exc.stage or "message", host=route.name, address=_address(route))
+                return Result.all(delivery, "deferred", exc.text, stage=exc.stage or "message", host=route.name)
             except (*outbound.LOST, ProtocolError) as exc:
                 text = f"connection lost: {exc}"
-                return Result.all(delivery, "deferred", text, stage="message", host=route.name, address=_address(route))
+                return Result.all(delivery, "deferred", text, stage="message", host=route.name)
             finally:
                 if conn is not None and not (
                     conn.talk.conn.state is smtp.State.READY and not conn.talk.conn.awaiting and cache.put(key, conn)
@@ -101,7 +97,7 @@ class Lmtp:
     async def _transaction(self, talk: outbound.Conversation, delivery: Delivery, body: bytes, route: policy.LmtpRoute) -> list[Outcome]:
         conn, job = talk.conn, delivery.job
         recipients = [a for a, _ in delivery.recipients]
-        where = (route.name, _address(route))
+        where = (route.name, "")  # the server's name ([HOST]:PORT, unix:PATH) says its address
         smtputf8 = not (job.reverse_path.isascii() and all(r.isascii() for r in recipients))
         try:
             params = smtp.mail_params(conn.capabilities, size=len(body), eight_bit=smtp.needs_8bit(body), smtputf8=smtputf8)
@@ -155,8 +151,3 @@ def _outcome(recipient: str, reply: Reply, stage: str, where: tuple[str, str]) -
         host=host,
         address=address,
     )
-
-
-def _address(route: policy.LmtpRoute) -> str:
-    """The outcomes' address: none apart, for the server's name ([HOST]:PORT, unix:PATH) says it."""
-    return ""

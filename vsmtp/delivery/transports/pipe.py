@@ -25,11 +25,10 @@ import subprocess
 from collections.abc import Sequence
 
 import trio
-from vsmtp_journal import CorruptBlob
 
 from ...config import PipeConfig
 from ...queue import policy
-from ..transport import MISSING, Delivery, Outcome, Result, Services, Status
+from ..transport import Delivery, Outcome, Result, Services, Status, whole_body
 
 # sysexits.h: status -> (what it means for the recipient, RFC 3463 status, text), as Postfix's sys_exits.c.
 EXITS: dict[int, tuple[Status, str, str]] = {
@@ -50,16 +49,7 @@ EXITS: dict[int, tuple[Status, str, str]] = {
     78: ("failed", "5.3.5", "local configuration error"),  # EX_CONFIG
 }
 LIMIT = 4096  # octets of standard error kept
-PLACEHOLDERS = ("sender", "recipient", "user", "extension", "domain", "mailbox", "queue_id", "nexthop")
-_PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
-
-
-def check_command(command: Sequence[str]) -> None:
-    """ValueError for a placeholder pipe does not know (config.py asks at load)."""
-    for argument in command:
-        for name in _PLACEHOLDER.findall(argument):
-            if name not in PLACEHOLDERS:
-                raise ValueError(f"unknown placeholder ${{{name}}} (known: {', '.join(PLACEHOLDERS)})")
+_PLACEHOLDER = policy.PIPE_PLACEHOLDER  # which ones exist is checked at load (policy.check_command)
 
 
 def arguments(command: Sequence[str], *, sender: str, recipients: Sequence[str], queue_id: str, config_delimiter: str) -> list[str]:
@@ -108,12 +98,9 @@ class Pipe:
         pipe = self.services.config.delivery.pipe.get(route.name)
         if pipe is None:  # removed by a reload since the route was chosen
             return Result.all(delivery, "deferred", f"no [delivery.pipe.{route.name}] is configured", enhanced="4.3.5", stage="route")
-        try:
-            body = await trio.to_thread.run_sync(self.services.journal.blob, delivery.job.blob)
-        except CorruptBlob as exc:
-            return Result([], corrupt=exc.reason)
-        if body is None:
-            return Result.all(delivery, "failed", MISSING, enhanced="5.3.0", stage="route")
+        body = await whole_body(self.services.journal, delivery)
+        if isinstance(body, Result):
+            return body
         recipients = [a for a, _ in delivery.recipients]
         outcomes: list[Outcome] = []
         for start in range(0, len(recipients), pipe.recipients):
