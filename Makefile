@@ -12,7 +12,7 @@ run: $(STAMP)
 	$(BIN)/vsmtp serve
 
 # Debian packages some tests talk to (installed when missing, as root; see tools/system-packages).
-SYSTEM_PACKAGES := swaks libnet-ssleay-perl libio-socket-ssl-perl opendkim opendkim-tools miltertest prometheus dovecot-lmtpd dovecot-imapd postfix
+SYSTEM_PACKAGES := swaks libnet-ssleay-perl libio-socket-ssl-perl opendkim opendkim-tools miltertest prometheus dovecot-lmtpd dovecot-imapd postfix nsd unbound bind9-utils
 
 test: $(STAMP)
 	@tools/system-packages $(SYSTEM_PACKAGES)

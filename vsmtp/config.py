@@ -240,6 +240,7 @@ class DnsConfig:
 
     nameservers: tuple[str, ...] = ()  # "host" or "host:port"; none: the system's resolv.conf
     timeout: float = 10.0  # seconds for one lookup, all servers and retries included
+    dnssec: bool = False  # the nameservers validate DNSSEC: their AD bit is trusted (DANE needs it); keep them on this host
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -402,6 +403,11 @@ def load(path: str | Path | None = None) -> Config:
             tlspolicy.level_of(value)
         except ValueError as exc:
             raise src.error(keys, str(exc)) from None
+    if tlspolicy.level_of(config.relayhost.tls) in tlspolicy.DANE_LEVELS:
+        raise src.error(("relayhost", "tls"), "DANE is for MX hosts: give the relay host verify or secure (and ca, if its CA is private)")
+    for name, value in config.delivery.tls_policy.items():
+        if tlspolicy.level_of(value) in tlspolicy.DANE_LEVELS and not config.dns.dnssec:
+            raise src.error(("delivery", "tls_policy", name), f"{value} needs a validating resolver: set dns.dnssec = true")
     if config.relayhost.username and not tlspolicy.TlsPolicy(level=tlspolicy.level_of(config.relayhost.tls)).verified:
         why = "credentials go only to a verified server: set verify or secure (and ca, if its CA is private)"
         raise src.error(("relayhost", "tls"), why)
@@ -525,6 +531,12 @@ def _convert(hint: Any, value: Any, keys: tuple[str | int, ...], src: _Source) -
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_.\"-]+)\s*=")
+_PART = re.compile(r'\s*(?:"([^"]*)"|([A-Za-z0-9_-]+))\s*(?:\.|$)')
+
+
+def _dotted(key: str) -> list[str]:
+    """A TOML dotted key's parts: `delivery.tls_policy."example.net"` -> delivery, tls_policy, example.net."""
+    return [m.group(1) if m.group(1) is not None else m.group(2) for m in _PART.finditer(key.strip())]
 
 
 def _find_line(text: str, keys: tuple[str | int, ...]) -> int | None:
@@ -543,15 +555,15 @@ def _find_line(text: str, keys: tuple[str | int, ...]) -> int | None:
             name = header.group(2).replace('"', "")
             if header.group(1) == "[[":
                 counts[name] = counts.get(name, -1) + 1
-                table = [*name.split("."), counts[name]]
+                table = [*_dotted(header.group(2)), counts[name]]
             else:
-                table = list(name.split("."))
+                table = list(_dotted(header.group(2)))
             if table == wanted[: len(table)] and best is None and len(table) == len(wanted):
                 best = number
             continue
         key = _KEY.match(line)
         if key:
-            full = [*table, *key.group(1).replace('"', "").split(".")]
+            full = [*table, *_dotted(key.group(1))]
             if full == wanted[: len(full)] and len(full) >= len(wanted) - 1:
                 return number
     return best

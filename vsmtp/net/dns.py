@@ -14,6 +14,11 @@ Where mail goes:
 The resolver's nameservers come from `[dns]` in the configuration (tests point them at a
 server on loopback), or from the system's resolv.conf. Answers are cached for their TTL.
 
+With `dns.dnssec`, the nameservers are trusted to validate DNSSEC: every query asks for it
+(the DO and AD bits) and an answer counts as secure when the server sets AD in it (RFC 6840
+5.7). Exchangers say whether their MX records and addresses were all secure, which DANE
+(net/dane.py) requires. Without it, nothing is secure.
+
 The checks of sender authentication ask through an AnswerCache: the same few names for
 every message, answered from a dict while their TTL lasts.
 """
@@ -27,6 +32,8 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
+import dns.message
 import dns.name
 import dns.resolver
 import trio
@@ -52,6 +59,7 @@ class Exchanger:
     host: str  # without the trailing dot
     preference: int
     addresses: tuple[str, ...]  # IPv6 first, then IPv4
+    secure: bool = False  # its MX record (or the implicit MX's denial) and its addresses DNSSEC-validated
 
 
 def resolver(config: DnsConfig) -> dns.asyncresolver.Resolver:
@@ -69,7 +77,26 @@ def resolver(config: DnsConfig) -> dns.asyncresolver.Resolver:
             made.nameservers.append(host)
     made.lifetime = config.timeout
     made.cache = dns.resolver.LRUCache(CACHE_SIZE)
+    if config.dnssec:  # ask the (validating) nameservers to say what they validated
+        made.use_edns(0, dns.flags.DO, 1232)
+        made.flags = dns.flags.RD | dns.flags.AD
     return made
+
+
+def secure(response: dns.message.Message | None) -> bool:
+    """Whether a validating resolver vouched for this answer (or denial): its AD bit. Only
+    meaningful with `dns.dnssec`, where the queries ask for DNSSEC."""
+    return response is not None and bool(response.flags & dns.flags.AD)
+
+
+def _denial(exc: dns.resolver.NoAnswer | dns.resolver.NXDOMAIN) -> dns.message.Message | None:
+    """The response that said "no such record" (or "no such name"), if dnspython kept it."""
+    try:
+        if isinstance(exc, dns.resolver.NoAnswer):
+            return exc.response()  # type: ignore[no-any-return, no-untyped-call]
+        return exc.response(exc.qnames()[0])  # type: ignore[no-any-return, no-untyped-call]
+    except (KeyError, IndexError, TypeError):
+        return None
 
 
 CACHE_SIZE = 10_000  # answers kept per process, each for its TTL
@@ -80,10 +107,12 @@ async def exchangers(domain: str, resolve: dns.asyncresolver.Resolver) -> list[E
     try:
         answer = await resolve.resolve(domain, "MX")
         records = [(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in answer]
+        mx_secure = secure(answer.response)
     except dns.resolver.NXDOMAIN as exc:
         raise DnsPermanent(f"domain {domain} does not exist", status="5.1.2") from exc
-    except dns.resolver.NoAnswer:
+    except dns.resolver.NoAnswer as exc:
         records = [(0, domain)]  # the implicit MX
+        mx_secure = secure(_denial(exc))
     except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
         raise DnsTemporary(f"cannot look up MX of {domain}: {exc}") from exc
     if any(host in ("", ".") for _, host in records) and len(records) == 1:
@@ -93,10 +122,10 @@ async def exchangers(domain: str, resolve: dns.asyncresolver.Resolver) -> list[E
     found = []
     failures = 0
     for preference, name in ordered:
-        addresses, failed = await _addresses(name, resolve)
+        addresses, failed, validated = await _addresses(name, resolve)
         failures += failed
         if addresses:
-            found.append(Exchanger(host=name, preference=preference, addresses=addresses))
+            found.append(Exchanger(host=name, preference=preference, addresses=addresses, secure=mx_secure and validated))
     if not found:
         if failures:
             raise DnsTemporary(f"cannot look up the addresses of {domain}'s mail hosts")
@@ -111,27 +140,32 @@ async def host(name: str, resolve: dns.asyncresolver.Resolver) -> list[Exchanger
         return [Exchanger(host=name, preference=0, addresses=(name,))]
     except ValueError:
         pass
-    addresses, failed = await _addresses(name, resolve)
+    addresses, failed, validated = await _addresses(name, resolve)
     if failed:
         raise DnsTemporary(f"cannot look up the addresses of {name}")
     if not addresses:
         raise DnsTemporary(f"the relay host {name} has no address")  # a configuration problem: keep the mail
-    return [Exchanger(host=name, preference=0, addresses=addresses)]
+    return [Exchanger(host=name, preference=0, addresses=addresses, secure=validated)]
 
 
-async def _addresses(name: str, resolve: dns.asyncresolver.Resolver) -> tuple[tuple[str, ...], int]:
-    """`name`'s IPv6 then IPv4 addresses, and how many of the two lookups failed (rather than
-    said "none")."""
+async def _addresses(name: str, resolve: dns.asyncresolver.Resolver) -> tuple[tuple[str, ...], int, bool]:
+    """`name`'s IPv6 then IPv4 addresses, how many of the two lookups failed (rather than
+    said "none"), and whether both answers (or denials) were DNSSEC-validated."""
     addresses: list[str] = []
     failed = 0
+    validated = True
     for rdtype in ("AAAA", "A"):
         try:
-            addresses += [r.to_text() for r in await resolve.resolve(name, rdtype)]
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            answer = await resolve.resolve(name, rdtype)
+            addresses += [r.to_text() for r in answer]
+            validated = validated and secure(answer.response)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer) as exc:
+            validated = validated and secure(_denial(exc))
             continue
         except (dns.resolver.NoNameservers, dns.exception.Timeout):
             failed += 1
-    return tuple(addresses), failed
+            validated = False
+    return tuple(addresses), failed, validated
 
 
 class AnswerCache:

@@ -6,8 +6,9 @@ The protocol text and reply parsing live in smtp/client.py; this module drives t
   a host that refuses the connection, times out, or greets with anything but 2xx is left
   for the next one;
 - EHLO, or HELO if EHLO is refused; STARTTLS as the security level says (net/tlspolicy.py:
-  none, may, encrypt, verify, secure; the certificate checked at verify and secure), then
-  EHLO again; credentials only to a server whose certificate was verified;
+  none, may, encrypt, verify, secure; the certificate checked at verify and secure, or
+  against the host's TLSA records at dane, net/dane.py), then EHLO again; credentials only
+  to a server whose certificate was verified;
 - SIZE checked against the server's limit before sending; BODY=8BITMIME and SMTPUTF8 passed
   when the message needs them; an 8-bit message to a server without 8BITMIME converted to
   7 bit (mail/downgrade.py), and a message that needs what the server lacks fails;
@@ -20,9 +21,10 @@ The protocol text and reply parsing live in smtp/client.py; this module drives t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,7 +36,7 @@ from ..smtp import client as smtp
 from ..smtp import replies
 from ..smtp.errors import ProtocolError
 from ..smtp.replies import Reply
-from . import tlspolicy
+from . import dane, tlspolicy
 from .dns import Exchanger
 from .tlspolicy import TlsPolicy
 
@@ -92,6 +94,7 @@ class ClientSettings:
     before_data: Callable[[list[str], str, str], Awaitable[None]] | None = None
     cache: ConnectionCache | None = None  # keep the connection for the next message to the host
     host_limits: HostLimits | None = None  # deliveries at once to one host address, across domains
+    per_host: Mapping[str, TlsPolicy] = dataclasses.field(default_factory=dict)  # a level per MX host, over `tls` (DANE)
 
 
 class Failed(Exception):
@@ -214,6 +217,8 @@ class HostLimits:
 
 
 async def _one_host(message: OutboundMessage, host: str, address: str, settings: ClientSettings) -> dict[str, Outcome]:
+    if host in settings.per_host:  # DANE decided this host's level (net/dane.py)
+        settings = dataclasses.replace(settings, tls=settings.per_host[host])
     limits = settings.host_limits
     async with limits.slot(address) if limits is not None else contextlib.nullcontext():
         return await _one_host_unlimited(message, host, address, settings)
@@ -396,8 +401,8 @@ async def _tls(
     """The TLS handshake, and the certificate checked as the security level asks: at verify
     and secure, a chain to a trusted CA and a name the level accepts, else Failed (the
     attempt is deferred, and nothing else is said to this server)."""
-    sni = host if tlspolicy.ip_of(host) is None else None  # RFC 6066 3: no IP address as a server name
-    tls_stream = trio.SSLStream(stream, tlspolicy.context(policy.ca_file, policy.verified), server_hostname=sni)
+    sni = host if tlspolicy.ip_of(host) is None else None  # RFC 6066 3: no IP address as a server name (RFC 7672 8.1: DANE sends it)
+    tls_stream = trio.SSLStream(stream, tlspolicy.context(policy.ca_file, policy.pkix), server_hostname=sni)
     with telemetry.span(telemetry.SPAN_TLS, attributes={"server.address": host}) as span:
         try:
             with trio.fail_after(timeout):
@@ -417,7 +422,17 @@ async def _tls(
             telemetry.metrics.tls_handshake("outbound", False)
             talk.tls_result = "validation-failure"
             raise
-        if policy.verified and not tlspolicy.matches(tls_stream.getpeercert() or {}, policy.names(host)):
+        if policy.level == "dane" and policy.tlsa:  # RFC 7672 3: the chain against the host's TLSA records
+            mismatch = dane.check(dane.chain_of(tls_stream), policy.tlsa, policy.names(host))
+            if mismatch:
+                talk.tls_result = "tlsa-invalid"
+                telemetry.metrics.tls_handshake("outbound", False)
+                await trio.aclose_forcefully(tls_stream)
+                records = "; ".join(str(r) for r in policy.tlsa)
+                raise Failed(
+                    f"TLS: the certificate of {host} does not match its TLSA records ({policy.said}: {records}): {mismatch}", stage="tls"
+                )
+        elif policy.pkix and not tlspolicy.matches(tls_stream.getpeercert() or {}, policy.names(host)):
             talk.tls_result = "certificate-host-mismatch"
             telemetry.metrics.tls_handshake("outbound", False)
             await trio.aclose_forcefully(tls_stream)

@@ -8,7 +8,11 @@
   and names the host connected to (the MX host name, or the relay host's): the default for
   a smarthost, and what sending credentials requires;
 - secure: as verify, but the certificate must name the next-hop domain or a host under it
-  (the MX name comes from DNS, which an attacker may forge; the domain does not).
+  (the MX name comes from DNS, which an attacker may forge; the domain does not);
+- dane: DANE (RFC 7672, net/dane.py) where the destination's DNSSEC-signed TLSA records
+  say so, else may; dane-only: DANE or nothing (the host is not used). Both need a
+  validating resolver (`dns.dnssec`). A host DANE authenticates gets the level "dane" with
+  its TLSA records: the certificate is matched against them, not against a CA.
 
 What is checked here, after the handshake, is the name (RFC 6125: subjectAltName DNS and IP
 entries, a wildcard only as the whole leftmost label; the subject's CN only when there is no
@@ -23,8 +27,9 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Level = Literal["none", "may", "encrypt", "verify", "secure"]
-LEVELS: tuple[Level, ...] = ("none", "may", "encrypt", "verify", "secure")
+Level = Literal["none", "may", "encrypt", "verify", "secure", "dane", "dane-only"]
+LEVELS: tuple[Level, ...] = ("none", "may", "encrypt", "verify", "secure", "dane", "dane-only")
+DANE_LEVELS = ("dane", "dane-only")  # planned per MX host by net/dane.py before connecting
 ALIASES = {"require": "encrypt"}  # the earlier name of encrypt (delivery.tls_policy, relayhost.tls)
 
 
@@ -43,6 +48,7 @@ class TlsPolicy:
     nexthop: str = ""  # secure: the domain (or relay host) the certificate must name
     ca_file: str = ""  # verify, secure: the CAs trusted ("" : the system's)
     by: str = ""  # what set the level, when not the configuration ("MTA-STS"): said in failures
+    tlsa: tuple[Any, ...] = ()  # dane: the usable TLSA records (net/dane.Tlsa) the certificate must match
 
     @property
     def said(self) -> str:
@@ -51,16 +57,24 @@ class TlsPolicy:
 
     @property
     def required(self) -> bool:
-        return self.level in ("encrypt", "verify", "secure")
+        return self.level in ("encrypt", "verify", "secure", "dane", "dane-only")
+
+    @property
+    def pkix(self) -> bool:
+        """The chain checked against the trusted CAs (by OpenSSL, in the handshake)."""
+        return self.level in ("verify", "secure")
 
     @property
     def verified(self) -> bool:
-        return self.level in ("verify", "secure")
+        """The server is authenticated: by a CA (verify, secure) or by its TLSA records (dane)."""
+        return self.pkix or (self.level == "dane" and bool(self.tlsa))
 
     def names(self, host: str) -> tuple[str, ...]:
         """The names a certificate may carry to be accepted for `host`."""
         if self.level == "secure":
             return (self.nexthop, "." + self.nexthop)  # the domain, or any host under it
+        if self.level == "dane" and self.nexthop and self.nexthop != host:
+            return (host, self.nexthop)  # RFC 7672 3.2.2: the TLSA base domain, or the next-hop domain
         return (host,)
 
 

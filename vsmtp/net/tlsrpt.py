@@ -1,7 +1,9 @@
 """SMTP TLS reports (RFC 8460), as a fold over the delivery.attempted events the journal
 keeps: for each destination domain, the TLS sessions of a day counted (successful, failed),
 the failures grouped by result type and receiving host, under the policy that was in force
-(sts when an MTA-STS policy applied, else no-policy-found).
+(tlsa when DANE applied, sts when an MTA-STS policy did, else no-policy-found). Hosts DANE
+left out before connecting (a bogus TLSA answer, dane-only without records) are failed
+sessions with no receiving IP.
 
 Pure: events in, the JSON report (RFC 8460 4.4) out. Connections that tried no TLS (level
 none, or lost before STARTTLS) are not sessions and are not counted. Sending the reports to
@@ -62,7 +64,9 @@ def reports(
                 "policy": described,
                 "summary": {"total-successful-session-count": successes, "total-failure-session-count": counted.total() - successes},
                 "failure-details": [
-                    {"result-type": result, "receiving-mx-hostname": host, "receiving-ip": address, "failed-session-count": n}
+                    {"result-type": result, "receiving-mx-hostname": host}
+                    | ({"receiving-ip": address} if address else {})
+                    | {"failed-session-count": n}
                     for (result, host, address), n in sorted(counted.items())
                     if result != "success"
                 ],

@@ -14,8 +14,8 @@ import trio
 from vsmtp_journal import CorruptBlob, CorruptRecord, Journal
 
 from ... import telemetry
+from ...net import dane, mtasts, outbound, tlspolicy
 from ...net import dns as mx
-from ...net import mtasts, outbound, tlspolicy
 from ...queue import events as qe
 from ...queue import history, policy
 from ..transport import MISSING, Delivery, Outcome, Result, Services
@@ -99,9 +99,21 @@ class Smtp:
                 host_limits=services.host_limits,
             )
             level = tlspolicy.level_of(config.delivery.tls_policy.get(domain.lower(), "may"))
-            settings.tls = tlspolicy.TlsPolicy(level=level, nexthop=domain.lower(), ca_file=config.delivery.tls_ca)
+            base = "may" if level in tlspolicy.DANE_LEVELS else level  # hosts DANE does not cover (dane-only: none are tried)
+            settings.tls = tlspolicy.TlsPolicy(level=base, nexthop=domain.lower(), ca_file=config.delivery.tls_ca)
+            plan = dane.Plan()
+            if relay is None and config.dns.dnssec and level in ("may", *tlspolicy.DANE_LEVELS):
+                plan = await dane.plan(hosts, port=settings.port, level=level, nexthop=domain.lower(), resolve=services.resolver)
+                settings.per_host = plan.policies
+                hosts = [h for h in hosts if h.host not in plan.refused]
+                if not hosts:
+                    text = "; ".join(why for why, _ in plan.refused.values())
+                    telemetry.spans.failed(span, "deferred", text)
+                    deferred = outbound.Outcome("deferred", text, enhanced="4.7.5", stage="tls")
+                    return Result([_outcome(a, deferred) for a in addresses], _refused(job.queue_id, domain, plan.refused))
             sts: mtasts.Policy | None = None
-            if relay is None and ((config.delivery.mta_sts and domain.lower() not in config.delivery.tls_policy) or message.requiretls):
+            looks_for_sts = (config.delivery.mta_sts and domain.lower() not in config.delivery.tls_policy) or message.requiretls
+            if relay is None and looks_for_sts and not plan.applies:  # RFC 8461 2: DANE, where published, over MTA-STS
                 sts = await self.policies.policy(domain)
                 if sts is not None and sts.mode == "enforce":  # RFC 8461 4.1: only its MX hosts, only verified
                     hosts = [h for h in hosts if sts.allows(h.host)]
@@ -117,7 +129,13 @@ class Smtp:
                 settings.tls = tlspolicy.TlsPolicy(level=level, nexthop=relay.host, ca_file=config.relayhost.ca)
                 if config.relayhost.username:
                     settings.auth = (config.relayhost.username, config.relayhost.password)
-            if message.requiretls:  # RFC 8689 4.2: authenticated hosts only, over verified TLS
+            if message.requiretls and plan.applies:  # RFC 8689 4.2: hosts DANE authenticates, only
+                hosts = [h for h in hosts if plan.authenticated(h.host)]
+                if not hosts:
+                    refused = f"REQUIRETLS: no MX host of {domain} is authenticated by its TLSA records"
+                    telemetry.spans.failed(span, "failed", refused)
+                    return Result.all(delivery, "failed", refused, enhanced="5.7.30", stage="tls")
+            elif message.requiretls:  # RFC 8689 4.2: authenticated hosts only, over verified TLS
                 refused = _requiretls(settings, relay=relay, relayhost=relayhost, sts=sts, domain=domain, ca_file=config.delivery.tls_ca)
                 if refused:
                     telemetry.spans.failed(span, "failed", refused)
@@ -134,7 +152,7 @@ class Smtp:
                 span.set_attribute("vsmtp.tls", first.tls)
                 telemetry.spans.outcome(span, {o.status for o in outcomes.values()}, first.reply)
             now = time.time()
-            kind = "sts" if sts is not None and sts.mode != "none" else "no-policy-found"
+            kind = "tlsa" if plan.applies else "sts" if sts is not None and sts.mode != "none" else "no-policy-found"
             facts: list[qe.JournalEvent] = [
                 qe.DeliveryAttempted(
                     at=now,
@@ -149,7 +167,19 @@ class Smtp:
                 )
                 for a in tried
             ]
+            facts += _refused(job.queue_id, domain, plan.refused)
             return Result([_outcome(address, outcomes[address]) for address in addresses], facts)
+
+
+def _refused(queue_id: str, domain: str, refused: dict[str, tuple[str, str]]) -> list[qe.JournalEvent]:
+    """The hosts DANE left out, as attempts that failed before connecting (RFC 8460 counts them)."""
+    now = time.time()
+    return [
+        qe.DeliveryAttempted(
+            at=now, queue_id=queue_id, host=host, address="", tls=False, reply=why, domain=domain.lower(), policy="tlsa", tls_result=result
+        )
+        for host, (why, result) in refused.items()
+    ]
 
 
 def _requiretls(
@@ -163,9 +193,9 @@ def _requiretls(
 ) -> str:
     """For a REQUIRETLS message: raise the level to verify (at least), and the reason it cannot
     go at all ("" : it can). Its next hop must be authenticated: the configured relay host by
-    its name, or MX hosts an MTA-STS policy names (vsmtp has no DNSSEC validation)."""
+    its name, or MX hosts an MTA-STS policy names (DANE is handled before, where it applies)."""
     if relay is None and (sts is None or sts.mode == "none"):
-        return f"REQUIRETLS: the MX hosts of {domain} cannot be authenticated (no MTA-STS policy; DNSSEC is not supported)"
+        return f"REQUIRETLS: the MX hosts of {domain} cannot be authenticated (no DANE TLSA records, no MTA-STS policy)"
     if not settings.tls.verified:
         nexthop = relay.host if relay is not None else domain.lower()
         ca = settings.tls.ca_file if relay is not None and relay is relayhost else ca_file
