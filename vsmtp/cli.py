@@ -17,7 +17,7 @@
     vsmtp auth hash [USER]              a password file line (the password from the terminal or stdin)
     vsmtp dkim keygen DOMAIN SELECTOR [--algorithm A] [--key FILE]
     vsmtp dmarc report --since TIME [--until TIME] [--domain D] [--output DIR] [--send] [--json]
-    vsmtp tlsrpt report --day YYYY-MM-DD [--domain D]   SMTP TLS reports (RFC 8460), JSON
+    vsmtp tlsrpt report --day YYYY-MM-DD [--domain D] [--send]   SMTP TLS reports (RFC 8460), JSON
 
 Every command reads the same configuration as the daemon, so run from the daemon's
 directory with no arguments it finds the daemon's journal.
@@ -161,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     tls_report = command(tlsrpt, "report", _tlsrpt_report, "the TLS reports of one UTC day, one per destination domain, from the journal")
     tls_report.add_argument("--day", required=True, metavar="YYYY-MM-DD", help="the UTC day")
     tls_report.add_argument("--domain", default="", help="only this destination domain's report")
+    tls_report.add_argument("--send", action="store_true", help="also send each report to its domain's rua (mailto: queued, https: posted)")
     return parser
 
 
@@ -655,31 +656,24 @@ def _dmarc_report(args: argparse.Namespace, config: config_mod.Config) -> int:
 
 
 def _tlsrpt_report(args: argparse.Namespace, config: config_mod.Config) -> int:
-    """The reports as JSON, one per line (RFC 8460 4.4), read from the journal."""
-    from pathlib import Path
-
-    from .net import mtasts, tlsrpt
+    """The reports as JSON, one per line (RFC 8460 4.4), read from the journal; with --send,
+    what was sent where on standard error."""
+    from . import reporting
+    from .net import tlsrpt
 
     try:
         start, end = tlsrpt.day_range(args.day)
     except ValueError:
         print(f"vsmtp: --day {args.day!r}: expected YYYY-MM-DD", file=sys.stderr)
         return 2
-    kept = mtasts.Policies.read(Path(config.journal.path) / "mta-sts.json")
-    with Journal(config.journal.path, readonly=True) as journal:
-        attempts = [e for e in map(qe.decode, journal.read(0)) if isinstance(e, qe.DeliveryAttempted)]
-    found = tlsrpt.reports(
-        attempts,
-        start=start,
-        end=end,
-        organization=config.hostname,
-        contact=f"postmaster@{config.hostname}",
-        policies=kept,
-        domain=args.domain,
-    )
-    for report in found:
-        print(json.dumps(report, ensure_ascii=False))
-    if not found:
+    outcomes = reporting.tls_reports(config, start=start, end=end, domain=args.domain, send=args.send)
+    for outcome in outcomes:
+        print(json.dumps(outcome.report, ensure_ascii=False))
+        for uri in outcome.sent_to:
+            print(f"sent to {uri}", file=sys.stderr)
+        for uri, why in outcome.skipped:
+            print(f"not sent to {uri}: {why}", file=sys.stderr)
+    if not outcomes:
         print(f"no TLS sessions on {args.day}", file=sys.stderr)
     return 0
 

@@ -226,6 +226,15 @@ class DmarcConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TlsrptConfig:
+    """SMTP TLS reports (RFC 8460) on the mail vsmtp sent (`vsmtp tlsrpt report`)."""
+
+    report_org: str = ""  # organization-name ("" : the hostname)
+    report_from: str = ""  # contact-info, and the From and envelope sender of mailed reports ("" : postmaster@hostname)
+    report_limit: int = 10  # reports sent to one rua in one `vsmtp tlsrpt report --send`
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ArcConfig:
     """ARC (RFC 8617): chains verified on inbound mail; mail vsmtp forwards sealed."""
 
@@ -352,6 +361,7 @@ class Config:
     spf: SpfConfig = SpfConfig()
     dkim: DkimConfig = DkimConfig()
     dmarc: DmarcConfig = DmarcConfig()
+    tlsrpt: TlsrptConfig = TlsrptConfig()
     arc: ArcConfig = ArcConfig()
     relayhost: RelayhostConfig = RelayhostConfig()
     limits: LimitsConfig = LimitsConfig()

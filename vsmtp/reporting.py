@@ -1,11 +1,14 @@
-"""`vsmtp dmarc report`: DMARC aggregate reports from the journal, written as files and,
-with --send, queued as mail to the addresses the domains publish.
+"""`vsmtp dmarc report` and `vsmtp tlsrpt report`: DMARC aggregate reports and SMTP TLS
+reports (RFC 8460) from the journal, written out and, with --send, sent where the domains
+ask: queued as mail to their mailto: addresses, or (TLS reports) posted to their https: URIs.
 
 Nothing is sent where nobody asked: only a record's own mailto: rua addresses; an address
 outside the policy domain's organization only when its domain consents
 (POLICY._report._dmarc.DESTINATION, RFC 7489 7.1); no report larger than the address's
 size limit (the URI's !size); at most `dmarc.report_limit` reports to one address in one
-run. A queued report is a message like any other (message.accepted, from
+run. TLS reports go only to the rua of the destination domain's own `_smtp._tls` record, at
+most `tlsrpt.report_limit` to one URI in a run, posted over verified HTTPS (the system's CAs,
+or `delivery.tls_ca`). A queued report is a message like any other (message.accepted, from
 `dmarc.report_from`): the running server delivers it. The journal is only read, except for
 those messages.
 """
@@ -13,6 +16,7 @@ those messages.
 from __future__ import annotations
 
 import secrets
+import ssl
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,7 +30,7 @@ from . import ids
 from .auth import report
 from .config import Config
 from .mail import trace
-from .net import dns
+from .net import dns, https, mtasts, tlsrpt
 from .queue import events as qe
 
 
@@ -116,3 +120,81 @@ def _queue(journal: Journal, sender: str, recipient: str, body: bytes) -> None:
         message_id=trace.message_id(body),
     )
     journal.append_batch([qe.to_append(accepted, blobs={accepted.blob: body})])
+
+
+@dataclass(slots=True)
+class TlsOutcome:
+    report: dict[str, object]
+    sent_to: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (URI, why)
+
+
+def tls_reports(config: Config, *, start: float, end: float, domain: str, send: bool) -> list[TlsOutcome]:
+    """The TLS reports of [start, end), one per destination domain; with `send`, each sent to
+    its domain's rua."""
+    kept = mtasts.Policies.read(Path(config.journal.path) / "mta-sts.json")
+    submitter = config.tlsrpt.report_org or config.hostname
+    sender = config.tlsrpt.report_from or f"postmaster@{config.hostname}"
+    with Journal(config.journal.path, readonly=not send) as journal:
+        attempts = [e for e in map(qe.decode, journal.read(0)) if isinstance(e, qe.DeliveryAttempted)]
+        found = tlsrpt.reports(attempts, start=start, end=end, organization=submitter, contact=sender, policies=kept, domain=domain)
+        outcomes = [TlsOutcome(report) for report in found]
+        if send:
+            trio.run(_send_tls, config, journal, outcomes, sender, (start, end))
+    return outcomes
+
+
+async def _send_tls(config: Config, journal: Journal, outcomes: list[TlsOutcome], sender: str, period: tuple[float, float]) -> None:
+    answers = dns.AnswerCache(dns.resolver(config.dns))
+    context = ssl.create_default_context(cafile=config.delivery.tls_ca or None)
+    sent: Counter[str] = Counter()
+    for outcome in outcomes:
+        report = outcome.report
+        name = report["policies"][0]["policy"]["policy-domain"]  # type: ignore[index]
+        try:
+            uris = tlsrpt.rua(await answers.txt(f"_smtp._tls.{name}"))
+        except (dns.DnsTemporary, dns.DnsPermanent) as exc:
+            outcome.skipped.append((f"_smtp._tls.{name}", f"cannot look it up: {exc}"))
+            continue
+        data = tlsrpt.gzipped(report)
+        file = tlsrpt.file_name(report, str(report["organization-name"]), *period)
+        for uri in uris:
+            if sent[uri] >= config.tlsrpt.report_limit:
+                outcome.skipped.append((uri, f"limit of {config.tlsrpt.report_limit} reports per address in one run reached"))
+                continue
+            if uri.startswith("mailto:"):
+                to = uri.removeprefix("mailto:").split("?", 1)[0]
+                body = tlsrpt.message(
+                    report, attachment=data, name=file, sender=sender, to=to, boundary=secrets.token_hex(12), now=time.time()
+                )
+                _queue(journal, sender, to, body)
+            else:
+                why = await _post(uri, data, answers, context)
+                if why:
+                    outcome.skipped.append((uri, why))
+                    continue
+            sent[uri] += 1
+            outcome.sent_to.append(uri)
+
+
+async def _post(uri: str, data: bytes, answers: dns.AnswerCache, context: ssl.SSLContext) -> str:
+    """POST the gzipped report (RFC 8460 5.4); why it did not take ("" : it did)."""
+    rest = uri.removeprefix("https://")
+    authority, _, path = rest.partition("/")
+    host, _, given = authority.partition(":")
+    try:
+        status, _ = await https.request(
+            host,
+            "/" + path,
+            dns=answers,
+            context=context,
+            port=int(given) if given else 443,
+            method="POST",
+            body=data,
+            content_type="application/tlsrpt+gzip",
+            limit=4096,
+            timeout=60.0,
+        )
+    except (*mtasts.FETCH_FAILURES, https.HttpsError, dns.DnsTemporary, dns.DnsPermanent, ValueError) as exc:
+        return f"cannot post it: {exc}"
+    return "" if 200 <= status < 300 else f"the server answered HTTP {status}"

@@ -205,6 +205,16 @@ async def test_dane_only_refuses_a_domain_without_dnssec(start_server: Any, dane
     assert sink.sessions == 0 and [a.tls_result for a in attempts] == ["dane-required"]
 
 
+async def test_tls_required_no_sets_the_published_policy_aside(start_server: Any, dane_sender: Config, sink: Sink) -> None:
+    """RFC 8689 5: the sender asks for delivery whatever TLSA records say; TLS is still used where offered."""
+    running = await start_server(dane_sender)
+    await sendmail(running, "a@example.org", ["user@bad.dane.test"], "TLS-Required: No\r\n" + MESSAGE)
+    done, attempts = await outcome(running)
+    assert isinstance(done, qe.DeliverySucceeded), done
+    assert [m.tls for m in sink.received] == [True]
+    assert [(a.policy, a.tls_result) for a in attempts] == [("no-policy-found", "success")]
+
+
 async def test_requiretls_goes_to_a_host_dane_authenticates(start_server: Any, dane_sender: Config, sink: Sink) -> None:
     running = await start_server(dane_sender)
     assert await trio.to_thread.run_sync(submit, running, "user@ee.dane.test") == (False, 555, 250)

@@ -117,6 +117,21 @@ async def test_a_policy_in_hand_survives_a_restart(
     assert len(asked) == 1
 
 
+async def test_a_policy_that_cannot_be_fetched_is_reported_and_the_mail_goes(
+    start_server: Any, sender: Config, start_sink: Any, ca: trustme.CA
+) -> None:
+    sink = await start_sink("127.0.0.2", tls=server_tls(ca, "mx1.sts.test"))
+    running = await start_server(sts_config(sender, ca, 9))  # announced, but nobody serves it: none in hand
+    await sendmail(running, "a@example.org", ["user@sts.test"], MESSAGE)
+    assert isinstance(await outcome(running), qe.DeliverySucceeded)
+    assert len(sink.received) == 1
+    attempts = [e for e in map(qe.decode, running.journal.read(0)) if isinstance(e, qe.DeliveryAttempted)]
+    assert sorted((a.host, a.policy, a.tls_result) for a in attempts) == [
+        ("mta-sts.sts.test", "sts", "sts-policy-fetch-error"),
+        ("mx1.sts.test", "no-policy-found", "success"),
+    ]
+
+
 def test_policy_files_and_records_read_as_rfc_8461_says() -> None:
     assert mtasts.txt_id([b"v=STSv1; id=20160831085700Z;"]) == "20160831085700Z"
     assert mtasts.txt_id([b"v=STSv1; id=a", b"v=STSv1; id=b"]) is None  # two: none (RFC 8461 3.1)

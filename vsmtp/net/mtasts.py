@@ -27,12 +27,14 @@ from typing import Literal
 
 import trio
 
+from . import https
 from .dns import AnswerCache, DnsPermanent, DnsTemporary
 
 log = logging.getLogger(__name__)
 
 MAX_POLICY = 64 * 1024  # octets of a policy read (RFC 8461 3.3: "a reasonable maximum size")
 FETCH_TIMEOUT = 60.0  # seconds for the whole fetch (RFC 8461 3.3: "at least a minute" is too long for a session; ample here)
+FETCH_FAILURES = (OSError, https.HttpsError, ssl.SSLError, trio.TooSlowError, trio.BrokenResourceError, UnicodeDecodeError)
 MAX_AGE = 31_557_600  # RFC 8461 3.2: max_age at most a year
 Mode = Literal["enforce", "testing", "none"]
 
@@ -113,6 +115,7 @@ class Policies:
         self.context = context  # verified: the certificate must chain to a trusted CA
         self.port = port  # 443; tests point it elsewhere
         self.kept: dict[str, Policy] = self._load()
+        self.unfetched: dict[str, str] = {}  # domains whose announced policy could not be had, and why (sts-policy-fetch-error)
 
     async def policy(self, domain: str) -> Policy | None:
         """The policy in force for `domain` now, or None."""
@@ -131,9 +134,20 @@ class Policies:
             return kept
         try:
             fetched = parse(domain, await self.fetch(domain), policy_id=policy_id, now=now)
-        except (OSError, PolicyError, ssl.SSLError, trio.TooSlowError, trio.BrokenResourceError, UnicodeDecodeError) as exc:
+        except (
+            OSError,
+            PolicyError,
+            https.HttpsError,
+            ssl.SSLError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            UnicodeDecodeError,
+        ) as exc:
             log.warning("MTA-STS: cannot fetch the policy of %s: %s%s", domain, exc, " (the one in hand stays)" if kept else "")
+            if kept is None:
+                self.unfetched[domain] = f"cannot fetch the MTA-STS policy of {domain}: {exc}"
             return kept
+        self.unfetched.pop(domain, None)
         self.kept[domain] = fetched
         await trio.to_thread.run_sync(self._save)  # a small file, but not written in the event loop
         return fetched
@@ -142,24 +156,11 @@ class Policies:
         """GET https://mta-sts.DOMAIN/.well-known/mta-sts.txt: HTTP/1.0 (no chunks), verified
         TLS, no redirects, at most MAX_POLICY octets."""
         host = f"mta-sts.{domain}"
-        with trio.fail_after(FETCH_TIMEOUT):
-            # Its addresses through vsmtp's resolver (as every name vsmtp looks up), then TLS
-            # with the certificate checked against the name (the context checks hostnames).
-            addresses = [r.to_text() for kind in ("AAAA", "A") for r in await self.dns.records(host, kind)]  # type: ignore[attr-defined]
-            if not addresses:
-                raise PolicyError(f"{host} has no address")
-            tcp = await trio.open_tcp_stream(addresses[0], self.port)
-            stream = trio.SSLStream(tcp, self.context, server_hostname=host, https_compatible=True)
-            async with stream:
-                request = f"GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: {host}\r\nUser-Agent: vsmtp\r\n\r\n"
-                await stream.send_all(request.encode())
-                data = bytearray()
-                while len(data) <= MAX_POLICY + 4096 and (chunk := await stream.receive_some(16384)):
-                    data += chunk
-        head, _, body = bytes(data).partition(b"\r\n\r\n")
-        status = head.split(b"\r\n", 1)[0].split()
-        if len(status) < 2 or status[1] != b"200":  # RFC 8461 3.3: redirects are not followed
-            raise PolicyError(f"https://{host}/.well-known/mta-sts.txt: {b' '.join(status[1:]).decode(errors='replace')}")
+        status, body = await https.request(
+            host, "/.well-known/mta-sts.txt", dns=self.dns, context=self.context, port=self.port, limit=MAX_POLICY, timeout=FETCH_TIMEOUT
+        )
+        if status != 200:  # RFC 8461 3.3: redirects are not followed
+            raise PolicyError(f"https://{host}/.well-known/mta-sts.txt: HTTP status {status}")
         if len(body) > MAX_POLICY:
             raise PolicyError(f"the policy is larger than {MAX_POLICY} octets")
         return body.decode("utf-8")

@@ -5,14 +5,18 @@ the failures grouped by result type and receiving host, under the policy that wa
 left out before connecting (a bogus TLSA answer, dane-only without records) are failed
 sessions with no receiving IP.
 
-Pure: events in, the JSON report (RFC 8460 4.4) out. Connections that tried no TLS (level
-none, or lost before STARTTLS) are not sessions and are not counted. Sending the reports to
-the domains' rua addresses is not done yet; `vsmtp tlsrpt report` prints or writes them.
+Pure: events in, the JSON report (RFC 8460 4.4) out; and the pieces of sending one (RFC
+8460 3, 5): the rua of a domain's `_smtp._tls` record, the report's file name, gzipped, and
+the message that carries it to a mailto: rua. Connections that tried no TLS (level none, or
+lost before STARTTLS) are not sessions and are not counted. reporting.py sends them.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
+import gzip
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -83,3 +87,46 @@ def reports(
         }
         for name, entries in by_domain.items()
     ]
+
+
+def rua(records: list[bytes]) -> list[str]:
+    """The mailto: and https: URIs of a domain's `_smtp._tls` TXT records (RFC 8460 3):
+    none unless exactly one record is a TLSRPTv1 one."""
+    found = [r.decode("utf-8", "replace") for r in records if r.startswith(b"v=TLSRPTv1")]
+    if len(found) != 1:
+        return []
+    fields = dict(f.strip().partition("=")[::2] for f in found[0].split(";") if "=" in f)
+    uris = [u.strip() for u in fields.get("rua", "").split(",")]
+    return [u for u in uris if u.startswith(("mailto:", "https://"))]
+
+
+def gzipped(report: dict[str, Any]) -> bytes:
+    return gzip.compress(json.dumps(report, ensure_ascii=False).encode(), mtime=0)
+
+
+def file_name(report: dict[str, Any], submitter: str, start: float, end: float) -> str:
+    """RFC 8460 5.1: submitter!policy-domain!begin!end.json.gz (seconds since the epoch)."""
+    domain = report["policies"][0]["policy"]["policy-domain"]
+    return f"{submitter}!{domain}!{int(start)}!{int(end)}.json.gz"
+
+
+def message(report: dict[str, Any], *, attachment: bytes, name: str, sender: str, to: str, boundary: str, now: float) -> bytes:
+    """The report as mail (RFC 8460 5.3): multipart/report of report-type tlsrpt, a short text
+    and the gzipped JSON as application/tlsrpt+gzip."""
+    domain = report["policies"][0]["policy"]["policy-domain"]
+    submitter = report["organization-name"]
+    date = datetime.datetime.fromtimestamp(now, tz=datetime.UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
+    period = report["date-range"]
+    text = f"An SMTP TLS report (RFC 8460) for {domain} from {submitter}: {period['start-datetime']} to {period['end-datetime']}.\r\n"
+    encoded = base64.b64encode(attachment).decode()
+    lines = "\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nDate: {date}\r\n"
+        f"Subject: Report Domain: {domain} Submitter: {submitter} Report-ID: <{report['report-id']}>\r\n"
+        f"TLS-Report-Domain: {domain}\r\nTLS-Report-Submitter: {submitter}\r\n"
+        f"Message-ID: <{report['report-id']}.{int(now)}@{submitter}>\r\nMIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/report; report-type="tlsrpt"; boundary="{boundary}"\r\n\r\n'
+        f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
+        f"--{boundary}\r\nContent-Type: application/tlsrpt+gzip\r\nContent-Transfer-Encoding: base64\r\n"
+        f'Content-Disposition: attachment; filename="{name}"\r\n\r\n{lines}\r\n--{boundary}--\r\n'
+    ).encode()

@@ -5,6 +5,7 @@ process's event loop, a task per delivery, within `delivery.remote_workers` at o
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 from collections.abc import Sequence
@@ -102,7 +103,10 @@ class Smtp:
             base = "may" if level in tlspolicy.DANE_LEVELS else level  # hosts DANE does not cover (dane-only: none are tried)
             settings.tls = tlspolicy.TlsPolicy(level=base, nexthop=domain.lower(), ca_file=config.delivery.tls_ca)
             plan = dane.Plan()
-            if relay is None and config.dns.dnssec and level in ("may", *tlspolicy.DANE_LEVELS):
+            # RFC 8689 5: "TLS-Required: No" (unless the message asked for REQUIRETLS, which wins)
+            # sets aside the policies the destination publishes (DANE, MTA-STS), not the configuration.
+            published = not (not message.requiretls and _tls_not_required(body))
+            if published and relay is None and config.dns.dnssec and level in ("may", *tlspolicy.DANE_LEVELS):
                 plan = await dane.plan(hosts, port=settings.port, level=level, nexthop=domain.lower(), resolve=services.resolver)
                 settings.per_host = plan.policies
                 hosts = [h for h in hosts if h.host not in plan.refused]
@@ -113,7 +117,7 @@ class Smtp:
                     return Result([_outcome(a, deferred) for a in addresses], _refused(job.queue_id, domain, plan.refused))
             sts: mtasts.Policy | None = None
             looks_for_sts = (config.delivery.mta_sts and domain.lower() not in config.delivery.tls_policy) or message.requiretls
-            if relay is None and looks_for_sts and not plan.applies:  # RFC 8461 2: DANE, where published, over MTA-STS
+            if published and relay is None and looks_for_sts and not plan.applies:  # RFC 8461 2: DANE, where published, over MTA-STS
                 sts = await self.policies.policy(domain)
                 if sts is not None and sts.mode == "enforce":  # RFC 8461 4.1: only its MX hosts, only verified
                     hosts = [h for h in hosts if sts.allows(h.host)]
@@ -168,7 +172,25 @@ class Smtp:
                 for a in tried
             ]
             facts += _refused(job.queue_id, domain, plan.refused)
+            unfetched = self.policies.unfetched.get(domain.lower()) if sts is None and published and relay is None else None
+            if unfetched:  # RFC 8460 4.3.1: a policy announced but not had is an sts failure of its own
+                facts.append(_policy_failure(job.queue_id, domain, unfetched))
             return Result([_outcome(address, outcomes[address]) for address in addresses], facts)
+
+
+def _policy_failure(queue_id: str, domain: str, why: str) -> qe.JournalEvent:
+    host = f"mta-sts.{domain.lower()}"
+    return qe.DeliveryAttempted(
+        at=time.time(),
+        queue_id=queue_id,
+        host=host,
+        address="",
+        tls=False,
+        reply=why,
+        domain=domain.lower(),
+        policy="sts",
+        tls_result="sts-policy-fetch-error",
+    )
 
 
 def _refused(queue_id: str, domain: str, refused: dict[str, tuple[str, str]]) -> list[qe.JournalEvent]:
@@ -201,6 +223,14 @@ def _requiretls(
         ca = settings.tls.ca_file if relay is not None and relay is relayhost else ca_file
         settings.tls = tlspolicy.TlsPolicy(level="verify", nexthop=nexthop, ca_file=ca, by="REQUIRETLS")
     return ""
+
+
+_TLS_NOT_REQUIRED = re.compile(rb"^tls-required:[ \t]*no[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+def _tls_not_required(body: bytes) -> bool:
+    """Whether the header section says "TLS-Required: No" (RFC 8689 5)."""
+    return _TLS_NOT_REQUIRED.search(body.partition(b"\r\n\r\n")[0]) is not None
 
 
 def _outcome(recipient: str, said: outbound.Outcome) -> Outcome:
