@@ -112,3 +112,46 @@ def test_names_are_matched_as_rfc_6125_says() -> None:
 
 def test_outbound_handshakes_offer_no_session_tickets() -> None:
     assert all(tlspolicy.context("", verified).options & ssl.OP_NO_TICKET for verified in (True, False))
+
+
+RULE_LEVELS = """
+from vsmtp.rules import *
+
+@rule.delivery
+def bank_verified(ctx):
+    if ctx.recipient.endswith("@far.test"):
+        ctx.set_route(ctx.recipient, "smtp", tls="verify")  # as Postfix's smtp_tls_policy_maps, chosen per message
+"""
+
+
+@pytest.mark.parametrize(("name", "delivered"), [("mx1.far.test", True), ("someone-else.test", False)])
+async def test_a_delivery_rule_sets_the_level_of_a_route(
+    start_server: Any, sender: Config, start_sink: Any, ca: trustme.CA, tmp_path: Any, name: str, delivered: bool
+) -> None:
+    sink = await start_sink("127.0.0.2", tls=server_tls(ca, name))  # with no rule: may, delivered whatever the name
+    (tmp_path / "rules.py").write_text(RULE_LEVELS)
+    changes = {"tls_ca": ca_file(ca, sender), "retry_first": 60.0}
+    running = await start_server(with_changes(sender, rules=str(tmp_path / "rules.py"), delivery=changes))
+    await sendmail(running, "a@example.org", ["user@far.test"], MESSAGE)
+    tags = (qe.DeliverySucceeded.TAG, qe.DeliveryDeferred.TAG)
+    records = await wait_journal(running, lambda rs: any(r.tag in tags for r in rs), timeout=15)
+    [outcome] = [e for e in map(qe.decode, records) if isinstance(e, qe.DeliverySucceeded | qe.DeliveryDeferred)]
+    assert isinstance(outcome, qe.DeliverySucceeded) is delivered, outcome
+    if not delivered:  # the reason is the last host's (mx2.far.test does not listen); mx1's is in its attempt
+        [first] = [e for e in map(qe.decode, records) if isinstance(e, qe.DeliveryAttempted) and e.host == "mx1.far.test"]
+        assert "does not name mx1.far.test (level verify)" in first.reply and first.tls_result == "certificate-host-mismatch"
+        assert sink.received == []
+    [action] = [r.payload for r in records if r.tag == "rule.action"]
+    assert action["args"] == ["user@far.test", "smtp", "verify"]
+
+
+def test_a_rule_level_is_checked_when_given() -> None:
+    from vsmtp.queue import policy
+
+    for route, tls, why in (
+        ("maildir", "verify", "a TLS level is for the smtp routes"),
+        ("smtp:[192.0.2.1]:25", "dane", "DANE is for a domain's MX hosts"),
+        ("smtp", "sure", "expected one of none, may"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            policy.check_route_tls(route, tls)

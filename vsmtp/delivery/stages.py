@@ -191,9 +191,9 @@ async def delivery(
         actions, ctx.actions = ctx.actions, []
         for action in actions:  # set_route: the only action the delivery stage takes
             routed.events.append(action.event(at=now, session_id=ctx.session_id, queue_id=queue_id))
-            target, route = action.args
+            target, route, *level = action.args  # and the TLS level it gave, if any
             try:
-                routed.routes[target] = policy.chosen_route(route, target, config)
+                routed.routes[target] = policy.chosen_route(route, target, config, tls=level[0] if level else "")
             except ValueError as exc:  # e.g. pipe:NAME with no [delivery.pipe.NAME]: an error route, the mail waits
                 log.warning("%s: %s: %s", queue_id, target, exc)
                 routed.routes[target] = policy.ErrorRoute(reason=str(exc), temporary=True)

@@ -7,6 +7,7 @@ arguments, and the answers are values the delivery layer acts on.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import re
@@ -158,6 +159,7 @@ class RemoteRoute:
     """Deliver over SMTP to the domain's mail hosts (its MX, or the domain itself)."""
 
     domain: str
+    tls: str = ""  # a delivery rule's TLS security level for it (set_route's tls=); "" : the configuration's
     kind = "smtp"
 
     @property
@@ -170,6 +172,7 @@ class Smarthost:
     host: str
     port: int
     implicit_tls: bool  # smtps://
+    tls: str = ""  # a delivery rule's TLS security level for it (set_route's tls=); "" : the configuration's
     kind = "smtp"
 
     @property
@@ -364,19 +367,35 @@ def check_route(text: str) -> None:
     )
 
 
-def chosen_route(text: str, address: str, config: Config) -> Route:
-    """The route a rule chose for `address` (check_route says which texts are routes)."""
+def check_route_tls(text: str, tls: str) -> None:
+    """ValueError unless `tls` is a level a rule may give the route `text` (set_route's tls=):
+    any level for the SMTP routes, DANE's for a domain's MX hosts only."""
+    if not tls:
+        return
+    from ..net import tlspolicy
+
+    level = tlspolicy.level_of(tls)
+    if not (text == "smtp" or text.startswith(("smtp:", "smtps:"))):
+        raise ValueError(f"tls={tls!r} for route {text!r}: a TLS level is for the smtp routes")
+    if level in tlspolicy.DANE_LEVELS and text != "smtp":
+        raise ValueError(f"tls={tls!r} for route {text!r}: DANE is for a domain's MX hosts (route smtp)")
+
+
+def chosen_route(text: str, address: str, config: Config, *, tls: str = "") -> Route:
+    """The route a rule chose for `address` (check_route says which texts are routes), at the
+    TLS level it gave, if any."""
     check_route(text)
+    check_route_tls(text, tls)
     if text == "local":
         return _mailbox(address, config)[0]
     user, domain = local_user(address)
     if text == "smtp":
         if not domain:
             raise ValueError(f"route smtp for {address!r}: the address has no domain")
-        return RemoteRoute(domain=domain)
+        return RemoteRoute(domain=domain, tls=tls)
     scheme, _, rest = text.partition(":")
     if scheme in ("smtp", "smtps"):
-        return relay_url(f"{scheme}://{rest}")
+        return dataclasses.replace(relay_url(f"{scheme}://{rest}"), tls=tls)
     user, extension = split_extension(user, config.local.recipient_delimiter)
     chosen = transport_route(text, user=user, domain=domain or config.local.domains[0].lower(), extension=extension)
     if isinstance(chosen, PipeRoute) and chosen.name not in config.delivery.pipe:

@@ -135,14 +135,17 @@ class Context:
             raise ValueError(f"export at the {self.stage} stage: the message is there at data and postq")
         self._record("export", str(directory), form)
 
-    def set_route(self, recipient: str, route: str) -> None:
+    def set_route(self, recipient: str, route: str, *, tls: str = "") -> None:
         """At delivery: deliver `recipient` by `route` ("local", "smtp", "smtp:[HOST]:PORT", or a
         transport: "maildir", "mbox", "lmtp:HOST:PORT", "pipe:NAME", "discard", "error:TEXT")
-        instead of the route vsmtp chose (Postfix's transport maps)."""
+        instead of the route vsmtp chose (Postfix's transport maps); for an smtp route, `tls`
+        is its TLS security level ("verify", "dane-only" ...) over the configuration's
+        (Postfix's smtp_tls_policy_maps)."""
         if self.stage != "delivery":
             raise ValueError(f"set_route at the {self.stage} stage: routes are chosen at the delivery stage")
         policy.check_route(route)  # checked now: ValueError names it
-        self.actions.append(Action(self.stage, self.by, "set_route", (recipient, route)))
+        policy.check_route_tls(route, tls)
+        self.actions.append(Action(self.stage, self.by, "set_route", (recipient, route, tls) if tls else (recipient, route)))
 
     def take_changes(self) -> None:
         """The message's part edits become actions of whoever ran (journaled as rule.action;

@@ -99,7 +99,12 @@ class Smtp:
                 cache=services.connections,
                 host_limits=services.host_limits,
             )
-            level = tlspolicy.level_of(config.delivery.tls_policy.get(domain.lower(), "may"))
+            chosen = route.tls  # a delivery rule's level for this route, over the configuration's
+            level = tlspolicy.level_of(chosen or config.delivery.tls_policy.get(domain.lower(), "may"))
+            if level in tlspolicy.DANE_LEVELS and not config.dns.dnssec:  # a rule's (the configuration refuses its own)
+                text = f"TLS level {level} (a delivery rule's) needs a validating resolver: dns.dnssec = true"
+                telemetry.spans.failed(span, "deferred", text)
+                return Result.all(delivery, "deferred", text, enhanced="4.7.5", stage="tls")
             base = "may" if level in tlspolicy.DANE_LEVELS else level  # hosts DANE does not cover (dane-only: none are tried)
             settings.tls = tlspolicy.TlsPolicy(level=base, nexthop=domain.lower(), ca_file=config.delivery.tls_ca)
             plan = dane.Plan()
@@ -116,7 +121,8 @@ class Smtp:
                     deferred = outbound.Outcome("deferred", text, enhanced="4.7.5", stage="tls")
                     return Result([_outcome(a, deferred) for a in addresses], _refused(job.queue_id, domain, plan.refused))
             sts: mtasts.Policy | None = None
-            looks_for_sts = (config.delivery.mta_sts and domain.lower() not in config.delivery.tls_policy) or message.requiretls
+            configured = bool(chosen) or domain.lower() in config.delivery.tls_policy
+            looks_for_sts = (config.delivery.mta_sts and not configured) or message.requiretls
             if published and relay is None and looks_for_sts and not plan.applies:  # RFC 8461 2: DANE, where published, over MTA-STS
                 sts = await self.policies.policy(domain)
                 if sts is not None and sts.mode == "enforce":  # RFC 8461 4.1: only its MX hosts, only verified
@@ -128,8 +134,8 @@ class Smtp:
                     settings.tls = tlspolicy.TlsPolicy(level="verify", nexthop=domain.lower(), ca_file=config.delivery.tls_ca, by="MTA-STS")
             if relay is not None:
                 settings.port, settings.implicit_tls = relay.port, relay.implicit_tls
-            if relay is not None and relay is relayhost:
-                level = tlspolicy.level_of(config.relayhost.tls)
+            if relay is not None and relay is relayhost:  # a rule's level, if it gave one (DANE is not for relay hosts)
+                level = tlspolicy.level_of(chosen if chosen and chosen not in tlspolicy.DANE_LEVELS else config.relayhost.tls)
                 settings.tls = tlspolicy.TlsPolicy(level=level, nexthop=relay.host, ca_file=config.relayhost.ca)
                 if config.relayhost.username:
                     settings.auth = (config.relayhost.username, config.relayhost.password)
