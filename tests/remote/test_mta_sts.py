@@ -94,6 +94,21 @@ async def test_enforce_with_a_bad_certificate_defers_and_testing_delivers(
     await sendmail(running, "a@example.org", ["user@sts.test"], MESSAGE)
     assert isinstance(await outcome(running), qe.DeliverySucceeded)  # testing: reported (later), not enforced
     assert len(sink.received) == 1
+    [attempt] = [e for e in map(qe.decode, running.journal.read(0)) if isinstance(e, qe.DeliveryAttempted)]
+    assert (attempt.policy, attempt.tls_result) == ("sts", "certificate-host-mismatch")  # what enforce would have refused
+
+
+async def test_testing_mode_reports_an_untrusted_chain_and_delivers(
+    start_server: Any, sender: Config, start_sink: Any, start_policy: Any, ca: trustme.CA
+) -> None:
+    sink = await start_sink("127.0.0.2", tls=server_tls(trustme.CA(), "mx1.sts.test"))  # the right name, from a CA nobody trusts
+    port, _ = await start_policy("testing", "mx1.sts.test")
+    running = await start_server(sts_config(sender, ca, port))
+    await sendmail(running, "a@example.org", ["user@sts.test"], MESSAGE)
+    assert isinstance(await outcome(running), qe.DeliverySucceeded)
+    assert [m.tls for m in sink.received] == [True] and sink.sessions == 2  # checked, refused; then again, unchecked
+    [attempt] = [e for e in map(qe.decode, running.journal.read(0)) if isinstance(e, qe.DeliveryAttempted)]
+    assert (attempt.policy, attempt.tls_result) == ("sts", "certificate-not-trusted")
 
 
 async def test_a_policy_in_hand_survives_a_restart(

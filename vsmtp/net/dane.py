@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from . import dns as mx
-from .tlspolicy import TlsPolicy, matches
+from .tlspolicy import TlsPolicy, matches, named
 
 USAGES = {2: "DANE-TA", 3: "DANE-EE"}  # the usages SMTP uses (RFC 7672 3.1)
 
@@ -156,21 +156,9 @@ def _below(chain: Sequence[bytes], anchor: int, names: tuple[str, ...], now: dat
     leaf = certs[0]
     if not (leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc):
         return "its certificate is not valid now (DANE-TA)"
-    if not matches(_named(leaf), names):
+    if not matches(named(leaf), names):
         return f"its certificate does not name {' or '.join(names)} (DANE-TA)"
     return ""
-
-
-def _named(cert: x509.Certificate) -> dict[str, object]:
-    """The names of `cert` in the form ssl's getpeercert() gives (what tlspolicy.matches reads)."""
-    try:
-        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns_names = [("DNS", n) for n in alt.get_values_for_type(x509.DNSName)]
-        ips = [("IP Address", str(a)) for a in alt.get_values_for_type(x509.IPAddress)]
-    except x509.ExtensionNotFound:
-        dns_names, ips = [], []
-    common = [(("commonName", str(a.value)),) for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
-    return {"subjectAltName": tuple(dns_names + ips), "subject": tuple(common)}
 
 
 def chain_of(tls: object) -> list[bytes]:

@@ -108,6 +108,7 @@ class Failed(Exception):
         self.stage = stage
         self.said = said  # the reply that ended it, if a server gave one
         self.tls_result = ""  # set where the TLS of the connection is known (RFC 8460 result types)
+        self.audited = ""  # MTA-STS testing: the chain did not verify (this result type); try again unverified
 
     def outcome(self, host: str, address: str) -> Outcome:
         """What the recipients get when this was the last host tried: deferred (the text
@@ -221,7 +222,17 @@ async def _one_host(message: OutboundMessage, host: str, address: str, settings:
         settings = dataclasses.replace(settings, tls=settings.per_host[host])
     limits = settings.host_limits
     async with limits.slot(address) if limits is not None else contextlib.nullcontext():
-        return await _one_host_unlimited(message, host, address, settings)
+        try:
+            return await _one_host_unlimited(message, host, address, settings)
+        except Failed as exc:
+            if not exc.audited:
+                raise
+            found = exc.audited
+        # MTA-STS testing (RFC 8461 5): the chain did not verify, which enforce would refuse. The
+        # handshake is over: connect again without checking, deliver, and report the failure.
+        unchecked = dataclasses.replace(settings, tls=dataclasses.replace(settings.tls, audit=False))
+        outcomes = await _one_host_unlimited(message, host, address, unchecked)
+        return {r: dataclasses.replace(o, tls_result=found) if o.tls_result == "success" else o for r, o in outcomes.items()}
 
 
 async def _one_host_unlimited(message: OutboundMessage, host: str, address: str, settings: ClientSettings) -> dict[str, Outcome]:
@@ -402,7 +413,7 @@ async def _tls(
     and secure, a chain to a trusted CA and a name the level accepts, else Failed (the
     attempt is deferred, and nothing else is said to this server)."""
     sni = host if tlspolicy.ip_of(host) is None else None  # RFC 6066 3: no IP address as a server name (RFC 7672 8.1: DANE sends it)
-    tls_stream = trio.SSLStream(stream, tlspolicy.context(policy.ca_file, policy.pkix), server_hostname=sni)
+    tls_stream = trio.SSLStream(stream, tlspolicy.context(policy.ca_file, policy.pkix or policy.audit), server_hostname=sni)
     with telemetry.span(telemetry.SPAN_TLS, attributes={"server.address": host}) as span:
         try:
             with trio.fail_after(timeout):
@@ -417,7 +428,9 @@ async def _tls(
                 "certificate-expired" if cause.verify_code == 10 else "certificate-not-trusted"
             )  # 10: X509_V_ERR_CERT_HAS_EXPIRED
             why = f"TLS: the certificate of {host} is not verified ({policy.said}): {cause.verify_message}"
-            raise Failed(why, stage="tls") from exc
+            failed = Failed(why, stage="tls")
+            failed.audited = talk.tls_result if policy.audit else ""
+            raise failed from exc
         except BaseException:
             telemetry.metrics.tls_handshake("outbound", False)
             talk.tls_result = "validation-failure"
@@ -432,6 +445,10 @@ async def _tls(
                 raise Failed(
                     f"TLS: the certificate of {host} does not match its TLSA records ({policy.said}: {records}): {mismatch}", stage="tls"
                 )
+        elif policy.audit and not tlspolicy.matches(tls_stream.getpeercert() or {}, policy.names(host)):
+            talk.tls_result = "certificate-host-mismatch"  # MTA-STS testing: reported, and the mail goes on
+            telemetry.metrics.tls_handshake("outbound", True)
+            return tls_stream
         elif policy.pkix and not tlspolicy.matches(tls_stream.getpeercert() or {}, policy.names(host)):
             talk.tls_result = "certificate-host-mismatch"
             telemetry.metrics.tls_handshake("outbound", False)

@@ -27,6 +27,8 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cryptography import x509
+
 Level = Literal["none", "may", "encrypt", "verify", "secure", "dane", "dane-only"]
 LEVELS: tuple[Level, ...] = ("none", "may", "encrypt", "verify", "secure", "dane", "dane-only")
 DANE_LEVELS = ("dane", "dane-only")  # planned per MX host by net/dane.py before connecting
@@ -48,6 +50,7 @@ class TlsPolicy:
     nexthop: str = ""  # secure: the domain (or relay host) the certificate must name
     ca_file: str = ""  # verify, secure: the CAs trusted ("" : the system's)
     by: str = ""  # what set the level, when not the configuration ("MTA-STS"): said in failures
+    audit: bool = False  # MTA-STS testing: the certificate checked as at verify, what fails reported, the mail delivered anyway
     tlsa: tuple[Any, ...] = ()  # dane: the usable TLSA records (net/dane.Tlsa) the certificate must match
 
     @property
@@ -125,3 +128,15 @@ def ip_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         return None
+
+
+def named(cert: x509.Certificate) -> dict[str, object]:
+    """The names of `cert` in the form ssl's getpeercert() gives (what tlspolicy.matches reads)."""
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns_names = [("DNS", n) for n in alt.get_values_for_type(x509.DNSName)]
+        ips = [("IP Address", str(a)) for a in alt.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        dns_names, ips = [], []
+    common = [(("commonName", str(a.value)),) for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    return {"subjectAltName": tuple(dns_names + ips), "subject": tuple(common)}

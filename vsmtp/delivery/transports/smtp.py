@@ -5,6 +5,7 @@ process's event loop, a task per delivery, within `delivery.remote_workers` at o
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import ssl
 import time
@@ -132,6 +133,8 @@ class Smtp:
                         telemetry.spans.failed(span, "deferred", text)
                         return Result.all(delivery, "deferred", text, enhanced="4.7.5", stage="tls")
                     settings.tls = tlspolicy.TlsPolicy(level="verify", nexthop=domain.lower(), ca_file=config.delivery.tls_ca, by="MTA-STS")
+                elif sts is not None and sts.mode == "testing":  # RFC 8461 5: delivered, and what enforce would refuse reported
+                    settings.tls = dataclasses.replace(settings.tls, audit=True)
             if relay is not None:
                 settings.port, settings.implicit_tls = relay.port, relay.implicit_tls
             if relay is not None and relay is relayhost:  # a rule's level, if it gave one (DANE is not for relay hosts)
