@@ -221,76 +221,22 @@ def smtp_source(port: int, scenario: Scenario) -> subprocess.CompletedProcess[by
 
 
 class Postfix:
-    """A private Postfix instance: its own config, queue and Maildir under `root`."""
+    """A private Postfix instance (tests/postfix.py): its own config, queue and Maildir under `root`."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.etc = root / "etc"
-        self.mail = root / "mail"
-        self.port = free_port()
+        sys.path.insert(0, str(ROOT))
+        from tests.postfix import PrivatePostfix
+
+        user, domain = RECIPIENT.split("@")
+        self.instance = PrivatePostfix(root, domains={domain: [user]}, hostname="bench.postfix.test", port=free_port())
+        self.mail = self.instance.mail
+        self.port = self.instance.port
 
     def start(self) -> None:
-        for d in (self.etc, self.root / "queue", self.root / "data", self.mail):
-            d.mkdir(parents=True, exist_ok=True)
-        shutil.chown(self.root / "data", "postfix")
-        nobody = 65534
-        os.chown(self.mail, nobody, nobody)
-        (self.etc / "vmailbox").write_text(f"{RECIPIENT} bench.test/bob/\n")
-        (self.etc / "main.cf").write_text(
-            "\n".join(
-                [
-                    "compatibility_level = 3.6",
-                    f"queue_directory = {self.root / 'queue'}",
-                    f"data_directory = {self.root / 'data'}",
-                    "mail_owner = postfix",
-                    "setgid_group = postdrop",
-                    "myhostname = bench.postfix.test",
-                    "mydestination =",
-                    "inet_interfaces = 127.0.0.1",
-                    "inet_protocols = ipv4",
-                    "mynetworks = 127.0.0.0/8",
-                    "relayhost =",
-                    "default_transport = error:bench: no remote delivery",
-                    "relay_transport = error:bench: no remote delivery",
-                    "smtpd_relay_restrictions = reject_unauth_destination",
-                    "alias_maps =",
-                    "alias_database =",
-                    "biff = no",
-                    "virtual_mailbox_domains = bench.test",
-                    f"virtual_mailbox_base = {self.mail}",
-                    f"virtual_mailbox_maps = texthash:{self.etc / 'vmailbox'}",
-                    f"virtual_uid_maps = static:{nobody}",
-                    f"virtual_gid_maps = static:{nobody}",
-                    "virtual_minimum_uid = 100",
-                    f"maillog_file = {self.root / 'maillog'}",
-                    f"maillog_file_prefixes = {self.root}",
-                    "",
-                ]
-            )
-        )
-        master = []
-        for line in Path("/etc/postfix/master.cf").read_text().splitlines():
-            fields = line.split()
-            if not line or line[0] in "# \t" or len(fields) < 8:
-                continue
-            if fields[0] == "smtp" and fields[1] == "inet":
-                fields[0] = f"127.0.0.1:{self.port}"
-            if fields[0] == "tlsmgr" or fields[7] == "pipe":
-                continue  # no TLS and no pipe transports in a benchmark instance
-            fields[4] = "n"  # no chroot: the queue lives in our own directory
-            master.append(" ".join(fields))
-        (self.etc / "master.cf").write_text("\n".join(master) + "\n")
-        subprocess.run(["postfix", "-c", str(self.etc), "start"], check=True, capture_output=True, timeout=60)
-        wait_listening(self.port)
+        self.instance.start()
 
     def stop(self) -> None:
-        subprocess.run(["postfix", "-c", str(self.etc), "stop"], capture_output=True, timeout=60, check=False)
-        pid_file = self.root / "queue" / "pid" / "master.pid"
-        deadline = time.monotonic() + 20
-        while pid_file.exists() and time.monotonic() < deadline:  # bounded: master removes it on exit
-            time.sleep(0.05)
-        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-            os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        self.instance.stop()
 
 
 class Vsmtp:

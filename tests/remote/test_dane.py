@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import shutil
 import ssl
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from vsmtp.queue import events as qe
 from ..conftest import sendmail, wait_journal, with_changes
 from ..daemon import run_cli
 from ..dnssec import ValidatingDns, free_port
+from ..postfix import PrivatePostfix, installed
 from ..smtpsink import Sink
 from .test_delivery import MESSAGE
 from .test_requiretls import submit
@@ -222,6 +225,45 @@ async def test_requiretls_goes_to_a_host_dane_authenticates(start_server: Any, d
     assert isinstance(done, qe.DeliverySucceeded), done
     [mail] = sink.mail_commands
     assert mail.endswith(b" REQUIRETLS")
+
+
+async def test_a_real_postfix_mx_authenticated_by_dane(start_server: Any, dane_sender: Config, world: World, tmp_path: Path) -> None:
+    """Postfix's smtpd (its own instance, STARTTLS with the world's certificate and its
+    intermediate) as the MX host of ee.dane.test and ta.dane.test: both messages arrive in its
+    Maildirs over TLS that DANE authenticated; bad.dane.test's mismatching record keeps the third."""
+    if not installed():
+        pytest.skip("postfix is not installed (Debian package postfix: tools/system-packages, as root)")
+    root = Path(tempfile.mkdtemp(prefix="vsmtp-postfix-"))  # not under pytest's 0700 directory: Postfix's users walk it
+    root.chmod(0o755)
+    chain = root / "chain.pem"
+    chain.write_bytes(world.leaf.private_key_pem.bytes() + b"".join(p.bytes() for p in world.leaf.cert_chain_pems))
+    chain.chmod(0o600)
+    domains = {"ee.dane.test": ["user"], "ta.dane.test": ["user"], "bad.dane.test": ["user"]}
+    postfix = PrivatePostfix(root / "postfix", domains=domains, host="127.0.0.2", port=world.port, tls_chain=chain)
+    try:
+        await trio.to_thread.run_sync(postfix.start)
+        running = await start_server(dane_sender)
+        await sendmail(running, "a@example.org", ["user@ee.dane.test", "user@ta.dane.test", "user@bad.dane.test"], MESSAGE)
+        tags = (qe.DeliverySucceeded.TAG, qe.DeliveryDeferred.TAG)
+        records = await wait_journal(running, lambda rs: sum(r.tag in tags for r in rs) >= 3, timeout=30)
+        outcomes = {e.recipient: e for e in map(qe.decode, records) if isinstance(e, qe.DeliverySucceeded | qe.DeliveryDeferred)}
+        assert isinstance(outcomes["user@ee.dane.test"], qe.DeliverySucceeded), outcomes
+        assert isinstance(outcomes["user@ta.dane.test"], qe.DeliverySucceeded), outcomes
+        assert isinstance(outcomes["user@bad.dane.test"], qe.DeliveryDeferred), outcomes
+        with trio.fail_after(20):  # Postfix's own queue, then its virtual delivery
+            while not all(list(postfix.maildir(d, "user").glob("*")) for d in ("ee.dane.test", "ta.dane.test")):
+                await trio.sleep(0.1)
+        assert list(postfix.maildir("bad.dane.test", "user").glob("*")) == []
+        assert postfix.log.count("TLS connection established from") >= 2, postfix.log[-3000:]
+        attempts = [e for e in map(qe.decode, records) if isinstance(e, qe.DeliveryAttempted)]
+        assert sorted((a.host, a.tls_result) for a in attempts) == [
+            ("mx.bad.dane.test", "tlsa-invalid"),
+            ("mx.ee.dane.test", "success"),
+            ("mx.ta.dane.test", "success"),
+        ]
+    finally:
+        await trio.to_thread.run_sync(postfix.stop)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_dane_needs_a_validating_resolver(tmp_path: Path) -> None:
