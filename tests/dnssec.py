@@ -11,7 +11,10 @@ never asks anything beyond loopback.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -43,6 +46,16 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port")
+
+
+LIFETIME = 1800  # seconds a server of these lives at most, whatever happens to the tests
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the process that started it dies (Linux's
+    PR_SET_PDEATHSIG), so that a killed test run leaves no server behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def _program(name: str) -> str:
@@ -181,8 +194,9 @@ remote-control:
             ([_program("nsd"), "-d", "-c", str(d / "nsd.conf")], "nsd.out"),
             ([_program("unbound"), "-d", "-c", str(d / "unbound.conf")], "unbound.out"),
         ):
-            with (d / log).open("wb") as out:
-                self._procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT))
+            with (d / log).open("wb") as out:  # bounded: gone with the tests' process, or after LIFETIME anyway
+                bounded = ["timeout", str(LIFETIME), *argv]
+                self._procs.append(subprocess.Popen(bounded, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent))
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 20) -> None:

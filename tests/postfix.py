@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 NOBODY = 65534  # the owner of the Maildirs (virtual_uid_maps)
+LIFETIME = 1800  # seconds an instance lives at most if whoever started it dies without stopping it
 
 
 def installed() -> bool:
@@ -42,6 +43,7 @@ class PrivatePostfix:
         self.domains = domains
         self.hostname = hostname
         self.tls_chain = tls_chain
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     def maildir(self, domain: str, user: str) -> Path:
         return self.mail / domain / user / "new"
@@ -101,6 +103,7 @@ class PrivatePostfix:
             master.append(" ".join(fields))
         (self.etc / "master.cf").write_text("\n".join(master) + "\n")
         subprocess.run(["postfix", "-c", str(self.etc), "start"], check=True, capture_output=True, timeout=60)
+        self._watch()
         deadline = time.monotonic() + 30
         while True:  # bounded: until smtpd's port takes connections
             with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=1):
@@ -109,12 +112,32 @@ class PrivatePostfix:
                 raise RuntimeError(f"Postfix did not listen on {self.host}:{self.port}: {self.log[-2000:]}")
             time.sleep(0.1)
 
+    def _master(self) -> int | None:
+        try:
+            return int((self.root / "queue" / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _watch(self) -> None:
+        """The master is a daemon, not our child: a watchdog (bounded by LIFETIME) stops it by
+        its PID if this process dies without stopping it."""
+        master = self._master()
+        if master is None:
+            return
+        alive = f"kill -0 {os.getpid()} 2>/dev/null && [ $i -lt {LIFETIME} ]"
+        script = f"i=0; while {alive}; do sleep 1; i=$((i+1)); done; kill {master} 2>/dev/null"
+        self._watchdog = subprocess.Popen(
+            ["sh", "-c", script], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
     def stop(self) -> None:
         """SIGTERM to the master (by its PID), which stops its children; SIGKILL if it lingers."""
-        pid_file = self.root / "queue" / "pid" / "master.pid"
-        try:
-            pid = int(pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
+            self._watchdog = None
+        pid = self._master()
+        if pid is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

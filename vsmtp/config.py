@@ -23,6 +23,22 @@ from .errors import ConfigError
 
 MiB = 1024 * 1024
 
+# The outbound TLS security levels (what they ask: net/tlspolicy.py), named here because the
+# configuration and the rules give them and the queue's routes carry them.
+TlsLevel = Literal["none", "may", "encrypt", "verify", "secure", "dane", "dane-only"]
+TLS_LEVELS: tuple[TlsLevel, ...] = ("none", "may", "encrypt", "verify", "secure", "dane", "dane-only")
+TLS_ALIASES = {"require": "encrypt"}  # the earlier name of encrypt (delivery.tls_policy, relayhost.tls)
+DANE_LEVELS = ("dane", "dane-only")  # planned per MX host (net/dane.py) before connecting
+
+
+def tls_level(text: str) -> TlsLevel:
+    """A TLS security level as written (ValueError for one that is not)."""
+    found = TLS_ALIASES.get(text, text)
+    for level in TLS_LEVELS:
+        if level == found:
+            return level
+    raise ValueError(f"expected one of {', '.join(TLS_LEVELS)}, got {text!r}")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CertificateConfig:
@@ -404,21 +420,19 @@ def load(path: str | Path | None = None) -> Config:
     config: Config = _build(Config, table, (), src)
     if config.relayhost.url and not re.match(r"^smtps?://[^/:]+(:\d+)?/?$|^smtps?://\[[0-9a-fA-F:]+\](:\d+)?/?$", config.relayhost.url):
         raise src.error(("relayhost", "url"), f"expected smtp://host:port or smtps://host:port, got {config.relayhost.url!r}")
-    from .net import tlspolicy  # the levels are defined beside their use
-
     for keys, value in [(("relayhost", "tls"), config.relayhost.tls)] + [
         (("delivery", "tls_policy", name), value) for name, value in config.delivery.tls_policy.items()
     ]:
         try:
-            tlspolicy.level_of(value)
+            tls_level(value)
         except ValueError as exc:
             raise src.error(keys, str(exc)) from None
-    if tlspolicy.level_of(config.relayhost.tls) in tlspolicy.DANE_LEVELS:
+    if tls_level(config.relayhost.tls) in DANE_LEVELS:
         raise src.error(("relayhost", "tls"), "DANE is for MX hosts: give the relay host verify or secure (and ca, if its CA is private)")
     for name, value in config.delivery.tls_policy.items():
-        if tlspolicy.level_of(value) in tlspolicy.DANE_LEVELS and not config.dns.dnssec:
+        if tls_level(value) in DANE_LEVELS and not config.dns.dnssec:
             raise src.error(("delivery", "tls_policy", name), f"{value} needs a validating resolver: set dns.dnssec = true")
-    if config.relayhost.username and not tlspolicy.TlsPolicy(level=tlspolicy.level_of(config.relayhost.tls)).verified:
+    if config.relayhost.username and tls_level(config.relayhost.tls) not in ("verify", "secure"):
         why = "credentials go only to a verified server: set verify or secure (and ca, if its CA is private)"
         raise src.error(("relayhost", "tls"), why)
     from .queue import policy

@@ -157,7 +157,7 @@ async def test_a_mismatching_record_defers_with_the_reason_and_nothing_is_sent(
     await sendmail(running, "a@example.org", ["user@bad.dane.test"], MESSAGE)
     done, attempts = await outcome(running)
     assert isinstance(done, qe.DeliveryDeferred) and done.stage == "tls", done
-    assert "does not match its TLSA records (level dane, DANE" in done.reason and "3 1 1" in done.reason, done.reason
+    assert "does not match its TLSA records (level dane: 3 1 1 " in done.reason and "3 1 1" in done.reason, done.reason
     assert sink.received == []
     assert [(a.host, a.tls_result) for a in attempts] == [("mx.bad.dane.test", "tlsa-invalid")]
     (tmp_path / "vsmtp.toml").write_text(f'hostname = "{dane_sender.hostname}"\n[journal]\npath = "{dane_sender.journal.path}"\n')

@@ -154,4 +154,4 @@ def test_a_rule_level_is_checked_when_given() -> None:
         ("smtp", "sure", "expected one of none, may"),
     ):
         with pytest.raises(ValueError, match=why):
-            policy.check_route_tls(route, tls)
+            policy.check_route_level(route, tls)

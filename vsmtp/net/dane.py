@@ -118,7 +118,7 @@ async def plan(hosts: Sequence[mx.Exchanger], *, port: int, level: str, nexthop:
         made.records[host.host] = records
         usable = tuple(r for r in records if r.usable)
         if usable:
-            made.policies[host.host] = TlsPolicy(level="dane", nexthop=nexthop, tlsa=usable, by="DANE")
+            made.policies[host.host] = TlsPolicy(level="dane", nexthop=nexthop, tlsa=usable)
         else:  # RFC 7672 2.2: records that cannot be used still say TLS is there
             made.policies[host.host] = TlsPolicy(level="encrypt", nexthop=nexthop, by="DANE: no usable TLSA record")
     return made

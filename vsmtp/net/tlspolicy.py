@@ -25,23 +25,17 @@ import functools
 import ipaddress
 import ssl
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from cryptography import x509
 
-Level = Literal["none", "may", "encrypt", "verify", "secure", "dane", "dane-only"]
-LEVELS: tuple[Level, ...] = ("none", "may", "encrypt", "verify", "secure", "dane", "dane-only")
-DANE_LEVELS = ("dane", "dane-only")  # planned per MX host by net/dane.py before connecting
-ALIASES = {"require": "encrypt"}  # the earlier name of encrypt (delivery.tls_policy, relayhost.tls)
+from ..config import DANE_LEVELS, TLS_LEVELS, TlsLevel, tls_level
 
+__all__ = ["DANE_LEVELS", "LEVELS", "Level", "TlsPolicy", "context", "ip_of", "level_of", "matches", "named"]
 
-def level_of(text: str) -> Level:
-    """A configured level (ValueError for one that is not)."""
-    found = ALIASES.get(text, text)
-    for level in LEVELS:
-        if level == found:
-            return level
-    raise ValueError(f"expected one of {', '.join(LEVELS)}, got {text!r}")
+Level = TlsLevel
+LEVELS = TLS_LEVELS
+level_of = tls_level  # a configured level (ValueError for one that is not)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,15 +7,14 @@ arguments, and the answers are values the delivery layer acts on.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from ..config import Config
+from ..config import DANE_LEVELS, Config, tls_level
 
 # A local part we are willing to turn into a mailbox directory name: letters and digits (any
 # script, for SMTPUTF8 users) and . _ + = -, no leading dot, no '/': nothing a shell or a
@@ -367,25 +366,22 @@ def check_route(text: str) -> None:
     )
 
 
-def check_route_tls(text: str, tls: str) -> None:
-    """ValueError unless `tls` is a level a rule may give the route `text` (set_route's tls=):
-    any level for the SMTP routes, DANE's for a domain's MX hosts only."""
+def check_route_level(route: str, tls: str) -> None:
+    """ValueError unless `tls` is a level a delivery rule may give the route `route`
+    (ctx.set_route's tls=): any level for the SMTP routes, DANE's for a domain's MX hosts only."""
     if not tls:
         return
-    from ..net import tlspolicy
-
-    level = tlspolicy.level_of(tls)
-    if not (text == "smtp" or text.startswith(("smtp:", "smtps:"))):
-        raise ValueError(f"tls={tls!r} for route {text!r}: a TLS level is for the smtp routes")
-    if level in tlspolicy.DANE_LEVELS and text != "smtp":
-        raise ValueError(f"tls={tls!r} for route {text!r}: DANE is for a domain's MX hosts (route smtp)")
+    level = tls_level(tls)
+    if not (route == "smtp" or route.startswith(("smtp:", "smtps:"))):
+        raise ValueError(f"tls={tls!r} for route {route!r}: a TLS level is for the smtp routes")
+    if level in DANE_LEVELS and route != "smtp":
+        raise ValueError(f"tls={tls!r} for route {route!r}: DANE is for a domain's MX hosts (route smtp)")
 
 
 def chosen_route(text: str, address: str, config: Config, *, tls: str = "") -> Route:
     """The route a rule chose for `address` (check_route says which texts are routes), at the
-    TLS level it gave, if any."""
+    TLS level it gave, if any (checked when it was given: net/tlspolicy.check_route_level)."""
     check_route(text)
-    check_route_tls(text, tls)
     if text == "local":
         return _mailbox(address, config)[0]
     user, domain = local_user(address)
@@ -395,7 +391,7 @@ def chosen_route(text: str, address: str, config: Config, *, tls: str = "") -> R
         return RemoteRoute(domain=domain, tls=tls)
     scheme, _, rest = text.partition(":")
     if scheme in ("smtp", "smtps"):
-        return dataclasses.replace(relay_url(f"{scheme}://{rest}"), tls=tls)
+        return replace(relay_url(f"{scheme}://{rest}"), tls=tls)
     user, extension = split_extension(user, config.local.recipient_delimiter)
     chosen = transport_route(text, user=user, domain=domain or config.local.domains[0].lower(), extension=extension)
     if isinstance(chosen, PipeRoute) and chosen.name not in config.delivery.pipe:

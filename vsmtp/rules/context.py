@@ -144,7 +144,7 @@ class Context:
         if self.stage != "delivery":
             raise ValueError(f"set_route at the {self.stage} stage: routes are chosen at the delivery stage")
         policy.check_route(route)  # checked now: ValueError names it
-        policy.check_route_tls(route, tls)
+        policy.check_route_level(route, tls)
         self.actions.append(Action(self.stage, self.by, "set_route", (recipient, route, tls) if tls else (recipient, route)))
 
     def take_changes(self) -> None:
