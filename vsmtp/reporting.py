@@ -29,6 +29,7 @@ from vsmtp_journal import Journal
 from . import ids
 from .auth import report
 from .config import Config
+from .delivery.signing import Signing
 from .mail import trace
 from .net import dns, https, mtasts, tlsrpt
 from .queue import events as qe
@@ -60,6 +61,7 @@ def run(config: Config, *, since: float, until: float, domain: str, output: Path
     with Journal(config.journal.path, readonly=not send) as journal:
         reports = report.collect(evaluations(journal), begin=since, end=until, domain=domain)
         sent: Counter[str] = Counter()
+        signing = _signing(config) if send else None
         for found in reports.values():
             xml = report.to_xml(found, org_name=org_name, email=sender, receiver=receiver)
             name = report.file_name(found, receiver=receiver)
@@ -84,7 +86,7 @@ def run(config: Config, *, since: float, until: float, domain: str, output: Path
                         boundary=secrets.token_hex(12),
                         now=time.time(),
                     )
-                    _queue(journal, sender, destination.address, body)
+                    _queue(journal, sender, destination.address, body, signing)
                     sent[destination.address] += 1
                     outcome.sent_to.append(destination.address)
     return outcomes
@@ -107,10 +109,16 @@ def _refusal(config: Config, found: report.Report, destination: report.Destinati
     return ""
 
 
-def _queue(journal: Journal, sender: str, recipient: str, body: bytes) -> None:
+def _queue(journal: Journal, sender: str, recipient: str, body: bytes, signing: Signing | None = None) -> None:
+    """The report queued as a message of vsmtp's own, DKIM-signed first when keys for its From
+    domain are configured (`[[dkim.sign]]`; RFC 8460 5.3 asks it of TLS reports)."""
     queue_id = ids.new_id()
+    now = time.time()
+    signed: list[qe.JournalEvent] = []
+    if signing is not None:
+        body, signed = signing.apply(body, trusted=True, recipients=(recipient,), queue_id=queue_id, now=now)
     accepted = qe.MessageAccepted(
-        at=time.time(),
+        at=now,
         queue_id=queue_id,
         session_id="",
         reverse_path=sender,
@@ -119,7 +127,11 @@ def _queue(journal: Journal, sender: str, recipient: str, body: bytes) -> None:
         size=len(body),
         message_id=trace.message_id(body),
     )
-    journal.append_batch([qe.to_append(accepted, blobs={accepted.blob: body})])
+    journal.append_batch([qe.to_append(accepted, blobs={accepted.blob: body}), *(qe.to_append(e) for e in signed)])
+
+
+def _signing(config: Config) -> Signing | None:
+    return Signing(config) if config.dkim.sign else None
 
 
 @dataclass(slots=True)
@@ -148,6 +160,7 @@ async def _send_tls(config: Config, journal: Journal, outcomes: list[TlsOutcome]
     answers = dns.AnswerCache(dns.resolver(config.dns))
     context = ssl.create_default_context(cafile=config.delivery.tls_ca or None)
     sent: Counter[str] = Counter()
+    signing = _signing(config)
     for outcome in outcomes:
         report = outcome.report
         name = report["policies"][0]["policy"]["policy-domain"]  # type: ignore[index]
@@ -167,7 +180,7 @@ async def _send_tls(config: Config, journal: Journal, outcomes: list[TlsOutcome]
                 body = tlsrpt.message(
                     report, attachment=data, name=file, sender=sender, to=to, boundary=secrets.token_hex(12), now=time.time()
                 )
-                _queue(journal, sender, to, body)
+                _queue(journal, sender, to, body, signing)
             else:
                 why = await _post(uri, data, answers, context)
                 if why:

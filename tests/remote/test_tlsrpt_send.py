@@ -20,6 +20,7 @@ import pytest
 import trio
 import trustme
 
+from vsmtp.auth import dkim
 from vsmtp.config import Config, DnsConfig
 from vsmtp.queue import events as qe
 
@@ -77,9 +78,13 @@ async def test_a_report_is_mailed_and_posted_where_the_domain_asks(
 
     dns = configured.dns
     assert isinstance(dns, DnsConfig)
+    pem, _ = dkim.generate("ed25519-sha256")
+    (tmp_path / "report.key").write_bytes(pem)
     (tmp_path / "vsmtp.toml").write_text(
         f'hostname = "{configured.hostname}"\n[journal]\npath = "{configured.journal.path}"\n'
         f'[dns]\nnameservers = ["{dns.nameservers[0]}"]\ntimeout = 3\n[delivery]\ntls_ca = "{configured.delivery.tls_ca}"\n'
+        f'[[dkim.sign]]\ndomain = "{configured.hostname}"\nselector = "tlsrpt"\nkey = "{tmp_path / "report.key"}"\n'
+        'algorithm = "ed25519-sha256"\n'
     )
     day = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     done = await trio.to_thread.run_sync(lambda: run_cli(tmp_path, "tlsrpt", "report", "--config", "vsmtp.toml", "--day", day, "--send"))
@@ -93,11 +98,15 @@ async def test_a_report_is_mailed_and_posted_where_the_domain_asks(
     assert head.startswith(b"POST /v1/tlsrpt HTTP/1.0\r\n") and b"Content-Type: application/tlsrpt+gzip" in head
     assert json.loads(gzip.decompress(body)) == reports["far.test"]
 
-    queued = [e for e in map(qe.decode, running.journal.read(0)) if isinstance(e, qe.MessageAccepted) and e.session_id == ""]
-    [report_mail] = queued
-    assert report_mail.recipients == ("tls-reports@reports.test",) and report_mail.reverse_path == f"postmaster@{configured.hostname}"
+    events = list(map(qe.decode, running.journal.read(0)))
+    [report_mail] = [e for e in events if isinstance(e, qe.MessageAccepted) and e.recipients == ("tls-reports@reports.test",)]
+    assert report_mail.session_id == "" and report_mail.reverse_path == f"postmaster@{configured.hostname}"
+    [signed] = [e for e in events if isinstance(e, qe.MessageSigned) and e.queue_id == report_mail.queue_id]
+    assert signed.method == "dkim"
     parsed = email.message_from_bytes(running.journal.blob(report_mail.blob), policy=email.policy.default)
     assert parsed["TLS-Report-Domain"] == "far.test" and parsed["TLS-Report-Submitter"] == configured.hostname
+    signature = str(parsed["DKIM-Signature"])  # RFC 8460 5.3: signed by the reporting domain
+    assert f"d={configured.hostname};" in signature.replace(" ", "") and "s=tlsrpt;" in signature.replace(" ", "")
     assert parsed.get_content_type() == "multipart/report" and parsed.get_param("report-type") == "tlsrpt"
     assert parsed["Subject"].startswith(f"Report Domain: far.test Submitter: {configured.hostname} Report-ID: <")
     [attachment] = [p for p in parsed.iter_attachments() if p.get_content_type() == "application/tlsrpt+gzip"]
