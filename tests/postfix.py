@@ -34,6 +34,7 @@ class PrivatePostfix:
         port: int = 0,
         hostname: str = "postfix.test",
         tls_chain: Path | None = None,  # one PEM file: the key, then the certificate and its chain
+        hold: bool = False,  # every message into the hold queue, delivered never (accepting alone, measured)
     ) -> None:
         self.root = root
         self.etc = root / "etc"
@@ -43,6 +44,7 @@ class PrivatePostfix:
         self.domains = domains
         self.hostname = hostname
         self.tls_chain = tls_chain
+        self.hold = hold
         self._watchdog: subprocess.Popen[bytes] | None = None
 
     def maildir(self, domain: str, user: str) -> Path:
@@ -87,6 +89,8 @@ class PrivatePostfix:
             f"maillog_file = {self.root / 'maillog'}",
             f"maillog_file_prefixes = {self.root}",
         ]
+        if self.hold:
+            settings.append("smtpd_data_restrictions = check_client_access static:HOLD")
         if self.tls_chain is not None:
             settings += ["smtpd_tls_security_level = may", f"smtpd_tls_chain_files = {self.tls_chain}", "smtpd_tls_loglevel = 1"]
         (self.etc / "main.cf").write_text("\n".join(settings) + "\n")

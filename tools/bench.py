@@ -3,6 +3,8 @@
     make bench                       # every scenario, once
     .venv/bin/python tools/bench.py --quick
     .venv/bin/python tools/bench.py --sizes 1 --sessions 50 --modes persistent --repeat 3
+    .venv/bin/python tools/bench.py --accept-only      # and each scenario accepting only (Postfix: hold queue)
+    .venv/bin/python tools/bench.py --recipients 10    # 10 recipients a message (smtp-source -r)
 
 For each scenario (message size x concurrent sessions x persistent or one connection per
 message) it starts a fresh Postfix instance and a fresh vsmtp, both on loopback, both
@@ -11,9 +13,13 @@ Postfix's `smtp-source`, and times from the first connection until the last mess
 file in the Maildir. It then checks that exactly the messages sent were delivered.
 
 Printed per scenario: msgs/s for each side and the ratio (vsmtp / Postfix; above 1 is
-vsmtp faster); vsmtp's own CPU time per message and peak memory (RSS high-water mark);
-and the whole machine's CPU time per message on each side (load generator included), which
-is how Postfix's many short-lived processes can be compared at all.
+vsmtp faster; a message with several recipients counts once, and every copy must arrive);
+vsmtp's own CPU time per message and peak memory (RSS high-water mark); and the whole
+machine's CPU time per message on each side (load generator included), which is how
+Postfix's many short-lived processes can be compared at all. With --accept-only each
+scenario runs again accepting only: vsmtp with delivery off, Postfix with every message put
+in its hold queue (smtpd_data_restrictions = check_client_access static:HOLD), the time
+until the last 250, every message counted in the journal or the hold queue.
 
 Needs root (Postfix's master runs as root) and the Debian package `postfix`
 (tools/system-packages installs it). Everything listens on 127.0.0.1 only.
@@ -54,16 +60,26 @@ class Scenario:
     messages: int
     auth: Authenticated | None = None  # SPF, DKIM and DMARC on vsmtp's side, a DKIM-signed message from a stranger
     otlp: str = ""  # traces and metrics exported over OTLP/gRPC to this endpoint (tests/otlp.py, in this process)
+    hold: bool = False  # accept only: vsmtp's delivery off, Postfix's smtpd puts every message in the hold queue
+    recipients: int = 1  # per message (smtp-source -r: 0bob, 1bob, ...)
 
     def __str__(self) -> str:
         mode = "persistent" if self.persistent else "conn/msg"
-        extras = (" +auth" if self.auth else "") + (" +otlp" if self.otlp else "")
+        extras = (" +auth" if self.auth else "") + (" +otlp" if self.otlp else "") + (" hold" if self.hold else "")
+        extras += f" r={self.recipients}" if self.recipients > 1 else ""
         return f"{self.size_kib:>3} KiB  c={self.sessions:<3} {mode:<10}{extras}"
+
+    @property
+    def copies(self) -> int:
+        """What must arrive: a file per recipient per message (held: a message each)."""
+        return self.messages * (1 if self.hold else self.recipients)
 
     def vsmtp_config(self) -> str:
         extra = self.auth.vsmtp_config() if self.auth is not None else ""
         if self.otlp:
             extra += f'[telemetry]\nexporter = "otlp"\n[telemetry.otlp]\nendpoint = "{self.otlp}"\n'
+        if self.hold:
+            extra += "[delivery]\nenabled = false\n"
         return extra
 
 
@@ -134,11 +150,13 @@ class Result:
     server_cpu: float | None = None  # vsmtp's own CPU seconds (None for Postfix: many processes)
     peak_rss_kib: int | None = None
 
+    messages: int = 0  # sent (with several recipients, `delivered` counts a file for each)
+
     def rate(self) -> float:
-        return self.delivered / self.seconds if self.seconds else 0.0
+        return self.messages / self.seconds if self.seconds else 0.0
 
     def accept_rate(self) -> float:
-        return self.delivered / self.accept_seconds if self.accept_seconds else 0.0
+        return self.messages / self.accept_seconds if self.accept_seconds else 0.0
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -212,6 +230,8 @@ def smtp_source(port: int, scenario: Scenario) -> subprocess.CompletedProcess[by
         args += ["-l", str(scenario.size_kib * 1024)]
     if scenario.persistent:
         args.append("-d")
+    if scenario.recipients > 1:
+        args += ["-r", str(scenario.recipients)]
     sender = AUTH_SENDER if scenario.auth is not None else SENDER
     args += ["-M", "client.test", "-f", sender, "-t", RECIPIENT, f"127.0.0.1:{port}"]
     return subprocess.run(args, capture_output=True, timeout=DELIVERY_TIMEOUT, check=False)
@@ -221,14 +241,17 @@ def smtp_source(port: int, scenario: Scenario) -> subprocess.CompletedProcess[by
 
 
 class Postfix:
-    """A private Postfix instance (tests/postfix.py): its own config, queue and Maildir under `root`."""
+    """A private Postfix instance (tests/postfix.py): its own config, queue and Maildir under
+    `root`; with `hold`, its smtpd puts every message in the hold queue (accept only)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, scenario: Scenario) -> None:
         sys.path.insert(0, str(ROOT))
         from tests.postfix import PrivatePostfix
 
         user, domain = RECIPIENT.split("@")
-        self.instance = PrivatePostfix(root, domains={domain: [user]}, hostname="bench.postfix.test", port=free_port())
+        users = [user, *(f"{i}{user}" for i in range(scenario.recipients + 1))]  # smtp-source -r: bob, 1bob, 2bob ...
+        self.hold = scenario.hold
+        self.instance = PrivatePostfix(root, domains={domain: users}, hostname="bench.postfix.test", port=free_port(), hold=self.hold)
         self.mail = self.instance.mail
         self.port = self.instance.port
 
@@ -238,12 +261,19 @@ class Postfix:
     def stop(self) -> None:
         self.instance.stop()
 
+    def count(self) -> int:
+        """Messages in its hold queue (accept only), or files in its Maildirs."""
+        if self.hold:
+            return sum(len(files) for _, _, files in os.walk(self.instance.root / "queue" / "hold"))
+        return count_files(self.mail)
+
 
 class Vsmtp:
     """`vsmtp serve` with its own journal and Maildir under `root`."""
 
-    def __init__(self, root: Path, extra_config: str = "") -> None:
+    def __init__(self, root: Path, extra_config: str = "", *, hold: bool = False) -> None:
         self.root = root
+        self.hold = hold
         self.mail = root / "mail"
         self.port = free_port()
         self.extra = extra_config
@@ -271,6 +301,15 @@ class Vsmtp:
             [str(VSMTP), "serve", "--config", str(config), "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT
         )
         wait_listening(self.port)
+
+    def count(self) -> int:
+        """Messages accepted (accept only: message.accepted in its journal), or files in its Maildirs."""
+        if not self.hold:
+            return count_files(self.mail)
+        from vsmtp_journal import Journal
+
+        with Journal(str(self.root / "journal"), readonly=True) as journal:
+            return sum(1 for record in journal.read(0) if record.tag == "message.accepted")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -310,18 +349,19 @@ def run_one(server: Postfix | Vsmtp, scenario: Scenario) -> Result:
         t_accept = time.monotonic() - t0
         if sent.returncode != 0:
             raise RuntimeError(f"smtp-source failed against {type(server).__name__}: {sent.stderr.decode(errors='replace')}")
-        deadline = t0 + DELIVERY_TIMEOUT
-        delivered = count_files(server.mail)
-        while delivered < scenario.messages and time.monotonic() < deadline:  # bounded by the deadline
-            time.sleep(0.005)
-            delivered = count_files(server.mail)
-        seconds = time.monotonic() - t0
-        result = Result(seconds=seconds, accept_seconds=t_accept, delivered=delivered, machine_cpu=machine_cpu_seconds() - machine0)
+        deadline = t0 + (5.0 if scenario.hold else DELIVERY_TIMEOUT)  # held: each 250 came after its message was stored
+        delivered = server.count()
+        while delivered < scenario.copies and time.monotonic() < deadline:  # bounded by the deadline
+            time.sleep(0.005 if not scenario.hold else 0.05)
+            delivered = server.count()
+        seconds = t_accept if scenario.hold else time.monotonic() - t0
+        machine = machine_cpu_seconds() - machine0
+        result = Result(seconds=seconds, accept_seconds=t_accept, delivered=delivered, machine_cpu=machine, messages=scenario.messages)
         if pid:
             result.server_cpu = process_cpu_seconds(pid) - cpu0
             result.peak_rss_kib = peak_rss_kib(pid)
         time.sleep(0.2)  # anything delivered twice would show now
-        result.delivered = count_files(server.mail)
+        result.delivered = server.count()
         return result
     finally:
         server.stop()
@@ -334,7 +374,10 @@ def scenarios(args: argparse.Namespace, auth: Authenticated | None, otlp: str = 
                 count = args.messages or (1000 if size <= 10 else 500)
                 if args.quick:
                     count //= 5
-                yield Scenario(size_kib=size, sessions=sessions, persistent=mode == "persistent", messages=count)
+                persistent = mode == "persistent"
+                yield Scenario(size_kib=size, sessions=sessions, persistent=persistent, messages=count, recipients=args.recipients)
+                if args.accept_only:
+                    yield Scenario(size_kib=size, sessions=sessions, persistent=persistent, messages=count, hold=True)
                 if auth is not None and sessions >= 50 and mode == "persistent":
                     yield Scenario(size_kib=size, sessions=sessions, persistent=True, messages=count, auth=auth)
                 if otlp and sessions >= 50 and mode == "persistent" and size <= 10:
@@ -354,6 +397,10 @@ def main() -> int:
     parser.add_argument("--vsmtp-only", action="store_true", help="skip Postfix (for profiling; prints no ratio)")
     parser.add_argument("--no-auth", action="store_true", help="leave out the scenarios with SPF, DKIM and DMARC on")
     parser.add_argument("--no-otlp", action="store_true", help="leave out the scenario with OTLP export on")
+    parser.add_argument(
+        "--accept-only", action="store_true", help="each scenario also accept only: vsmtp's delivery off, Postfix's hold queue"
+    )
+    parser.add_argument("--recipients", type=int, default=1, help="recipients per message (smtp-source -r)")
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("postfix") is None or shutil.which("smtp-source") is None:
         print("bench: needs root and Debian's postfix package (smtp-source); `make bench` installs it as root", file=sys.stderr)
@@ -389,14 +436,14 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, otlp: str) -> int
             for name in ("vsmtp",) if args.vsmtp_only else ("postfix", "vsmtp"):  # back to back, same load, same disk
                 root = args.workdir / f"{n}-{r}-{name}"
                 extra = args.vsmtp_config + scenario.vsmtp_config()
-                server: Postfix | Vsmtp = Postfix(root) if name == "postfix" else Vsmtp(root, extra)
+                server: Postfix | Vsmtp = Postfix(root, scenario) if name == "postfix" else Vsmtp(root, extra, hold=scenario.hold)
                 runs[name].append(run_one(server, scenario))
         if args.vsmtp_only:
             runs["postfix"] = runs["vsmtp"]
         pf = sorted(runs["postfix"], key=Result.rate)[len(runs["postfix"]) // 2]
         vs = sorted(runs["vsmtp"], key=Result.rate)[len(runs["vsmtp"]) // 2]
         missing = [
-            f"{name} {res.delivered}/{scenario.messages}" for name, rs in runs.items() for res in rs if res.delivered != scenario.messages
+            f"{name} {res.delivered}/{scenario.copies}" for name, rs in runs.items() for res in rs if res.delivered != scenario.copies
         ]
         lost += len(missing)
         vs_cpu = statistics.median((res.server_cpu or 0) * 1000 / scenario.messages for res in runs["vsmtp"])
