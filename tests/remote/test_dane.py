@@ -199,6 +199,14 @@ async def test_unusable_records_still_require_tls_and_no_records_mean_may(start_
     assert sorted((a.domain, a.policy) for a in attempts) == [("none.dane.test", "no-policy-found"), ("unusable.dane.test", "tlsa")]
 
 
+async def test_an_explicit_may_sets_dane_aside(start_server: Any, dane_sender: Config, sink: Sink) -> None:
+    running = await start_server(with_changes(dane_sender, delivery={"tls_policy": {"bad.dane.test": "may"}}))
+    await sendmail(running, "a@example.org", ["user@bad.dane.test"], MESSAGE)
+    done, attempts = await outcome(running)
+    assert isinstance(done, qe.DeliverySucceeded), done
+    assert [(a.policy, a.tls_result) for a in attempts] == [("no-policy-found", "success")]
+
+
 async def test_dane_only_refuses_a_domain_without_dnssec(start_server: Any, dane_sender: Config, sink: Sink) -> None:
     running = await start_server(with_changes(dane_sender, delivery={"tls_policy": {"plain.test": "dane-only"}}))
     await sendmail(running, "a@example.org", ["user@plain.test"], MESSAGE)

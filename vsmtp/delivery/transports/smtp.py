@@ -111,8 +111,10 @@ class Smtp:
             plan = dane.Plan()
             # RFC 8689 5: "TLS-Required: No" (unless the message asked for REQUIRETLS, which wins)
             # sets aside the policies the destination publishes (DANE, MTA-STS), not the configuration.
-            published = not (not message.requiretls and _tls_not_required(body))
-            if published and relay is None and config.dns.dnssec and level in ("may", *tlspolicy.DANE_LEVELS):
+            published = message.requiretls or not _tls_not_required(body)
+            configured = bool(chosen) or domain.lower() in config.delivery.tls_policy  # a level given, not the default
+            dane_applies = level in tlspolicy.DANE_LEVELS or (level == "may" and not configured)  # explicit may: no DANE
+            if published and relay is None and config.dns.dnssec and dane_applies:
                 plan = await dane.plan(hosts, port=settings.port, level=level, nexthop=domain.lower(), resolve=services.resolver)
                 settings.per_host = plan.policies
                 hosts = [h for h in hosts if h.host not in plan.refused]
@@ -122,7 +124,6 @@ class Smtp:
                     deferred = outbound.Outcome("deferred", text, enhanced="4.7.5", stage="tls")
                     return Result([_outcome(a, deferred) for a in addresses], _refused(job.queue_id, domain, plan.refused))
             sts: mtasts.Policy | None = None
-            configured = bool(chosen) or domain.lower() in config.delivery.tls_policy
             looks_for_sts = (config.delivery.mta_sts and not configured) or message.requiretls
             if published and relay is None and looks_for_sts and not plan.applies:  # RFC 8461 2: DANE, where published, over MTA-STS
                 sts = await self.policies.policy(domain)
