@@ -10,6 +10,7 @@ import re
 import ssl
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -20,7 +21,7 @@ from ...net import dane, mtasts, outbound, tlspolicy
 from ...net import dns as mx
 from ...queue import events as qe
 from ...queue import history, policy
-from ..transport import MISSING, Delivery, Outcome, Result, Services
+from ..transport import MISSING, Delivery, Outcome, Result, Services, Status
 
 
 class Smtp:
@@ -100,62 +101,15 @@ class Smtp:
                 cache=services.connections,
                 host_limits=services.host_limits,
             )
-            chosen = route.tls  # a delivery rule's level for this route, over the configuration's
-            level = tlspolicy.level_of(chosen or config.delivery.tls_policy.get(domain.lower(), "may"))
-            if level in tlspolicy.DANE_LEVELS and not config.dns.dnssec:  # a rule's (the configuration refuses its own)
-                text = f"TLS level {level} (a delivery rule's) needs a validating resolver: dns.dnssec = true"
-                telemetry.spans.failed(span, "deferred", text)
-                return Result.all(delivery, "deferred", text, enhanced="4.7.5", stage="tls")
-            base = "may" if level in tlspolicy.DANE_LEVELS else level  # hosts DANE does not cover (dane-only: none are tried)
-            settings.tls = tlspolicy.TlsPolicy(level=base, nexthop=domain.lower(), ca_file=config.delivery.tls_ca)
-            plan = dane.Plan()
-            # RFC 8689 5: "TLS-Required: No" (unless the message asked for REQUIRETLS, which wins)
-            # sets aside the policies the destination publishes (DANE, MTA-STS), not the configuration.
-            published = message.requiretls or not _tls_not_required(body)
-            configured = bool(chosen) or domain.lower() in config.delivery.tls_policy  # a level given, not the default
-            dane_applies = level in tlspolicy.DANE_LEVELS or (level == "may" and not configured)  # explicit may: no DANE
-            if published and relay is None and config.dns.dnssec and dane_applies:
-                plan = await dane.plan(hosts, port=settings.port, level=level, nexthop=domain.lower(), resolve=services.resolver)
-                settings.per_host = plan.policies
-                hosts = [h for h in hosts if h.host not in plan.refused]
-                if not hosts:
-                    text = "; ".join(why for why, _ in plan.refused.values())
-                    telemetry.spans.failed(span, "deferred", text)
-                    deferred = outbound.Outcome("deferred", text, enhanced="4.7.5", stage="tls")
-                    return Result([_outcome(a, deferred) for a in addresses], _refused(job.queue_id, domain, plan.refused))
-            sts: mtasts.Policy | None = None
-            looks_for_sts = (config.delivery.mta_sts and not configured) or message.requiretls
-            if published and relay is None and looks_for_sts and not plan.applies:  # RFC 8461 2: DANE, where published, over MTA-STS
-                sts = await self.policies.policy(domain)
-                if sts is not None and sts.mode == "enforce":  # RFC 8461 4.1: only its MX hosts, only verified
-                    hosts = [h for h in hosts if sts.allows(h.host)]
-                    if not hosts:
-                        text = f"MTA-STS: no MX host of {domain} matches its policy (mx: {', '.join(sts.mx)})"
-                        telemetry.spans.failed(span, "deferred", text)
-                        return Result.all(delivery, "deferred", text, enhanced="4.7.5", stage="tls")
-                    settings.tls = tlspolicy.TlsPolicy(level="verify", nexthop=domain.lower(), ca_file=config.delivery.tls_ca, by="MTA-STS")
-                elif sts is not None and sts.mode == "testing":  # RFC 8461 5: delivered, and what enforce would refuse reported
-                    settings.tls = dataclasses.replace(settings.tls, audit=True)
-            if relay is not None:
-                settings.port, settings.implicit_tls = relay.port, relay.implicit_tls
-            if relay is not None and relay is relayhost:  # a rule's level, if it gave one (DANE is not for relay hosts)
-                level = tlspolicy.level_of(chosen if chosen and chosen not in tlspolicy.DANE_LEVELS else config.relayhost.tls)
-                settings.tls = tlspolicy.TlsPolicy(level=level, nexthop=relay.host, ca_file=config.relayhost.ca)
-                if config.relayhost.username:
-                    settings.auth = (config.relayhost.username, config.relayhost.password)
-            if message.requiretls and plan.applies:  # RFC 8689 4.2: hosts DANE authenticates, only
-                hosts = [h for h in hosts if plan.authenticated(h.host)]
-                if not hosts:
-                    refused = f"REQUIRETLS: no MX host of {domain} is authenticated by its TLSA records"
-                    telemetry.spans.failed(span, "failed", refused)
-                    return Result.all(delivery, "failed", refused, enhanced="5.7.30", stage="tls")
-            elif message.requiretls:  # RFC 8689 4.2: authenticated hosts only, over verified TLS
-                refused = _requiretls(settings, relay=relay, relayhost=relayhost, sts=sts, domain=domain, ca_file=config.delivery.tls_ca)
-                if refused:
-                    telemetry.spans.failed(span, "failed", refused)
-                    return Result.all(delivery, "failed", refused, enhanced="5.7.30", stage="tls")
-                if sts is not None:
-                    hosts = [h for h in hosts if sts.allows(h.host)]
+            secured = await self._secure(delivery, route, relay, relayhost, hosts, message, settings)
+            if isinstance(secured, Stop):  # REQUIRETLS that cannot be met fails (5.7.30); the rest waits (4.7.5)
+                status: Status = "failed" if secured.final else "deferred"
+                telemetry.spans.failed(span, status, secured.why)
+                return Result.all(delivery, status, secured.why, enhanced="5.7.30" if secured.final else "4.7.5", stage="tls")
+            if isinstance(secured, Result):
+                telemetry.spans.failed(span, "deferred", secured.outcomes[0].text)
+                return secured
+            hosts, plan, sts, published = secured
             tried: list[outbound.Attempt] = []
             outcomes = await outbound.deliver(message, hosts, settings, tried)
             first = next(iter(outcomes.values()))
@@ -186,6 +140,84 @@ class Smtp:
             if unfetched:  # RFC 8460 4.3.1: a policy announced but not had is an sts failure of its own
                 facts.append(_policy_failure(job.queue_id, domain, unfetched))
             return Result([_outcome(address, outcomes[address]) for address in addresses], facts)
+
+    async def _secure(
+        self,
+        delivery: Delivery,
+        route: policy.RemoteRoute | policy.Smarthost,
+        relay: policy.Smarthost | None,
+        relayhost: policy.Smarthost | None,  # the configured one: `relay is relayhost` when the mail goes there
+        hosts: list[mx.Exchanger],
+        message: outbound.OutboundMessage,
+        settings: outbound.ClientSettings,
+    ) -> Stop | Result | tuple[list[mx.Exchanger], dane.Plan, mtasts.Policy | None, bool]:
+        """The TLS of this delivery, set on `settings`: its level (a delivery rule's, the
+        destination's, or the relay host's), then what the destination publishes (DANE, else
+        MTA-STS, unless the message says TLS-Required: No), then REQUIRETLS. Returns the hosts
+        to try, the DANE plan, the MTA-STS policy and whether published policies counted; or
+        why the mail cannot go (Stop); or the Result of a destination none of whose hosts
+        DANE lets be tried."""
+        config, job = self.services.config, delivery.job
+        services = self.services
+        domain = route.domain if isinstance(route, policy.RemoteRoute) else route.host
+        body = message.body
+        chosen = route.tls  # a delivery rule's level for this route, over the configuration's
+        level = tlspolicy.level_of(chosen or config.delivery.tls_policy.get(domain.lower(), "may"))
+        if level in tlspolicy.DANE_LEVELS and not config.dns.dnssec:  # a rule's (the configuration refuses its own)
+            return Stop(f"TLS level {level} (a delivery rule's) needs a validating resolver: dns.dnssec = true")
+        base = "may" if level in tlspolicy.DANE_LEVELS else level  # hosts DANE does not cover (dane-only: none are tried)
+        settings.tls = tlspolicy.TlsPolicy(level=base, nexthop=domain.lower(), ca_file=config.delivery.tls_ca)
+        plan = dane.Plan()
+        # RFC 8689 5: "TLS-Required: No" (unless the message asked for REQUIRETLS, which wins)
+        # sets aside the policies the destination publishes (DANE, MTA-STS), not the configuration.
+        published = message.requiretls or not _tls_not_required(body)
+        configured = bool(chosen) or domain.lower() in config.delivery.tls_policy  # a level given, not the default
+        dane_applies = level in tlspolicy.DANE_LEVELS or (level == "may" and not configured)  # explicit may: no DANE
+        if published and relay is None and config.dns.dnssec and dane_applies:
+            plan = await dane.plan(hosts, port=settings.port, level=level, nexthop=domain.lower(), resolve=services.resolver)
+            settings.per_host = plan.policies
+            hosts = [h for h in hosts if h.host not in plan.refused]
+            if not hosts:
+                text = "; ".join(why for why, _ in plan.refused.values())
+                deferred = outbound.Outcome("deferred", text, enhanced="4.7.5", stage="tls")
+                return Result([_outcome(a, deferred) for a in message.recipients], _refused(job.queue_id, domain, plan.refused))
+        sts: mtasts.Policy | None = None
+        looks_for_sts = (config.delivery.mta_sts and not configured) or message.requiretls
+        if published and relay is None and looks_for_sts and not plan.applies:  # RFC 8461 2: DANE, where published, over MTA-STS
+            sts = await self.policies.policy(domain)
+            if sts is not None and sts.mode == "enforce":  # RFC 8461 4.1: only its MX hosts, only verified
+                hosts = [h for h in hosts if sts.allows(h.host)]
+                if not hosts:
+                    return Stop(f"MTA-STS: no MX host of {domain} matches its policy (mx: {', '.join(sts.mx)})")
+                settings.tls = tlspolicy.TlsPolicy(level="verify", nexthop=domain.lower(), ca_file=config.delivery.tls_ca, by="MTA-STS")
+            elif sts is not None and sts.mode == "testing":  # RFC 8461 5: delivered, and what enforce would refuse reported
+                settings.tls = dataclasses.replace(settings.tls, audit=True)
+        if relay is not None:
+            settings.port, settings.implicit_tls = relay.port, relay.implicit_tls
+        if relay is not None and relay is relayhost:  # a rule's level, if it gave one (DANE is not for relay hosts)
+            level = tlspolicy.level_of(chosen if chosen and chosen not in tlspolicy.DANE_LEVELS else config.relayhost.tls)
+            settings.tls = tlspolicy.TlsPolicy(level=level, nexthop=relay.host, ca_file=config.relayhost.ca)
+            if config.relayhost.username:
+                settings.auth = (config.relayhost.username, config.relayhost.password)
+        if message.requiretls and plan.applies:  # RFC 8689 4.2: hosts DANE authenticates, only
+            hosts = [h for h in hosts if plan.authenticated(h.host)]
+            if not hosts:
+                return Stop(f"REQUIRETLS: no MX host of {domain} is authenticated by its TLSA records", final=True)
+        elif message.requiretls:  # RFC 8689 4.2: authenticated hosts only, over verified TLS
+            refused = _requiretls(settings, relay=relay, relayhost=relayhost, sts=sts, domain=domain, ca_file=config.delivery.tls_ca)
+            if refused:
+                return Stop(refused, final=True)
+            if sts is not None:
+                hosts = [h for h in hosts if sts.allows(h.host)]
+        return hosts, plan, sts, published
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Why a delivery cannot go over TLS as it must: it waits, or (final) it fails."""
+
+    why: str
+    final: bool = False
 
 
 def _policy_failure(queue_id: str, domain: str, why: str) -> qe.JournalEvent:
