@@ -38,13 +38,19 @@ class JournalEvent:
             EVENTS[cls.TAG] = cls
 
     def to_payload(self) -> Payload:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        plan = _plan(type(self))
+        payload = {name: getattr(self, name) for name in plan.names}
+        for name in plan.nested:  # tuples to lists, mappings to dicts: what CBOR writes
+            payload[name] = _plain(payload[name])
+        return payload
 
     @classmethod
     def from_payload(cls, payload: Payload) -> JournalEvent:
-        hints = _hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: _typed(hints[k], v) for k, v in payload.items() if k in names}
+        plan = _plan(cls)
+        values = {k: v for k, v in payload.items() if k in plan.known}
+        for name in plan.tuples:
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
         return cls(**values)
 
     def describe(self) -> str:
@@ -123,26 +129,47 @@ def decode(record: Record) -> JournalEvent | UnknownEvent:
 
 
 def _plain(value: Any) -> Any:
+    if type(value) is str or value is None:  # most values: no ABC check for them
+        return value
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
+    if isinstance(value, dict) or isinstance(value, Mapping):  # noqa: SIM101 - dict first: Mapping is an ABC, slow to check
         return {k: _plain(v) for k, v in value.items()}
     return value
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How an event class's fields are written and read, worked out once from its type hints
+    (encoding and decoding are on the hot path of every message)."""
+
+    names: tuple[str, ...]
+    known: frozenset[str]
+    nested: tuple[str, ...]  # fields that may hold tuples or mappings (everything but plain scalars)
+    tuples: tuple[str, ...]  # fields read back as tuples (CBOR gives lists)
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+_PLANS: dict[type, _Plan] = {}
+_SCALARS = (str, int, float, bool, bytes, type(None))
+_UNIONS = (typing.Union, type(int | None))  # Optional[...], and X | Y (types.UnionType)
 
 
-def _typed(hint: Any, value: Any) -> Any:
-    if typing.get_origin(hint) is tuple and isinstance(value, list):
-        return tuple(value)
-    return value
+def _plan(cls: type) -> _Plan:
+    found = _PLANS.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls)
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        nested = tuple(n for n in names if not _scalar(hints[n]))
+        tuples = tuple(n for n in names if typing.get_origin(hints[n]) is tuple)
+        found = _PLANS[cls] = _Plan(names, frozenset(names), nested, tuples)
+    return found
+
+
+def _scalar(hint: Any) -> bool:
+    """A hint whose values CBOR writes as they are: str, int, ... or a union of those."""
+    if hint in _SCALARS:
+        return True
+    return typing.get_origin(hint) in _UNIONS and all(a in _SCALARS for a in typing.get_args(hint))
 
 
 # -- the SMTP session ----------------------------------------------------------------------
