@@ -51,7 +51,7 @@ class World:
         self.leaf = self.intermediate.issue_cert("mx.ta.dane.test")
         self.port = free_port()  # the receiving server's; the TLSA records are at _PORT._tcp.HOST
         leaf_key = spki_sha256(self.leaf.cert_chain_pems[0].bytes())
-        other_key = spki_sha256(trustme.CA().issue_cert("other.test").cert_chain_pems[0].bytes())
+        other_key = self.other_key = spki_sha256(trustme.CA().issue_cert("other.test").cert_chain_pems[0].bytes())
         anchor = cert_sha256(self.intermediate.cert_pem.bytes())
         tlsa = f"_{self.port}._tcp"
         signed = f"""$TTL 300
@@ -151,7 +151,7 @@ async def test_a_dane_ta_record_authenticates_the_chain_and_the_name(start_serve
 
 
 async def test_a_mismatching_record_defers_with_the_reason_and_nothing_is_sent(
-    start_server: Any, dane_sender: Config, sink: Sink, tmp_path: Path
+    start_server: Any, dane_sender: Config, sink: Sink, tmp_path: Path, world: World
 ) -> None:
     running = await start_server(dane_sender)
     await sendmail(running, "a@example.org", ["user@bad.dane.test"], MESSAGE)
@@ -159,13 +159,18 @@ async def test_a_mismatching_record_defers_with_the_reason_and_nothing_is_sent(
     assert isinstance(done, qe.DeliveryDeferred) and done.stage == "tls", done
     assert "does not match its TLSA records (level dane: 3 1 1 " in done.reason and "3 1 1" in done.reason, done.reason
     assert sink.received == []
-    assert [(a.host, a.tls_result) for a in attempts] == [("mx.bad.dane.test", "tlsa-invalid")]
+    assert [(a.host, a.tls, a.tls_result) for a in attempts] == [("mx.bad.dane.test", True, "tlsa-invalid")]  # refused after the handshake
     (tmp_path / "vsmtp.toml").write_text(f'hostname = "{dane_sender.hostname}"\n[journal]\npath = "{dane_sender.journal.path}"\n')
     day = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     report = await trio.to_thread.run_sync(lambda: run_cli(tmp_path, "tlsrpt", "report", "--config", "vsmtp.toml", "--day", day))
     assert report.returncode == 0, report.stderr
     [policy] = json.loads(report.stdout)["policies"]
-    assert policy["policy"] == {"policy-type": "tlsa", "policy-domain": "bad.dane.test"}
+    assert policy["policy"] == {
+        "policy-type": "tlsa",
+        "policy-domain": "bad.dane.test",
+        "policy-string": [f"3 1 1 {world.other_key}"],  # the records the certificate failed to match
+        "mx-host": ["mx.bad.dane.test"],
+    }
     assert policy["summary"] == {"total-successful-session-count": 0, "total-failure-session-count": 1}
     assert [d["result-type"] for d in policy["failure-details"]] == ["tlsa-invalid"]
 

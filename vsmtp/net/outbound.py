@@ -330,7 +330,7 @@ async def _open(host: str, address: str, settings: ClientSettings, timeout: dict
 def _encrypted(failed: Failed, talk: Conversation) -> Failed:
     """`failed`, knowing whether TLS was on when it happened (journaled with the attempt), how
     its TLS went, and in which stage, when it did not say."""
-    failed.tls = talk.conn.tls
+    failed.tls = failed.tls or talk.conn.tls  # or a handshake done, then refused (the certificate did not do)
     failed.tls_result = talk.tls_result
     failed.stage = failed.stage or _STAGES[talk.conn.state]
     return failed
@@ -442,8 +442,8 @@ async def _tls(
                 telemetry.metrics.tls_handshake("outbound", False)
                 await trio.aclose_forcefully(tls_stream)
                 records = "; ".join(str(r) for r in policy.tlsa)
-                raise Failed(
-                    f"TLS: the certificate of {host} does not match its TLSA records ({policy.said}: {records}): {mismatch}", stage="tls"
+                raise _after_handshake(
+                    f"TLS: the certificate of {host} does not match its TLSA records ({policy.said}: {records}): {mismatch}"
                 )
         elif policy.audit and not tlspolicy.matches(tls_stream.getpeercert() or {}, policy.names(host)):
             talk.tls_result = "certificate-host-mismatch"  # MTA-STS testing: reported, and the mail goes on
@@ -454,13 +454,20 @@ async def _tls(
             telemetry.metrics.tls_handshake("outbound", False)
             await trio.aclose_forcefully(tls_stream)
             wanted = " or ".join(policy.names(host))
-            raise Failed(f"TLS: the certificate of {host} does not name {wanted} ({policy.said})", stage="tls")
+            raise _after_handshake(f"TLS: the certificate of {host} does not name {wanted} ({policy.said})")
         telemetry.metrics.tls_handshake("outbound", True)
         talk.tls_result = "success"
         if telemetry.enabled():
             span.set_attribute("tls.protocol.version", (tls_stream.version() or "").removeprefix("TLSv"))
             span.set_attribute("tls.cipher", (tls_stream.cipher() or ("",))[0])
     return tls_stream
+
+
+def _after_handshake(why: str) -> Failed:
+    """A connection refused once its TLS was up: journaled as encrypted, with the reason."""
+    failed = Failed(why, stage="tls")
+    failed.tls = True
+    return failed
 
 
 async def _hello(talk: Conversation, name: str, timeout: float) -> None:

@@ -1,7 +1,8 @@
 """SMTP TLS reports (RFC 8460), as a fold over the delivery.attempted events the journal
 keeps: for each destination domain, the TLS sessions of a day counted (successful, failed),
 the failures grouped by result type and receiving host, under the policy that was in force
-(tlsa when DANE applied, sts when an MTA-STS policy did, else no-policy-found). Hosts DANE
+(tlsa when DANE applied, one per MX host with its TLSA records; sts when an MTA-STS policy
+did, else no-policy-found). Hosts DANE
 left out before connecting (a bogus TLSA answer, dane-only without records) are failed
 sessions with no receiving IP.
 
@@ -42,18 +43,23 @@ def reports(
     domain: str = "",
 ) -> list[dict[str, Any]]:
     """One report per destination domain that had TLS sessions in [start, end)."""
-    sessions: dict[tuple[str, str], Counter[tuple[str, str, str]]] = {}
+    sessions: dict[tuple[str, str, str], Counter[tuple[str, str, str]]] = {}
+    records: dict[tuple[str, str, str], set[str]] = {}
     for attempt in attempts:
         if not (start <= attempt.at < end) or not attempt.tls_result or not attempt.domain:
             continue
         if domain and attempt.domain != domain:
             continue
-        key = (attempt.domain, attempt.policy or "no-policy-found")
+        kind = attempt.policy or "no-policy-found"
+        key = (attempt.domain, kind, attempt.host if kind == "tlsa" else "")  # DANE: a policy per MX host, its TLSA records
         sessions.setdefault(key, Counter())[(attempt.tls_result, attempt.host, attempt.address)] += 1
+        records.setdefault(key, set()).update(attempt.tlsa)
     by_domain: dict[str, list[dict[str, Any]]] = {}
-    for (name, kind), counted in sorted(sessions.items()):
+    for (name, kind, host), counted in sorted(sessions.items()):
         successes = sum(n for (result, _, _), n in counted.items() if result == "success")
         described: dict[str, Any] = {"policy-type": kind, "policy-domain": name}
+        if kind == "tlsa":
+            described |= {"policy-string": sorted(records[(name, kind, host)]), "mx-host": [host]}
         known = (policies or {}).get(name)
         if kind == "sts" and known is not None:
             described["policy-string"] = [

@@ -246,20 +246,26 @@ class DeliveryAttempted(JournalEvent):
     and the server's reply (or why there was none). The recipients' outcomes follow."""
 
     TAG = "delivery.attempted"
-    VERSION = 2  # 2: domain, policy and tls_result, for TLS reports (RFC 8460)
+    VERSION = 3  # 2: domain, policy and tls_result, for TLS reports (RFC 8460); 3: tlsa
     queue_id: str
     host: str
     address: str
     tls: bool
     reply: str
     domain: str = ""  # the destination domain (the policy domain of a TLS report), or the relay host
-    policy: str = ""  # RFC 8460 policy-type in force: "sts" (MTA-STS), "no-policy-found"
+    policy: str = ""  # RFC 8460 policy-type in force: "tlsa" (DANE), "sts" (MTA-STS), "no-policy-found"
     tls_result: str = ""  # RFC 8460: "success", a failure's result-type (certificate-host-mismatch ...), "" : no TLS tried
+    tlsa: tuple[str, ...] = ()  # DANE: the host's TLSA records as published ("3 1 1 ab12..."), a TLS report's policy-string
 
 
 @upcaster("delivery.attempted", 1)
 def _attempted_v1(payload: Payload) -> Payload:
     return payload  # domain, policy, tls_result: not known
+
+
+@upcaster("delivery.attempted", 2)
+def _attempted_v2(payload: Payload) -> Payload:
+    return payload  # tlsa: not kept
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -132,6 +132,7 @@ class Smtp:
                     domain=domain.lower(),
                     policy=kind,
                     tls_result=a.tls_result,
+                    tlsa=tuple(str(r) for r in plan.records.get(a.host, ())),
                 )
                 for a in tried
             ]
