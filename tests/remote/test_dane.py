@@ -75,6 +75,8 @@ mx.unusable A 127.0.0.2
 {tlsa}.mx.unusable TLSA 1 1 1 {leaf_key}
 none MX 10 mx.none
 mx.none A 127.0.0.2
+cname MX 10 alias.cname
+alias.cname CNAME mx.ta
 """
         unsigned = f"""$TTL 300
 @ SOA ns.plain.test. hostmaster.plain.test. 1 3600 600 86400 300
@@ -148,6 +150,17 @@ async def test_a_dane_ta_record_authenticates_the_chain_and_the_name(start_serve
     assert isinstance(done, qe.DeliverySucceeded), done
     assert len(sink.received) == 1 and sink.received[0].tls
     assert [(a.policy, a.tls_result) for a in attempts] == [("tlsa", "success")]
+
+
+async def test_an_mx_host_that_is_a_cname_is_looked_up_where_it_leads(start_server: Any, dane_sender: Config, sink: Sink) -> None:
+    """RFC 7672 2.2.2: mx host alias.cname.dane.test is a CNAME for mx.ta.dane.test, whose TLSA
+    records (DANE-TA) are the ones that count, and whose name the certificate carries."""
+    running = await start_server(dane_sender)
+    await sendmail(running, "a@example.org", ["user@cname.dane.test"], MESSAGE)
+    done, attempts = await outcome(running)
+    assert isinstance(done, qe.DeliverySucceeded), done
+    assert [(a.host, a.policy, a.tls_result) for a in attempts] == [("alias.cname.dane.test", "tlsa", "success")]
+    assert attempts[0].tlsa and attempts[0].tlsa[0].startswith("2 0 1 ")
 
 
 async def test_a_mismatching_record_defers_with_the_reason_and_nothing_is_sent(

@@ -19,8 +19,9 @@ sent above its own, which must have signed the chain down to the server's certif
 the server's certificate must be current and name the MX host or the next-hop domain
 (RFC 7672 3.1.2, 3.2.2). PKIX-TA(0) and PKIX-EE(1) are not used for SMTP (RFC 7672 3.1.3).
 
-Limits: CNAMEs are followed by the resolver and the TLSA base is the MX host name as
-written; the chain is taken in the order the server sent it.
+An MX host that is a CNAME is looked up at the name its CNAMEs lead to first, then at its own
+name (RFC 7672 2.2.2); DANE-TA accepts a certificate naming either, or the next-hop domain.
+Limit: the chain is taken in the order the server sent it.
 """
 
 from __future__ import annotations
@@ -99,15 +100,14 @@ async def plan(hosts: Sequence[mx.Exchanger], *, port: int, level: str, nexthop:
             if level == "dane-only":
                 made.refused[host.host] = (f"DANE: the MX or address records of {host.host} are not DNSSEC-validated", "dane-required")
             continue
-        name = f"_{port}._tcp.{host.host}"
         try:
-            answer = await resolve.resolve(name, "TLSA", search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            base, answer = await _tlsa(host, port, resolve)
+        except LookupError as exc:
             if level == "dane-only":
-                made.refused[host.host] = (f"DANE: {host.host} publishes no TLSA records ({name})", "dane-required")
+                made.refused[host.host] = (f"DANE: {host.host} publishes no TLSA records ({exc})", "dane-required")
             continue
         except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
-            why = f"DANE: cannot look up the TLSA records of {host.host} ({name}: a DNSSEC validation failure or no answer): {exc}"
+            why = f"DANE: cannot look up the TLSA records of {host.host} (a DNSSEC validation failure or no answer): {exc}"
             made.refused[host.host] = (why, "dnssec-invalid")
             continue
         if not mx.secure(answer.response):
@@ -117,11 +117,24 @@ async def plan(hosts: Sequence[mx.Exchanger], *, port: int, level: str, nexthop:
         records = tuple(Tlsa(r.usage, r.selector, r.mtype, bytes(r.cert)) for r in answer)
         made.records[host.host] = records
         usable = tuple(r for r in records if r.usable)
-        if usable:
-            made.policies[host.host] = TlsPolicy(level="dane", nexthop=nexthop, tlsa=usable)
+        if usable:  # the certificate may name the TLSA base (CNAMEs followed), the MX host, or the domain
+            names = tuple(dict.fromkeys((base, host.host)))
+            made.policies[host.host] = TlsPolicy(level="dane", nexthop=nexthop, tlsa=usable, names_also=names)
         else:  # RFC 7672 2.2: records that cannot be used still say TLS is there
             made.policies[host.host] = TlsPolicy(level="encrypt", nexthop=nexthop, by="DANE: no usable TLSA record")
     return made
+
+
+async def _tlsa(host: mx.Exchanger, port: int, resolve: dns.asyncresolver.Resolver) -> tuple[str, dns.resolver.Answer]:
+    """The TLSA records of `host` and the base name they were found at: the name its CNAMEs
+    lead to first, then its own (RFC 7672 2.2.2). LookupError when neither has any."""
+    bases = [host.canonical, host.host] if host.canonical else [host.host]
+    for base in bases:
+        try:
+            return base, await resolve.resolve(f"_{port}._tcp.{base}", "TLSA", search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            continue
+    raise LookupError(", ".join(f"_{port}._tcp.{b}" for b in bases))
 
 
 def check(chain: Sequence[bytes], records: Sequence[Tlsa], names: tuple[str, ...], *, now: datetime.datetime | None = None) -> str:

@@ -60,6 +60,7 @@ class Exchanger:
     preference: int
     addresses: tuple[str, ...]  # IPv6 first, then IPv4
     secure: bool = False  # its MX record (or the implicit MX's denial) and its addresses DNSSEC-validated
+    canonical: str = ""  # the name its CNAMEs lead to, when it has any (DANE's TLSA base, RFC 7672 2.2.2)
 
 
 def resolver(config: DnsConfig) -> dns.asyncresolver.Resolver:
@@ -122,10 +123,11 @@ async def exchangers(domain: str, resolve: dns.asyncresolver.Resolver) -> list[E
     found = []
     failures = 0
     for preference, name in ordered:
-        addresses, failed, validated = await _addresses(name, resolve)
+        addresses, failed, validated, canonical = await _addresses(name, resolve)
         failures += failed
         if addresses:
-            found.append(Exchanger(host=name, preference=preference, addresses=addresses, secure=mx_secure and validated))
+            validated = mx_secure and validated
+            found.append(Exchanger(host=name, preference=preference, addresses=addresses, secure=validated, canonical=canonical))
     if not found:
         if failures:
             raise DnsTemporary(f"cannot look up the addresses of {domain}'s mail hosts")
@@ -140,32 +142,37 @@ async def host(name: str, resolve: dns.asyncresolver.Resolver) -> list[Exchanger
         return [Exchanger(host=name, preference=0, addresses=(name,))]
     except ValueError:
         pass
-    addresses, failed, validated = await _addresses(name, resolve)
+    addresses, failed, validated, canonical = await _addresses(name, resolve)
     if failed:
         raise DnsTemporary(f"cannot look up the addresses of {name}")
     if not addresses:
         raise DnsTemporary(f"the relay host {name} has no address")  # a configuration problem: keep the mail
-    return [Exchanger(host=name, preference=0, addresses=addresses, secure=validated)]
+    return [Exchanger(host=name, preference=0, addresses=addresses, secure=validated, canonical=canonical)]
 
 
-async def _addresses(name: str, resolve: dns.asyncresolver.Resolver) -> tuple[tuple[str, ...], int, bool]:
+async def _addresses(name: str, resolve: dns.asyncresolver.Resolver) -> tuple[tuple[str, ...], int, bool, str]:
     """`name`'s IPv6 then IPv4 addresses, how many of the two lookups failed (rather than
-    said "none"), and whether both answers (or denials) were DNSSEC-validated."""
+    said "none"), whether both answers (or denials) were DNSSEC-validated, and the name its
+    CNAMEs lead to ("" : none)."""
     addresses: list[str] = []
     failed = 0
     validated = True
+    canonical = ""
     for rdtype in ("AAAA", "A"):
         try:
             answer = await resolve.resolve(name, rdtype)
             addresses += [r.to_text() for r in answer]
             validated = validated and secure(answer.response)
+            expanded = answer.canonical_name.to_text(omit_final_dot=True)
+            if expanded.lower() != name.lower().rstrip("."):
+                canonical = expanded
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer) as exc:
             validated = validated and secure(_denial(exc))
             continue
         except (dns.resolver.NoNameservers, dns.exception.Timeout):
             failed += 1
             validated = False
-    return tuple(addresses), failed, validated
+    return tuple(addresses), failed, validated, canonical
 
 
 class AnswerCache:

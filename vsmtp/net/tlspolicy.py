@@ -46,6 +46,7 @@ class TlsPolicy:
     by: str = ""  # what set the level, when not the configuration ("MTA-STS"): said in failures
     audit: bool = False  # MTA-STS testing: the certificate checked as at verify, what fails reported, the mail delivered anyway
     tlsa: tuple[Any, ...] = ()  # dane: the usable TLSA records (net/dane.Tlsa) the certificate must match
+    names_also: tuple[str, ...] = ()  # dane: names a certificate may carry besides the host's (the TLSA base, RFC 7672 3.2.2)
 
     @property
     def said(self) -> str:
@@ -70,8 +71,8 @@ class TlsPolicy:
         """The names a certificate may carry to be accepted for `host`."""
         if self.level == "secure":
             return (self.nexthop, "." + self.nexthop)  # the domain, or any host under it
-        if self.level == "dane" and self.nexthop and self.nexthop != host:
-            return (host, self.nexthop)  # RFC 7672 3.2.2: the TLSA base domain, or the next-hop domain
+        if self.level == "dane":  # RFC 7672 3.2.2: the TLSA base domain, the MX host, or the next-hop domain
+            return tuple(dict.fromkeys((host, *self.names_also, *((self.nexthop,) if self.nexthop else ()))))
         return (host,)
 
 
