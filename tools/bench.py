@@ -19,7 +19,8 @@ machine's CPU time per message on each side (load generator included), which is 
 Postfix's many short-lived processes can be compared at all. With --accept-only each
 scenario runs again accepting only: vsmtp with delivery off, Postfix with every message put
 in its hold queue (smtpd_data_restrictions = check_client_access static:HOLD), the time
-until the last 250, every message counted in the journal or the hold queue.
+until the last 250, every message counted in the journal or the hold queue. A probe session
+beside the load times each of its messages from the end of data to the 250 (p50, p99).
 
 Needs root (Postfix's master runs as root) and the Debian package `postfix`
 (tools/system-packages installs it). Everything listens on 127.0.0.1 only.
@@ -37,10 +38,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,12 @@ class Result:
     peak_rss_kib: int | None = None
 
     messages: int = 0  # sent (with several recipients, `delivered` counts a file for each)
+    expected: int = 0  # files (or held messages) that must be there: smtp-source's and the probe's
+    latencies: list[float] = field(default_factory=list)  # the probe's end of data to 250, seconds
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
     def rate(self) -> float:
         return self.messages / self.seconds if self.seconds else 0.0
@@ -344,19 +352,27 @@ def run_one(server: Postfix | Vsmtp, scenario: Scenario) -> Result:
     try:
         pid = server.proc.pid if isinstance(server, Vsmtp) and server.proc else None
         cpu0, machine0 = (process_cpu_seconds(pid) if pid else 0.0), machine_cpu_seconds()
+        probe = Probe(server.port, scenario.size_kib)
         t0 = time.monotonic()
-        sent = smtp_source(server.port, scenario)
+        probe.start()
+        try:
+            sent = smtp_source(server.port, scenario)
+        finally:
+            probe.stop.set()
+            probe.join(30)
         t_accept = time.monotonic() - t0
+        expected = scenario.copies + probe.sent
         if sent.returncode != 0:
             raise RuntimeError(f"smtp-source failed against {type(server).__name__}: {sent.stderr.decode(errors='replace')}")
         deadline = t0 + (5.0 if scenario.hold else DELIVERY_TIMEOUT)  # held: each 250 came after its message was stored
         delivered = server.count()
-        while delivered < scenario.copies and time.monotonic() < deadline:  # bounded by the deadline
+        while delivered < expected and time.monotonic() < deadline:  # bounded by the deadline
             time.sleep(0.005 if not scenario.hold else 0.05)
             delivered = server.count()
         seconds = t_accept if scenario.hold else time.monotonic() - t0
         machine = machine_cpu_seconds() - machine0
         result = Result(seconds=seconds, accept_seconds=t_accept, delivered=delivered, machine_cpu=machine, messages=scenario.messages)
+        result.expected, result.latencies = expected, probe.latencies
         if pid:
             result.server_cpu = process_cpu_seconds(pid) - cpu0
             result.peak_rss_kib = peak_rss_kib(pid)
@@ -365,6 +381,56 @@ def run_one(server: Postfix | Vsmtp, scenario: Scenario) -> Result:
         return result
     finally:
         server.stop()
+
+
+class Probe(threading.Thread):
+    """One more client beside smtp-source's load: a persistent session sending a message of
+    the scenario's size every PROBE_PAUSE seconds, timing each from the end of its data to
+    the 250 (what a sender waits for). Bounded: PROBE_MAX messages, and it stops when told."""
+
+    def __init__(self, port: int, size_kib: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        line = b"x" * 78 + b"\r\n"
+        body = line * max(1, size_kib * 1024 // len(line))
+        self.message = b"From: probe@client.test\r\nTo: " + RECIPIENT.encode() + b"\r\nSubject: probe\r\n\r\n" + body + b".\r\n"
+        self.stop = threading.Event()
+        self.sent = 0
+        self.latencies: list[float] = []
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+            replies = sock.makefile("rb")
+
+            def ask(command: bytes) -> bytes:
+                sock.sendall(command)
+                while (reply := replies.readline())[3:4] == b"-":
+                    pass  # a multiline reply: its last line counts
+                return reply
+
+            ask(b"")  # the greeting
+            ask(b"EHLO probe.client.test\r\n")
+            while not self.stop.is_set() and self.sent < PROBE_MAX:
+                if not ask(b"MAIL FROM:<probe@client.test>\r\n").startswith(b"250"):
+                    break
+                if not ask(b"RCPT TO:<" + RECIPIENT.encode() + b">\r\n").startswith(b"250"):
+                    break
+                if not ask(b"DATA\r\n").startswith(b"354"):
+                    break
+                sock.sendall(self.message)
+                started = time.perf_counter()
+                reply = ask(b"")
+                if not reply.startswith(b"250"):
+                    break
+                self.latencies.append(time.perf_counter() - started)
+                self.sent += 1
+                self.stop.wait(PROBE_PAUSE)
+            with contextlib.suppress(OSError):
+                ask(b"QUIT\r\n")
+
+
+PROBE_PAUSE = 0.02  # seconds between the probe's messages (at most 50 a second beside the load)
+PROBE_MAX = 5000
 
 
 def scenarios(args: argparse.Namespace, auth: Authenticated | None, otlp: str = "") -> Iterator[Scenario]:
@@ -409,7 +475,8 @@ def main() -> int:
     print(f"vsmtp against Postfix, SMTP to Maildir, {os.cpu_count()} CPUs shared with the load generator")
     print(
         f"{'scenario':<28} {'msgs':>5} {'postfix/s':>10} {'vsmtp/s':>9} {'ratio':>6}"
-        f" {'accepted/s pf|vs':>17} {'vsmtp cpu ms/msg':>17} {'vsmtp peak MiB':>15} {'machine cpu ms/msg pf|vs':>25}  lost"
+        f" {'accepted/s pf|vs':>17} {'vsmtp cpu ms/msg':>17} {'vsmtp peak MiB':>15} {'machine cpu ms/msg pf|vs':>25}"
+        f" {'p50 ms pf|vs':>13} {'p99 ms pf|vs':>13}  lost"
     )
     stack = contextlib.ExitStack()
     auth = None if args.no_auth else Authenticated.start(args.workdir / "auth", args.sizes, stack)
@@ -442,15 +509,14 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, otlp: str) -> int
             runs["postfix"] = runs["vsmtp"]
         pf = sorted(runs["postfix"], key=Result.rate)[len(runs["postfix"]) // 2]
         vs = sorted(runs["vsmtp"], key=Result.rate)[len(runs["vsmtp"]) // 2]
-        missing = [
-            f"{name} {res.delivered}/{scenario.copies}" for name, rs in runs.items() for res in rs if res.delivered != scenario.copies
-        ]
+        missing = [f"{name} {res.delivered}/{res.expected}" for name, rs in runs.items() for res in rs if res.delivered != res.expected]
         lost += len(missing)
         vs_cpu = statistics.median((res.server_cpu or 0) * 1000 / scenario.messages for res in runs["vsmtp"])
         print(
             f"{scenario!s:<28} {scenario.messages:>5} {pf.rate():>10.0f} {vs.rate():>9.0f} {vs.rate() / pf.rate():>6.2f}"
             f" {pf.accept_rate():>8.0f}|{vs.accept_rate():<8.0f} {vs_cpu:>17.2f} {(vs.peak_rss_kib or 0) / 1024:>15.1f}"
             f" {pf.machine_cpu * 1000 / scenario.messages:>12.2f} | {vs.machine_cpu * 1000 / scenario.messages:<10.2f}"
+            f" {_ms(pf, 0.5):>6}|{_ms(vs, 0.5):<6} {_ms(pf, 0.99):>6}|{_ms(vs, 0.99):<6}"
             f"  {', '.join(missing) or 'none'}",
             flush=True,
         )
@@ -458,6 +524,10 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, otlp: str) -> int
         print(f"bench: {lost} run(s) did not deliver exactly the messages sent", file=sys.stderr)
         return 1
     return 0
+
+
+def _ms(result: Result, q: float) -> str:
+    return f"{result.percentile(q) * 1000:.1f}"
 
 
 if __name__ == "__main__":
