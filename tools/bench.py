@@ -5,6 +5,7 @@
     .venv/bin/python tools/bench.py --sizes 1 --sessions 50 --modes persistent --repeat 3
     .venv/bin/python tools/bench.py --accept-only      # and each scenario accepting only (Postfix: hold queue)
     .venv/bin/python tools/bench.py --recipients 10    # 10 recipients a message (smtp-source -r)
+    .venv/bin/python tools/bench.py --workers 1,2      # a row per number of vsmtp's receiving processes
 
 For each scenario (message size x concurrent sessions x persistent or one connection per
 message) it starts a fresh Postfix instance and a fresh vsmtp, both on loopback, both
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -64,11 +66,13 @@ class Scenario:
     otlp: str = ""  # traces and metrics exported over OTLP/gRPC to this endpoint (tests/otlp.py, in this process)
     hold: bool = False  # accept only: vsmtp's delivery off, Postfix's smtpd puts every message in the hold queue
     recipients: int = 1  # per message (smtp-source -r: 0bob, 1bob, ...)
+    workers: int = 0  # vsmtp's receiving processes (0: its default, one per core)
 
     def __str__(self) -> str:
         mode = "persistent" if self.persistent else "conn/msg"
         extras = (" +auth" if self.auth else "") + (" +otlp" if self.otlp else "") + (" hold" if self.hold else "")
         extras += f" r={self.recipients}" if self.recipients > 1 else ""
+        extras += f" w={self.workers}" if self.workers else ""
         return f"{self.size_kib:>3} KiB  c={self.sessions:<3} {mode:<10}{extras}"
 
     @property
@@ -434,6 +438,12 @@ PROBE_MAX = 5000
 
 
 def scenarios(args: argparse.Namespace, auth: Authenticated | None, otlp: str = "") -> Iterator[Scenario]:
+    for scenario in _scenarios(args, auth, otlp):
+        for workers in args.workers:
+            yield dataclasses.replace(scenario, workers=workers)
+
+
+def _scenarios(args: argparse.Namespace, auth: Authenticated | None, otlp: str = "") -> Iterator[Scenario]:
     for size in args.sizes:
         for sessions in args.sessions:
             for mode in args.modes:
@@ -467,6 +477,12 @@ def main() -> int:
         "--accept-only", action="store_true", help="each scenario also accept only: vsmtp's delivery off, Postfix's hold queue"
     )
     parser.add_argument("--recipients", type=int, default=1, help="recipients per message (smtp-source -r)")
+    parser.add_argument(
+        "--workers",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[0],
+        help="vsmtp's receiving processes, each a row (0: one per core)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("postfix") is None or shutil.which("smtp-source") is None:
         print("bench: needs root and Debian's postfix package (smtp-source); `make bench` installs it as root", file=sys.stderr)
@@ -502,7 +518,7 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, otlp: str) -> int
         for r in range(args.repeat):
             for name in ("vsmtp",) if args.vsmtp_only else ("postfix", "vsmtp"):  # back to back, same load, same disk
                 root = args.workdir / f"{n}-{r}-{name}"
-                extra = args.vsmtp_config + scenario.vsmtp_config()
+                extra = (f"workers = {scenario.workers}\n" if scenario.workers else "") + args.vsmtp_config + scenario.vsmtp_config()
                 server: Postfix | Vsmtp = Postfix(root, scenario) if name == "postfix" else Vsmtp(root, extra, hold=scenario.hold)
                 runs[name].append(run_one(server, scenario))
         if args.vsmtp_only:
