@@ -3,7 +3,7 @@
     make bench                       # every scenario, once
     .venv/bin/python tools/bench.py --quick
     .venv/bin/python tools/bench.py --sizes 1 --sessions 50 --modes persistent --repeat 3
-    .venv/bin/python tools/bench.py --accept-only      # and each scenario accepting only (Postfix: hold queue)
+    .venv/bin/python tools/bench.py --no-accept-only   # without the rows accepting alone (Postfix: hold queue)
     .venv/bin/python tools/bench.py --recipients 10    # 10 recipients a message (smtp-source -r)
     .venv/bin/python tools/bench.py --workers 1,2      # a row per number of vsmtp's receiving processes
 
@@ -17,8 +17,8 @@ Printed per scenario: msgs/s for each side and the ratio (vsmtp / Postfix; above
 vsmtp faster; a message with several recipients counts once, and every copy must arrive);
 vsmtp's own CPU time per message and peak memory (RSS high-water mark); and the whole
 machine's CPU time per message on each side (load generator included), which is how
-Postfix's many short-lived processes can be compared at all. With --accept-only each
-scenario runs again accepting only: vsmtp with delivery off, Postfix with every message put
+Postfix's many short-lived processes can be compared at all. Each scenario runs again
+accepting only (unless --no-accept-only): vsmtp with delivery off, Postfix with every message put
 in its hold queue (smtpd_data_restrictions = check_client_access static:HOLD), the time
 until the last 250, every message counted in the journal or the hold queue. A probe session
 beside the load times each of its messages from the end of data to the 250 (p50, p99).
@@ -458,6 +458,11 @@ def _scenarios(args: argparse.Namespace, auth: Authenticated | None, otlp: str =
                     yield Scenario(size_kib=size, sessions=sessions, persistent=True, messages=count, auth=auth)
                 if otlp and sessions >= 50 and mode == "persistent" and size <= 10:
                     yield Scenario(size_kib=size, sessions=sessions, persistent=True, messages=count, otlp=otlp)
+                if not args.no_extras and sessions >= 50 and mode == "persistent" and size <= 10:
+                    if args.recipients == 1:  # one body, ten copies
+                        yield Scenario(size_kib=size, sessions=sessions, persistent=True, messages=count, recipients=10)
+                    if args.workers == [0] and (os.cpu_count() or 1) > 1:  # one receiving process: what a core gives
+                        yield Scenario(size_kib=size, sessions=sessions, persistent=True, messages=count, workers=1)
 
 
 def main() -> int:
@@ -474,8 +479,12 @@ def main() -> int:
     parser.add_argument("--no-auth", action="store_true", help="leave out the scenarios with SPF, DKIM and DMARC on")
     parser.add_argument("--no-otlp", action="store_true", help="leave out the scenario with OTLP export on")
     parser.add_argument(
-        "--accept-only", action="store_true", help="each scenario also accept only: vsmtp's delivery off, Postfix's hold queue"
+        "--no-accept-only",
+        dest="accept_only",
+        action="store_false",
+        help="leave out accepting alone (delivery off; Postfix: hold queue)",
     )
+    parser.add_argument("--no-extras", action="store_true", help="leave out the 10-recipient and one-receiving-process rows")
     parser.add_argument("--recipients", type=int, default=1, help="recipients per message (smtp-source -r)")
     parser.add_argument(
         "--workers",
