@@ -441,7 +441,7 @@ PROBE_MAX = 5000
 
 def scenarios(args: argparse.Namespace, auth: Authenticated | None, otlp: str = "") -> Iterator[Scenario]:
     for scenario in _scenarios(args, auth, otlp):
-        for workers in args.workers:
+        for workers in [scenario.workers] if scenario.workers else args.workers:  # a row that names its own stays so
             yield dataclasses.replace(scenario, workers=workers)
 
 
