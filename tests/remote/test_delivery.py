@@ -84,6 +84,37 @@ async def test_null_mx_fails_for_good_and_bounces(start_server: Any, sender: Con
     running.cancel_scope.cancel()
 
 
+async def test_a_bounce_is_dkim_signed_when_the_hostname_has_a_key(start_server: Any, sender: Config, tmp_path: Any) -> None:
+    import email
+    import email.policy
+
+    import dkim as dkimpy
+
+    from vsmtp.auth import dkim
+    from vsmtp.config import DkimConfig, SigningKeyConfig
+    from vsmtp.queue import events as qe
+
+    from ..conftest import maildir_files
+
+    pem, record = dkim.generate("ed25519-sha256")
+    (tmp_path / "bounce.key").write_bytes(pem)
+    key = SigningKeyConfig(domain=sender.hostname, selector="dsn", key=str(tmp_path / "bounce.key"), algorithm="ed25519-sha256")
+    running = await start_server(with_changes(sender, dkim=DkimConfig(sign=(key,))))
+    await sendmail(running, "alice@localhost", ["user@nomail.test"], MESSAGE)
+    with trio.fail_after(10):
+        while not maildir_files(sender, "alice"):
+            await trio.sleep(0.05)
+    [path] = maildir_files(sender, "alice")
+    dsn = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert dsn.get_content_type() == "multipart/report"
+    assert f"d={sender.hostname};" in str(dsn["DKIM-Signature"]).replace(" ", ""), dsn["DKIM-Signature"]
+    assert dkimpy.verify(path.read_bytes(), dnsfunc=lambda name, timeout=5: record.encode())  # and verifies, the key published
+    [bounced] = [e for e in map(qe.decode, running.journal.read(0)) if isinstance(e, qe.MessageBounced)]
+    signed = [e for e in map(qe.decode, running.journal.read(0)) if isinstance(e, qe.MessageSigned)]
+    assert [(e.queue_id, e.method) for e in signed] == [(bounced.bounce_id, "dkim")]
+    running.cancel_scope.cancel()
+
+
 async def test_4xx_is_retried_then_delivered(start_server: Any, sender: Config, start_sink: Any) -> None:
     sink = await start_sink("127.0.0.2", rcpt_replies=[b"451 4.3.0 try again later\r\n"])
     running = await start_server(sender)

@@ -23,6 +23,7 @@ neither lose the bounce nor send it twice.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from ..config import Config
 from ..queue import events as qe
 from ..queue import history, policy
 from ..queue.state import MessageState, RecipientState
+from .signing import Signing
 
 
 def failure_status(recipient: RecipientState) -> str:
@@ -187,10 +189,12 @@ def _records(
     now: float,
     unreported: tuple[str, ...] = (),
     retry_until: float | None = None,
+    signing: Signing | None = None,
 ) -> list[Append]:
-    """The notice as a new message from <> to the sender, and `event(notice id, recipients
-    reported)` that records it: to be appended in one transaction. Nobody to report: the event
-    alone, with an empty id and `unreported`."""
+    """The notice as a new message from <> to the sender, DKIM-signed when `[[dkim.sign]]` has
+    keys for the hostname's domain (its From), and `event(notice id, recipients reported)`
+    that records it: to be appended in one transaction. Nobody to report: the event alone,
+    with an empty id and `unreported`."""
     if not reports:
         return [qe.to_append(event("", unreported))]
     accepted, original = _original(journal, message)
@@ -217,11 +221,15 @@ def _records(
         mail_params=({"SMTPUTF8": None} if needs_utf8(message, reports, original.partition(b"\r\n\r\n")[0]) else {})
         | ({"REQUIRETLS": None} if "REQUIRETLS" in accepted.mail_params else {}),  # RFC 8689 5: the notice requires TLS too
     )
+    signed: list[qe.JournalEvent] = []
+    if signing is not None:
+        body, signed = signing.apply(body, trusted=True, recipients=(message.reverse_path,), queue_id=notice_id, now=now)
+        dsn = dataclasses.replace(dsn, size=len(body))
     done = event(notice_id, tuple(r.recipient for r in reports))
-    return [qe.to_append(dsn, blobs={dsn.blob: body}), qe.to_append(done)]
+    return [qe.to_append(dsn, blobs={dsn.blob: body}), *(qe.to_append(e) for e in signed), qe.to_append(done)]
 
 
-def plan(journal: Journal, message: MessageState, config: Config, *, now: float) -> list[Append]:
+def plan(journal: Journal, message: MessageState, config: Config, *, now: float, signing: Signing | None = None) -> list[Append]:
     """The records that settle a finished message's report: the DSN (failures, and successes
     asked with NOTIFY=SUCCESS; none if nobody wants one) and message.bounced, to be appended
     in one transaction (GroupCommitWriter.append_group). Reads the journal: run it in a
@@ -243,10 +251,12 @@ def plan(journal: Journal, message: MessageState, config: Config, *, now: float)
     def bounced(bounce_id: str, recipients: tuple[str, ...]) -> qe.JournalEvent:
         return qe.MessageBounced(at=now, queue_id=message.queue_id, bounce_id=bounce_id, recipients=recipients)
 
-    return _records(journal, message, config, reports, bounced, now=now, unreported=tuple(settled))
+    return _records(journal, message, config, reports, bounced, now=now, unreported=tuple(settled), signing=signing)
 
 
-def plan_delay_warning(journal: Journal, message: MessageState, config: Config, *, now: float) -> list[Append]:
+def plan_delay_warning(
+    journal: Journal, message: MessageState, config: Config, *, now: float, signing: Signing | None = None
+) -> list[Append]:
     """The records of a delay warning (Postfix's delay_warning_time): the DSN with Action:
     delayed for the pending recipients that want it, and message.delay_warned, in one
     transaction. Reads the journal: run it in a worker thread."""
@@ -256,4 +266,5 @@ def plan_delay_warning(journal: Journal, message: MessageState, config: Config, 
     def warned(warning_id: str, recipients: tuple[str, ...]) -> qe.JournalEvent:
         return qe.MessageDelayWarned(at=now, queue_id=message.queue_id, warning_id=warning_id, recipients=recipients)
 
-    return _records(journal, message, config, reports, warned, now=now, retry_until=message.accepted_at + config.delivery.lifetime)
+    retry_until = message.accepted_at + config.delivery.lifetime
+    return _records(journal, message, config, reports, warned, now=now, retry_until=retry_until, signing=signing)

@@ -164,7 +164,8 @@ class Scheduler:
         if message is None or not still_due(message):
             return
         try:
-            appends = await trio.to_thread.run_sync(partial(planner, self.journal, message, self.config, now=time.time()))
+            plan = partial(planner, self.journal, message, self.config, now=time.time(), signing=self.signing)
+            appends = await trio.to_thread.run_sync(plan)  # signing, if any, is RSA: in the thread too
             with trio.CancelScope(shield=True):
                 await self.writer.append_group(appends)  # the DSN and its event: both or neither
         except JournalError as exc:
