@@ -66,3 +66,12 @@ def test_records_smtp_does_not_use_are_unusable() -> None:
     assert [Tlsa(u, s, m, b"").usable for u, s, m in ((0, 0, 1), (1, 1, 1), (2, 2, 1), (3, 1, 3), (2, 0, 0), (3, 1, 2))] == [
         False, False, False, False, True, True,
     ]  # fmt: skip
+
+
+def test_dane_ta_finds_the_path_through_certificates_sent_out_of_order() -> None:
+    top = trustme.CA().create_child_ca()
+    sent = chain(top.create_child_ca().issue_cert("mx.example.test"))  # the server's, its issuer, then top
+    anchor = Tlsa(2, 0, 1, hashlib.sha256(sent[2]).digest())
+    assert check(sent, [anchor], ("mx.example.test",)) == ""
+    assert check([sent[0], sent[2], sent[1]], [anchor], ("mx.example.test",)) == ""  # unordered: still found
+    assert "is broken at" in check([sent[0], sent[2]], [anchor], ("mx.example.test",))  # the middle one missing

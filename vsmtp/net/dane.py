@@ -21,14 +21,13 @@ the server's certificate must be current and name the MX host or the next-hop do
 
 An MX host that is a CNAME is looked up at the name its CNAMEs lead to first, then at its own
 name (RFC 7672 2.2.2); DANE-TA accepts a certificate naming either, or the next-hop domain.
-Limit: the chain is taken in the order the server sent it.
+The certificates the server sent are taken in whatever order they came.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -155,23 +154,34 @@ def check(chain: Sequence[bytes], records: Sequence[Tlsa], names: tuple[str, ...
 
 
 def _below(chain: Sequence[bytes], anchor: int, names: tuple[str, ...], now: datetime.datetime) -> str:
-    """The chain from the server's certificate up to the trust anchor at `anchor`: each
-    certificate signed by the next, the server's current and naming one of `names`."""
+    """The path from the server's certificate up to the trust anchor at `anchor`, through the
+    certificates it sent in whatever order (RFC 8446 4.4.2 lets them come unordered): each
+    signed by the next, the server's current and naming one of `names`."""
     try:
-        certs = [x509.load_der_x509_certificate(der) for der in chain[: anchor + 1]]
+        certs = [x509.load_der_x509_certificate(der) for der in chain]
     except ValueError as exc:
         return f"a certificate it sent cannot be read: {exc}"
-    for child, issuer in itertools.pairwise(certs):
-        try:
-            child.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
-            return f"its chain to the DANE-TA certificate is broken at {child.subject.rfc4514_string()}"
+    current, target, used = certs[0], certs[anchor], {0}
+    while current is not target:  # bounded: each certificate is used once
+        issuers = [k for k, c in enumerate(certs) if k not in used and c.subject == current.issuer and _signed(current, c)]
+        if not issuers:
+            return f"its chain to the DANE-TA certificate is broken at {current.subject.rfc4514_string()}"
+        used.add(issuers[0])
+        current = certs[issuers[0]]
     leaf = certs[0]
     if not (leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc):
         return "its certificate is not valid now (DANE-TA)"
     if not matches(named(leaf), names):
         return f"its certificate does not name {' or '.join(names)} (DANE-TA)"
     return ""
+
+
+def _signed(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def chain_of(tls: object) -> list[bytes]:
