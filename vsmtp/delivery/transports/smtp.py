@@ -101,7 +101,8 @@ class Smtp:
                 cache=services.connections,
                 host_limits=services.host_limits,
             )
-            secured = await self._secure(delivery, route, relay, relayhost, hosts, message, settings)
+            via_relayhost = relay is not None and not isinstance(route, policy.Smarthost)  # the configured relay host
+            secured = await self._secure(delivery, route, relay, via_relayhost, hosts, message, settings)
             if isinstance(secured, Stop):  # REQUIRETLS that cannot be met fails (5.7.30); the rest waits (4.7.5)
                 status: Status = "failed" if secured.final else "deferred"
                 telemetry.spans.failed(span, status, secured.why)
@@ -147,7 +148,7 @@ class Smtp:
         delivery: Delivery,
         route: policy.RemoteRoute | policy.Smarthost,
         relay: policy.Smarthost | None,
-        relayhost: policy.Smarthost | None,  # the configured one: `relay is relayhost` when the mail goes there
+        via_relayhost: bool,  # `relay` is the configured relay host (relayhost.url), not a rule's
         hosts: list[mx.Exchanger],
         message: outbound.OutboundMessage,
         settings: outbound.ClientSettings,
@@ -195,7 +196,7 @@ class Smtp:
                 settings.tls = dataclasses.replace(settings.tls, audit=True)
         if relay is not None:
             settings.port, settings.implicit_tls = relay.port, relay.implicit_tls
-        if relay is not None and relay is relayhost:  # a rule's level, if it gave one (DANE is not for relay hosts)
+        if relay is not None and via_relayhost:  # a rule's level, if it gave one (DANE is not for relay hosts)
             level = tlspolicy.level_of(chosen if chosen and chosen not in tlspolicy.DANE_LEVELS else config.relayhost.tls)
             settings.tls = tlspolicy.TlsPolicy(level=level, nexthop=relay.host, ca_file=config.relayhost.ca)
             if config.relayhost.username:
@@ -205,7 +206,9 @@ class Smtp:
             if not hosts:
                 return Stop(f"REQUIRETLS: no MX host of {domain} is authenticated by its TLSA records", final=True)
         elif message.requiretls:  # RFC 8689 4.2: authenticated hosts only, over verified TLS
-            refused = _requiretls(settings, relay=relay, relayhost=relayhost, sts=sts, domain=domain, ca_file=config.delivery.tls_ca)
+            refused = _requiretls(
+                settings, relay=relay, via_relayhost=via_relayhost, sts=sts, domain=domain, ca_file=config.delivery.tls_ca
+            )
             if refused:
                 return Stop(refused, final=True)
             if sts is not None:
@@ -251,7 +254,7 @@ def _requiretls(
     settings: outbound.ClientSettings,
     *,
     relay: policy.Smarthost | None,
-    relayhost: policy.Smarthost | None,
+    via_relayhost: bool,
     sts: mtasts.Policy | None,
     domain: str,
     ca_file: str,
@@ -263,7 +266,7 @@ def _requiretls(
         return f"REQUIRETLS: the MX hosts of {domain} cannot be authenticated (no DANE TLSA records, no MTA-STS policy)"
     if not settings.tls.verified:
         nexthop = relay.host if relay is not None else domain.lower()
-        ca = settings.tls.ca_file if relay is not None and relay is relayhost else ca_file
+        ca = settings.tls.ca_file if via_relayhost else ca_file
         settings.tls = tlspolicy.TlsPolicy(level="verify", nexthop=nexthop, ca_file=ca, by="REQUIRETLS")
     return ""
 
