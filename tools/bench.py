@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -437,6 +438,7 @@ class Probe(threading.Thread):
 
 PROBE_PAUSE = 0.02  # seconds between the probe's messages (at most 50 a second beside the load)
 PROBE_MAX = 5000
+MAX_MESSAGES = 50_000  # per run, whatever the calibration says (the disk holds every copy until the next bench)
 
 
 def scenarios(args: argparse.Namespace, auth: Authenticated | None, otlp: str = "") -> Iterator[Scenario]:
@@ -474,7 +476,13 @@ def main() -> int:
     parser.add_argument("--modes", type=lambda s: s.split(","), default=["persistent", "per-connection"])
     parser.add_argument("--messages", type=int, default=0, help="per scenario (default 1000 small, 500 large)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario and server; the median is shown")
-    parser.add_argument("--quick", action="store_true", help="a fifth of the messages")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=5.0,
+        help="at least this much load per measured run: each server's count is calibrated by a first, unmeasured run (0: no calibration)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a fifth of the messages, no calibration")
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench")
     parser.add_argument("--vsmtp-config", default="", help="extra TOML appended to vsmtp's configuration")
     parser.add_argument("--vsmtp-only", action="store_true", help="skip Postfix (for profiling; prints no ratio)")
@@ -495,6 +503,8 @@ def main() -> int:
         help="vsmtp's receiving processes, each a row (0: one per core)",
     )
     args = parser.parse_args()
+    if args.quick:
+        args.seconds = 0.0
     if os.geteuid() != 0 or shutil.which("postfix") is None or shutil.which("smtp-source") is None:
         print("bench: needs root and Debian's postfix package (smtp-source); `make bench` installs it as root", file=sys.stderr)
         return 2
@@ -502,7 +512,7 @@ def main() -> int:
     spread(args.workdir)
     print(f"vsmtp against Postfix, SMTP to Maildir, {os.cpu_count()} CPUs shared with the load generator")
     print(
-        f"{'scenario':<28} {'msgs':>5} {'postfix/s':>10} {'vsmtp/s':>9} {'ratio':>6}"
+        f"{'scenario':<28} {'msgs pf|vs':>11} {'postfix/s':>10} {'vsmtp/s':>9} {'ratio':>6}"
         f" {'accepted/s pf|vs':>17} {'vsmtp cpu ms/msg':>17} {'vsmtp peak MiB':>15} {'machine cpu ms/msg pf|vs':>25}"
         f" {'p50 ms pf|vs':>13} {'p99 ms pf|vs':>13}  lost"
     )
@@ -550,27 +560,41 @@ def otlp_endpoint(stack: contextlib.ExitStack) -> str:
     return stack.enter_context(GrpcEndpoint()).endpoint
 
 
+def server(name: str, root: Path, scenario: Scenario, args: argparse.Namespace) -> Postfix | Vsmtp:
+    if name == "postfix":
+        return Postfix(root, scenario)
+    extra = (f"workers = {scenario.workers}\n" if scenario.workers else "") + args.vsmtp_config + scenario.vsmtp_config()
+    return Vsmtp(root, extra, hold=scenario.hold)
+
+
 def _run(args: argparse.Namespace, auth: Authenticated | None, otlp: str) -> int:
     lost = 0
     for n, scenario in enumerate(scenarios(args, auth, otlp)):
         runs: dict[str, list[Result]] = {"postfix": [], "vsmtp": []}
+        names = ("vsmtp",) if args.vsmtp_only else ("postfix", "vsmtp")
+        sized = {name: scenario for name in names}
+
+        if args.seconds and not args.messages:  # steady state: enough messages for args.seconds of load on each side
+            for name in names:
+                first = run_one(server(name, args.workdir / f"{n}-calibrate-{name}", scenario, args), scenario)
+                lost += first.delivered != first.expected
+                wanted = min(MAX_MESSAGES, math.ceil(first.rate() * args.seconds / 100) * 100)
+                sized[name] = dataclasses.replace(scenario, messages=max(scenario.messages, wanted))
         for r in range(args.repeat):
-            for name in ("vsmtp",) if args.vsmtp_only else ("postfix", "vsmtp"):  # back to back, same load, same disk
-                root = args.workdir / f"{n}-{r}-{name}"
-                extra = (f"workers = {scenario.workers}\n" if scenario.workers else "") + args.vsmtp_config + scenario.vsmtp_config()
-                server: Postfix | Vsmtp = Postfix(root, scenario) if name == "postfix" else Vsmtp(root, extra, hold=scenario.hold)
-                runs[name].append(run_one(server, scenario))
+            for name in names:  # back to back, same load, same disk
+                runs[name].append(run_one(server(name, args.workdir / f"{n}-{r}-{name}", sized[name], args), sized[name]))
         if args.vsmtp_only:
-            runs["postfix"] = runs["vsmtp"]
+            runs["postfix"], sized["postfix"] = runs["vsmtp"], sized["vsmtp"]
         pf = sorted(runs["postfix"], key=Result.rate)[len(runs["postfix"]) // 2]
         vs = sorted(runs["vsmtp"], key=Result.rate)[len(runs["vsmtp"]) // 2]
         missing = [f"{name} {res.delivered}/{res.expected}" for name, rs in runs.items() for res in rs if res.delivered != res.expected]
         lost += len(missing)
-        vs_cpu = statistics.median((res.server_cpu or 0) * 1000 / scenario.messages for res in runs["vsmtp"])
+        vs_cpu = statistics.median((res.server_cpu or 0) * 1000 / res.messages for res in runs["vsmtp"])
+        counts = f"{sized['postfix'].messages}|{sized['vsmtp'].messages}"
         print(
-            f"{scenario!s:<28} {scenario.messages:>5} {pf.rate():>10.0f} {vs.rate():>9.0f} {vs.rate() / pf.rate():>6.2f}"
+            f"{scenario!s:<28} {counts:>11} {pf.rate():>10.0f} {vs.rate():>9.0f} {vs.rate() / pf.rate():>6.2f}"
             f" {pf.accept_rate():>8.0f}|{vs.accept_rate():<8.0f} {vs_cpu:>17.2f} {(vs.peak_rss_kib or 0) / 1024:>15.1f}"
-            f" {pf.machine_cpu * 1000 / scenario.messages:>12.2f} | {vs.machine_cpu * 1000 / scenario.messages:<10.2f}"
+            f" {pf.machine_cpu * 1000 / pf.messages:>12.2f} | {vs.machine_cpu * 1000 / vs.messages:<10.2f}"
             f" {_ms(pf, 0.5):>6}|{_ms(vs, 0.5):<6} {_ms(pf, 0.99):>6}|{_ms(vs, 0.99):<6}"
             f"  {', '.join(missing) or 'none'}",
             flush=True,
