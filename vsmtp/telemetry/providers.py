@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExportResult
 
 from ..config import OtlpConfig, TelemetryConfig
+from . import encoding
 
 log = logging.getLogger("vsmtp.telemetry")
 
@@ -118,10 +119,27 @@ def exporters(config: OtlpConfig) -> tuple[Any, Any, Any]:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # type: ignore[assignment]
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
     return (
-        OTLPSpanExporter(**_otlp_arguments(config, "traces", proto)),
+        _fast_span_exporter(OTLPSpanExporter, proto)(**_otlp_arguments(config, "traces", proto)),
         OTLPMetricExporter(**_otlp_arguments(config, "metrics", proto)),
         OTLPLogExporter(**_otlp_arguments(config, "logs", proto)),
     )
+
+
+def _fast_span_exporter(base: type[Any], proto: str) -> type[Any]:
+    """The SDK's span exporter with our encoder (encoding.py, the same request in about a
+    fifth of the time). gRPC asks `_translate_data` for the request; the HTTP exporter calls
+    its module's `encode_spans`, which is pointed at ours."""
+    if proto != "grpc":
+        from opentelemetry.exporter.otlp.proto.http import trace_exporter as http_traces
+
+        http_traces.encode_spans = encoding.encode_spans  # type: ignore[attr-defined]
+        return base
+
+    class Exporter(base):  # type: ignore[misc]
+        def _translate_data(self, data: Any) -> Any:
+            return encoding.encode_spans(data)
+
+    return Exporter
 
 
 class Failures:
