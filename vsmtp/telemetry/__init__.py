@@ -4,6 +4,8 @@ metrics served to Prometheus (docs/telemetry.md lists every span, attribute and 
 - providers.py: the tracer, meter and logger providers of a process, its resource, the
   exporters (batched, in background threads, failures counted and logged once a minute);
 - spans.py: span names and the helpers that open them where the work happens;
+- tracing.py: the tracer those spans come from (the API's spans, recorded leanly, exported
+  by the SDK's batch processor); encoding.py: the OTLP request, written as bytes;
 - metrics.py: the instruments and what records them;
 - snapshots.py, prometheus.py: one /metrics for all the processes of a server;
 - logs.py: log lines with trace and span ids, as text or JSON.

@@ -24,11 +24,10 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, ConsoleLogRe
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricExportResult, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExportResult
 
 from ..config import OtlpConfig, TelemetryConfig
-from . import encoding
+from . import encoding, tracing
 
 log = logging.getLogger("vsmtp.telemetry")
 
@@ -199,7 +198,7 @@ class Providers:
     """What setup() installed in this process, to shut down (flushing what is pending)."""
 
     def __init__(self) -> None:
-        self.tracer: TracerProvider | None = None
+        self.tracer: tracing.TracerProvider | None = None
         self.meter: MeterProvider | None = None
         self.logger: LoggerProvider | None = None
         self.log_handler: logging.Handler | None = None
@@ -243,8 +242,8 @@ def build(
     if all_readers:
         made.meter = MeterProvider(metric_readers=all_readers, resource=res, views=list(views))
     if span_exporter is not None:
-        made.tracer = TracerProvider(resource=res)
-        made.tracer.add_span_processor(BatchSpanProcessor(_Guarded(span_exporter, "spans", what, SpanExportResult.FAILURE)))  # type: ignore[arg-type]
+        processor = BatchSpanProcessor(_Guarded(span_exporter, "spans", what, SpanExportResult.FAILURE))  # type: ignore[arg-type]
+        made.tracer = tracing.TracerProvider(res, processor)
     if log_exporter is not None and config.logs:
         made.logger = LoggerProvider(resource=res)
         made.logger.add_log_record_processor(

@@ -1,0 +1,128 @@
+"""The lean tracer (vsmtp/telemetry/tracing.py): spans as the OpenTelemetry API defines
+them, with the SDK's sampling, limits and exception handling, exported by the SDK's
+processors and encoded (encoding.py) into what a collector decodes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from opentelemetry import propagate, trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, SpanKind, StatusCode
+
+from vsmtp.telemetry import encoding, providers, tracing
+
+
+def lean(monkeypatch: pytest.MonkeyPatch | None = None, sampler: str = "", arg: str = "") -> tuple[trace.Tracer, InMemorySpanExporter]:
+    if monkeypatch is not None and sampler:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+        if arg:
+            monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+    exporter = InMemorySpanExporter()
+    provider = tracing.TracerProvider(providers.resource("receiver-1"), SimpleSpanProcessor(exporter))
+    return provider.get_tracer("vsmtp"), exporter
+
+
+def decoded(exporter: InMemorySpanExporter) -> list:
+    request = ExportTraceServiceRequest.FromString(encoding.request_bytes(exporter.get_finished_spans()))
+    return [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
+def test_a_child_a_link_attributes_and_events_reach_the_wire() -> None:
+    tracer, exporter = lean()
+    with tracer.start_as_current_span("smtp.session", kind=SpanKind.SERVER, attributes={"client.port": 2525}) as session:
+        session.add_event("MAIL", {"smtp.reply.code": 250})
+        with tracer.start_as_current_span("smtp.message", links=[Link(session.get_span_context(), {"vsmtp.link": "session"})]) as message:
+            message.set_attribute("vsmtp.statuses", ["delivered", "deferred"])
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+    child, parent = decoded(exporter)
+    assert (parent.name, child.name) == ("smtp.session", "smtp.message")
+    assert child.trace_id == parent.trace_id and child.parent_span_id == parent.span_id and not parent.parent_span_id
+    assert parent.kind == 2 and child.kind == 1  # SERVER, INTERNAL
+    assert [(e.name, e.attributes[0].value.int_value) for e in parent.events] == [("MAIL", 250)]
+    assert parent.attributes[0].key == "client.port" and parent.attributes[0].value.int_value == 2525
+    assert [v.string_value for v in child.attributes[0].value.array_value.values] == ["delivered", "deferred"]
+    assert child.links[0].span_id == parent.span_id and child.links[0].attributes[0].value.string_value == "session"
+    assert carrier["traceparent"] == f"00-{child.trace_id.hex()}-{child.span_id.hex()}-01"
+    assert parent.start_time_unix_nano <= child.start_time_unix_nano <= child.end_time_unix_nano <= parent.end_time_unix_nano
+
+
+def test_limits_count_what_they_drop() -> None:
+    tracer, exporter = lean()
+    span = tracer.start_span("smtp.session")
+    for n in range(tracing.LIMIT + 3):
+        span.set_attribute(f"a{n}", n)
+        span.add_event(f"e{n}")
+    span.set_attribute("a0", "replaced")  # a key already there is replaced, not dropped
+    span.end()
+    (wire,) = decoded(exporter)
+    assert len(wire.attributes) == tracing.LIMIT and wire.dropped_attributes_count == 3
+    assert len(wire.events) == tracing.LIMIT and wire.dropped_events_count == 3
+    assert wire.attributes[0].value.string_value == "replaced"
+
+
+def test_an_exception_is_an_event_and_an_error() -> None:
+    tracer, exporter = lean()
+    with pytest.raises(ValueError), tracer.start_as_current_span("postq"):
+        raise ValueError("no such mailbox")
+    with pytest.raises(KeyError), tracer.start_as_current_span("dns MX", record_exception=False, set_status_on_exception=False):
+        raise KeyError("x")
+    quiet, raised = decoded(exporter)[::-1]
+    assert raised.status.code == 2 and raised.status.message == "ValueError: no such mailbox"
+    (event,) = raised.events
+    fields = {a.key: a.value.string_value for a in event.attributes}
+    assert event.name == "exception" and fields["exception.type"] == "ValueError" and "no such mailbox" in fields["exception.stacktrace"]
+    assert quiet.status.code == 0 and not quiet.events
+
+
+def test_ok_is_final_and_an_ended_span_is_read_only() -> None:
+    tracer, exporter = lean()
+    span = tracer.start_span("smtp.delivery")
+    span.set_status(StatusCode.OK)
+    span.set_status(StatusCode.ERROR, "too late")
+    span.end()
+    span.set_attribute("after", 1)
+    span.add_event("after")
+    span.end()  # twice: exported once
+    (wire,) = decoded(exporter)
+    assert wire.status.code == 1 and not wire.attributes and not wire.events
+    assert not span.is_recording()
+
+
+def test_the_sdk_samplers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    tracer, exporter = lean(monkeypatch, "always_off")
+    with tracer.start_as_current_span("smtp.message") as span:
+        assert not span.is_recording() and not span.get_span_context().trace_flags.sampled
+    assert exporter.get_finished_spans() == ()
+
+    tracer, exporter = lean(monkeypatch, "parentbased_traceidratio", "0")
+    with tracer.start_as_current_span("smtp.message") as root:
+        assert not root.get_span_context().trace_flags.sampled
+    remote = propagate.extract({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+    with tracer.start_as_current_span("smtp.message", context=remote) as child:
+        assert child.is_recording() and child.get_span_context().trace_flags.sampled  # the parent decided
+    (wire,) = decoded(exporter)
+    assert wire.trace_id.hex() == "0af7651916cd43dd8448eb211c80319c" and wire.parent_span_id.hex() == "b7ad6b7169203331"
+    assert wire.flags == 0x300  # the parent is remote
+
+
+def test_an_unsampled_parent_makes_unsampled_children() -> None:
+    tracer, exporter = lean()
+    remote = propagate.extract({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"})
+    with tracer.start_as_current_span("smtp.message", context=remote) as child:
+        assert not child.get_span_context().trace_flags.sampled and not child.is_recording()
+    assert exporter.get_finished_spans() == ()  # the processor exports sampled spans only
+
+
+def test_the_console_form() -> None:
+    tracer, exporter = lean()
+    with tracer.start_as_current_span("smtp.session", attributes={"vsmtp.listener": "smtp"}) as span:
+        span.add_event("EHLO", {"smtp.reply.code": 250})
+    (made,) = exporter.get_finished_spans()
+    shown = json.loads(made.to_json())  # type: ignore[attr-defined]
+    assert shown["name"] == "smtp.session" and shown["attributes"] == {"vsmtp.listener": "smtp"}
+    assert shown["events"][0]["name"] == "EHLO" and shown["resource"]["attributes"]["service.name"] == "vsmtp"
