@@ -561,6 +561,7 @@ def otlp_endpoint(stack: contextlib.ExitStack) -> str:
 
 
 def server(name: str, root: Path, scenario: Scenario, args: argparse.Namespace) -> Postfix | Vsmtp:
+    """Postfix, or vsmtp ("plain": the same scenario's vsmtp without OTLP export)."""
     if name == "postfix":
         return Postfix(root, scenario)
     extra = (f"workers = {scenario.workers}\n" if scenario.workers else "") + args.vsmtp_config + scenario.vsmtp_config()
@@ -570,8 +571,8 @@ def server(name: str, root: Path, scenario: Scenario, args: argparse.Namespace) 
 def _run(args: argparse.Namespace, auth: Authenticated | None, otlp: str) -> int:
     lost = 0
     for n, scenario in enumerate(scenarios(args, auth, otlp)):
-        runs: dict[str, list[Result]] = {"postfix": [], "vsmtp": []}
-        names = ("vsmtp",) if args.vsmtp_only else ("postfix", "vsmtp")
+        runs: dict[str, list[Result]] = {"postfix": [], "vsmtp": [], "plain": []}
+        names: tuple[str, ...] = ("vsmtp",) if args.vsmtp_only else ("postfix", "vsmtp")
         sized = {name: scenario for name in names}
 
         if args.seconds and not args.messages:  # steady state: enough messages for args.seconds of load on each side
@@ -580,6 +581,8 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, otlp: str) -> int
                 lost += first.delivered != first.expected
                 wanted = min(MAX_MESSAGES, math.ceil(first.rate() * args.seconds / 100) * 100)
                 sized[name] = dataclasses.replace(scenario, messages=max(scenario.messages, wanted))
+        if scenario.otlp:  # export's cost: vsmtp without it, in the same repetitions, with the same count
+            names, sized["plain"] = (*names, "plain"), dataclasses.replace(sized["vsmtp"], otlp="")
         for r in range(args.repeat):
             for name in names:  # back to back, same load, same disk
                 runs[name].append(run_one(server(name, args.workdir / f"{n}-{r}-{name}", sized[name], args), sized[name]))
@@ -599,6 +602,13 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, otlp: str) -> int
             f"  {', '.join(missing) or 'none'}",
             flush=True,
         )
+        if runs["plain"]:
+            pairs = list(zip(runs["vsmtp"], runs["plain"], strict=True))
+            kept = statistics.median(on.rate() / off.rate() for on, off in pairs)
+            cost = statistics.median(
+                ((on.server_cpu or 0) / on.messages - (off.server_cpu or 0) / off.messages) * 1000 for on, off in pairs
+            )
+            print(f"{'':<4}export on: {kept:.2f} of the throughput without it (median of repetitions), {cost:+.2f} ms vsmtp CPU/msg")
     if lost:
         print(f"bench: {lost} run(s) did not deliver exactly the messages sent", file=sys.stderr)
         return 1
