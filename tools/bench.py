@@ -540,7 +540,7 @@ def spread(workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        flags = array.array("l", [0])
+        flags = array.array("i", [0])  # the kernel reads and writes an int
         fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
         flags[0] |= FS_TOPDIR_FL
         fcntl.ioctl(fd, FS_IOC_SETFLAGS, flags, True)

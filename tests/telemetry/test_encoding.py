@@ -64,8 +64,8 @@ def made(shapes: list[dict[str, Any]], provider: TracerProvider, exporter: InMem
     return exporter.get_finished_spans()
 
 
-def sdk_provider(limits: SpanLimits | None = None) -> tuple[TracerProvider, InMemorySpanExporter]:
-    provider = TracerProvider(resource=providers.resource("receiver-1"), span_limits=limits)
+def sdk_provider(limits: SpanLimits | None = None, resource: Resource | None = None) -> tuple[TracerProvider, InMemorySpanExporter]:
+    provider = TracerProvider(resource=resource or providers.resource("receiver-1"), span_limits=limits)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider, exporter
@@ -96,8 +96,7 @@ def test_dropped_counts_and_several_resources() -> None:
     }
     spans = list(made([shape], provider, exporter))
     assert spans[0].dropped_attributes == 2 and spans[0].dropped_events == 1 and spans[0].dropped_links == 1
-    other, other_exporter = sdk_provider()
-    other._resource = Resource.create({"service.name": "other"})  # a second resource in the same batch
+    other, other_exporter = sdk_provider(resource=Resource.create({"service.name": "other"}))  # a second resource in the batch
     spans += made([shape], other, other_exporter)
     ours = ExportTraceServiceRequest.FromString(encoding.request_bytes(spans))
     assert len(ours.resource_spans) == 2

@@ -58,7 +58,7 @@ class Span(trace.Span):
     """One span; ended, it goes to the processor (the SDK's batch span processor)."""
 
     __slots__ = (
-        "_processor",
+        "_tracer",
         "attributes",
         "context",
         "dropped_attributes",
@@ -66,12 +66,10 @@ class Span(trace.Span):
         "dropped_links",
         "end_time",
         "events",
-        "instrumentation_scope",
         "kind",
         "links",
         "name",
         "parent",
-        "resource",
         "start_time",
         "status",
     )
@@ -87,9 +85,7 @@ class Span(trace.Span):
         links: Sequence[Link],
         start_time: int | None,
     ) -> None:
-        self._processor = tracer.processor
-        self.resource = tracer.resource
-        self.instrumentation_scope = tracer.scope
+        self._tracer = tracer
         self.name = name
         self.context = span_context
         self.parent = parent
@@ -168,9 +164,17 @@ class Span(trace.Span):
         if self.end_time is not None:
             return
         self.end_time = end_time if end_time is not None else time.time_ns()
-        self._processor.on_end(self)  # type: ignore[arg-type]  # what the SDK's processors read, a ReadableSpan's shape
+        self._tracer.processor.on_end(self)  # type: ignore[arg-type]  # what the SDK's processors read, a ReadableSpan's shape
 
     # -- what the SDK's exporters read ------------------------------------------------------
+
+    @property
+    def resource(self) -> Resource:
+        return self._tracer.resource
+
+    @property
+    def instrumentation_scope(self) -> InstrumentationScope:
+        return self._tracer.scope
 
     def to_json(self, indent: int | None = 4) -> str:
         """As the SDK's ReadableSpan writes itself (the console exporter)."""
@@ -213,7 +217,7 @@ class _Current:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         try:
-            if exc is not None and isinstance(self._span, Span) and self._span.is_recording():
+            if exc is not None and self._span.is_recording():
                 if self._record:
                     self._span.record_exception(exc, escaped=True)
                 if self._set_status:
@@ -245,21 +249,19 @@ class Tracer(trace.Tracer):
         parent = trace.get_current_span(context).get_span_context()
         valid = parent.is_valid
         trace_id = parent.trace_id if valid else _getrandbits(128) or 1
-        if self.sampler is None:
-            sampled = parent.trace_flags.sampled if valid else True
+        if self.sampler is None:  # parent-based always-on: an unsampled parent's children are not recorded
+            sampled = recording = parent.trace_flags.sampled if valid else True
             trace_state = parent.trace_state if valid else None
-            if not sampled:  # as the SDK's parent-based sampler: an unsampled parent's children are not recorded
-                return trace.NonRecordingSpan(SpanContext(trace_id, _getrandbits(64) or 1, False, _NOT_SAMPLED, trace_state))
         else:
             decision = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
             sampled = decision.decision.is_sampled()  # type: ignore[no-untyped-call]
+            recording = decision.decision.is_recording()  # type: ignore[no-untyped-call]
             trace_state = decision.trace_state
             if decision.attributes:
                 attributes = {**(attributes or {}), **decision.attributes}
-            if not decision.decision.is_recording():  # type: ignore[no-untyped-call]
-                flags = _SAMPLED if sampled else _NOT_SAMPLED
-                return trace.NonRecordingSpan(SpanContext(trace_id, _getrandbits(64) or 1, False, flags, trace_state))
         span_context = SpanContext(trace_id, _getrandbits(64) or 1, False, _SAMPLED if sampled else _NOT_SAMPLED, trace_state)
+        if not recording:
+            return trace.NonRecordingSpan(span_context)
         return Span(self, name, span_context, parent if valid else None, kind, attributes, links or (), start_time)
 
     def start_as_current_span(  # type: ignore[override]  # the API declares it a generator-based context manager
