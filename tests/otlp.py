@@ -68,10 +68,15 @@ class Received:
     logs: list[tuple[str, dict[str, Any], str, str]] = field(default_factory=list)  # (body, resource, trace_id, span_id)
     requests: dict[str, int] = field(default_factory=dict)  # per signal
     lock: threading.Lock = field(default_factory=threading.Lock)
+    keep: bool = True  # False: count the spans (span_count) and keep nothing, as the bench's endpoint does
+    span_count: int = 0
 
     def traces(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
         with self.lock:
             self.requests["traces"] = self.requests.get("traces", 0) + 1
+            self.span_count += sum(len(scope.spans) for resource_spans in request.resource_spans for scope in resource_spans.scope_spans)
+            if not self.keep:
+                return
             for resource_spans in request.resource_spans:
                 resource = attributes(resource_spans.resource.attributes)
                 for scope in resource_spans.scope_spans:
@@ -95,6 +100,8 @@ class Received:
     def metrics(self, request: metrics_service_pb2.ExportMetricsServiceRequest) -> None:
         with self.lock:
             self.requests["metrics"] = self.requests.get("metrics", 0) + 1
+            if not self.keep:
+                return
             for resource_metrics in request.resource_metrics:
                 resource = attributes(resource_metrics.resource.attributes)
                 for scope in resource_metrics.scope_metrics:
@@ -111,6 +118,8 @@ class Received:
     def log_records(self, request: logs_service_pb2.ExportLogsServiceRequest) -> None:
         with self.lock:
             self.requests["logs"] = self.requests.get("logs", 0) + 1
+            if not self.keep:
+                return
             for resource_logs in request.resource_logs:
                 resource = attributes(resource_logs.resource.attributes)
                 for scope in resource_logs.scope_logs:
@@ -160,8 +169,8 @@ class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
 
 
 class GrpcEndpoint:
-    def __init__(self) -> None:
-        self.received = Received()
+    def __init__(self, *, keep: bool = True) -> None:
+        self.received = Received(keep=keep)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(self.received), self.server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(self.received), self.server)
@@ -227,6 +236,20 @@ class HttpEndpoint:
         self._thread.join(5)
 
 
+def serve_counting() -> None:
+    """The bench's collector, in a process of its own (`python -m tests.otlp`): a gRPC endpoint
+    that decodes what arrives and counts the spans, keeping nothing. It prints its endpoint,
+    answers each line read from stdin with the spans received so far, and ends at stdin's end
+    (its parent's exit closes it)."""
+    import sys
+
+    with GrpcEndpoint(keep=False) as endpoint:
+        print(endpoint.endpoint, flush=True)
+        for _ in sys.stdin:
+            with endpoint.received.lock:
+                print(endpoint.received.span_count, flush=True)
+
+
 def wait_for(predicate: Callable[[], object], what: str, *, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # bounded
@@ -242,3 +265,7 @@ def ancestors(spans: list[Span], span: Span) -> Iterator[Span]:
 
 
 __all__ = ["GrpcEndpoint", "HttpEndpoint", "KeyValue", "Received", "Span", "ancestors", "wait_for"]
+
+
+if __name__ == "__main__":
+    serve_counting()

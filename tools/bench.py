@@ -64,7 +64,7 @@ class Scenario:
     persistent: bool
     messages: int
     auth: Authenticated | None = None  # SPF, DKIM and DMARC on vsmtp's side, a DKIM-signed message from a stranger
-    otlp: str = ""  # traces and metrics exported over OTLP/gRPC to this endpoint (tests/otlp.py, in this process)
+    otlp: str = ""  # traces and metrics exported over OTLP/gRPC to this endpoint (Collector: tests/otlp.py, a process of its own)
     hold: bool = False  # accept only: vsmtp's delivery off, Postfix's smtpd puts every message in the hold queue
     recipients: int = 1  # per message (smtp-source -r: 0bob, 1bob, ...)
     workers: int = 0  # vsmtp's receiving processes (0: its default, one per core)
@@ -518,9 +518,12 @@ def main() -> int:
     )
     stack = contextlib.ExitStack()
     auth = None if args.no_auth else Authenticated.start(args.workdir / "auth", args.sizes, stack)
-    otlp = "" if args.no_otlp else otlp_endpoint(stack)
+    collector = None
+    if not args.no_otlp:
+        collector = Collector()
+        stack.callback(collector.close)
     with stack:
-        return _run(args, auth, otlp)
+        return _run(args, auth, collector)
 
 
 FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
@@ -550,14 +553,38 @@ def spread(workdir: Path) -> None:
         os.close(fd)
 
 
-def otlp_endpoint(stack: contextlib.ExitStack) -> str:
-    """A real OTLP/gRPC endpoint in this process (it decodes and keeps what arrives, as a
-    collector would receive it), for the scenario with export on: its CPU counts in the
-    machine's, as a collector on the same host would."""
-    sys.path.insert(0, str(ROOT))
-    from tests.otlp import GrpcEndpoint
+class Collector:
+    """A real OTLP/gRPC endpoint in a process of its own (tests/otlp.py: it decodes what
+    arrives with the official protobuf messages and counts the spans, keeping nothing), for
+    the scenario with export on. A process of its own, so that its work does not hold this
+    process's GIL against the probe; its CPU is printed apart from vsmtp's."""
 
-    return stack.enter_context(GrpcEndpoint()).endpoint
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.otlp"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.endpoint = self.proc.stdout.readline().strip()
+        if not self.endpoint:
+            raise RuntimeError("the OTLP endpoint (python -m tests.otlp) did not start")
+
+    def spans(self) -> int:
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.proc.stdin.write("count\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def cpu(self) -> float:
+        return process_cpu_seconds(self.proc.pid)
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()  # its end of input: it stops
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def server(name: str, root: Path, scenario: Scenario, args: argparse.Namespace) -> Postfix | Vsmtp:
@@ -568,9 +595,10 @@ def server(name: str, root: Path, scenario: Scenario, args: argparse.Namespace) 
     return Vsmtp(root, extra, hold=scenario.hold)
 
 
-def _run(args: argparse.Namespace, auth: Authenticated | None, otlp: str) -> int:
+def _run(args: argparse.Namespace, auth: Authenticated | None, collector: Collector | None) -> int:
     lost = 0
-    for n, scenario in enumerate(scenarios(args, auth, otlp)):
+    exported: list[tuple[float, float]] = []  # per +otlp run: spans and collector CPU seconds, a message
+    for n, scenario in enumerate(scenarios(args, auth, collector.endpoint if collector else "")):
         runs: dict[str, list[Result]] = {"postfix": [], "vsmtp": [], "plain": []}
         names: tuple[str, ...] = ("vsmtp",) if args.vsmtp_only else ("postfix", "vsmtp")
         sized = {name: scenario for name in names}
@@ -585,7 +613,11 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, otlp: str) -> int
             names, sized["plain"] = (*names, "plain"), dataclasses.replace(sized["vsmtp"], otlp="")
         for r in range(args.repeat):
             for name in names:  # back to back, same load, same disk
+                before = (collector.spans(), collector.cpu()) if collector and sized[name].otlp else None
                 runs[name].append(run_one(server(name, args.workdir / f"{n}-{r}-{name}", sized[name], args), sized[name]))
+                if collector and before:
+                    count = sized[name].messages
+                    exported.append(((collector.spans() - before[0]) / count, (collector.cpu() - before[1]) / count))
         if args.vsmtp_only:
             runs["postfix"], sized["postfix"] = runs["vsmtp"], sized["vsmtp"]
         pf = sorted(runs["postfix"], key=Result.rate)[len(runs["postfix"]) // 2]
@@ -608,7 +640,14 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, otlp: str) -> int
             cost = statistics.median(
                 ((on.server_cpu or 0) / on.messages - (off.server_cpu or 0) / off.messages) * 1000 for on, off in pairs
             )
-            print(f"{'':<4}export on: {kept:.2f} of the throughput without it (median of repetitions), {cost:+.2f} ms vsmtp CPU/msg")
+            spans, collector_ms = (statistics.median(x[i] for x in exported[-len(pairs) :]) for i in (0, 1))
+            print(
+                f"{'':<4}export on: {kept:.2f} of the throughput without it (median of repetitions), {cost:+.2f} ms vsmtp CPU/msg;"
+                f" the collector received {spans:.1f} spans/msg and used {collector_ms * 1000:.2f} ms CPU/msg"
+            )
+            if spans < 1:
+                print("bench: the OTLP endpoint received no spans: export is broken", file=sys.stderr)
+                lost += 1
     if lost:
         print(f"bench: {lost} run(s) did not deliver exactly the messages sent", file=sys.stderr)
         return 1

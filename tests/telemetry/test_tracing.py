@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
-from vsmtp.telemetry import encoding, providers, tracing
+from vsmtp.telemetry import encoding, providers, spans, tracing
 
 
 def lean(monkeypatch: pytest.MonkeyPatch | None = None, sampler: str = "", arg: str = "") -> tuple[trace.Tracer, InMemorySpanExporter]:
@@ -126,3 +126,31 @@ def test_the_console_form() -> None:
     shown = json.loads(made.to_json())  # type: ignore[attr-defined]
     assert shown["name"] == "smtp.session" and shown["attributes"] == {"vsmtp.listener": "smtp"}
     assert shown["events"][0]["name"] == "EHLO" and shown["resource"]["attributes"]["service.name"] == "vsmtp"
+
+
+def test_the_trace_context_kept_with_a_message_is_w3c_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    tracer, _ = lean()
+    monkeypatch.setattr(spans, "_on", True)
+    w3c = TraceContextTextMapPropagator()
+    for header in ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"):
+        carrier = {"traceparent": header, "tracestate": "vendor=a,other=b"}
+        ours, theirs = spans.remote_context(carrier), trace.get_current_span(w3c.extract(carrier)).get_span_context()
+        assert ours == theirs and ours is not None and ours.trace_state.to_header() == "vendor=a,other=b"
+        with tracer.start_as_current_span("x", context=trace.set_span_in_context(trace.NonRecordingSpan(ours))):
+            written, expected = spans.current_context(), {}
+            w3c.inject(expected)
+        assert written == expected and written["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    for bad in (
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  # version ff is invalid
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",  # zero trace id
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",  # zero span id
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",  # version 00 has four parts
+        "00-0af7651916cd43dd8448eb211c80319-b7ad6b7169203331-01",  # short trace id
+        "00-0af7651916cd43dd8448eb211c80319z-b7ad6b7169203331-01",  # not hex
+        "",
+    ):
+        assert spans.remote_context({"traceparent": bad}) is None, bad
+        assert not trace.get_current_span(w3c.extract({"traceparent": bad})).get_span_context().is_valid, bad
+    assert spans.remote_context({"traceparent": "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future"}) is not None

@@ -125,20 +125,39 @@ def exporters(config: OtlpConfig) -> tuple[Any, Any, Any]:
 
 
 def _fast_span_exporter(base: type[Any], proto: str) -> type[Any]:
-    """The SDK's span exporter with our encoder (encoding.py, the same request in about a
-    fifth of the time). gRPC asks `_translate_data` for the request; the HTTP exporter calls
-    its module's `encode_spans`, which is pointed at ours."""
+    """The SDK's span exporter with our encoder (encoding.py): the request is written as
+    bytes in about a fifth of the time, and those bytes are what is sent, never parsed into
+    a protobuf object to be serialized again. gRPC asks `_translate_data` for the request
+    and sends it through a stub that passes bytes through; the HTTP exporter calls its
+    module's `encode_spans` and then `SerializePartialToString()`, so that name is pointed at
+    ours and gets an object that answers with the bytes."""
     if proto != "grpc":
         from opentelemetry.exporter.otlp.proto.http import trace_exporter as http_traces
 
-        http_traces.encode_spans = encoding.encode_spans  # type: ignore[attr-defined]
+        http_traces.encode_spans = encoding.encoded_request  # type: ignore[attr-defined,assignment]
         return base
 
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
     class Exporter(base):  # type: ignore[misc]
+        def _initialize_channel_and_stub(self) -> None:  # at start, and again when the SDK reconnects
+            super()._initialize_channel_and_stub()
+            self._client = _Stub()
+            self._client.Export = self._channel.unary_unary(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                request_serializer=bytes,  # already the request's wire form: bytes(b) is b itself
+                response_deserializer=ExportTraceServiceResponse.FromString,
+                _registered_method=True,
+            )
+
         def _translate_data(self, data: Any) -> Any:
-            return encoding.encode_spans(data)
+            return encoding.request_bytes(data)
 
     return Exporter
+
+
+class _Stub:
+    Export: Callable[..., Any]
 
 
 class Failures:

@@ -19,8 +19,8 @@ from typing import Any
 
 import dns.asyncresolver
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from ..smtp.replies import Reply
 from . import metrics
@@ -109,6 +109,26 @@ def traceparent(head: bytes) -> dict[str, str]:
     return {"traceparent": found.group(1).decode().lower()} if found else {}
 
 
+def remote_context(carrier: Mapping[str, str]) -> SpanContext | None:
+    """The span context a W3C carrier names (traceparent, and tracestate if any), or None when
+    it names none that is valid: version ff, or an all-zero trace or span id, is none (W3C
+    Trace Context 3.2). Written out rather than through the global propagator, which costs a
+    message several microseconds more, and is always W3C, whatever OTEL_PROPAGATORS says: the
+    carrier is vsmtp's own (message.accepted) or a traceparent header."""
+    header = carrier.get("traceparent", "")
+    parts = header.split("-")
+    if len(parts) < 4 or len(parts[0]) != 2 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+        return None
+    try:
+        version, trace_id, span_id, flags = (int(part, 16) for part in parts[:4])
+    except ValueError:
+        return None
+    if version == 0xFF or (version == 0 and len(parts) != 4) or not trace_id or not span_id:
+        return None
+    state = TraceState.from_header([carrier["tracestate"]]) if carrier.get("tracestate") else None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 0xFF), trace_state=state)
+
+
 @contextlib.contextmanager
 def message(head: bytes, *, trusted: bool) -> Iterator[tuple[Span, bool]]:
     """The span of one message, from its end to its reply; and whether it continues the
@@ -118,8 +138,8 @@ def message(head: bytes, *, trusted: bool) -> Iterator[tuple[Span, bool]]:
         yield trace.INVALID_SPAN, False
         return
     carried = traceparent(head) if trusted else {}
-    parent = trace.get_current_span(propagate.extract(carried)).get_span_context() if carried else None
-    if parent is None or not parent.is_valid:
+    parent = remote_context(carried) if carried else None
+    if parent is None:
         with _tracer.start_as_current_span(SPAN_MESSAGE) as made:
             yield made, False
         return
@@ -151,8 +171,12 @@ def current_context() -> dict[str, str]:
     """The W3C trace context of the current span, to keep with a message (message.accepted)."""
     if not _on:
         return {}
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    found = trace.get_current_span().get_span_context()
+    if not found.is_valid:
+        return {}
+    carrier = {"traceparent": f"00-{found.trace_id:032x}-{found.span_id:016x}-{found.trace_flags:02x}"}
+    if found.trace_state:
+        carrier["tracestate"] = found.trace_state.to_header()
     return carrier
 
 
@@ -164,16 +188,14 @@ def delivery(name: str, trace_context: Mapping[str, str], *, continued: bool, **
     trace, else a new trace linked to it."""
     if not _on:
         return contextlib.nullcontext(trace.INVALID_SPAN)
-    found = trace.get_current_span(propagate.extract(dict(trace_context))).get_span_context() if trace_context else None
-    valid = found is not None and found.is_valid
-    if valid and found is not None and not found.trace_flags.sampled:
+    found = remote_context(trace_context) if trace_context else None
+    if found is not None and not found.trace_flags.sampled:
         return contextlib.nullcontext(trace.INVALID_SPAN)  # a sampler left the message out: its deliveries too
     kind = SpanKind.CLIENT if name == SPAN_DELIVERY else SpanKind.INTERNAL
-    if valid and continued:
-        assert found is not None
+    if found is not None and continued:
         parent = trace.set_span_in_context(trace.NonRecordingSpan(found))
         return _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
-    links = [trace.Link(found)] if valid and found is not None else []
+    links = [trace.Link(found)] if found is not None else []
     root = otel_context.Context()  # never a child of whatever ran before in this task
     return _tracer.start_as_current_span(name, context=root, kind=kind, links=links, attributes=attributes)
 
