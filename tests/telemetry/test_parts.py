@@ -7,9 +7,16 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from vsmtp import config as config_mod
@@ -108,3 +115,56 @@ def test_log_lines_carry_the_trace_they_are_written_in() -> None:
     assert inside["message"] == "inside a span" and inside["process"] == "receiver-1"
     assert inside["trace_id"] == f"{span.get_span_context().trace_id:032x}"
     assert "trace_id" not in outside
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 0.0001, 0.001, 0.0025, 0.3, 5.0, 30.0, 31.0]) | st.floats(0, 100), min_size=1, max_size=40))
+def test_the_lean_histogram_counts_as_the_sdk_does(values: list[float]) -> None:
+    """metrics.Buckets against the SDK's explicit-bucket histogram with the same bounds: the
+    same buckets (a value on a bound goes below it), count, sum, min and max."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(
+        metric_readers=[reader],
+        views=[View(instrument_name="h", aggregation=ExplicitBucketHistogramAggregation(list(metrics.BUCKETS[metrics.TIME_TO_250])))],
+    )
+    sdk = provider.get_meter("t").create_histogram("h")
+    ours = metrics.Buckets(metrics.TIME_TO_250, "s", "")
+    for value in values:
+        sdk.record(value, {"k": "v"})
+        ours.record(value, (("k", "v"),))
+    [expected] = reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+    made = ours.metric()
+    assert made is not None
+    [point] = made.data.data_points
+    assert list(point.bucket_counts) == list(expected.bucket_counts)
+    assert (point.count, point.min, point.max, point.attributes) == (expected.count, expected.min, expected.max, expected.attributes)
+    assert point.sum == pytest.approx(expected.sum)
+    provider.shutdown()
+
+
+def test_the_lean_histogram_loses_no_record_across_threads() -> None:
+    ours = metrics.Buckets(metrics.DELIVERY_LATENCY, "s", "")
+    workers = [threading.Thread(target=lambda: [ours.record(0.5, (("t", "x"),)) for _ in range(5000)]) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    made = ours.metric()
+    assert made is not None and made.data.data_points[0].count == 20000 and made.data.data_points[0].sum == 10000
+
+
+def test_every_reader_gets_the_histograms_beside_the_meters_instruments() -> None:
+    reader, resource = InMemoryMetricReader(), Resource({"service.name": "vsmtp"})
+    provider = MeterProvider(metric_readers=[reader], resource=resource)
+    metrics.attach(reader, resource)
+    provider.get_meter("vsmtp").create_counter("c").add(1)
+    before = metrics.HISTOGRAMS[metrics.COMMIT_RECORDS].metric()
+    metrics.HISTOGRAMS[metrics.COMMIT_RECORDS].record(7)
+    [resource_metrics] = reader.get_metrics_data().resource_metrics
+    [scope] = resource_metrics.scope_metrics  # the histograms join the meter's scope, not a second one
+    found = {m.name: m for m in scope.metrics}
+    assert "c" in found and scope.scope.name == "vsmtp"
+    records = found[metrics.COMMIT_RECORDS].data.data_points[0]
+    assert records.count == (before.data.data_points[0].count if before else 0) + 1
+    assert found[metrics.COMMIT_RECORDS].data.aggregation_temporality == AggregationTemporality.CUMULATIVE
+    provider.shutdown()

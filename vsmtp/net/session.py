@@ -424,12 +424,13 @@ class Session:
         # A BDAT message may end without a CRLF: stored with one, as Postfix does.
         message = await tx.body.message(normalize=bare_line_endings, final_crlf=True)
         trusted = telemetry.enabled() and self.config.telemetry.traceparent and checks.trusted(self.ctx, self.settings.relay_networks)
-        with telemetry.spans.message(message.head, trusted=trusted) as (span, continued):
-            reply = await self._queue(tx, message, continued)
+        scope, continued = telemetry.spans.message(message.head, trusted=trusted)
+        with scope as span:
+            reply = await self._queue(tx, message, span, continued)
             telemetry.spans.verdict(span, reply)
             return reply
 
-    async def _queue(self, tx: Transaction, message: Message, continued: bool) -> Reply:
+    async def _queue(self, tx: Transaction, message: Message, span: Span, continued: bool) -> Reply:
         """The data stage, then the message into the journal: its reply."""
         actions = []
         if self.ctx.actions or self.stages.active("data"):
@@ -456,7 +457,7 @@ class Session:
             follow=[a.event(at=now, session_id=self.id, queue_id=queue_id) for a in actions],
             quarantine=tx.holds.quarantine,
             postq=self.settings.postq_due(self.ctx, tx.recipients, faccepted=self.stages.faccepted),
-            trace_context=telemetry.current_context(),
+            trace_context=telemetry.current_context(span),
             trace_continued=continued,
             now=now,
         )
@@ -470,8 +471,8 @@ class Session:
             log.error("session %s: cannot queue the message: %s", self.id, exc)
             return replies.LOCAL_ERROR
         self.errors.delivered()
-        telemetry.note_commit(self.writer.commit_of(position))
-        telemetry.spans.identify(queue_id, queued.accepted.message_id, queued.accepted.size, len(tx.recipients))
+        accepted = queued.accepted
+        telemetry.spans.identify(span, queue_id, accepted.message_id, accepted.size, len(tx.recipients), self.writer.commit_of(position))
         log.info(
             "%s: from=<%s> to=%s size=%d session=%s", queue_id, tx.reverse_path, ",".join(tx.recipients), queued.accepted.size, self.id
         )

@@ -20,9 +20,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader, PeriodicExportingMetricReader
-from vsmtp_journal import Commit
 
 from ..config import TelemetryConfig
 from . import metrics, providers, snapshots, spans
@@ -64,7 +62,6 @@ __all__ = [
     "current_context",
     "enabled",
     "metrics",
-    "note_commit",
     "record_commit",
     "setup",
     "shutdown",
@@ -103,7 +100,7 @@ def setup(
         elif serve_prometheus:
             own = InMemoryMetricReader()
             readers.append(own)
-    _installed = providers.build(config, process=process, readers=readers, views=metrics.views(), metrics_wanted=bool(readers))
+    _installed = providers.build(config, process=process, readers=readers, metrics_wanted=bool(readers))
     spans.install(_installed.tracer)
     if _installed.meter is not None:
         metrics.install(_installed.meter.get_meter("vsmtp"))
@@ -127,14 +124,6 @@ def shutdown() -> None:
 
 def record_commit(records: int, seconds: float) -> None:
     metrics.commit(records, seconds)
-
-
-def note_commit(commit: Commit | None) -> None:
-    """On the current span: the figures of the journal commit that made its message durable."""
-    if commit is not None and enabled():
-        current = trace.get_current_span()
-        current.set_attribute("vsmtp.journal.commit_seconds", commit.seconds)
-        current.set_attribute("vsmtp.journal.batch_records", commit.records)
 
 
 def watch_queue(state: Callable[[], Any], journal_path: str) -> None:

@@ -8,7 +8,9 @@ attribute, so the number of series stays bounded whatever the peers send.
 
 from __future__ import annotations
 
+import bisect
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -16,7 +18,18 @@ from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricReader,
+    MetricsData,
+    ResourceMetrics,
+    ScopeMetrics,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from ..queue import events as qe
 from ..smtp import events as ev
@@ -49,10 +62,6 @@ BUCKETS = {
     COMMIT_RECORDS: (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
     DELIVERY_LATENCY: (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0, 5 * 86400.0),
 }
-
-
-def views() -> list[View]:
-    return [View(instrument_name=name, aggregation=ExplicitBucketHistogramAggregation(list(b))) for name, b in BUCKETS.items()]
 
 
 VERBS: dict[type, str] = {
@@ -95,9 +104,92 @@ class Tally:
         return [Observation(value, dict(attributes)) for attributes, value in list(self.values.items())]
 
 
+class Buckets:
+    """A histogram with explicit buckets kept in plain lists, added to what the SDK collects
+    (see `attach`): a record costs a bisect and a few additions under a lock (records come
+    from several threads in the delivery process), not the SDK's path for a synchronous
+    instrument (attributes hashed, a measurement object, an exemplar offered: about 12 us a
+    record here, several per message). Cumulative since the process started; no exemplars."""
+
+    __slots__ = ("_lock", "bounds", "description", "name", "started", "unit", "values")
+
+    def __init__(self, name: str, unit: str, description: str) -> None:
+        self.name, self.unit, self.description = name, unit, description
+        self.bounds = BUCKETS[name]
+        self.values: dict[tuple[tuple[str, Any], ...], list[Any]] = {}  # attributes -> [bucket counts, sum, min, max]
+        self.started = time.time_ns()
+        self._lock = threading.Lock()
+
+    def record(self, value: float, attributes: tuple[tuple[str, Any], ...] = ()) -> None:
+        with self._lock:
+            found = self.values.get(attributes)
+            if found is None:
+                found = self.values[attributes] = [[0] * (len(self.bounds) + 1), 0, value, value]
+            found[0][bisect.bisect_left(self.bounds, value)] += 1  # bucket i holds (bounds[i-1], bounds[i]], as OTLP says
+            found[1] += value
+            if value < found[2]:
+                found[2] = value
+            elif value > found[3]:
+                found[3] = value
+
+    def metric(self) -> Metric | None:
+        with self._lock:
+            copied = [(attributes, list(counts), total, low, high) for attributes, (counts, total, low, high) in self.values.items()]
+        if not copied:
+            return None  # as the SDK: no point before the first record
+        now = time.time_ns()
+        points = [
+            HistogramDataPoint(dict(attributes), self.started, now, sum(counts), total, counts, self.bounds, low, high)
+            for attributes, counts, total, low, high in copied
+        ]
+        return Metric(self.name, self.description, self.unit, Histogram(points, AggregationTemporality.CUMULATIVE))
+
+
+HISTOGRAMS = {
+    TIME_TO_250: Buckets(TIME_TO_250, "s", "from the end of the message to its reply (checks, rules, journal)"),
+    COMMIT_DURATION: Buckets(COMMIT_DURATION, "s", "journal commit latency, from the batch to the sync"),
+    COMMIT_RECORDS: Buckets(COMMIT_RECORDS, "{record}", "records per journal commit (group commit)"),
+    DELIVERY_LATENCY: Buckets(DELIVERY_LATENCY, "s", "from acceptance to delivery, per recipient delivered"),
+}
+_TIME_TO_250, _COMMIT_DURATION, _COMMIT_RECORDS, _DELIVERY_LATENCY = HISTOGRAMS.values()
+SCOPE = InstrumentationScope("vsmtp")  # the meter's: the histograms appear beside its instruments
+
+
+def attach(reader: MetricReader, resource: Resource) -> None:
+    """Make `reader` collect the histograms too, whatever it is (the OTLP exporter's, a
+    receiving process's snapshots, the Prometheus endpoint's, a test's). The SDK hands a
+    reader its collect function once it is registered with a meter provider; this wraps that
+    function, the one place every reader's metrics pass through (a private attribute of the
+    SDK's MetricReader, checked by tests/telemetry: they read these histograms through each
+    kind of reader)."""
+    collect: Any = reader._collect
+
+    def with_histograms(self: MetricReader, timeout_millis: float = 10_000) -> MetricsData | None:
+        return add_histograms(collect(self, timeout_millis=timeout_millis), resource)
+
+    reader._collect = with_histograms  # type: ignore[assignment]  # the SDK's annotation is not what it calls
+
+
+def add_histograms(data: MetricsData | None, resource: Resource) -> MetricsData | None:
+    made = [m for m in (h.metric() for h in HISTOGRAMS.values()) if m is not None]
+    if not made:
+        return data
+    found = list(data.resource_metrics) if data is not None else []
+    if not found:
+        return MetricsData([ResourceMetrics(resource, [ScopeMetrics(SCOPE, made, "")], "")])
+    first, *rest = found
+    scopes = list(first.scope_metrics)
+    for n, scope in enumerate(scopes):
+        if scope.scope.name == SCOPE.name:
+            scopes[n] = ScopeMetrics(scope.scope, [*scope.metrics, *made], scope.schema_url)
+            break
+    else:
+        scopes.append(ScopeMetrics(SCOPE, made, ""))
+    return MetricsData([ResourceMetrics(first.resource, scopes, first.schema_url), *rest])
+
+
 @dataclass(slots=True)
 class Instruments:
-    histograms: dict[str, Any]
     export_failures: Any
     meter: metrics.Meter
 
@@ -125,14 +217,7 @@ def _instruments(meter: metrics.Meter) -> Instruments:
     for name, tally, unit, description, monotonic in _COUNTERS:
         make = meter.create_observable_counter if monotonic else meter.create_observable_up_down_counter
         make(name, [tally.observe], unit=unit, description=description)
-    histogram = meter.create_histogram
     return Instruments(
-        histograms={
-            TIME_TO_250: histogram(TIME_TO_250, unit="s", description="from the end of the message to its reply (checks, rules, journal)"),
-            COMMIT_DURATION: histogram(COMMIT_DURATION, unit="s", description="journal commit latency, from the batch to the sync"),
-            COMMIT_RECORDS: histogram(COMMIT_RECORDS, unit="{record}", description="records per journal commit (group commit)"),
-            DELIVERY_LATENCY: histogram(DELIVERY_LATENCY, unit="s", description="from acceptance to delivery, per recipient delivered"),
-        },
         export_failures=meter.create_counter(EXPORT_FAILURES, unit="{export}", description="telemetry exports that failed, by signal"),
         meter=meter,
     )
@@ -159,14 +244,21 @@ def reply_class(reply: Reply) -> str:
 def command(event: object, reply: Reply) -> None:
     if not counting:
         return
-    COMMANDS_TALLY.add(1, (("smtp.command", VERBS.get(type(event), "OTHER")), ("smtp.reply.class", f"{reply.code // 100}xx")))
+    key = (type(event), reply.code // 100)
+    attributes = _COMMAND_ATTRIBUTES.get(key)
+    if attributes is None:  # a few dozen at most: the verbs times the reply classes
+        attributes = _COMMAND_ATTRIBUTES[key] = (("smtp.command", VERBS.get(key[0], "OTHER")), ("smtp.reply.class", f"{key[1]}xx"))
+    COMMANDS_TALLY.add(1, attributes)
+
+
+_COMMAND_ATTRIBUTES: dict[tuple[type, int], tuple[tuple[str, Any], ...]] = {}
 
 
 def message_end(reply: Reply, *, listener: str, size: int, recipients: int, seconds: float) -> None:
     """The reply to the end of a message: accepted (a 250) or refused."""
     if not counting:
         return
-    current.histograms[TIME_TO_250].record(seconds, {"smtp.reply.class": reply_class(reply)})
+    _TIME_TO_250.record(seconds, _REPLY_CLASSES.get(reply.code // 100) or (("smtp.reply.class", reply_class(reply)),))
     where = (("vsmtp.listener", listener),)
     if reply.code == 250:
         ACCEPTED_TALLY.add(1, where)
@@ -202,9 +294,14 @@ def journaled(event: qe.JournalEvent) -> None:
         AUTH_TALLY.add(1, (("vsmtp.mechanism", event.mechanism or "none"), ("vsmtp.outcome", "failure")))
 
 
+_REPLY_CLASSES = {n: (("smtp.reply.class", f"{n}xx"),) for n in range(2, 6)}
+
+
 def commit(records: int, seconds: float) -> None:
-    current.histograms[COMMIT_DURATION].record(seconds)
-    current.histograms[COMMIT_RECORDS].record(records)
+    if not counting:
+        return
+    _COMMIT_DURATION.record(seconds)
+    _COMMIT_RECORDS.record(records)
 
 
 # A delivery outcome event as a word (metrics, and the delivery spans' vsmtp.statuses).
@@ -223,7 +320,7 @@ def delivered(outcomes: Iterable[qe.JournalEvent], *, accepted_at: float) -> Non
         transport = getattr(outcome, "transport", "")
         ATTEMPTS_TALLY.add(1, (("vsmtp.transport", transport), ("vsmtp.outcome", kind)))
         if kind == "delivered":
-            current.histograms[DELIVERY_LATENCY].record(max(0.0, now - accepted_at), {"vsmtp.transport": transport})
+            _DELIVERY_LATENCY.record(max(0.0, now - accepted_at), (("vsmtp.transport", transport),))
 
 
 def export_failed(signal: str) -> None:

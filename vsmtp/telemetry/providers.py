@@ -27,7 +27,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExportResult
 
 from ..config import OtlpConfig, TelemetryConfig
-from . import encoding, tracing
+from . import encoding, metrics, tracing
 
 log = logging.getLogger("vsmtp.telemetry")
 
@@ -233,9 +233,7 @@ class Providers:
                     log.debug("telemetry: shutdown: %s", exc)
 
 
-def build(
-    config: TelemetryConfig, *, process: str, readers: Sequence[MetricReader], views: Sequence[Any], metrics_wanted: bool
-) -> Providers:
+def build(config: TelemetryConfig, *, process: str, readers: Sequence[MetricReader], metrics_wanted: bool) -> Providers:
     """Providers for `config`: spans (and logs when asked) to the console or OTLP, metrics to
     the exporter and to `readers` (Prometheus, the per-process snapshot, a test's reader)."""
     made = Providers()
@@ -259,7 +257,9 @@ def build(
         interval = int(config.metric_interval * 1000)
         all_readers.append(PeriodicExportingMetricReader(guarded, export_interval_millis=interval))  # type: ignore[arg-type]
     if all_readers:
-        made.meter = MeterProvider(metric_readers=all_readers, resource=res, views=list(views))
+        made.meter = MeterProvider(metric_readers=all_readers, resource=res)
+        for reader in all_readers:
+            metrics.attach(reader, res)  # the histograms, kept outside the SDK (metrics.Buckets)
     if span_exporter is not None:
         processor = BatchSpanProcessor(_Guarded(span_exporter, "spans", what, SpanExportResult.FAILURE))  # type: ignore[arg-type]
         made.tracer = tracing.TracerProvider(res, processor)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import dns.asyncresolver
@@ -84,12 +85,16 @@ def session_attributes(*, client: tuple[str, int], server: tuple[str, int], list
 def command(span: Span, event: object, reply: Reply) -> None:
     """A command answered: a span event on the session, and the commands metric."""
     metrics.command(event, reply)
-    if _on:  # one attribute for a positive reply: a session sends a great many of them
+    if _on:  # one attribute for a positive reply, the same mapping each time: a session sends a great many of them
         name = metrics.VERBS.get(type(event), "OTHER")
-        attributes: dict[str, Any] = {"smtp.reply.code": reply.code}
-        if reply.code >= 400:
-            attributes["smtp.status"] = reply.enhanced or ""
+        if reply.code < 400:
+            attributes = _POSITIVE.get(reply.code) or _POSITIVE.setdefault(reply.code, MappingProxyType({"smtp.reply.code": reply.code}))
+        else:
+            attributes = {"smtp.reply.code": reply.code, "smtp.status": reply.enhanced or ""}
         span.add_event(name, attributes)
+
+
+_POSITIVE: dict[int, Mapping[str, Any]] = {}  # a positive reply's event attributes, by code (read-only)
 
 
 def tls_started(span: Span, version: str, cipher: str) -> None:
@@ -129,26 +134,18 @@ def remote_context(carrier: Mapping[str, str]) -> SpanContext | None:
     return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 0xFF), trace_state=state)
 
 
-@contextlib.contextmanager
-def message(head: bytes, *, trusted: bool) -> Iterator[tuple[Span, bool]]:
-    """The span of one message, from its end to its reply; and whether it continues the
-    client's trace: a trusted client (authenticated, or in relay.networks) that sends a
-    traceparent header makes it a child of that trace, linked to the session."""
+def message(head: bytes, *, trusted: bool) -> tuple[contextlib.AbstractContextManager[Span], bool]:
+    """The span of one message, from its end to its reply (to enter), and whether it
+    continues the client's trace: a trusted client (authenticated, or in relay.networks)
+    that sends a traceparent header makes it a child of that trace, linked to the session."""
     if not _on:
-        yield trace.INVALID_SPAN, False
-        return
-    carried = traceparent(head) if trusted else {}
-    parent = remote_context(carried) if carried else None
+        return contextlib.nullcontext(trace.INVALID_SPAN), False
+    parent = remote_context(traceparent(head)) if trusted else None
     if parent is None:
-        with _tracer.start_as_current_span(SPAN_MESSAGE) as made:
-            yield made, False
-        return
+        return _tracer.start_as_current_span(SPAN_MESSAGE), False
     session = trace.get_current_span().get_span_context()
     links = [trace.Link(session, {"vsmtp.link": "session"})] if session.is_valid else []
-    with _tracer.start_as_current_span(
-        SPAN_MESSAGE, context=trace.set_span_in_context(trace.NonRecordingSpan(parent)), links=links
-    ) as made:
-        yield made, True
+    return _tracer.start_as_current_span(SPAN_MESSAGE, context=trace.set_span_in_context(trace.NonRecordingSpan(parent)), links=links), True
 
 
 def verdict(span: Span, reply: Reply) -> None:
@@ -157,21 +154,24 @@ def verdict(span: Span, reply: Reply) -> None:
         span.set_attribute("vsmtp.verdict", "accepted" if reply.code == 250 else "refused")
 
 
-def identify(queue_id: str, message_id: str, size: int, recipients: int) -> None:
-    """On the current span (the message's): what the message is, once it is queued."""
+def identify(span: Span, queue_id: str, message_id: str, size: int, recipients: int, commit: Any = None) -> None:
+    """On the message's span: what the message is, once it is queued, and the figures of the
+    journal commit that made it durable (a vsmtp_journal.Commit, when known)."""
     if _on:
-        current = trace.get_current_span()
-        current.set_attribute("vsmtp.queue_id", queue_id)
-        current.set_attribute("vsmtp.message_id", message_id)
-        current.set_attribute("vsmtp.size", size)
-        current.set_attribute("vsmtp.recipients", recipients)
+        span.set_attributes(
+            {"vsmtp.queue_id": queue_id, "vsmtp.message_id": message_id, "vsmtp.size": size, "vsmtp.recipients": recipients}
+        )
+        if commit is not None:
+            span.set_attribute("vsmtp.journal.commit_seconds", commit.seconds)
+            span.set_attribute("vsmtp.journal.batch_records", commit.records)
 
 
-def current_context() -> dict[str, str]:
-    """The W3C trace context of the current span, to keep with a message (message.accepted)."""
+def current_context(span: Span | None = None) -> dict[str, str]:
+    """The W3C trace context of `span` (by default the current one), to keep with a message
+    (message.accepted)."""
     if not _on:
         return {}
-    found = trace.get_current_span().get_span_context()
+    found = (span if span is not None else trace.get_current_span()).get_span_context()
     if not found.is_valid:
         return {}
     carrier = {"traceparent": f"00-{found.trace_id:032x}-{found.span_id:016x}-{found.trace_flags:02x}"}
