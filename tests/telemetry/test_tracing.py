@@ -154,3 +154,19 @@ def test_the_trace_context_kept_with_a_message_is_w3c_both_ways(monkeypatch: pyt
         assert spans.remote_context({"traceparent": bad}) is None, bad
         assert not trace.get_current_span(w3c.extract({"traceparent": bad})).get_span_context().is_valid, bad
     assert spans.remote_context({"traceparent": "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future"}) is not None
+
+
+def test_a_leaf_span_is_a_child_of_the_current_one_and_records_its_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    tracer, exporter = lean()
+    monkeypatch.setattr(spans, "_on", True)
+    monkeypatch.setattr(spans, "_tracer", tracer)
+    with tracer.start_as_current_span("smtp.message") as parent:
+        with spans.leaf("journal.commit") as commit:
+            assert trace.get_current_span() is parent  # never made the current span
+        with pytest.raises(OSError), spans.leaf("journal.commit"):
+            raise OSError("disk full")
+    ok, failed, _ = exporter.get_finished_spans()
+    assert ok is commit and ok.parent is not None and ok.parent.span_id == parent.get_span_context().span_id
+    assert ok.status.status_code is StatusCode.UNSET
+    assert failed.status.status_code is StatusCode.ERROR and "disk full" in (failed.status.description or "")
+    assert [e.name for e in failed.events] == ["exception"]

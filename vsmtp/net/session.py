@@ -463,7 +463,7 @@ class Session:
         )
         try:
             # Durable before 250: this await returns only after the synced commit.
-            with telemetry.span(telemetry.SPAN_COMMIT):
+            with telemetry.spans.leaf(telemetry.SPAN_COMMIT):
                 position = (await self.writer.append_group(queued.appends, durable=True))[0]
         except JournalFull:
             return replies.STORAGE_FULL

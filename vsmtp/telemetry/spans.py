@@ -65,6 +65,32 @@ def span(name: str, **kwargs: Any) -> contextlib.AbstractContextManager[Span]:
     return _tracer.start_as_current_span(name, **kwargs)
 
 
+class _Leaf:
+    """A span that is never the current one (nothing runs inside it that makes spans): no
+    context to attach and detach. An exception is recorded as start_as_current_span does."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> Span:
+        return self._span
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None and self._span.is_recording():
+            self._span.record_exception(exc, escaped=True)
+            self._span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        self._span.end()
+
+
+def leaf(name: str) -> contextlib.AbstractContextManager[Span]:
+    """A child of the current span that makes no children of its own (the journal commit)."""
+    if not _on:
+        return contextlib.nullcontext(trace.INVALID_SPAN)
+    return _Leaf(_tracer.start_span(name))
+
+
 # -- the receiving session -----------------------------------------------------------------
 
 
