@@ -572,7 +572,10 @@ class Collector:
         assert self.proc.stdout is not None and self.proc.stdin is not None
         self.proc.stdin.write("count\n")
         self.proc.stdin.flush()
-        return int(self.proc.stdout.readline())
+        answer = self.proc.stdout.readline().strip()
+        if not answer.isdigit():
+            raise RuntimeError(f"the OTLP endpoint (python -m tests.otlp) stopped answering (exit status {self.proc.poll()})")
+        return int(answer)
 
     def cpu(self) -> float:
         return process_cpu_seconds(self.proc.pid)
