@@ -600,8 +600,8 @@ def server(name: str, root: Path, scenario: Scenario, args: argparse.Namespace) 
 
 def _run(args: argparse.Namespace, auth: Authenticated | None, collector: Collector | None) -> int:
     lost = 0
-    exported: list[tuple[float, float]] = []  # per +otlp run: spans and collector CPU seconds, a message
     for n, scenario in enumerate(scenarios(args, auth, collector.endpoint if collector else "")):
+        exported: list[tuple[float, float]] = []  # per run with export: spans and collector CPU seconds, a message
         runs: dict[str, list[Result]] = {"postfix": [], "vsmtp": [], "plain": []}
         names: tuple[str, ...] = ("vsmtp",) if args.vsmtp_only else ("postfix", "vsmtp")
         sized = {name: scenario for name in names}
@@ -643,7 +643,7 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, collector: Collec
             cost = statistics.median(
                 ((on.server_cpu or 0) / on.messages - (off.server_cpu or 0) / off.messages) * 1000 for on, off in pairs
             )
-            spans, collector_ms = (statistics.median(x[i] for x in exported[-len(pairs) :]) for i in (0, 1))
+            spans, collector_ms = (statistics.median(x[i] for x in exported) for i in (0, 1))
             print(
                 f"{'':<4}export on: {kept:.2f} of the throughput without it (median of repetitions), {cost:+.2f} ms vsmtp CPU/msg;"
                 f" the collector received {spans:.1f} spans/msg and used {collector_ms * 1000:.2f} ms CPU/msg"

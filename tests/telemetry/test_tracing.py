@@ -138,8 +138,8 @@ def test_the_trace_context_kept_with_a_message_is_w3c_both_ways(monkeypatch: pyt
         carrier = {"traceparent": header, "tracestate": "vendor=a,other=b"}
         ours, theirs = spans.remote_context(carrier), trace.get_current_span(w3c.extract(carrier)).get_span_context()
         assert ours == theirs and ours is not None and ours.trace_state.to_header() == "vendor=a,other=b"
-        with tracer.start_as_current_span("x", context=trace.set_span_in_context(trace.NonRecordingSpan(ours))):
-            written, expected = spans.current_context(), {}
+        with tracer.start_as_current_span("x", context=trace.set_span_in_context(trace.NonRecordingSpan(ours))) as made:
+            written, expected = spans.current_context(made), {}
             w3c.inject(expected)
         assert written == expected and written["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
     for bad in (

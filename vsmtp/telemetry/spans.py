@@ -16,15 +16,19 @@ import contextlib
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dns.asyncresolver
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..smtp.replies import Reply
-from . import metrics
+from . import metrics, tracing
+
+if TYPE_CHECKING:
+    from vsmtp_journal import Commit
 
 SPAN_SESSION = "smtp.session"  # one per SMTP connection
 SPAN_MESSAGE = "smtp.message"  # from the end of a message to its reply
@@ -65,30 +69,11 @@ def span(name: str, **kwargs: Any) -> contextlib.AbstractContextManager[Span]:
     return _tracer.start_as_current_span(name, **kwargs)
 
 
-class _Leaf:
-    """A span that is never the current one (nothing runs inside it that makes spans): no
-    context to attach and detach. An exception is recorded as start_as_current_span does."""
-
-    __slots__ = ("_span",)
-
-    def __init__(self, span: Span) -> None:
-        self._span = span
-
-    def __enter__(self) -> Span:
-        return self._span
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if exc is not None and self._span.is_recording():
-            self._span.record_exception(exc, escaped=True)
-            self._span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        self._span.end()
-
-
 def leaf(name: str) -> contextlib.AbstractContextManager[Span]:
     """A child of the current span that makes no children of its own (the journal commit)."""
     if not _on:
         return contextlib.nullcontext(trace.INVALID_SPAN)
-    return _Leaf(_tracer.start_span(name))
+    return tracing.ending(_tracer.start_span(name))
 
 
 # -- the receiving session -----------------------------------------------------------------
@@ -140,24 +125,17 @@ def traceparent(head: bytes) -> dict[str, str]:
     return {"traceparent": found.group(1).decode().lower()} if found else {}
 
 
+_W3C = TraceContextTextMapPropagator()
+
+
 def remote_context(carrier: Mapping[str, str]) -> SpanContext | None:
     """The span context a W3C carrier names (traceparent, and tracestate if any), or None when
-    it names none that is valid: version ff, or an all-zero trace or span id, is none (W3C
-    Trace Context 3.2). Written out rather than through the global propagator, which costs a
-    message several microseconds more, and is always W3C, whatever OTEL_PROPAGATORS says: the
-    carrier is vsmtp's own (message.accepted) or a traceparent header."""
-    header = carrier.get("traceparent", "")
-    parts = header.split("-")
-    if len(parts) < 4 or len(parts[0]) != 2 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
-        return None
-    try:
-        version, trace_id, span_id, flags = (int(part, 16) for part in parts[:4])
-    except ValueError:
-        return None
-    if version == 0xFF or (version == 0 and len(parts) != 4) or not trace_id or not span_id:
-        return None
-    state = TraceState.from_header([carrier["tracestate"]]) if carrier.get("tracestate") else None
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 0xFF), trace_state=state)
+    it names none that is valid. Read by the SDK's W3C propagator itself, not the global one
+    (OTEL_PROPAGATORS, with baggage): the carrier is vsmtp's own (message.accepted) or a
+    traceparent header, W3C whatever the environment says, and the global one costs several
+    microseconds more a message."""
+    found = trace.get_current_span(_W3C.extract(carrier)).get_span_context()
+    return found if found.is_valid else None
 
 
 def message(head: bytes, *, trusted: bool) -> tuple[contextlib.AbstractContextManager[Span], bool]:
@@ -180,9 +158,9 @@ def verdict(span: Span, reply: Reply) -> None:
         span.set_attribute("vsmtp.verdict", "accepted" if reply.code == 250 else "refused")
 
 
-def identify(span: Span, queue_id: str, message_id: str, size: int, recipients: int, commit: Any = None) -> None:
+def identify(span: Span, queue_id: str, message_id: str, size: int, recipients: int, commit: Commit | None) -> None:
     """On the message's span: what the message is, once it is queued, and the figures of the
-    journal commit that made it durable (a vsmtp_journal.Commit, when known)."""
+    journal commit that made it durable (when still known)."""
     if _on:
         span.set_attributes(
             {"vsmtp.queue_id": queue_id, "vsmtp.message_id": message_id, "vsmtp.size": size, "vsmtp.recipients": recipients}
@@ -192,17 +170,11 @@ def identify(span: Span, queue_id: str, message_id: str, size: int, recipients: 
             span.set_attribute("vsmtp.journal.batch_records", commit.records)
 
 
-def current_context(span: Span | None = None) -> dict[str, str]:
-    """The W3C trace context of `span` (by default the current one), to keep with a message
-    (message.accepted)."""
-    if not _on:
-        return {}
-    found = (span if span is not None else trace.get_current_span()).get_span_context()
-    if not found.is_valid:
-        return {}
-    carrier = {"traceparent": f"00-{found.trace_id:032x}-{found.span_id:016x}-{found.trace_flags:02x}"}
-    if found.trace_state:
-        carrier["tracestate"] = found.trace_state.to_header()
+def current_context(span: Span) -> dict[str, str]:
+    """The W3C trace context of `span` (the message's), to keep with it (message.accepted)."""
+    carrier: dict[str, str] = {}
+    if _on:
+        _W3C.inject(carrier, context=trace.set_span_in_context(span))
     return carrier
 
 
