@@ -107,6 +107,8 @@ async def serve(
                     projection = scheduler = None
                     # Built first: in one process, delivery shares its stages (one load of the rules file).
                     smtp = SmtpService(config, writer, anvil, plugins) if receive else None
+                    if smtp is not None and not deliver:
+                        writer.inline = smtp.alone  # one session and nothing else here: no thread hand-off per commit
                     if doorbell_in is not None:
                         nursery.start_soon(doorbell.listen, doorbell_in, writer.notice_commits)
                     if deliver:

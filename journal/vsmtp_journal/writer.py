@@ -1,7 +1,8 @@
 """Group commit: one trio task per process turns many appends into one synced transaction.
 
 Sessions call `await writer.append(...)`. The writer takes everything queued since its last
-commit, writes it as one LMDB transaction in a worker thread and syncs once. Appends with
+commit, writes it as one LMDB transaction in a worker thread and syncs once (or, when the
+process says nothing else would run meanwhile, on the event loop's own thread). Appends with
 durable=True return only after that commit; durable=False returns at once and rides along in
 the next batch. Many sessions, one fsync: this is where throughput comes from.
 """
@@ -27,6 +28,9 @@ MAX_BATCH = 2048  # appends (records or groups) per transaction: bounds the late
 # transaction's new pages in memory until it commits, so this bounds the writer's memory.
 MAX_BATCH_BYTES = 64 << 20
 LINGER = 0.1  # seconds a record nobody waits for may wait for a durable one to ride along with
+# Octets of blobs a batch may hold and still be committed on the event loop's own thread when
+# `inline` allows it; a larger one always goes to a worker thread.
+INLINE_BYTES = 256 << 10
 
 
 @dataclass(slots=True)
@@ -65,6 +69,10 @@ class GroupCommitWriter:
         self.journal = journal
         self.linger = linger
         self.on_commit = on_commit  # called after each commit: metrics, waking another process
+        # Whether a small batch may be committed without a worker thread, blocking the event
+        # loop for the sync: when nothing else in the process has work to do meanwhile (one
+        # session alone), the hand-off to the thread and back is pure latency.
+        self.inline: Callable[[], bool] = _never
         self.recent: deque[Commit] = deque(maxlen=256)  # the last commits, for commit_of
         self.last_committed = journal.last_position()
         self.stats = BatchStats()
@@ -171,20 +179,23 @@ class GroupCommitWriter:
         while self._queue:
             taken, octets = 0, 0
             for pending in self._queue[:MAX_BATCH]:
-                octets += sum(blob_size(b) for a in pending.appends for b in a.blobs.values())
-                if taken and octets > MAX_BATCH_BYTES:
+                size = sum(blob_size(b) for a in pending.appends for b in a.blobs.values())
+                if taken and octets + size > MAX_BATCH_BYTES:
                     break
-                taken += 1
+                taken, octets = taken + 1, octets + size
             batch, self._queue = self._queue[:taken], self._queue[taken:]
-            await self._commit(batch)
+            await self._commit(batch, octets)
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[_Pending], octets: int) -> None:
         appends = [a for p in batch for a in p.appends]
         started = trio.current_time()
         try:
-            # Shielded: once a batch is handed to LMDB, its waiters must learn the outcome.
-            with trio.CancelScope(shield=True):
-                positions = await trio.to_thread.run_sync(self.journal.append_batch, appends)
+            if octets <= INLINE_BYTES and self.inline():
+                positions = self.journal.append_batch(appends)
+            else:
+                # Shielded: once a batch is handed to LMDB, its waiters must learn the outcome.
+                with trio.CancelScope(shield=True):
+                    positions = await trio.to_thread.run_sync(self.journal.append_batch, appends)
         except JournalError as exc:
             log.error("journal commit of %d records failed: %s", len(batch), exc)
             if isinstance(exc, JournalFull):
@@ -211,6 +222,10 @@ class GroupCommitWriter:
         self.stats.total_records += len(appends)
         committed, self._committed = self._committed, trio.Event()
         committed.set()
+
+
+def _never() -> bool:
+    return False
 
 
 async def follow(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from vsmtp_journal import GroupCommitWriter, Journal, JournalError, JournalFull, follow
+from vsmtp_journal.writer import INLINE_BYTES
 
 
 async def test_concurrent_durable_appends_share_commits(tmp_path: Path, nursery: trio.Nursery) -> None:
@@ -133,4 +136,41 @@ async def test_a_group_is_committed_whole_and_contiguous(tmp_path: Path, nursery
     assert group == list(range(group[0], group[0] + 3))  # nothing of the others in between
     assert [journal.get(p).payload["n"] for p in group] == [0, 1, 2]  # type: ignore[union-attr]
     assert writer.commit_of(group[0]) is writer.commit_of(group[2])  # one transaction
+    nursery.cancel_scope.cancel()
+
+
+class _Threads(Journal):
+    """A journal that notes which thread wrote each batch."""
+
+    def __init__(self, path: Path, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.threads: list[int] = []
+
+    def append_batch(self, appends: Any) -> list[int]:
+        self.threads.append(threading.get_ident())
+        return super().append_batch(appends)
+
+
+async def test_a_small_batch_is_committed_on_the_loop_when_inline_allows(tmp_path: Path, nursery: trio.Nursery) -> None:
+    journal = _Threads(tmp_path / "j")
+    writer = GroupCommitWriter(journal)
+    await nursery.start(writer.serve)
+    loop = threading.get_ident()
+    assert await writer.append("threaded", 1, None) == 1
+    writer.inline = lambda: True
+    assert await writer.append("inline", 1, None, blobs={b"small": bytes(1024)}) == 2
+    assert journal.get(2) is not None  # durable when append returns, as from the thread
+    assert await writer.append("large", 1, None, blobs={b"large": bytes(INLINE_BYTES + 1)}) == 3
+    assert [t == loop for t in journal.threads] == [False, True, False]  # the large one still goes to a thread
+    nursery.cancel_scope.cancel()
+
+
+async def test_an_inline_commit_that_fails_fails_its_waiters(tmp_path: Path, nursery: trio.Nursery) -> None:
+    journal = Journal(tmp_path / "j", map_size=64 * 1024, max_map_size=128 * 1024)
+    writer = GroupCommitWriter(journal)
+    writer.inline = lambda: True
+    await nursery.start(writer.serve)
+    with pytest.raises(JournalFull):
+        await writer.append("big", 1, None, blobs={b"k": bytes(200 * 1024)})
+    assert await writer.append("small", 1, None) == 1
     nursery.cancel_scope.cancel()

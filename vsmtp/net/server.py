@@ -148,6 +148,11 @@ class SmtpService:
                 await sock_listener.aclose()
             # Listening stopped (shutdown): the sessions nursery waits for the sessions.
 
+    def alone(self) -> bool:
+        """Whether at most one session is open in this process: then nothing else would run
+        while the journal syncs (GroupCommitWriter.inline)."""
+        return len(self.sessions) <= 1
+
     def bodies_in_flight(self) -> InFlight:
         """The message data the sessions of this process are receiving now."""
         return InFlight(memory=self.flight.memory, octets=self.flight.octets)
