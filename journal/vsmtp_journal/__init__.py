@@ -14,7 +14,7 @@ from .errors import CorruptBlob, CorruptRecord, JournalError, JournalFull
 from .salvage import SalvageReport, salvage
 from .store import Append, Journal
 from .verify import Problem, Report, verify
-from .writer import Commit, GroupCommitWriter, follow
+from .writer import Commit, GroupCommitWriter, follow, follow_batches
 
 __all__ = [
     "Append",
@@ -33,6 +33,7 @@ __all__ = [
     "doorbell",
     "encode_record",
     "follow",
+    "follow_batches",
     "salvage",
     "verify",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -241,11 +242,27 @@ async def follow(
     Records committed by this process's writer wake the follower at once; records from other
     processes sharing the journal are seen within `poll_interval` seconds.
     """
+    async with aclosing(follow_batches(journal, after=after, writer=writer, poll_interval=poll_interval, batch=batch)) as batches:
+        async for records in batches:
+            for record in records:
+                yield record
+
+
+async def follow_batches(
+    journal: Journal,
+    *,
+    after: int = 0,
+    writer: GroupCommitWriter | None = None,
+    poll_interval: float = 0.5,
+    batch: int = 512,
+) -> AsyncGenerator[list[Record], None]:
+    """As `follow`, a read at a time: each list (never empty) holds the records one read
+    found, at most `batch`, for a follower that does its bookkeeping once per read."""
     while True:
         records = list(journal.read(after, limit=batch))
-        for record in records:
-            yield record
-            after = record.position
+        if records:
+            yield records
+            after = records[-1].position
         if len(records) == batch:
             await trio.lowlevel.checkpoint()
             continue

@@ -174,3 +174,24 @@ async def test_an_inline_commit_that_fails_fails_its_waiters(tmp_path: Path, nur
         await writer.append("big", 1, None, blobs={b"k": bytes(200 * 1024)})
     assert await writer.append("small", 1, None) == 1
     nursery.cancel_scope.cancel()
+
+
+async def test_follow_batches_gives_each_read_whole_then_what_comes(tmp_path: Path, nursery: trio.Nursery) -> None:
+    from vsmtp_journal import follow_batches
+
+    journal = Journal(tmp_path / "j")
+    for i in range(5):
+        journal.append("old", 1, i)
+    writer = GroupCommitWriter(journal)
+    await nursery.start(writer.serve)
+    seen: list[list[int]] = []
+    with trio.fail_after(5):
+        async with aclosing(follow_batches(journal, after=1, writer=writer, batch=3, poll_interval=30)) as batches:
+            async for records in batches:
+                seen.append([r.position for r in records])
+                if len(seen) == 2:
+                    await writer.append("new", 1, None)
+                if len(seen) == 3:
+                    break
+    assert seen == [[2, 3, 4], [5], [6]]  # at most `batch` a read; the new record wakes it at once
+    nursery.cancel_scope.cancel()

@@ -18,7 +18,7 @@ from contextlib import aclosing
 from dataclasses import replace
 
 import trio
-from vsmtp_journal import CorruptRecord, GroupCommitWriter, Journal, JournalError, follow
+from vsmtp_journal import CorruptRecord, GroupCommitWriter, Journal, JournalError, follow_batches
 
 from . import events as qe
 from .state import QUEUE_TAGS, QueueState, apply, fold, from_snapshot, to_snapshot
@@ -129,15 +129,21 @@ class QueueProjection:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async with aclosing(follow(self.journal, after=self.state.position, writer=self.writer)) as records:
-            async for record in records:
-                if record.tag in QUEUE_TAGS:
-                    event = qe.decode(record)
-                    self.state = replace(apply(self.state, event), position=record.position)
-                    queue_id = getattr(event, "queue_id", None)
-                    if queue_id is not None:
-                        self._touched.add(queue_id)
-                else:
-                    self.state = replace(self.state, position=record.position)
-                changed, self._changed = self._changed, trio.Event()
-                changed.set()
+        async with aclosing(follow_batches(self.journal, after=self.state.position, writer=self.writer)) as batches:
+            async for records in batches:
+                # The state and its position are replaced once per read, not once per record:
+                # most records (a session's commands) do not concern the queue.
+                state, position = self.state, self.state.position
+                try:
+                    for record in records:
+                        if record.tag in QUEUE_TAGS:
+                            event = qe.decode(record)
+                            state = apply(state, event)
+                            queue_id = getattr(event, "queue_id", None)
+                            if queue_id is not None:
+                                self._touched.add(queue_id)
+                        position = record.position
+                finally:  # what was folded before a record that cannot be is kept
+                    self.state = replace(state, position=position)
+                    changed, self._changed = self._changed, trio.Event()
+                    changed.set()
