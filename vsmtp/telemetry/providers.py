@@ -261,12 +261,16 @@ def build(config: TelemetryConfig, *, process: str, readers: Sequence[MetricRead
         for reader in all_readers:
             metrics.attach(reader, res)  # the histograms, kept outside the SDK (metrics.Buckets)
     if span_exporter is not None:
-        processor = BatchSpanProcessor(_Guarded(span_exporter, "spans", what, SpanExportResult.FAILURE))  # type: ignore[arg-type]
+        # Given our meter, the SDK's own metrics (when OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED
+        # turns them on) go out with ours: what its queue drops when the export thread falls
+        # behind is otel.sdk.processor.span.processed with error.type "queue_full".
+        guarded = _Guarded(span_exporter, "spans", what, SpanExportResult.FAILURE)
+        processor = BatchSpanProcessor(guarded, meter_provider=made.meter)  # type: ignore[arg-type]
         made.tracer = tracing.TracerProvider(res, processor)
     if log_exporter is not None and config.logs:
         made.logger = LoggerProvider(resource=res)
         made.logger.add_log_record_processor(
-            BatchLogRecordProcessor(_Guarded(log_exporter, "logs", what, LogRecordExportResult.FAILURE))  # type: ignore[arg-type]
+            BatchLogRecordProcessor(_Guarded(log_exporter, "logs", what, LogRecordExportResult.FAILURE), meter_provider=made.meter)  # type: ignore[arg-type]
         )
         made.log_handler = LoggingHandler(level=logging.INFO, logger_provider=made.logger)
         made.log_handler.addFilter(lambda record: not record.name.startswith("opentelemetry"))  # no export of the exporters' own woes
