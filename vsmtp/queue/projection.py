@@ -133,17 +133,14 @@ class QueueProjection:
             async for records in batches:
                 # The state and its position are replaced once per read, not once per record:
                 # most records (a session's commands) do not concern the queue.
-                state, position = self.state, self.state.position
-                try:
-                    for record in records:
-                        if record.tag in QUEUE_TAGS:
-                            event = qe.decode(record)
-                            state = apply(state, event)
-                            queue_id = getattr(event, "queue_id", None)
-                            if queue_id is not None:
-                                self._touched.add(queue_id)
-                        position = record.position
-                finally:  # what was folded before a record that cannot be is kept
-                    self.state = replace(state, position=position)
-                    changed, self._changed = self._changed, trio.Event()
-                    changed.set()
+                state = self.state
+                for record in records:
+                    if record.tag in QUEUE_TAGS:
+                        event = qe.decode(record)
+                        state = apply(state, event)
+                        queue_id = getattr(event, "queue_id", None)
+                        if queue_id is not None:
+                            self._touched.add(queue_id)
+                self.state = replace(state, position=records[-1].position)
+                changed, self._changed = self._changed, trio.Event()
+                changed.set()

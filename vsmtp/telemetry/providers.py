@@ -264,8 +264,8 @@ def build(config: TelemetryConfig, *, process: str, readers: Sequence[MetricRead
         # Given our meter, the SDK's own metrics (when OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED
         # turns them on) go out with ours: what its queue drops when the export thread falls
         # behind is otel.sdk.processor.span.processed with error.type "queue_full".
-        guarded = _Guarded(span_exporter, "spans", what, SpanExportResult.FAILURE)
-        processor = BatchSpanProcessor(guarded, meter_provider=made.meter)  # type: ignore[arg-type]
+        spans_out = _Guarded(span_exporter, "spans", what, SpanExportResult.FAILURE)
+        processor = BatchSpanProcessor(spans_out, meter_provider=made.meter)  # type: ignore[arg-type]
         made.tracer = tracing.TracerProvider(res, processor)
     if log_exporter is not None and config.logs:
         made.logger = LoggerProvider(resource=res)
