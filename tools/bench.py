@@ -6,6 +6,7 @@
     .venv/bin/python tools/bench.py --no-accept-only   # without the rows accepting alone (Postfix: hold queue)
     .venv/bin/python tools/bench.py --recipients 10    # 10 recipients a message (smtp-source -r)
     .venv/bin/python tools/bench.py --workers 1,2      # a row per number of vsmtp's receiving processes
+    .venv/bin/python tools/bench.py --baseline /tmp/old/.venv/bin/vsmtp   # another build in the same repetitions
 
 For each scenario (message size x concurrent sessions x persistent or one connection per
 message) it starts a fresh Postfix instance and a fresh vsmtp, both on loopback, both
@@ -286,8 +287,9 @@ class Postfix:
 class Vsmtp:
     """`vsmtp serve` with its own journal and Maildir under `root`."""
 
-    def __init__(self, root: Path, extra_config: str = "", *, hold: bool = False) -> None:
+    def __init__(self, root: Path, extra_config: str = "", *, hold: bool = False, executable: Path = VSMTP) -> None:
         self.root = root
+        self.executable = executable
         self.hold = hold
         self.mail = root / "mail"
         self.port = free_port()
@@ -313,7 +315,7 @@ class Vsmtp:
         config.write_text(to_toml(settings))
         log = (self.root / "vsmtp.log").open("wb")
         self.proc = subprocess.Popen(
-            [str(VSMTP), "serve", "--config", str(config), "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT
+            [str(self.executable), "serve", "--config", str(config), "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT
         )
         wait_listening(self.port)
 
@@ -374,7 +376,7 @@ def run_one(server: Postfix | Vsmtp, scenario: Scenario) -> Result:
         deadline = t0 + (5.0 if scenario.hold else DELIVERY_TIMEOUT)  # held: each 250 came after its message was stored
         delivered = server.count()
         while delivered < expected and time.monotonic() < deadline:  # bounded by the deadline
-            time.sleep(0.005 if not scenario.hold else 0.05)
+            time.sleep(0.05 if scenario.hold else poll_pause(expected - delivered))
             delivered = server.count()
         seconds = t_accept if scenario.hold else time.monotonic() - t0
         machine = machine_cpu_seconds() - machine0
@@ -388,6 +390,15 @@ def run_one(server: Postfix | Vsmtp, scenario: Scenario) -> Result:
         return result
     finally:
         server.stop()
+
+
+def poll_pause(left: int) -> float:
+    """Seconds to wait before counting the files again. Counting lists a directory of
+    thousands of entries (milliseconds of CPU on the cores the servers share): while many
+    files are still to come it is done every 50 ms, and every 2 ms near the end, so that
+    the count costs the server being measured little and the last file is still timed to
+    a few milliseconds."""
+    return min(0.05, max(0.002, left / 50_000))
 
 
 class Probe(threading.Thread):
@@ -497,6 +508,12 @@ def main() -> int:
     parser.add_argument("--no-extras", action="store_true", help="leave out the 10-recipient and one-receiving-process rows")
     parser.add_argument("--recipients", type=int, default=1, help="recipients per message (smtp-source -r)")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another build's vsmtp executable (a checkout of an earlier commit after `make install`), run in the same"
+        " repetitions with the same counts: its ratio, and this build's throughput and CPU against it",
+    )
+    parser.add_argument(
         "--workers",
         type=lambda s: [int(x) for x in s.split(",")],
         default=[0],
@@ -595,14 +612,15 @@ def server(name: str, root: Path, scenario: Scenario, args: argparse.Namespace) 
     if name == "postfix":
         return Postfix(root, scenario)
     extra = (f"workers = {scenario.workers}\n" if scenario.workers else "") + args.vsmtp_config + scenario.vsmtp_config()
-    return Vsmtp(root, extra, hold=scenario.hold)
+    executable = args.baseline if name == "baseline" else VSMTP
+    return Vsmtp(root, extra, hold=scenario.hold, executable=executable)
 
 
 def _run(args: argparse.Namespace, auth: Authenticated | None, collector: Collector | None) -> int:
     lost = 0
     for n, scenario in enumerate(scenarios(args, auth, collector.endpoint if collector else "")):
         exported: list[tuple[float, float]] = []  # per run with export: spans and collector CPU seconds, a message
-        runs: dict[str, list[Result]] = {"postfix": [], "vsmtp": [], "plain": []}
+        runs: dict[str, list[Result]] = {"postfix": [], "vsmtp": [], "plain": [], "baseline": []}
         names: tuple[str, ...] = ("vsmtp",) if args.vsmtp_only else ("postfix", "vsmtp")
         sized = {name: scenario for name in names}
 
@@ -614,6 +632,8 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, collector: Collec
                 sized[name] = dataclasses.replace(scenario, messages=max(scenario.messages, wanted))
         if scenario.otlp:  # export's cost: vsmtp without it, in the same repetitions, with the same count
             names, sized["plain"] = (*names, "plain"), dataclasses.replace(sized["vsmtp"], otlp="")
+        if args.baseline:  # another build, in the same repetitions, with this build's count
+            names, sized["baseline"] = (*names, "baseline"), sized["vsmtp"]
         for r in range(args.repeat):
             for name in names:  # back to back, same load, same disk
                 before = (collector.spans(), collector.cpu()) if collector and sized[name].otlp else None
@@ -637,6 +657,8 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, collector: Collec
             f"  {', '.join(missing) or 'none'}",
             flush=True,
         )
+        if runs["baseline"]:
+            print(f"{'':<4}{baseline_line(runs['baseline'], runs['vsmtp'], pf)}", flush=True)
         if runs["plain"]:
             pairs = list(zip(runs["vsmtp"], runs["plain"], strict=True))
             kept = statistics.median(on.rate() / off.rate() for on, off in pairs)
@@ -655,6 +677,20 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, collector: Collec
         print(f"bench: {lost} run(s) did not deliver exactly the messages sent", file=sys.stderr)
         return 1
     return 0
+
+
+def baseline_line(baseline: list[Result], this: list[Result], postfix: Result) -> str:
+    """The baseline build against Postfix and against this build, each repetition compared
+    with its own twin (the runs of one repetition are back to back)."""
+    base = sorted(baseline, key=Result.rate)[len(baseline) // 2]
+    kept = statistics.median(new.rate() / old.rate() for new, old in zip(this, baseline, strict=True))
+    cpu = [statistics.median((res.server_cpu or 0) * 1000 / res.messages for res in runs) for runs in (baseline, this)]
+    accepted = statistics.median(new.accept_rate() / old.accept_rate() for new, old in zip(this, baseline, strict=True))
+    return (
+        f"baseline: {base.rate():.0f} msgs/s, ratio {base.rate() / postfix.rate():.2f};"
+        f" this build {kept:.2f}x its throughput ({accepted:.2f}x accepting), CPU {cpu[1]:.2f} against {cpu[0]:.2f} ms/msg"
+        f" (p50 {_ms(base, 0.5)}, p99 {_ms(base, 0.99)} ms)"
+    )
 
 
 def _ms(result: Result, q: float) -> str:
