@@ -392,7 +392,10 @@ async def serve_delivery(
     task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     scheduler = Scheduler(projection, config=config, journal=journal, writer=writer, stages=stages, signing=signing)
-    send, receive = trio.open_memory_channel[DeliveryJob](config.delivery.workers)
+    # Room for a full batch per worker: a worker takes what waits (BATCH), and a batch of
+    # local deliveries shares one thread call and its syncs, so a channel that held only a
+    # job or two per worker would cut every batch short under load.
+    send, receive = trio.open_memory_channel[DeliveryJob](config.delivery.workers * BATCH)
     worker = Worker(config=config, journal=journal, writer=writer, stages=lambda: scheduler.stages)
     worker.recorded, worker.lost = scheduler.finished, scheduler.recovering
     scheduler.reloaded.append(worker.reload)
