@@ -156,6 +156,13 @@ class DeliveryConfig:
     # of the mailbox's name, else vsmtp's own user), a user name, or "UID:GID" (virtual
     # mailboxes, as Postfix's virtual_uid_maps); "" : vsmtp's own user always.
     mailbox_owner: str = "system"
+    # How a batch of Maildir files reaches the disk before it is journaled as delivered:
+    # "file": each file fsynced, renamed into new/, then new/ fsynced (as Postfix's and
+    # Dovecot's delivery agents do); "filesystem": the batch's files written, one syncfs(2) of
+    # the filesystem they are on, then renamed into new/ and the directory fsynced: two
+    # flushes a batch instead of one a file. Linux only (elsewhere "file"); the sync also
+    # waits for whatever else is being written to that filesystem: for a mail spool of its own.
+    maildir_sync: Literal["file", "filesystem"] = "file"
     lmtp_per_server: int = 10  # LMTP deliveries at once to one server
     remote_workers: int = 50  # remote (SMTP) deliveries at once
     remote_port: int = 25  # the port of other domains' mail hosts (tests use another)

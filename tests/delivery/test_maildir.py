@@ -140,3 +140,52 @@ def test_a_failed_directory_fsync_fails_the_deliveries_it_covered(tmp_path: Path
     (tmp_path / "there").mkdir()
     syncer.sync(tmp_path / "there")
     assert syncer.fsyncs == 1
+
+
+def test_a_batch_synced_by_filesystem_renames_into_new_only_after_the_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vsmtp.delivery.transports import maildir
+
+    real, seen = maildir.sync_filesystem, []
+
+    def watched(directory: Path) -> None:  # what is where when the filesystem is synced
+        seen.append({box: (sorted(p.name for p in (tmp_path / box / "tmp").iterdir()), list((tmp_path / box / "new").iterdir())) for box in "ab"})
+        real(directory)
+
+    monkeypatch.setattr(maildir, "sync_filesystem", watched)
+    with maildir.batch(by_filesystem=True):
+        for box in "ab":
+            for i in range(3):
+                maildir.deliver(tmp_path / box, f"{i}.V{box}.host", [b"Subject: s\r\n\r\n", f"{box}{i}\r\n".encode()])
+        assert [list((tmp_path / box / "new").iterdir()) for box in "ab"] == [[], []]  # nothing visible before the batch ends
+    # One sync for the one filesystem both Maildirs are on, all six files still in tmp/ then.
+    assert seen == [{box: ([f"{i}.V{box}.host" for i in range(3)], []) for box in "ab"}]
+    for box in "ab":
+        assert list((tmp_path / box / "tmp").iterdir()) == []
+        assert sorted(p.read_bytes() for p in (tmp_path / box / "new").iterdir()) == [f"Subject: s\r\n\r\n{box}{i}\r\n".encode() for i in range(3)]
+
+
+def test_a_failed_filesystem_sync_defers_the_batch_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from vsmtp.delivery.transports import maildir
+
+    def failing(directory: Path) -> None:
+        raise OSError(errno.EIO, "syncfs: Input/output error", str(directory))
+
+    config = Config(hostname="mx.test", delivery=DeliveryConfig(maildir=str(tmp_path / "{user}"), maildir_sync="filesystem"))
+    with Journal(tmp_path / "j") as journal:
+        journal.append("x", 1, None, blobs={b"Q": b"Subject: s\r\n\r\nb\r\n"})
+        job = DeliveryJob(
+            queue_id="Q", reverse_path="", blob=b"Q", accepted_at=time.time(), recipients=(("bob@localhost", 0), ("eve@localhost", 0)), recovered=False
+        )
+        with monkeypatch.context() as patched:
+            patched.setattr(maildir, "sync_filesystem", failing)
+            [[bob], [eve]] = deliver_now(config, journal, job)
+        assert isinstance(bob, qe.DeliveryDeferred) and isinstance(eve, qe.DeliveryDeferred)
+        assert "Input/output error" in bob.reason and bob.status == "4.3.0"
+        for user in ("bob", "eve"):  # nothing half-done: not in new/, not left in tmp/
+            assert list((tmp_path / user / "tmp").iterdir()) == list((tmp_path / user / "new").iterdir()) == []
+        again = dataclasses.replace(job, recipients=(("bob@localhost", 1), ("eve@localhost", 1)))
+        [[bob], [eve]] = deliver_now(config, journal, again)
+    assert isinstance(bob, qe.DeliverySucceeded) and isinstance(eve, qe.DeliverySucceeded)
+    assert [len(list((tmp_path / user / "new").iterdir())) for user in ("bob", "eve")] == [1, 1]

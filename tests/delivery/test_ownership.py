@@ -33,11 +33,13 @@ def spool() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-async def test_maildir_and_mbox_files_belong_to_the_system_user(start_server: Any, config: Config, spool: Path) -> None:
+@pytest.mark.parametrize("sync", ["file", "filesystem"])
+async def test_maildir_and_mbox_files_belong_to_the_system_user(start_server: Any, config: Config, spool: Path, sync: str) -> None:
     nobody = pwd.getpwnam("nobody")
+    mailboxes = {"nobody@example.org": "mbox"}
     configured = with_changes(
         config,
-        delivery={"maildir": f"{spool}/{{user}}/Maildir", "mbox": f"{spool}/{{user}}.mbox", "mailboxes": {"nobody@example.org": "mbox"}},
+        delivery={"maildir": f"{spool}/{{user}}/Maildir", "mbox": f"{spool}/{{user}}.mbox", "mailboxes": mailboxes, "maildir_sync": sync},
         local={"domains": ("localhost", "example.org")},
     )
     running = await start_server(configured)
@@ -79,3 +81,23 @@ async def test_a_link_the_owner_planted_does_not_let_root_write_elsewhere(start_
     [deferred] = [e for e in map(qe.decode, records) if isinstance(e, qe.DeliveryDeferred)]
     assert "Permission denied" in deferred.reason and deferred.stage == "mailbox"
     assert list(protected.iterdir()) == [] and list((maildir / "new").iterdir()) == []
+
+
+@pytest.mark.parametrize("sync", ["file", "filesystem"])
+async def test_a_link_planted_as_new_does_not_let_root_rename_elsewhere(start_server: Any, config: Config, spool: Path, sync: str) -> None:
+    # With maildir_sync = "filesystem" the rename into new/ comes at the end of the batch,
+    # after the sync: it is still made as the owner, never as root.
+    nobody = pwd.getpwnam("nobody")
+    protected = spool / "protected"
+    protected.mkdir(mode=0o700)
+    maildir = spool / "nobody" / "Maildir"
+    for directory in (spool / "nobody", maildir, maildir / "tmp", maildir / "cur"):
+        directory.mkdir()
+        os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+    (maildir / "new").symlink_to(protected)
+    running = await start_server(with_changes(config, delivery={"maildir": f"{spool}/{{user}}/Maildir", "maildir_sync": sync}))
+    assert await sendmail(running, "s@localhost", ["nobody@localhost"], MESSAGE) == {}
+    records = await wait_journal(running, lambda rs: any(r.tag == qe.DeliveryDeferred.TAG for r in rs), timeout=20)
+    [deferred] = [e for e in map(qe.decode, records) if isinstance(e, qe.DeliveryDeferred)]
+    assert "Permission denied" in deferred.reason and deferred.stage == "mailbox"
+    assert list(protected.iterdir()) == [] and list((maildir / "tmp").iterdir()) == []

@@ -45,7 +45,7 @@ def owner_of(route: policy.LocalRoute, config: Config) -> Owner | None:
     """Who owns the mailbox of `route`, when vsmtp can write as someone else (root); None:
     vsmtp's own user."""
     wanted = config.delivery.mailbox_owner
-    if not wanted or os.geteuid() != 0 or _libc is None:
+    if not wanted or os.geteuid() != 0 or libc is None:
         return None
     if wanted == "system":
         return system_user(route.user)  # None: not a system user, a virtual mailbox, vsmtp's own
@@ -80,26 +80,26 @@ def system_user(name: str) -> Owner | None:
     return found
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if os.name == "posix" and hasattr(os, "setresuid") else None
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if os.name == "posix" and hasattr(os, "setresuid") else None
 
 
 @contextlib.contextmanager
 def acting_as(owner: Owner | None) -> Iterator[None]:
     """This thread's file-system identity is `owner`'s inside the block (Linux's setfsuid is
     per thread: the other threads, and the event loop, stay root)."""
-    if owner is None or _libc is None:
+    if owner is None or libc is None:
         yield
         return
     uid, gid = owner
-    _libc.setfsgid(gid)
-    _libc.setfsuid(uid)
+    libc.setfsgid(gid)
+    libc.setfsuid(uid)
     try:
-        if _libc.setfsuid(-1) != uid:  # setfsuid reports no error: ask what is in force
+        if libc.setfsuid(-1) != uid:  # setfsuid reports no error: ask what is in force
             raise PermissionError(f"cannot take uid {uid} to write the mailbox")
         yield
     finally:
-        _libc.setfsuid(0)
-        _libc.setfsgid(0)
+        libc.setfsuid(0)
+        libc.setfsgid(0)
 
 
 def make_parents(path: Path, owner: Owner | None) -> None:

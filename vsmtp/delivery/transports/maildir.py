@@ -9,11 +9,18 @@ The rename into new/ must reach the disk before the delivery is journaled, which
 fsync of the directory. Deliveries running at the same time into the same Maildir share one:
 DirectorySync lets the first thread sync for everyone whose rename came before it started,
 so under load a busy mailbox costs one directory fsync per round, not one per message.
+
+With delivery.maildir_sync = "filesystem" a batch's files are not fsynced one by one: once
+all are written to tmp/, one syncfs(2) per filesystem makes them durable, and only then are
+they renamed into new/ (as their owner) and the directories synced. A file is never in new/
+before its content is on the disk, so the recovery after a crash, which takes a file found
+in new/ as delivered, never takes a half-written one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import itertools
 import logging
@@ -26,7 +33,7 @@ from pathlib import Path
 
 from ...queue import policy
 from ..transport import Delivery
-from .local import Body, FileTransport, Owner, acting_as, make_parents
+from .local import Body, FileTransport, Owner, acting_as, libc, make_parents
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,7 @@ class Maildir(FileTransport):
     what = "Maildir"
 
     def batch(self) -> contextlib.AbstractContextManager[None]:
-        return batch()
+        return batch(by_filesystem=self.services.config.delivery.maildir_sync == "filesystem")
 
     def write(self, delivery: Delivery, address: str, attempts: int, route: policy.LocalRoute, body: Body, owner: Owner | None) -> str:
         job, config = delivery.job, self.services.config
@@ -51,7 +58,7 @@ class Maildir(FileTransport):
             if existing is not None:
                 log.info("%s: %s was already delivered to %s before a restart", job.queue_id, address, existing)
                 return str(existing)
-            return str(deliver(path, name, itertools.chain([self.headers(delivery, address)], body())))
+            return str(deliver(path, name, itertools.chain([self.headers(delivery, address)], body()), owner=owner))
 
 
 def file_name(*, accepted_at: float, queue_id: str, recipient: str, hostname: str) -> str:
@@ -113,10 +120,13 @@ def _writev(fd: int, views: list[memoryview]) -> None:
             views[0] = views[0][written:]
 
 
-def deliver(maildir: Path, name: str, parts: Iterable[bytes | memoryview]) -> Path:
+def deliver(maildir: Path, name: str, parts: Iterable[bytes | memoryview], *, owner: Owner | None = None) -> Path:
     """Write parts as one message file and make it visible atomically; return its path.
     Whatever goes wrong while it is written (a full disk, a body that fails its checksum
-    halfway) leaves nothing in tmp/ and is raised."""
+    halfway) leaves nothing in tmp/ and is raised. In a batch that syncs by filesystem the
+    file stays in tmp/ until the batch ends (batch()): `owner` renames it then."""
+    pending: _Pending | None = getattr(_batch, "pending", None)
+    later = pending is not None and pending.by_filesystem
     ensure(maildir)
     tmp = maildir / "tmp" / name
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -128,7 +138,8 @@ def deliver(maildir: Path, name: str, parts: Iterable[bytes | memoryview]) -> Pa
         fd = os.open(tmp, flags, 0o600)
     try:
         _write_all(fd, parts)
-        os.fsync(fd)
+        if not later:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -136,35 +147,91 @@ def deliver(maildir: Path, name: str, parts: Iterable[bytes | memoryview]) -> Pa
         raise
     os.close(fd)
     final = maildir / "new" / name
+    if pending is not None and later:
+        pending.renames.append((tmp, final, owner))  # into new/ once the batch's data is on the disk
+        return final
+    _rename(tmp, final)
+    if pending is not None:
+        pending.directories.add(maildir / "new")  # synced once when the batch ends
+    else:
+        directories.sync(maildir / "new")  # the rename itself must survive a crash
+    return final
+
+
+def _rename(tmp: Path, final: Path) -> None:
     try:
         os.rename(tmp, final)
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    pending = getattr(_batch, "directories", None)
-    if pending is not None:
-        pending.add(maildir / "new")  # synced once when the batch ends
-    else:
-        directories.sync(maildir / "new")  # the rename itself must survive a crash
-    return final
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What a batch (in one thread) leaves for its end."""
+
+    by_filesystem: bool  # delivery.maildir_sync = "filesystem", and this system has syncfs
+    directories: set[Path] = field(default_factory=set)  # new/ directories to fsync
+    renames: list[tuple[Path, Path, Owner | None]] = field(default_factory=list)  # tmp -> new, as whom
 
 
 _batch = threading.local()
 
 
 @contextmanager
-def batch() -> Iterator[None]:
-    """Deliveries in this block (in this thread) sync each directory once, when it ends.
+def batch(*, by_filesystem: bool = False) -> Iterator[None]:
+    """Deliveries in this block (in this thread) sync each directory once, when it ends;
+    `by_filesystem`: their files are synced at its end too, by filesystem, then renamed.
     Nothing delivered inside may be reported as delivered before the block has exited."""
-    pending: set[Path] = set()
-    _batch.directories = pending
+    pending = _Pending(by_filesystem=by_filesystem and _syncfs is not None)
+    _batch.pending = pending
     try:
         yield
     finally:
-        _batch.directories = None
-    for directory in pending:
+        _batch.pending = None
+    if pending.renames:
+        try:
+            _settle(pending)
+        except BaseException:
+            for tmp, _, _ in pending.renames:  # nothing half-done left in tmp/ (a renamed one is gone already)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise
+    for directory in pending.directories:
         directories.sync(directory)
+
+
+def _settle(pending: _Pending) -> None:
+    """The batch's files onto the disk (one syncfs per filesystem), then into new/: each
+    renamed as its owner, as it was written (a symbolic link planted in a Maildir leads
+    nowhere its owner could not write)."""
+    devices: dict[int, Path] = {}
+    for tmp_directory in {tmp.parent for tmp, _, _ in pending.renames}:
+        devices.setdefault(os.stat(tmp_directory).st_dev, tmp_directory)
+    for directory in devices.values():
+        sync_filesystem(directory)
+    for tmp, final, owner in pending.renames:
+        with acting_as(owner):
+            _rename(tmp, final)
+        pending.directories.add(final.parent)
+
+
+_syncfs = getattr(libc, "syncfs", None) if libc is not None else None  # Linux's syncfs(2), through ctypes (the GIL released)
+
+
+def sync_filesystem(directory: Path) -> None:
+    """Everything written to the filesystem that holds `directory` onto the disk: its data,
+    its metadata and the disk's write cache (syncfs(2); a write-back error since the last
+    call is reported, Linux 5.8 and later)."""
+    assert _syncfs is not None
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"syncfs: {os.strerror(code)}", str(directory))
+    finally:
+        os.close(fd)
 
 
 @dataclass(slots=True)
