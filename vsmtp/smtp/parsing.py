@@ -205,7 +205,7 @@ class ContentScanner:
             return
         if self._tail + len(chunk) > limit:  # only then can a line be too long
             first_lf = chunk.find(b"\n")
-            if self._tail + first_lf > limit or max(map(len, chunk[first_lf + 1 : last_lf].split(b"\n"))) > limit:
+            if self._tail + first_lf > limit or _line_over(chunk, first_lf, last_lf, limit):
                 self.long_line = True
         self._tail = len(chunk) - last_lf - 1
         self.long_line = self.long_line or self._tail > limit
@@ -213,6 +213,19 @@ class ContentScanner:
     @property
     def bare_line_endings(self) -> bool:
         return self._cr != self._crlf or self._lf != self._crlf
+
+
+def _line_over(chunk: bytes, first_lf: int, last_lf: int, limit: int) -> bool:
+    """Whether a line between the LFs at `first_lf` and `last_lf` holds more than `limit`
+    octets before its LF. From each LF it jumps to the last LF within the next `limit` + 1
+    octets (a C-level search, about one per `limit` octets of content, not one per line):
+    where there is none, the line that starts there is too long."""
+    at = first_lf
+    while last_lf - at > limit + 1:
+        at = chunk.rfind(b"\n", at + 1, at + limit + 2)
+        if at < 0:
+            return True
+    return False
 
 
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
