@@ -315,7 +315,10 @@ class Vsmtp:
         config.write_text(to_toml(settings))
         log = (self.root / "vsmtp.log").open("wb")
         self.proc = subprocess.Popen(
-            [str(self.executable), "serve", "--config", str(config), "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT
+            [str(self.executable), "serve", "--config", str(config), "--log-level", "WARNING"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,  # not the checkout: its vsmtp/ would shadow a --baseline build's in the receiving processes (python -m)
         )
         wait_listening(self.port)
 

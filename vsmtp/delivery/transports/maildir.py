@@ -147,7 +147,7 @@ def deliver(maildir: Path, name: str, parts: Iterable[bytes | memoryview], *, ow
         raise
     os.close(fd)
     final = maildir / "new" / name
-    if pending is not None and later:
+    if later and pending is not None:
         pending.renames.append((tmp, final, owner))  # into new/ once the batch's data is on the disk
         return final
     _rename(tmp, final)
@@ -194,8 +194,8 @@ def batch(*, by_filesystem: bool = False) -> Iterator[None]:
         try:
             _settle(pending)
         except BaseException:
-            for tmp, _, _ in pending.renames:  # nothing half-done left in tmp/ (a renamed one is gone already)
-                with contextlib.suppress(OSError):
+            for tmp, _, owner in pending.renames:  # nothing half-done left in tmp/ (a renamed one is gone already)
+                with acting_as(owner), contextlib.suppress(OSError):
                     os.unlink(tmp)
             raise
     for directory in pending.directories:
