@@ -148,7 +148,9 @@ def test_a_batch_synced_by_filesystem_renames_into_new_only_after_the_sync(tmp_p
     real, seen = maildir.sync_filesystem, []
 
     def watched(directory: Path) -> None:  # what is where when the filesystem is synced
-        seen.append({box: (sorted(p.name for p in (tmp_path / box / "tmp").iterdir()), list((tmp_path / box / "new").iterdir())) for box in "ab"})
+        seen.append(
+            {box: (sorted(p.name for p in (tmp_path / box / "tmp").iterdir()), list((tmp_path / box / "new").iterdir())) for box in "ab"}
+        )
         real(directory)
 
     monkeypatch.setattr(maildir, "sync_filesystem", watched)
@@ -161,7 +163,9 @@ def test_a_batch_synced_by_filesystem_renames_into_new_only_after_the_sync(tmp_p
     assert seen == [{box: ([f"{i}.V{box}.host" for i in range(3)], []) for box in "ab"}]
     for box in "ab":
         assert list((tmp_path / box / "tmp").iterdir()) == []
-        assert sorted(p.read_bytes() for p in (tmp_path / box / "new").iterdir()) == [f"Subject: s\r\n\r\n{box}{i}\r\n".encode() for i in range(3)]
+        assert sorted(p.read_bytes() for p in (tmp_path / box / "new").iterdir()) == [
+            f"Subject: s\r\n\r\n{box}{i}\r\n".encode() for i in range(3)
+        ]
 
 
 def test_a_failed_filesystem_sync_defers_the_batch_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,7 +180,12 @@ def test_a_failed_filesystem_sync_defers_the_batch_and_leaves_nothing(tmp_path: 
     with Journal(tmp_path / "j") as journal:
         journal.append("x", 1, None, blobs={b"Q": b"Subject: s\r\n\r\nb\r\n"})
         job = DeliveryJob(
-            queue_id="Q", reverse_path="", blob=b"Q", accepted_at=time.time(), recipients=(("bob@localhost", 0), ("eve@localhost", 0)), recovered=False
+            queue_id="Q",
+            reverse_path="",
+            blob=b"Q",
+            accepted_at=time.time(),
+            recipients=(("bob@localhost", 0), ("eve@localhost", 0)),
+            recovered=False,
         )
         with monkeypatch.context() as patched:
             patched.setattr(maildir, "sync_filesystem", failing)

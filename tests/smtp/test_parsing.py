@@ -26,7 +26,10 @@ def reference(content: bytes, max_line: int) -> tuple[bool, bool]:
     return bare, long
 
 
-@given(st.sampled_from([0, 2, 5, 10, 12, 1000]).flatmap(lambda m: st.tuples(st.just(m), content(m))), st.lists(st.integers(0, 5000), max_size=8))
+@given(
+    st.sampled_from([0, 2, 5, 10, 12, 1000]).flatmap(lambda m: st.tuples(st.just(m), content(m))),
+    st.lists(st.integers(0, 5000), max_size=8),
+)
 def test_the_scanner_finds_what_a_plain_reading_finds_whatever_the_chunks(case: tuple[int, bytes], cuts: list[int]) -> None:
     max_line, content = case
     scanner = ContentScanner(max_line)
