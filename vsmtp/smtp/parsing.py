@@ -170,29 +170,34 @@ def parse_params(text: str) -> dict[str, str | None]:
 class ContentScanner:
     """Watches message content, in chunks of any size, for what must not pass:
 
-    - bare CR or LF (RFC 5321 2.3.8): counted over the whole message, so a CRLF split across
-      two chunks is still one CRLF;
+    - bare CR or LF (RFC 5321 2.3.8), whatever the chunks: a CR is bare unless an LF follows
+      it (in the same chunk or at the start of the next), and once no CR is bare, an LF is
+      bare exactly when there are more LFs than CRs;
     - lines longer than `max_line` octets including the CRLF (RFC 5321 4.5.3.1.6); 0 is no limit.
 
     Only C-level byte searches run per chunk; nothing here walks the message line by line.
     """
 
-    __slots__ = ("_cr", "_crlf", "_ends_with_cr", "_lf", "_tail", "long_line", "max_line")
+    __slots__ = ("_bare_cr", "_cr", "_lf", "_pending_cr", "_tail", "long_line", "max_line")
 
     def __init__(self, max_line: int) -> None:
         self.max_line = max_line
         self.long_line = False
-        self._cr = self._lf = self._crlf = 0
-        self._ends_with_cr = False
+        self._cr = self._lf = 0
+        self._bare_cr = False
+        self._pending_cr = False  # the last chunk ended with a CR: the next must start with its LF
         self._tail = 0  # length of the unfinished last line so far
 
     def feed(self, chunk: bytes) -> None:
         if not chunk:
             return
+        if self._pending_cr and chunk[:1] != b"\n":
+            self._bare_cr = True
         self._cr += chunk.count(b"\r")
         self._lf += chunk.count(b"\n")
-        self._crlf += chunk.count(b"\r\n") + (1 if self._ends_with_cr and chunk[:1] == b"\n" else 0)
-        self._ends_with_cr = chunk[-1:] == b"\r"
+        self._pending_cr = chunk[-1:] == b"\r"
+        if not self._bare_cr and _BARE_CR.search(chunk, 0, len(chunk) - self._pending_cr):
+            self._bare_cr = True  # (a CR that ends the chunk is left for the next one to settle)
         if self.max_line and not self.long_line:
             self._check_lengths(chunk)
 
@@ -212,7 +217,12 @@ class ContentScanner:
 
     @property
     def bare_line_endings(self) -> bool:
-        return self._cr != self._crlf or self._lf != self._crlf
+        return self._bare_cr or self._pending_cr or self._cr != self._lf
+
+
+# A CR that no LF follows. A literal first, so the search jumps from CR to CR (50 us for
+# 100 KiB of 78-octet lines, where counting the CRLF pairs took 85).
+_BARE_CR = re.compile(rb"\r(?!\n)")
 
 
 def _line_over(chunk: bytes, first_lf: int, last_lf: int, limit: int) -> bool:
