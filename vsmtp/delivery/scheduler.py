@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import trio
@@ -235,6 +236,16 @@ class Scheduler:
                 await self.projection.wait_touched(timeout=max(wait, 0.0))
 
 
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    """What became of some recipients of one message: the events that say so."""
+
+    queue_id: str
+    recipients: list[str]
+    events: list[qe.JournalEvent]
+    accepted_at: float
+
+
 BATCH = 32  # jobs one worker takes at once: their local deliveries share one thread call
 
 
@@ -298,11 +309,11 @@ class Worker:
                             local.setdefault(delivery.route.kind, []).append(delivery)
                 for kind, deliveries in local.items():
                     results = await self._deliver(self.transports[kind], deliveries)
-                    # Journaled while this worker takes its next jobs: it rides along with the
-                    # next commit someone waits for. Losing it in a crash costs nothing but a
-                    # look into the mailbox (recovered messages check for the file first).
-                    for delivery, result in zip(deliveries, results, strict=True):
-                        background.start_soon(self._record_result, delivery, result)
+                    # Journaled while this worker takes its next jobs, the whole batch as one
+                    # group: it rides along with the next commit someone waits for. Losing it
+                    # in a crash costs nothing but a look into the mailbox (recovered messages
+                    # check for the file first).
+                    background.start_soon(self._record_results, deliveries, results)
 
     def deliveries(self, job: DeliveryJob) -> list[Delivery]:
         """The job's recipients grouped by route (a rule's choice, or policy.route), each group
@@ -333,7 +344,7 @@ class Worker:
 
     async def _deliver_one(self, transport: Transport, delivery: Delivery) -> None:
         [result] = await self._deliver(transport, [delivery])
-        await self._record_result(delivery, result)
+        await self._record_results([delivery], [result])
 
     async def _through_rules(self, job: DeliveryJob, background: trio.Nursery) -> DeliveryJob | None:
         """The delivery stage (stages.py): what is left to deliver, with the routes rules chose;
@@ -349,7 +360,8 @@ class Worker:
             config=self.config,
         )
         if routed.events:
-            background.start_soon(self._record, job.queue_id, [a for a, _ in routed.settled], routed.events, job.accepted_at)
+            settled = _Recorded(job.queue_id, [a for a, _ in routed.settled], routed.events, job.accepted_at)
+            background.start_soon(self._record, [settled])
         if not routed.kept:
             return None
         return dataclasses.replace(job, recipients=tuple(routed.kept), routes={**job.routes, **routed.routes})
@@ -359,26 +371,38 @@ class Worker:
         event = qe.DeliveryStarted(at=time.time(), queue_id=queue_id, recipients=tuple(recipients), host=host, address=address)
         await self.writer.append_group([qe.to_append(event)], durable=True, urgent=True)
 
-    async def _record_result(self, delivery: Delivery, result: Result) -> None:
-        found = outcomes.events(delivery, result, self.config, now=time.time())
-        await self._record(delivery.job.queue_id, [a for a, _ in delivery.recipients], found, delivery.job.accepted_at)
+    async def _record_results(self, deliveries: Sequence[Delivery], results: Sequence[Result]) -> None:
+        now = time.time()
+        await self._record(
+            [
+                _Recorded(d.job.queue_id, [a for a, _ in d.recipients], outcomes.events(d, r, self.config, now=now), d.job.accepted_at)
+                for d, r in zip(deliveries, results, strict=True)
+            ]
+        )
 
-    async def _record(self, queue_id: str, recipients: list[str], found: list[qe.JournalEvent], accepted_at: float) -> None:
+    async def _record(self, recorded: list[_Recorded]) -> None:
+        """Journal what became of these recipients, as one group, then tell the scheduler."""
         try:
             # Shielded: what was delivered is journaled even while we are being stopped. One
-            # group: the outcomes of one delivery are committed together or not at all.
+            # group: the outcomes of one delivery (and of a batch) are committed together or
+            # not at all.
             with trio.CancelScope(shield=True):
-                positions = await self.writer.append_group([qe.to_append(e) for e in found], durable=True, urgent=False)
+                positions = await self.writer.append_group(
+                    [qe.to_append(e) for r in recorded for e in r.events], durable=True, urgent=False
+                )
             position = positions[-1] if positions else 0
-            telemetry.metrics.delivered(found, accepted_at=accepted_at)
+            for r in recorded:
+                telemetry.metrics.delivered(r.events, accepted_at=r.accepted_at)
         except JournalError as exc:
-            # The outcome is lost but the message is not: it stays pending and the next
+            # The outcomes are lost but not the messages: they stay pending and the next
             # attempt finds the Maildir file already there.
-            log.error("cannot journal delivery of %s: %s", queue_id, exc)
-            self.lost(queue_id)  # its next attempt looks for the file first
+            for r in recorded:
+                log.error("cannot journal delivery of %s: %s", r.queue_id, exc)
+                self.lost(r.queue_id)  # its next attempt looks for the file first
             await trio.sleep(1.0)  # do not spin while the journal cannot take writes
             position = self.journal.last_position()
-        self.recorded(queue_id, recipients, position)
+        for r in recorded:
+            self.recorded(r.queue_id, r.recipients, position)
 
 
 async def serve_delivery(
