@@ -28,13 +28,28 @@ def dns_server() -> Any:
         yield server
 
 
+MAIL_HOSTS = [f"127.0.0.{n}" for n in range(2, 10)]  # the addresses test.zone gives the mail hosts
+
+
 @pytest.fixture
 async def port() -> int:
-    """A port free on 127.0.0.2-6 (the mail hosts all listen on the one remote_port)."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.7")
-    number: int = listeners[0].socket.getsockname()[1]
-    await listeners[0].aclose()
-    return number
+    """A port free on every mail host address at once (they all listen on the one
+    remote_port): one free on another address may be taken on these (50 tries at most)."""
+    for _ in range(50):
+        [probe] = await trio.open_tcp_listeners(0, host="127.0.0.7")
+        number: int = probe.socket.getsockname()[1]
+        await probe.aclose()
+        held = []
+        try:
+            for host in MAIL_HOSTS:
+                held.extend(await trio.open_tcp_listeners(number, host=host))
+        except OSError:
+            continue  # taken on one of them: another
+        finally:
+            for listener in held:
+                await listener.aclose()
+        return number
+    raise RuntimeError("no port free on every mail host address")
 
 
 @pytest.fixture
