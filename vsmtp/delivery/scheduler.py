@@ -241,8 +241,8 @@ class _Recorded:
     """What became of some recipients of one message: the events that say so."""
 
     queue_id: str
-    recipients: list[str]
-    events: list[qe.JournalEvent]
+    recipients: tuple[str, ...]
+    events: tuple[qe.JournalEvent, ...]
     accepted_at: float
 
 
@@ -360,7 +360,7 @@ class Worker:
             config=self.config,
         )
         if routed.events:
-            settled = _Recorded(job.queue_id, [a for a, _ in routed.settled], routed.events, job.accepted_at)
+            settled = _Recorded(job.queue_id, tuple(a for a, _ in routed.settled), tuple(routed.events), job.accepted_at)
             background.start_soon(self._record, [settled])
         if not routed.kept:
             return None
@@ -375,7 +375,9 @@ class Worker:
         now = time.time()
         await self._record(
             [
-                _Recorded(d.job.queue_id, [a for a, _ in d.recipients], outcomes.events(d, r, self.config, now=now), d.job.accepted_at)
+                _Recorded(
+                    d.job.queue_id, tuple(a for a, _ in d.recipients), tuple(outcomes.events(d, r, self.config, now=now)), d.job.accepted_at
+                )
                 for d, r in zip(deliveries, results, strict=True)
             ]
         )
