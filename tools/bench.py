@@ -638,7 +638,10 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, collector: Collec
         if args.baseline:  # another build, in the same repetitions, with this build's count
             names, sized["baseline"] = (*names, "baseline"), sized["vsmtp"]
         for r in range(args.repeat):
-            for name in names:  # back to back, same load, same disk
+            # Back to back, same load, same disk; the order turns with each repetition, so that
+            # no server always runs right after the same other one (whose deletions and dirty
+            # pages the disk is still working off).
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 before = (collector.spans(), collector.cpu()) if collector and sized[name].otlp else None
                 runs[name].append(run_one(server(name, args.workdir / f"{n}-{r}-{name}", sized[name], args), sized[name]))
                 if collector and before:
