@@ -126,7 +126,7 @@ def deliver(maildir: Path, name: str, parts: Iterable[bytes | memoryview], *, ow
     halfway) leaves nothing in tmp/ and is raised. In a batch that syncs by filesystem the
     file stays in tmp/ until the batch ends (batch()): `owner` renames it then."""
     pending: _Pending | None = getattr(_batch, "pending", None)
-    later = pending is not None and pending.by_filesystem
+    later = pending if pending is not None and pending.by_filesystem else None  # the batch renames it
     ensure(maildir)
     tmp = maildir / "tmp" / name
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -138,7 +138,7 @@ def deliver(maildir: Path, name: str, parts: Iterable[bytes | memoryview], *, ow
         fd = os.open(tmp, flags, 0o600)
     try:
         _write_all(fd, parts)
-        if not later:
+        if later is None:
             os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -147,8 +147,8 @@ def deliver(maildir: Path, name: str, parts: Iterable[bytes | memoryview], *, ow
         raise
     os.close(fd)
     final = maildir / "new" / name
-    if later and pending is not None:
-        pending.renames.append((tmp, final, owner))  # into new/ once the batch's data is on the disk
+    if later is not None:
+        later.renames.append((tmp, final, owner))  # into new/ once the batch's data is on the disk
         return final
     _rename(tmp, final)
     if pending is not None:
