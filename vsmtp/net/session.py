@@ -32,7 +32,7 @@ from ..smtp import events as ev
 from ..smtp import replies
 from ..smtp.replies import Reply
 from ..smtp.states import State
-from . import checks, screen
+from . import checks, direct, screen
 from .auth import Login
 from .deadlines import Deadlines
 from .errorlimits import ErrorLimits
@@ -75,6 +75,7 @@ class Session:
         flight: Flight | None = None,
     ) -> None:
         self.stream = stream
+        self._fd = direct.fileno(stream)  # read and written directly while the session is plain TCP (direct.py)
         # Called before the session's last reply (221, 421) goes out: a client that reconnects
         # the moment it reads it must not find its old session still counted against its limit.
         self.on_last_reply = on_last_reply
@@ -235,15 +236,17 @@ class Session:
             return await self._close_with(replies.SHUTTING_DOWN, "shutdown")
         await self._flush()
         in_data = self.conn.state is State.DATA or self.conn.state is State.BDAT
-        deadline = self.deadlines.until(in_data=in_data, now=trio.current_time())
+        now = trio.current_time()
+        deadline = self.deadlines.until(in_data=in_data, now=now)
         if self._shutdown_deadline is not None:
             deadline = min(deadline, self._shutdown_deadline)
-        data: bytes | bytearray = b""
-        with trio.CancelScope(deadline=deadline) as scope:
-            self._recv_scope = scope
-            data = await self.stream.receive_some(READ_SIZE)
-        self._recv_scope = None
-        if scope.cancelled_caught:
+        data: bytes | bytearray | None = None
+        if self._fd is not None and now < deadline:
+            await trio.lowlevel.checkpoint()  # another session runs between two reads of this one
+            data = direct.receive_now(self._fd, READ_SIZE)
+        if data is None:  # nothing yet: wait for it, with the deadline
+            data = await self._wait_receive(deadline)
+        if data is None:
             now = trio.current_time()
             if self._shutdown_deadline is not None and now >= self._shutdown_deadline:
                 return await self._close_with(replies.SHUTTING_DOWN, "shutdown")
@@ -253,6 +256,14 @@ class Session:
         self.conn.receive_data(data)
         return None
 
+    async def _wait_receive(self, deadline: float) -> bytes | bytearray | None:
+        """Read from the stream, waiting until `deadline` (or the shutdown's): None if it passed."""
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._recv_scope = scope
+            data = await (direct.receive(self._fd, READ_SIZE) if self._fd is not None else self.stream.receive_some(READ_SIZE))
+        self._recv_scope = None
+        return None if scope.cancelled_caught else data
+
     async def _close_with(self, reply: Reply, reason: str) -> str:
         self._out += reply.to_bytes()
         with trio.move_on_after(5):
@@ -260,9 +271,16 @@ class Session:
         return reason
 
     async def _flush(self) -> None:
-        if self._out:
-            data, self._out = bytes(self._out), bytearray()
-            await self.stream.send_all(data)
+        if not self._out:
+            return
+        if self._fd is not None:
+            sent = direct.send_now(self._fd, self._out)
+            if sent == len(self._out):
+                self._out.clear()
+                return
+            del self._out[:sent]  # the socket's buffer is full: wait for room as the stream does
+        data, self._out = bytes(self._out), bytearray()
+        await self.stream.send_all(data)
 
     async def _journal(self, event: qe.JournalEvent) -> None:
         """Append without waiting for the disk: it rides along with the next commit."""
@@ -273,6 +291,7 @@ class Session:
 
     async def _start_tls(self) -> bool:
         """Handshake as the TLS server on our stream; False if it failed (the session ends)."""
+        self._fd = None  # from here on the socket carries TLS records: only the TLS stream may touch it
         try:
             self.stream, self.tls_info = await handshake(
                 self.stream, self.settings.tls[self.listener.name], timeout=self.config.tls.handshake_timeout

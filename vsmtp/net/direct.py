@@ -1,0 +1,68 @@
+"""The session's plain TCP socket, read and written without trio's per-call scheduling.
+
+trio's SocketStream makes every `send_all` and `receive_some` a full checkpoint: it checks
+for cancellation, tries the call, and yields to the scheduler afterwards, whether or not the
+call had to wait (about 6 us a call here, against 1 us for the system call). An SMTP
+message is eight or nine such calls (MAIL, RCPT, DATA, the body, four replies), so a
+session pays that overhead more than it pays for its own parsing.
+
+A session on plain TCP asks these instead: `send_now` writes what the socket takes at once,
+`receive_now` reads what has already arrived, both without yielding, and the session falls
+back to the stream's own calls (with their deadlines) only when it must wait. The session
+yields once before each read of a new command, so another session always runs between two
+of its commands (and a client that pipelines cannot hold the process). Once TLS starts the
+session uses the TLS stream, which wraps the same socket, and these are no longer called.
+
+Both work on the socket's file descriptor (os.read, os.write: no private trio attribute), so
+the caller must not use them after closing the stream.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import trio
+
+
+def fileno(stream: trio.abc.Stream) -> int | None:
+    """The descriptor of a plain TCP stream, or None for anything else (TLS, a test's memory stream)."""
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket.fileno()
+    return None
+
+
+def receive_now(fd: int, max_bytes: int) -> bytes | None:
+    """What has arrived, up to `max_bytes` (b"" once the peer has closed), or None if nothing has."""
+    try:
+        return os.read(fd, max_bytes)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        raise _broken(exc) from exc
+
+
+async def receive(fd: int, max_bytes: int) -> bytes:
+    """Wait until something arrives and read it (b"" once the peer has closed): cancellable."""
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        data = receive_now(fd, max_bytes)
+        if data is not None:
+            return data
+
+
+def send_now(fd: int, data: bytes | bytearray | memoryview) -> int:
+    """Write what the socket takes without waiting; how many octets that was (0 if none)."""
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise _broken(exc) from exc
+
+
+def _broken(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    # As trio's SocketStream: a closed descriptor is our own doing, the rest the peer's.
+    if exc.errno == errno.EBADF:
+        return trio.ClosedResourceError("the socket was closed")
+    return trio.BrokenResourceError(f"socket error: {exc}")
