@@ -207,8 +207,40 @@ def encode_record(tag: str, version: int, payload: Any) -> bytes:
         raise TypeError(f"{tag} v{version}: payload cannot be encoded: {exc}") from exc
 
 
+_TAG_KEY = b"\xa3\x61t"  # a map of three entries, the first key the text "t"
+
+
+def tag_of(content: bytes) -> bytes | None:
+    """The tag of a record's CBOR (checksum already checked), as UTF-8, read from its first
+    bytes without decoding the rest: encode_record writes the map with "t" first. None when
+    the record is laid out otherwise (whoever asks then decodes it whole)."""
+    if not content.startswith(_TAG_KEY) or len(content) < 5:
+        return None
+    head = content[3]
+    if 0x60 <= head < 0x78:  # a text string of fewer than 24 octets: its length in the head
+        return content[4 : 4 + head - 0x60]
+    if head == 0x78:  # up to 255 octets: the length in the next byte
+        return content[5 : 5 + content[4]]
+    return None
+
+
 def decode_record(position: int, data: bytes) -> Record:
-    data = unframe_record(position, data)
+    """The record stored at `position`, its checksum checked (CorruptRecord)."""
+    return _decoded(position, unframe_record(position, data))
+
+
+def decode_tagged(position: int, data: bytes, tags: frozenset[bytes]) -> Record | None:
+    """As decode_record, but None for a record whose tag (UTF-8) is not among `tags`: its
+    checksum is checked, its payload not decoded."""
+    content = unframe_record(position, data)
+    tag = tag_of(content)
+    if tag is not None and tag not in tags:
+        return None
+    record = _decoded(position, content)
+    return record if record.tag.encode() in tags else None  # laid out otherwise: decoded to know
+
+
+def _decoded(position: int, data: bytes) -> Record:
     try:
         obj = cbor2.loads(data)
     except Exception as exc:  # cbor2 raises several types for bad input

@@ -246,7 +246,7 @@ async def follow(
     processes sharing the journal are seen within `poll_interval` seconds.
     """
     async with aclosing(follow_batches(journal, after=after, writer=writer, poll_interval=poll_interval, batch=batch)) as batches:
-        async for records in batches:
+        async for records, _ in batches:
             for record in records:
                 yield record
 
@@ -258,17 +258,21 @@ async def follow_batches(
     writer: GroupCommitWriter | None = None,
     poll_interval: float = 0.5,
     batch: int = 512,
-) -> AsyncGenerator[list[Record], None]:
-    """As `follow`, a read at a time: each list (never empty) holds the records one read
-    found, at most `batch`, for a follower that does its bookkeeping once per read."""
+    tags: frozenset[str] | None = None,
+) -> AsyncGenerator[tuple[list[Record], int], None]:
+    """As `follow`, a read at a time, for a follower that does its bookkeeping once per read:
+    each item is the records one read found (at most `batch`) and the position of the last
+    one. With `tags`, only records with those tags are given (Journal.read_batch), so the list
+    may be empty while the position moves on; without, it is never empty."""
     while True:
-        records = list(journal.read(after, limit=batch))
-        if records:
-            yield records
-            after = records[-1].position
-        if len(records) == batch:
-            await trio.lowlevel.checkpoint()
-            continue
+        records, last = journal.read_batch(after, limit=batch, tags=tags)
+        if last > after:
+            full = last - after >= batch  # positions are gapless past the horizon: maybe more to read
+            yield records, last
+            after = last
+            if full:
+                await trio.lowlevel.checkpoint()
+                continue
         with trio.move_on_after(poll_interval):
             if writer is not None:
                 await writer.wait_committed(after)

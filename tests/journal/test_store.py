@@ -6,10 +6,13 @@ import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
 
+import cbor2
 import lmdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from vsmtp_journal import Append, CorruptRecord, Journal, JournalError, JournalFull
-from vsmtp_journal.codec import encode_position
+from vsmtp_journal.codec import decode_tagged, encode_position, encode_record, frame, tag_of, unframe_record
 
 
 def test_positions_start_at_one_and_read_back_in_order(tmp_path: Path) -> None:
@@ -195,3 +198,53 @@ def test_processes_sharing_a_journal_survive_each_others_map_growth(tmp_path: Pa
         assert [r.position for r in journal.read(0)] == list(range(1, 181))
         assert journal.stats()["blobs"] == 180
         assert journal.stats()["map_bytes"] > 1 << 20
+
+
+PAYLOADS = st.recursive(st.none() | st.integers() | st.text(), lambda inner: st.lists(inner, max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(tag=st.text(min_size=0, max_size=300), payload=PAYLOADS)
+def test_the_tag_read_from_a_records_first_bytes_is_its_decoded_tag_or_none(tag: str, payload: object) -> None:
+    """tag_of reads the tag without decoding the record: it must never name a wrong one."""
+    data = encode_record(tag, 1, payload)
+    content = unframe_record(1, data)
+    peeked = tag_of(content)
+    assert peeked is None or peeked == tag.encode()
+    if len(tag.encode()) < 256:
+        assert peeked == tag.encode()  # the writer's layout: always read
+    wanted = decode_tagged(1, data, frozenset({tag.encode()}))
+    assert wanted is not None and (wanted.tag, wanted.payload) == (tag, payload)
+    assert decode_tagged(1, data, frozenset({tag.encode() + b"x"})) is None
+
+
+def test_a_record_laid_out_otherwise_is_decoded_to_learn_its_tag() -> None:
+    """Another writer may order the map differently: nothing wanted is missed for it."""
+    content = cbor2.dumps({"v": 1, "p": {"n": 1}, "t": "message.accepted"})
+    assert tag_of(content) is None
+    data = frame(content)
+    record = decode_tagged(7, data, frozenset({b"message.accepted"}))
+    assert record is not None and (record.position, record.tag, record.payload) == (7, "message.accepted", {"n": 1})
+    assert decode_tagged(7, data, frozenset({b"session.mail"})) is None
+
+
+def test_read_batch_skips_unwanted_records_but_still_checks_them(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    for tag in ["session.mail", "message.accepted", "session.data"]:
+        journal.append(tag, 1, {"tag": tag})
+    records, last = journal.read_batch(0, limit=10, tags=frozenset({"message.accepted"}))
+    assert [(r.position, r.tag) for r in records] == [(2, "message.accepted")] and last == 3
+    assert journal.read_batch(3, limit=10) == ([], 3)
+    records, last = journal.read_batch(0, limit=2)
+    assert [r.position for r in records] == [1, 2] and last == 2
+    journal.close()
+    # A skipped record is not trusted blindly: a changed byte in it is still found.
+    env = lmdb.open(str(tmp_path / "j"), max_dbs=4)
+    with env.begin(write=True) as txn:
+        events = env.open_db(b"events", txn=txn)
+        value = bytearray(txn.get(encode_position(3), db=events))
+        value[-1] ^= 0xFF
+        txn.put(encode_position(3), bytes(value), db=events)
+    env.close()
+    with Journal(tmp_path / "j") as journal, pytest.raises(CorruptRecord, match="position 3"):
+        journal.read_batch(0, limit=10, tags=frozenset({"message.accepted"}))

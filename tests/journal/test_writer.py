@@ -187,11 +187,35 @@ async def test_follow_batches_gives_each_read_whole_then_what_comes(tmp_path: Pa
     seen: list[list[int]] = []
     with trio.fail_after(5):
         async with aclosing(follow_batches(journal, after=1, writer=writer, batch=3, poll_interval=30)) as batches:
-            async for records in batches:
+            async for records, last in batches:
                 seen.append([r.position for r in records])
+                assert last == seen[-1][-1]
                 if len(seen) == 2:
                     await writer.append("new", 1, None)
                 if len(seen) == 3:
                     break
     assert seen == [[2, 3, 4], [5], [6]]  # at most `batch` a read; the new record wakes it at once
+    nursery.cancel_scope.cancel()
+
+
+async def test_follow_batches_with_tags_gives_only_those_and_moves_past_the_others(tmp_path: Path, nursery: trio.Nursery) -> None:
+    from vsmtp_journal import follow_batches
+
+    journal = Journal(tmp_path / "j")
+    for i, tag in enumerate(["session.mail", "message.accepted", "session.data", "session.mail", "session.data"], start=1):
+        journal.append(tag, 1, {"n": i})
+    writer = GroupCommitWriter(journal)
+    await nursery.start(writer.serve)
+    seen: list[tuple[list[tuple[int, str, object]], int]] = []
+    with trio.fail_after(5):
+        following = follow_batches(journal, writer=writer, batch=3, poll_interval=30, tags=frozenset({"message.accepted"}))
+        async with aclosing(following) as batches:
+            async for records, last in batches:
+                seen.append(([(r.position, r.tag, r.payload) for r in records], last))
+                if len(seen) == 2:
+                    await writer.append("message.accepted", 1, {"n": 6})
+                if len(seen) == 3:
+                    break
+    # Nothing wanted in the second read, but its position is given: the follower moves past it.
+    assert seen == [([(2, "message.accepted", {"n": 2})], 3), ([], 5), ([(6, "message.accepted", {"n": 6})], 6)]
     nursery.cancel_scope.cancel()

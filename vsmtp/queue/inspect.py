@@ -12,8 +12,8 @@ from typing import Any
 from vsmtp_journal import Journal
 
 from . import events as qe
-from .projection import latest_checkpoint
-from .state import MessageState, QueueState, fold
+from .projection import fold_journal, latest_checkpoint
+from .state import MessageState, QueueState
 
 ACTIONS: dict[str, type[qe.OperatorAction]] = {
     "hold": qe.MessageHeld,
@@ -26,7 +26,7 @@ ACTIONS: dict[str, type[qe.OperatorAction]] = {
 def current(journal: Journal) -> QueueState:
     """The queue now: the newest checkpoint and the records after it (what the daemon holds)."""
     base = latest_checkpoint(journal) or QueueState()
-    return fold(base, journal.read(base.position))
+    return fold_journal(base, journal)
 
 
 def summary(message: MessageState, *, now: float) -> dict[str, Any]:

@@ -33,7 +33,22 @@ def rebuild(journal: Journal) -> QueueState:
     base = QueueState() if horizon == 0 else read_snapshot(journal, horizon)
     if base is None:
         raise JournalError(f"records up to {horizon} were purged but the snapshot there is missing or unreadable")
-    return fold(base, journal.read(base.position))
+    return fold_journal(base, journal)
+
+
+FOLD_BATCH = 4096  # records read at once while catching up
+
+
+def fold_journal(state: QueueState, journal: Journal) -> QueueState:
+    """`state` with every later record of the journal folded in. Only the records the queue
+    reacts to are decoded (Journal.read_batch): at start-up, most of a journal is sessions."""
+    while True:
+        records, last = journal.read_batch(state.position, limit=FOLD_BATCH, tags=QUEUE_TAGS)
+        if last == state.position:
+            return state
+        state = fold(state, records)
+        if state.position != last:
+            state = replace(state, position=last)
 
 
 def read_snapshot(journal: Journal, position: int) -> QueueState | None:
@@ -77,7 +92,7 @@ class QueueProjection:
         if self.state.position == 0:
             self.state = latest_checkpoint(self.journal) or rebuild(self.journal)
             self.loaded_from = self.state.position
-        self.state = fold(self.state, self.journal.read(self.state.position))
+        self.state = fold_journal(self.state, self.journal)
         self._touched.update(self.state.messages.keys())
 
     async def serve_checkpoints(self, interval: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -129,18 +144,19 @@ class QueueProjection:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async with aclosing(follow_batches(self.journal, after=self.state.position, writer=self.writer)) as batches:
-            async for records in batches:
-                # The state and its position are replaced once per read, not once per record:
-                # most records (a session's commands) do not concern the queue.
+        # Only the records the queue reacts to are decoded: most (a session's commands) are
+        # not, and are skipped after their checksum is checked.
+        following = follow_batches(self.journal, after=self.state.position, writer=self.writer, tags=QUEUE_TAGS)
+        async with aclosing(following) as batches:
+            async for records, last in batches:
+                # The state and its position are replaced once per read, not once per record.
                 state = self.state
                 for record in records:
-                    if record.tag in QUEUE_TAGS:
-                        event = qe.decode(record)
-                        state = apply(state, event)
-                        queue_id = getattr(event, "queue_id", None)
-                        if queue_id is not None:
-                            self._touched.add(queue_id)
-                self.state = replace(state, position=records[-1].position)
+                    event = qe.decode(record)
+                    state = apply(state, event)
+                    queue_id = getattr(event, "queue_id", None)
+                    if queue_id is not None:
+                        self._touched.add(queue_id)
+                self.state = replace(state, position=last)
                 changed, self._changed = self._changed, trio.Event()
                 changed.set()
