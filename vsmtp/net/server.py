@@ -13,7 +13,6 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 
 import trio
 from vsmtp_journal import GroupCommitWriter
@@ -102,6 +101,29 @@ def bind_sockets(config: Config, copies: int) -> list[list[tuple[ListenerConfig,
     return sets
 
 
+# What accept() may fail with when the machine is short of something (descriptors, memory):
+# the listener is fine, the connection waits in the backlog. Anything else is a bug.
+_SHORT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_SHORT_PAUSE = 0.1
+
+
+async def _accept(listener: trio.SocketListener, handle: Callable[[trio.SocketStream], Awaitable[None]], sessions: trio.Nursery) -> None:
+    """Accept connections, a session task for each (trio.serve_listeners does the same, and
+    then closes each stream again, forcefully: a cancelled checkpoint, about 25 us a
+    connection; here the session's handler closes its own)."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _SHORT_OF_RESOURCES:
+                    raise
+                log.error("cannot accept a connection (%s): trying again in %.1f s", exc.strerror, _SHORT_PAUSE)
+                await trio.sleep(_SHORT_PAUSE)
+                continue
+            sessions.start_soon(handle, stream)
+
+
 class SmtpService:
     def __init__(self, config: Config, writer: GroupCommitWriter, anvil: Anvil | None = None, plugins: PluginManager | None = None) -> None:
         self.plugins = plugins
@@ -141,8 +163,7 @@ class SmtpService:
                         host, port = sock_listener.socket.getsockname()[:2]
                         bound.append(Bound(listener=listener.name, host=host, port=port))
                         log.info("listener %s (%s): accepting SMTP on %s port %d", listener.name, listener.role, host, port)
-                        handler = self._handler(listener)
-                        accepting.start_soon(partial(trio.serve_listeners, handler, [sock_listener], handler_nursery=sessions))
+                        accepting.start_soon(_accept, sock_listener, self._handler(listener), sessions)
                     task_status.started(bound)
             for _, sock_listener in listeners:
                 await sock_listener.aclose()
@@ -168,7 +189,16 @@ class SmtpService:
 
     def _handler(self, listener: ListenerConfig) -> Callable[[trio.SocketStream], Awaitable[None]]:
         async def handle(stream: trio.SocketStream) -> None:
-            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+            try:
+                await converse(stream)
+            except OSError as exc:
+                # Gone before its session began (a reset while it waited to be accepted: its
+                # address cannot even be read): its own loss, not the process's.
+                log.debug("listener %s: a connection ended before its session began: %s", listener.name, exc)
+            finally:
+                stream.socket.close()  # the session closed it already, unless it never began
+
+        async def converse(stream: trio.SocketStream) -> None:
             settings = self.settings
             limits = settings.config.limits
             peer = _peer(stream.socket.getpeername())
