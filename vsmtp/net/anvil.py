@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import mmap
 import os
@@ -43,6 +44,7 @@ def create() -> int:
     return fd
 
 
+@functools.lru_cache(maxsize=4096)  # asked at every connection and its end: parsed once per address
 def network(host: str) -> str:
     """The client's network: its /24 for IPv4, its /64 for IPv6 (IPv4-mapped as IPv4)."""
     address = ipaddress.ip_address(host)

@@ -167,7 +167,16 @@ class Session:
                         await self._journal(qe.SessionClosed(at=time.time(), session_id=self.id, reason=reason))
                     except JournalError:
                         log.debug("session %s: session.closed not journaled (the writer has stopped)", self.id)
-                    await trio.aclose_forcefully(self.stream)
+                    await self._close()
+
+    async def _close(self) -> None:
+        if self._fd is not None and isinstance(self.stream, trio.SocketStream):
+            # Plain TCP: nothing to say before closing, so no cancelled checkpoint as
+            # aclose_forcefully makes (raising and catching Cancelled, for each connection).
+            self._fd = None
+            self.stream.socket.close()
+        else:
+            await trio.aclose_forcefully(self.stream)  # TLS: its close_notify, if it can go at once
 
     def request_shutdown(self, deadline: float) -> None:
         """SIGTERM: finish an open transaction by `deadline`; an idle session closes at once."""

@@ -13,7 +13,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from ..auth.results import ArcResult, DkimResult, DmarcResult, SpfResult
@@ -215,4 +215,9 @@ def exports(
 
 
 def endpoint(host: str, port: int) -> Endpoint:
-    return Endpoint(ipaddress.ip_address(host), port)
+    return Endpoint(_address(host), port)
+
+
+# Parsed once per address, not per session: a client that reconnects for each message (and our
+# own address) would otherwise be parsed twice a connection. The objects are immutable.
+_address = lru_cache(maxsize=4096)(ipaddress.ip_address)
