@@ -292,6 +292,7 @@ class LimitsConfig:
     soft_errors: int = 10  # errors before each reply is delayed
     hard_errors: int = 20  # errors before 421 and close
     error_delay: float = 1.0  # seconds, times the errors past soft_errors
+    junk_commands: int = 100  # NOOP, RSET, VRFY, EXPN, HELP before each further one counts as an error; 0: no limit
     shutdown_grace: float = 30.0  # SIGTERM: seconds for open transactions to finish
 
 

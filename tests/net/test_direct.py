@@ -19,7 +19,7 @@ from vsmtp.config import Config
 from vsmtp.daemon import Running
 from vsmtp.net import direct
 
-from ..conftest import port_of, wait_delivered
+from ..conftest import port_of, wait_delivered, with_changes
 
 
 def test_receive_now_reads_what_has_arrived_and_none_otherwise() -> None:
@@ -60,7 +60,7 @@ def test_a_peer_that_went_away_is_a_broken_stream_and_a_closed_descriptor_a_clos
 async def test_replies_that_overflow_the_socket_arrive_whole_and_in_order(start_server: Any, config: Config) -> None:
     """A client pipelines thousands of commands and reads nothing for a while: the replies
     fill its socket, so the session writes part of a batch and waits for room for the rest."""
-    running = await start_server(config)
+    running = await start_server(with_changes(config, limits={"junk_commands": 0}))  # NOOPs without end
     count = 20_000
     commands = b"".join(b"NOOP %d\r\n" % i for i in range(count)) + b"QUIT\r\n"
 
@@ -87,7 +87,7 @@ async def test_replies_that_overflow_the_socket_arrive_whole_and_in_order(start_
 async def test_a_client_that_pipelines_without_pause_does_not_starve_another(start_server: Any, config: Config) -> None:
     """Its input is always there, so its session never has to wait for it: it must still
     let the others run (it yields before each read)."""
-    running = await start_server(config)
+    running = await start_server(with_changes(config, limits={"junk_commands": 0}))  # NOOPs without end
     port = port_of(running)
     stop = threading.Event()
     flooded = [0]

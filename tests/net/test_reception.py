@@ -182,6 +182,37 @@ async def test_too_many_errors_delays_then_closes(start_server: Any, config: Con
     running.cancel_scope.cancel()
 
 
+async def test_junk_commands_past_the_limit_count_as_errors(start_server: Any, config: Config) -> None:
+    """Postfix's smtpd_junk_command_limit: NOOP, RSET, VRFY ... cannot hold a session open."""
+    running = await start_server(with_changes(config, limits={"junk_commands": 3, "soft_errors": 10, "hard_errors": 2}))
+    peer = await Peer.connect(port_of(running))
+    await peer.replies(1)
+    await peer.send(b"NOOP\r\nRSET\r\nVRFY bob\r\nNOOP\r\nHELP\r\n")
+    answers = await peer.replies(5)
+    assert answers[:2] == [str(replies.OK)] * 2
+    assert answers[2] == str(replies.CANNOT_VRFY)
+    assert answers[3] == str(replies.OK)  # past the limit: an error counted, not yet the hard limit
+    assert answers[4] == str(replies.TOO_MANY_ERRORS)
+    assert await peer.closed()
+    await peer.aclose()
+    running.cancel_scope.cancel()
+
+
+async def test_a_delivered_message_starts_the_junk_count_again(start_server: Any, config: Config) -> None:
+    running = await start_server(with_changes(config, limits={"junk_commands": 2, "soft_errors": 10, "hard_errors": 1}))
+
+    def converse() -> list[int]:
+        with smtp_client(running) as client:
+            codes = [client.noop()[0], client.noop()[0]]
+            client.sendmail("a@example.org", ["bob@localhost"], b"Subject: x\r\n\r\nx\r\n")
+            codes += [client.noop()[0], client.noop()[0]]
+            codes.append(client.noop()[0])  # the third since the message: the hard limit (1 error)
+            return codes
+
+    assert await trio.to_thread.run_sync(converse) == [250, 250, 250, 250, 421]
+    running.cancel_scope.cancel()
+
+
 async def test_too_many_connections_from_one_address_while_another_is_served(start_server: Any, config: Config) -> None:
     running = await start_server(with_changes(config, limits={"max_connections_per_ip": 2}))
     first = [await Peer.connect(port_of(running), "127.0.0.2") for _ in range(2)]

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
 _IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
+_JUNK = (ev.Noop, ev.Rset, ev.Vrfy, ev.Expn, ev.Help)  # commands that move no mail forward (ErrorLimits)
 
 
 @dataclass(slots=True)
@@ -217,7 +218,7 @@ class Session:
                         self.tx.body.drop()  # read to its end, then refused: 452
                 continue
             assert event is not ev.PAUSED, "every event is answered before the next is read"
-            reply = await self.errors.count(await self._answer(event), self._flush)
+            reply = await self.errors.count(await self._answer(event), self._flush, junk=isinstance(event, _JUNK))
             self._out += self.conn.send(reply)
             telemetry.spans.command(self.span, event, reply)
             self.deadlines.answered()
