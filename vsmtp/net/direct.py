@@ -6,12 +6,13 @@ call had to wait (about 6 us a call here, against 1 us for the system call). An 
 message is eight or nine such calls (MAIL, RCPT, DATA, the body, four replies), so a
 session pays that overhead more than it pays for its own parsing.
 
-A session on plain TCP asks these instead: `send_now` writes what the socket takes at once,
-`receive_now` reads what has already arrived, both without yielding, and the session falls
-back to the stream's own calls (with their deadlines) only when it must wait. The session
-yields once before each read of a new command, so another session always runs between two
-of its commands (and a client that pipelines cannot hold the process). Once TLS starts the
-session uses the TLS stream, which wraps the same socket, and these are no longer called.
+A session on plain TCP asks these instead: `send_now` writes what the socket takes at once
+and `receive_now` reads what has already arrived, both without yielding. Only when nothing
+has arrived does the session wait (`receive`, within its deadline), and only a reply the
+socket cannot take at once goes through the stream's `send_all`. The session yields once
+before each read, so another session always runs between two reads of one (a client that
+pipelines cannot hold the process). Once TLS starts the session uses the TLS stream, which
+wraps the same socket, and these are no longer called.
 
 Both work on the socket's file descriptor (os.read, os.write: no private trio attribute), so
 the caller must not use them after closing the stream.
