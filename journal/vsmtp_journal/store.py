@@ -15,7 +15,7 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -366,14 +366,9 @@ class Journal:
 
         The read transaction is a consistent snapshot; it is held only while this iterates.
         """
-        with self._begin_read() as txn:
-            cursor = txn.cursor(db=self._events)
-            if not cursor.set_range(encode_position(after + 1)):
-                return
-            for count, (key, data) in enumerate(cursor):
-                if limit is not None and count >= limit:
-                    return
-                yield decode_record(decode_position(cast(bytes, key)), cast(bytes, data))
+        with contextlib.closing(self.read_raw(after, limit=limit)) as raw:
+            for position, data in raw:
+                yield decode_record(position, data)
 
     def read_batch(self, after: int = 0, *, limit: int, tags: frozenset[str] | None = None) -> tuple[list[Record], int]:
         """At most `limit` records after `after`, and the position of the last one read (`after`
@@ -383,27 +378,23 @@ class Journal:
         wanted = None if tags is None else frozenset(tag.encode() for tag in tags)
         records: list[Record] = []
         last = after
-        with self._begin_read() as txn:
-            cursor = txn.cursor(db=self._events)
-            if not cursor.set_range(encode_position(after + 1)):
-                return records, last
-            for count, (key, data) in enumerate(cursor):
-                if count >= limit:
-                    break
-                last = decode_position(cast(bytes, key))
-                if wanted is None:
-                    records.append(decode_record(last, cast(bytes, data)))
-                elif (record := decode_tagged(last, cast(bytes, data), wanted)) is not None:
+        with contextlib.closing(self.read_raw(after, limit=limit)) as raw:
+            for last, data in raw:
+                record = decode_record(last, data) if wanted is None else decode_tagged(last, data, wanted)
+                if record is not None:
                     records.append(record)
         return records, last
 
-    def read_raw(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
-        """(position, encoded record) after `after`, undecoded: for checking a damaged journal."""
+    def read_raw(self, after: int = 0, *, limit: int | None = None) -> Generator[tuple[int, bytes], None, None]:
+        """(position, stored record) after `after`, at most `limit` of them, undecoded: what
+        the readers above decode, and what checking a damaged journal looks at."""
         with self._begin_read() as txn:
             cursor = txn.cursor(db=self._events)
             if not cursor.set_range(encode_position(after + 1)):
                 return
-            for key, data in cursor:
+            for count, (key, data) in enumerate(cursor):
+                if limit is not None and count >= limit:
+                    return
                 yield decode_position(cast(bytes, key)), cast(bytes, data)
 
     def lookup(self, key: bytes) -> int | None:

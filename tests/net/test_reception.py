@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import smtplib
+import socket
+import struct
 from typing import Any
 
 import pytest
@@ -290,3 +292,25 @@ async def test_graceful_stop_lets_a_transaction_finish_and_closes_idle_sessions(
         await Peer.connect(port_of(running))  # no longer listening
     await busy.aclose()
     await idle.aclose()
+
+
+async def test_clients_that_reset_before_their_session_begins_harm_no_one(server: Running) -> None:
+    """A client that connects and resets at once (SO_LINGER 0) is often still waiting to be
+    accepted when it is gone: asking for its address then fails. That is its own loss: the
+    others are served, and the process goes on (it used to end with the error)."""
+
+    def reset_then_send() -> dict[str, Any]:
+        for _ in range(300):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.connect(("127.0.0.1", port_of(server)))
+            sock.close()
+        with smtplib.SMTP("127.0.0.1", port_of(server), timeout=10) as client:
+            return client.sendmail("a@example.org", ["bob@localhost"], b"Subject: after\r\n\r\nstill here\r\n")
+
+    assert await trio.to_thread.run_sync(reset_then_send) == {}
+    await wait_delivered(server, 1)
+    assert server.smtp is not None
+    with trio.fail_after(5):  # and none of them is left counted against the address
+        while server.smtp.counts.total():
+            await trio.sleep(0.01)

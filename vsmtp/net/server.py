@@ -190,7 +190,7 @@ class SmtpService:
     def _handler(self, listener: ListenerConfig) -> Callable[[trio.SocketStream], Awaitable[None]]:
         async def handle(stream: trio.SocketStream) -> None:
             try:
-                await converse(stream)
+                await begin(stream)
             except OSError as exc:
                 # Gone before its session began (a reset while it waited to be accepted: its
                 # address cannot even be read): its own loss, not the process's.
@@ -198,7 +198,7 @@ class SmtpService:
             finally:
                 stream.socket.close()  # the session closed it already, unless it never began
 
-        async def converse(stream: trio.SocketStream) -> None:
+        async def begin(stream: trio.SocketStream) -> None:
             settings = self.settings
             limits = settings.config.limits
             peer = _peer(stream.socket.getpeername())
