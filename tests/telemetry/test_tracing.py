@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from opentelemetry import propagate, trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -154,6 +156,45 @@ def test_the_trace_context_kept_with_a_message_is_w3c_both_ways(monkeypatch: pyt
         assert spans.remote_context({"traceparent": bad}) is None, bad
         assert not trace.get_current_span(w3c.extract({"traceparent": bad})).get_span_context().is_valid, bad
     assert spans.remote_context({"traceparent": "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future"}) is not None
+
+
+def _hex(size: int) -> st.SearchStrategy[str]:
+    """Mostly well-formed lowercase hex of `size` digits; sometimes one digit short or long,
+    in capitals, zero or not hex."""
+    good = st.text("0123456789abcdef", min_size=size, max_size=size)
+    return good | good.map(str.upper) | st.just("0" * size) | st.text("0123456789abcdefxAB", min_size=size - 1, max_size=size + 1)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    version=st.sampled_from(["00", "00", "01", "ff", "0g", "0"]),
+    trace_id=_hex(32),
+    span_id=_hex(16),
+    flags=_hex(2),
+    tail=st.sampled_from(["", "", "-", "-future", " "]),
+    state=st.sampled_from([None, None, "", "vendor=a", "a=1,b=2", "bad state"]),
+)
+@example(version="00", trace_id="0af7651916cd43dd8448eb211c80319c", span_id="b7ad6b7169203331", flags="01", tail="", state=None)
+@example(version="00", trace_id="0af7651916cd43dd8448eb211c80319c", span_id="b7ad6b7169203331", flags="00", tail="", state="a=1")
+def test_reading_a_carrier_agrees_with_the_sdk(version: str, trace_id: str, span_id: str, flags: str, tail: str, state: str | None) -> None:
+    """remote_context reads version 00 itself: whatever the carrier, its answer is the SDK
+    propagator's, and writing it back gives what the propagator writes."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    w3c = TraceContextTextMapPropagator()
+    carrier = {"traceparent": f"{version}-{trace_id}-{span_id}-{flags}{tail}"}
+    if state is not None:
+        carrier["tracestate"] = state
+    theirs = trace.get_current_span(w3c.extract(carrier)).get_span_context()
+    ours = spans.remote_context(carrier)
+    assert ours == (theirs if theirs.is_valid else None)
+    if ours is not None:
+        assert ours.trace_flags == theirs.trace_flags and ours.trace_state.to_header() == theirs.trace_state.to_header()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(spans, "_on", True)
+            written, expected = spans.current_context(trace.NonRecordingSpan(ours)), {}
+        w3c.inject(expected, context=trace.set_span_in_context(trace.NonRecordingSpan(ours)))
+        assert written == expected and written
 
 
 def test_a_leaf_span_is_a_child_of_the_current_one_and_records_its_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import dns.asyncresolver
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..smtp.replies import Reply
@@ -126,16 +126,26 @@ def traceparent(head: bytes) -> dict[str, str]:
 
 
 _W3C = TraceContextTextMapPropagator()
+_VERSION_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_FLAGS = [TraceFlags(n) for n in range(256)]
 
 
 def remote_context(carrier: Mapping[str, str]) -> SpanContext | None:
     """The span context a W3C carrier names (traceparent, and tracestate if any), or None when
-    it names none that is valid. Read by the SDK's W3C propagator itself, not the global one
-    (OTEL_PROPAGATORS, with baggage): the carrier is vsmtp's own (message.accepted) or a
-    traceparent header, W3C whatever the environment says, and the global one costs several
-    microseconds more a message."""
-    found = trace.get_current_span(_W3C.extract(carrier)).get_span_context()
-    return found if found.is_valid else None
+    it names none that is valid. A version-00 traceparent alone (what vsmtp writes into
+    message.accepted, and what applications send) is read here in one match; anything else
+    goes to the SDK's W3C propagator itself, not the global one (OTEL_PROPAGATORS, with
+    baggage): the carrier is W3C whatever the environment says. Both ways give the same
+    answer (tests/telemetry/test_tracing.py)."""
+    if len(carrier) == 1:
+        found = _VERSION_00.fullmatch(carrier.get("traceparent", ""))
+        if found is not None:
+            trace_id, span_id = int(found[1], 16), int(found[2], 16)
+            if not trace_id or not span_id:
+                return None
+            return SpanContext(trace_id, span_id, True, _FLAGS[int(found[3], 16)])
+    extracted = trace.get_current_span(_W3C.extract(carrier)).get_span_context()
+    return extracted if extracted.is_valid else None
 
 
 def message(head: bytes, *, trusted: bool) -> tuple[contextlib.AbstractContextManager[Span], bool]:
@@ -171,10 +181,16 @@ def identify(span: Span, queue_id: str, message_id: str, size: int, recipients: 
 
 
 def current_context(span: Span) -> dict[str, str]:
-    """The W3C trace context of `span` (the message's), to keep with it (message.accepted)."""
-    carrier: dict[str, str] = {}
-    if _on:
-        _W3C.inject(carrier, context=trace.set_span_in_context(span))
+    """The W3C trace context of `span` (the message's), to keep with it (message.accepted):
+    written here as the W3C propagator writes it, without a context to carry it there."""
+    if not _on:
+        return {}
+    found = span.get_span_context()
+    if not found.is_valid:
+        return {}
+    carrier = {"traceparent": f"00-{found.trace_id:032x}-{found.span_id:016x}-{found.trace_flags:02x}"}
+    if found.trace_state:
+        carrier["tracestate"] = found.trace_state.to_header()
     return carrier
 
 
