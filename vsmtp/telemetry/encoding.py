@@ -80,6 +80,8 @@ _EVENT_NAMES = _Cache(lambda name: _string(2, name))  # Span.Event.name
 
 def _any_value(value: Any) -> bytes:
     """An AnyValue message (its content, without its own tag)."""
+    if type(value) is tuple:  # what a span keeps of a list (vsmtp.statuses): no ABC to ask
+        return _field(5, b"".join(_field(1, _any_value(item)) for item in value))  # ArrayValue.values
     if isinstance(value, str):
         return _string(1, value) or b"\x0a\x00"  # an empty string is still a string value
     if isinstance(value, bool):
@@ -98,13 +100,22 @@ def _any_value(value: Any) -> bytes:
 
 
 def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
-    """Repeated KeyValue as field `number`."""
+    """Repeated KeyValue as field `number`. Short strings and integers, nearly every value
+    vsmtp records, are written here without a call per value."""
     if not attributes:
         return b""
     tag = _SMALL[number << 3 | 2]
     out = []
     for key, value in attributes.items():
-        pair = _KEYS[key] + b"\x12" + _length(_any_value(value))
+        kind = type(value)
+        if kind is str:
+            text = value.encode("utf-8", "surrogatepass")
+            any_value = b"\x0a" + _SMALL[len(text)] + text if len(text) < 0x80 else _any_value(value)
+        elif kind is int and 0 <= value < 0x80:
+            any_value = b"\x18" + _SMALL[value]
+        else:
+            any_value = _any_value(value)
+        pair = _KEYS[key] + b"\x12" + _SMALL[len(any_value)] + any_value if len(any_value) < 0x80 else _KEYS[key] + b"\x12" + _length(any_value)
         out.append(tag + varint(len(pair)) + pair)
     return b"".join(out)
 
@@ -122,22 +133,26 @@ def _trace_state(context: SpanContext) -> bytes:
     return _string(3, ",".join(f"{key}={value}" for key, value in state.items())) if state else b""
 
 
+_KINDS = {kind: b"\x30" + _SMALL[number] for kind, number in _KIND.items()}  # Span.kind, with its tag
+_TIMES = struct.Struct("<BQBQ").pack  # start_time_unix_nano and end_time_unix_nano (fixed64), with their tags
+_UNSET = b"\x7a\x00"  # an empty Status: unset, no message
+_LOCAL_PARENT = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE)  # Span.flags (field 16, fixed32)
+_REMOTE_PARENT = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
+
+
 def span(s: ReadableSpan) -> bytes:
     """A Span message's content."""
     context = s.get_span_context()
     assert context is not None
     parent = s.parent
-    parts = [
-        b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08" + context.span_id.to_bytes(8, "big"),
-        _trace_state(context),
-        b"\x22\x08" + parent.span_id.to_bytes(8, "big") if parent is not None else b"",
-        _NAMES[s.name],
-        b"\x30" + _SMALL[_KIND[s.kind]],
-        b"\x39" + _fixed64(s.start_time or 0),
-        b"\x41" + _fixed64(s.end_time or 0),
-        _attributes(9, s.attributes),
-    ]
+    head = b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")
+    if context.trace_state:
+        head += _trace_state(context)
+    if parent is not None:
+        head += b"\x22\x08" + parent.span_id.to_bytes(8, "big")
+    parts = [head, _NAMES[s.name], _KINDS[s.kind], _TIMES(0x39, s.start_time or 0, 0x41, s.end_time or 0)]
+    if s.attributes:
+        parts.append(_attributes(9, s.attributes))
     if s.dropped_attributes:
         parts.append(b"\x50" + varint(s.dropped_attributes))
     for event in s.events:
@@ -158,11 +173,14 @@ def span(s: ReadableSpan) -> bytes:
         parts.append(b"\x70" + varint(s.dropped_links))
     status = s.status
     if status is not None:
-        body = _string(2, status.description or "")
-        if status.status_code.value:
-            body += b"\x18" + varint(status.status_code.value)
-        parts.append(b"\x7a" + _length(body))
-    parts.append(b"\x85\x01" + _fixed32(_flags(parent)))  # field 16, fixed32
+        if not status.status_code.value and not status.description:
+            parts.append(_UNSET)
+        else:
+            body = _string(2, status.description or "")
+            if status.status_code.value:
+                body += b"\x18" + varint(status.status_code.value)
+            parts.append(b"\x7a" + _length(body))
+    parts.append(_REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT)
     return b"".join(parts)
 
 
