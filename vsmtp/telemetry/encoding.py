@@ -115,7 +115,8 @@ def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
             any_value = b"\x18" + _SMALL[value]
         else:
             any_value = _any_value(value)
-        pair = _KEYS[key] + b"\x12" + _SMALL[len(any_value)] + any_value if len(any_value) < 0x80 else _KEYS[key] + b"\x12" + _length(any_value)
+        size = len(any_value)
+        pair = _KEYS[key] + b"\x12" + (_SMALL[size] if size < 0x80 else varint(size)) + any_value
         out.append(tag + varint(len(pair)) + pair)
     return b"".join(out)
 
