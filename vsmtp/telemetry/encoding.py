@@ -74,6 +74,7 @@ class _Cache(dict[Any, bytes]):
 
 
 _KEYS = _Cache(lambda key: _string(1, key))  # KeyValue.key, with its tag
+_KEY_HEADS = _Cache(lambda key: _string(1, key) + b"\x12")  # KeyValue.key, then the tag of KeyValue.value
 _NAMES = _Cache(lambda name: _string(5, name))  # Span.name
 _EVENT_NAMES = _Cache(lambda name: _string(2, name))  # Span.Event.name
 
@@ -113,12 +114,20 @@ def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
             any_value = b"\x0a" + _SMALL[len(text)] + text if len(text) < 0x80 else _any_value(value)
         elif kind is int and 0 <= value < 0x80:
             any_value = b"\x18" + _SMALL[value]
+        elif kind is tuple:
+            try:
+                any_value = _ARRAYS[value]
+            except TypeError:  # something unhashable inside (not a valid attribute value, but encodable)
+                any_value = _any_value(value)
         else:
             any_value = _any_value(value)
         size = len(any_value)
-        pair = _KEYS[key] + b"\x12" + (_SMALL[size] if size < 0x80 else varint(size)) + any_value
-        out.append(tag + varint(len(pair)) + pair)
+        pair = _KEY_HEADS[key] + (_SMALL[size] if size < 0x80 else varint(size)) + any_value
+        out.append(tag + (_SMALL[len(pair)] if len(pair) < 0x80 else varint(len(pair))) + pair)
     return b"".join(out)
+
+
+_ARRAYS = _Cache(_any_value)  # tuples of values (vsmtp.statuses): a few shapes, over and over
 
 
 def _length(payload: bytes) -> bytes:
@@ -139,6 +148,8 @@ _TIMES = struct.Struct("<BQBQ").pack  # start_time_unix_nano and end_time_unix_n
 _UNSET = b"\x7a\x00"  # an empty Status: unset, no message
 _LOCAL_PARENT = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE)  # Span.flags (field 16, fixed32)
 _REMOTE_PARENT = b"\x85\x01" + _fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
+_LOCAL_LINK = b"\x35" + _fixed32(_HAS_IS_REMOTE)  # Link.flags (field 6, fixed32)
+_REMOTE_LINK = b"\x35" + _fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
 
 
 def span(s: ReadableSpan) -> bytes:
@@ -165,6 +176,15 @@ def span(s: ReadableSpan) -> bytes:
         parts.append(b"\x60" + varint(s.dropped_events))
     for link in s.links:
         linked = link.context
+        if not link.attributes and not link.dropped_attributes:  # the usual link: ids and flags, 33 octets
+            parts.append(
+                b"\x6a\x21\x0a\x10"
+                + linked.trace_id.to_bytes(16, "big")
+                + b"\x12\x08"
+                + linked.span_id.to_bytes(8, "big")
+                + (_REMOTE_LINK if linked.is_remote else _LOCAL_LINK)
+            )
+            continue
         body = b"\x0a\x10" + linked.trace_id.to_bytes(16, "big") + b"\x12\x08" + linked.span_id.to_bytes(8, "big")
         body += _attributes(4, link.attributes)  # no trace_state: the SDK's encoder leaves it out too
         if link.dropped_attributes:
@@ -216,10 +236,15 @@ def request_bytes(spans: Iterable[ReadableSpan]) -> bytes:
     """An ExportTraceServiceRequest: the spans grouped by resource, then by scope, in the
     order they first appear (as the SDK's encoder groups them)."""
     grouped: dict[int, tuple[Any, dict[Any, list[bytes]]]] = {}
+    resource = scope = encoded = None  # the group of the span before: most batches are one group
     for s in spans:
-        resource = s.resource
-        scopes = grouped.setdefault(id(resource), (resource, {}))[1]
-        scopes.setdefault(s.instrumentation_scope or None, []).append(b"\x12" + _length(span(s)))
+        if encoded is None or s.resource is not resource or s.instrumentation_scope is not scope:
+            resource, scope = s.resource, s.instrumentation_scope
+            scopes = grouped.setdefault(id(resource), (resource, {}))[1]
+            encoded = scopes.setdefault(scope or None, [])
+        content = span(s)
+        size = len(content)
+        encoded.append(b"\x12" + (_SMALL[size] if size < 0x80 else varint(size)) + content)
     out = []
     for resource, scopes in grouped.values():
         body = [_resource(resource)]

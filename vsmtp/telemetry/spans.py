@@ -210,8 +210,10 @@ def delivery(name: str, trace_context: Mapping[str, str], *, continued: bool, **
         parent = trace.set_span_in_context(trace.NonRecordingSpan(found))
         return _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
     links = [trace.Link(found)] if found is not None else []
-    root = otel_context.Context()  # never a child of whatever ran before in this task
-    return _tracer.start_as_current_span(name, context=root, kind=kind, links=links, attributes=attributes)
+    return _tracer.start_as_current_span(name, context=_ROOT, kind=kind, links=links, attributes=attributes)
+
+
+_ROOT = otel_context.Context()  # an empty context (never changed: contexts are copied to be set): no parent
 
 
 def outcome(span: Span, statuses: set[str], reason: str = "") -> None:
