@@ -116,7 +116,7 @@ class PrivatePostfix:
                 raise RuntimeError(f"Postfix did not listen on {self.host}:{self.port}: {self.log[-2000:]}")
             time.sleep(0.1)
 
-    def _master(self) -> int | None:
+    def master_pid(self) -> int | None:
         try:
             return int((self.root / "queue" / "pid" / "master.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
@@ -125,7 +125,7 @@ class PrivatePostfix:
     def _watch(self) -> None:
         """The master is a daemon, not our child: a watchdog (bounded by LIFETIME) stops it by
         its PID if this process dies without stopping it."""
-        master = self._master()
+        master = self.master_pid()
         if master is None:
             return
         alive = f"kill -0 {os.getpid()} 2>/dev/null && [ $i -lt {LIFETIME} ]"
@@ -140,7 +140,7 @@ class PrivatePostfix:
             self._watchdog.kill()
             self._watchdog.wait()
             self._watchdog = None
-        pid = self._master()
+        pid = self.master_pid()
         if pid is None:
             return
         with contextlib.suppress(ProcessLookupError):

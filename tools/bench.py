@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,7 @@ class Result:
     machine_cpu: float  # CPU seconds of the whole machine during the run
     server_cpu: float | None = None  # vsmtp's own CPU seconds (None for Postfix: many processes)
     peak_rss_kib: int | None = None
+    peak_private_kib: int = 0  # the largest sum of the processes' own memory seen during the run (MemorySampler)
 
     messages: int = 0  # sent (with several recipients, `delivered` counts a file for each)
     expected: int = 0  # files (or held messages) that must be there: smtp-source's and the probe's
@@ -233,6 +234,47 @@ def peak_rss_kib(pid: int) -> int:
     return total
 
 
+def private_kib(pid: int) -> int:
+    """The memory `pid` and its children hold for themselves: the sum of their anonymous
+    (RssAnon) and shared-memory (RssShmem) pages. Left out: mapped files (RssFile), which for
+    vsmtp are the journal's pages in the page cache (Postfix reads its queue files with read(),
+    whose pages no process counts) and the shared libraries every process maps."""
+    total = 0
+    for each in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith(("RssAnon:", "RssShmem:")):
+                    total += int(line.split()[1])
+    return total
+
+
+class MemorySampler(threading.Thread):
+    """The peak of `private_kib` over a run, read every MEMORY_PAUSE seconds, the same way for
+    both servers: Postfix's processes come and go (an smtpd per connection), so their peaks
+    cannot be read after the run as vsmtp's VmHWM can. Bounded: it stops when told."""
+
+    def __init__(self, pid: Callable[[], int | None]) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.stop = threading.Event()
+        self.peak = 0
+
+    def run(self) -> None:
+        while not self.stop.wait(MEMORY_PAUSE):
+            pid = self.pid()
+            if pid is not None:
+                self.peak = max(self.peak, private_kib(pid))
+
+    def finish(self) -> int:
+        """Stop sampling; the peak seen."""
+        self.stop.set()
+        self.join(10)
+        return self.peak
+
+
+MEMORY_PAUSE = 0.5  # seconds: reading every process's status costs the bench a few ms each time
+
+
 def count_files(directory: Path) -> int:
     """Messages delivered: files in every new/ under `directory`."""
     return sum(len(os.listdir(new)) for new in directory.glob("**/new") if new.is_dir())
@@ -276,6 +318,10 @@ class Postfix:
 
     def stop(self) -> None:
         self.instance.stop()
+
+    def pid(self) -> int | None:
+        """Its master's, once it runs (smtpd and the other daemons are the master's children)."""
+        return self.instance.master_pid()
 
     def count(self) -> int:
         """Messages in its hold queue (accept only), or files in its Maildirs."""
@@ -331,6 +377,10 @@ class Vsmtp:
         with Journal(str(self.root / "journal"), readonly=True) as journal:
             return sum(1 for record in journal.read(0) if record.tag == "message.accepted")
 
+    def pid(self) -> int | None:
+        """The supervisor's (the receiving processes are its children)."""
+        return self.proc.pid if self.proc is not None else None
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
@@ -361,8 +411,10 @@ def to_toml(settings: dict[str, Any]) -> str:
 
 def run_one(server: Postfix | Vsmtp, scenario: Scenario) -> Result:
     server.start()
+    memory = MemorySampler(server.pid)
+    memory.start()
     try:
-        pid = server.proc.pid if isinstance(server, Vsmtp) and server.proc else None
+        pid = server.pid() if isinstance(server, Vsmtp) else None
         cpu0, machine0 = (process_cpu_seconds(pid) if pid else 0.0), machine_cpu_seconds()
         probe = Probe(server.port, scenario.size_kib)
         t0 = time.monotonic()
@@ -390,8 +442,10 @@ def run_one(server: Postfix | Vsmtp, scenario: Scenario) -> Result:
             result.peak_rss_kib = peak_rss_kib(pid)
         time.sleep(0.2)  # anything delivered twice would show now
         result.delivered = server.count()
+        result.peak_private_kib = memory.finish()
         return result
     finally:
+        memory.finish()
         server.stop()
 
 
@@ -533,7 +587,8 @@ def main() -> int:
     print(f"vsmtp against Postfix, SMTP to Maildir, {os.cpu_count()} CPUs shared with the load generator")
     print(
         f"{'scenario':<28} {'msgs pf|vs':>11} {'postfix/s':>10} {'vsmtp/s':>9} {'ratio':>6}"
-        f" {'accepted/s pf|vs':>17} {'vsmtp cpu ms/msg':>17} {'vsmtp peak MiB':>15} {'machine cpu ms/msg pf|vs':>25}"
+        f" {'accepted/s pf|vs':>17} {'vsmtp cpu ms/msg':>17} {'vsmtp peak MiB':>15} {'private MiB pf|vs':>17}"
+        f" {'machine cpu ms/msg pf|vs':>25}"
         f" {'p50 ms pf|vs':>13} {'p99 ms pf|vs':>13}  lost"
     )
     stack = contextlib.ExitStack()
@@ -658,6 +713,7 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, collector: Collec
         print(
             f"{scenario!s:<28} {counts:>11} {pf.rate():>10.0f} {vs.rate():>9.0f} {vs.rate() / pf.rate():>6.2f}"
             f" {pf.accept_rate():>8.0f}|{vs.accept_rate():<8.0f} {vs_cpu:>17.2f} {(vs.peak_rss_kib or 0) / 1024:>15.1f}"
+            f" {pf.peak_private_kib / 1024:>8.0f}|{vs.peak_private_kib / 1024:<8.0f}"
             f" {pf.machine_cpu * 1000 / pf.messages:>12.2f} | {vs.machine_cpu * 1000 / vs.messages:<10.2f}"
             f" {_ms(pf, 0.5):>6}|{_ms(vs, 0.5):<6} {_ms(pf, 0.99):>6}|{_ms(vs, 0.99):<6}"
             f"  {', '.join(missing) or 'none'}",
