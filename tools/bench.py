@@ -723,14 +723,16 @@ def _run(args: argparse.Namespace, auth: Authenticated | None, collector: Collec
             print(f"{'':<4}{baseline_line(runs['baseline'], runs['vsmtp'], pf)}", flush=True)
         if runs["plain"]:
             pairs = list(zip(runs["vsmtp"], runs["plain"], strict=True))
-            kept = statistics.median(on.rate() / off.rate() for on, off in pairs)
+            ratios = paired(runs["vsmtp"], runs["plain"])
+            kept = statistics.median(ratios)
             cost = statistics.median(
                 ((on.server_cpu or 0) / on.messages - (off.server_cpu or 0) / off.messages) * 1000 for on, off in pairs
             )
             spans, collector_ms = (statistics.median(x[i] for x in exported) for i in (0, 1))
             print(
                 f"{'':<4}export on: {kept:.2f} of the throughput without it (median of repetitions), {cost:+.2f} ms vsmtp CPU/msg;"
-                f" the collector received {spans:.1f} spans/msg and used {collector_ms * 1000:.2f} ms CPU/msg"
+                f" the collector received {spans:.1f} spans/msg and used {collector_ms * 1000:.2f} ms CPU/msg;"
+                f" pairs in order {_listed(ratios)}"
             )
             if spans < 1:
                 print("bench: the OTLP endpoint received no spans: export is broken", file=sys.stderr)
@@ -745,14 +747,25 @@ def baseline_line(baseline: list[Result], this: list[Result], postfix: Result) -
     """The baseline build against Postfix and against this build, each repetition compared
     with its own twin (the runs of one repetition are back to back)."""
     base = sorted(baseline, key=Result.rate)[len(baseline) // 2]
-    kept = statistics.median(new.rate() / old.rate() for new, old in zip(this, baseline, strict=True))
+    ratios = paired(this, baseline)
+    kept = statistics.median(ratios)
     cpu = [statistics.median((res.server_cpu or 0) * 1000 / res.messages for res in runs) for runs in (baseline, this)]
     accepted = statistics.median(new.accept_rate() / old.accept_rate() for new, old in zip(this, baseline, strict=True))
     return (
         f"baseline: {base.rate():.0f} msgs/s, ratio {base.rate() / postfix.rate():.2f};"
         f" this build {kept:.2f}x its throughput ({accepted:.2f}x accepting), CPU {cpu[1]:.2f} against {cpu[0]:.2f} ms/msg"
-        f" (p50 {_ms(base, 0.5)}, p99 {_ms(base, 0.99)} ms)"
+        f" (p50 {_ms(base, 0.5)}, p99 {_ms(base, 0.99)} ms); pairs in order {_listed(ratios)}"
     )
+
+
+def paired(this: list[Result], other: list[Result]) -> list[float]:
+    """Each repetition's throughput of `this` over its twin's (run next to it), in the order
+    the repetitions ran: their spread says how far their median can be trusted."""
+    return [new.rate() / old.rate() for new, old in zip(this, other, strict=True)]
+
+
+def _listed(ratios: list[float]) -> str:
+    return " ".join(f"{r:.2f}" for r in ratios)
 
 
 def _ms(result: Result, q: float) -> str:
