@@ -73,7 +73,6 @@ class _Cache(dict[Any, bytes]):
         return made
 
 
-_KEYS = _Cache(lambda key: _string(1, key))  # KeyValue.key, with its tag
 _KEY_HEADS = _Cache(lambda key: _string(1, key) + b"\x12")  # KeyValue.key, then the tag of KeyValue.value
 _NAMES = _Cache(lambda name: _string(5, name))  # Span.name
 _EVENT_NAMES = _Cache(lambda name: _string(2, name))  # Span.Event.name
