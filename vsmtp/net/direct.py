@@ -15,7 +15,8 @@ pipelines cannot hold the process). Once TLS starts the session uses the TLS str
 wraps the same socket, and these are no longer called.
 
 Both work on the socket's file descriptor (os.read, os.write: no private trio attribute), so
-the caller must not use them after closing the stream.
+the caller must not use them after closing the stream. `Wire` holds the session's stream
+and uses them while it may: the session asks it, and never looks at the descriptor itself.
 """
 
 from __future__ import annotations
@@ -60,6 +61,54 @@ def send_now(fd: int, data: bytes | bytearray | memoryview) -> int:
         return 0
     except OSError as exc:
         raise _broken(exc) from exc
+
+
+class Wire:
+    """A session's connection: its stream (plain TCP, then TLS after STARTTLS), read and
+    written with the calls above while it is plain TCP."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._fd = fileno(stream)
+
+    @property
+    def direct(self) -> bool:
+        """Whether what has arrived can be read without waiting (`receive_now`)."""
+        return self._fd is not None
+
+    def receive_now(self, max_bytes: int) -> bytes | None:
+        """What has arrived (b"" once the peer has closed), or None if nothing has: only while `direct`."""
+        assert self._fd is not None
+        return receive_now(self._fd, max_bytes)
+
+    async def receive(self, max_bytes: int) -> bytes | bytearray:
+        """Wait until something arrives and read it (b"" once the peer has closed): cancellable."""
+        return await (receive(self._fd, max_bytes) if self._fd is not None else self.stream.receive_some(max_bytes))
+
+    async def send(self, out: bytearray) -> None:
+        """Send `out` whole and empty it: at once when the socket takes it, else waiting for room."""
+        if self._fd is not None:
+            sent = send_now(self._fd, out)
+            del out[:sent]
+            if not out:
+                return
+        data = bytes(out)
+        out.clear()
+        await self.stream.send_all(data)
+
+    def secure(self) -> None:
+        """STARTTLS (or implicit TLS) begins: from here the socket carries TLS records, which
+        only the TLS stream (set as `stream` once it is made) may read and write."""
+        self._fd = None
+
+    async def close(self) -> None:
+        if self._fd is not None and isinstance(self.stream, trio.SocketStream):
+            # Plain TCP: nothing to say before closing, so no cancelled checkpoint as
+            # aclose_forcefully makes (raising and catching Cancelled, for each connection).
+            self._fd = None
+            self.stream.socket.close()
+        else:
+            await trio.aclose_forcefully(self.stream)  # TLS: its close_notify, if it can go at once
 
 
 def _broken(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:

@@ -75,8 +75,7 @@ class Session:
         in_flight: Callable[[], InFlight] = lambda: InFlight(0, 0),
         flight: Flight | None = None,
     ) -> None:
-        self.stream = stream
-        self._fd = direct.fileno(stream)  # read and written directly while the session is plain TCP (direct.py)
+        self.wire = direct.Wire(stream)  # the stream, read and written directly while it is plain TCP
         # Called before the session's last reply (221, 421) goes out: a client that reconnects
         # the moment it reads it must not find its old session still counted against its limit.
         self.on_last_reply = on_last_reply
@@ -168,16 +167,7 @@ class Session:
                         await self._journal(qe.SessionClosed(at=time.time(), session_id=self.id, reason=reason))
                     except JournalError:
                         log.debug("session %s: session.closed not journaled (the writer has stopped)", self.id)
-                    await self._close()
-
-    async def _close(self) -> None:
-        if self._fd is not None and isinstance(self.stream, trio.SocketStream):
-            # Plain TCP: nothing to say before closing, so no cancelled checkpoint as
-            # aclose_forcefully makes (raising and catching Cancelled, for each connection).
-            self._fd = None
-            self.stream.socket.close()
-        else:
-            await trio.aclose_forcefully(self.stream)  # TLS: its close_notify, if it can go at once
+                    await self.wire.close()
 
     def request_shutdown(self, deadline: float) -> None:
         """SIGTERM: finish an open transaction by `deadline`; an idle session closes at once."""
@@ -197,7 +187,7 @@ class Session:
             self.on_last_reply()
             await self._flush()
             return "denied at connect"
-        if self._pregreet() and await screen.talked_too_early(self.stream, self.config.hostname, self.config.screen.pregreet):
+        if self._pregreet() and await screen.talked_too_early(self.wire.stream, self.config.hostname, self.config.screen.pregreet):
             await self._journal(qe.SessionScreened(at=time.time(), session_id=self.id, test="pregreet", refused=True))
             return await self._close_with(screen.TALKED_TOO_EARLY, "talked too early")
         self._out += self.conn.send(replies.greeting(self.config.hostname))
@@ -251,9 +241,9 @@ class Session:
         if self._shutdown_deadline is not None:
             deadline = min(deadline, self._shutdown_deadline)
         data: bytes | bytearray | None = None
-        if self._fd is not None and now < deadline:
+        if self.wire.direct and now < deadline:
             await trio.lowlevel.checkpoint()  # another session runs between two reads of this one
-            data = direct.receive_now(self._fd, READ_SIZE)
+            data = self.wire.receive_now(READ_SIZE)
         if data is None:  # nothing yet: wait for it, with the deadline
             data = await self._wait_receive(deadline)
         if data is None:
@@ -270,7 +260,7 @@ class Session:
         """Read from the stream, waiting until `deadline` (or the shutdown's): None if it passed."""
         with trio.CancelScope(deadline=deadline) as scope:
             self._recv_scope = scope
-            data = await (direct.receive(self._fd, READ_SIZE) if self._fd is not None else self.stream.receive_some(READ_SIZE))
+            data = await self.wire.receive(READ_SIZE)
         self._recv_scope = None
         return None if scope.cancelled_caught else data
 
@@ -281,16 +271,8 @@ class Session:
         return reason
 
     async def _flush(self) -> None:
-        if not self._out:
-            return
-        if self._fd is not None:
-            sent = direct.send_now(self._fd, self._out)
-            if sent == len(self._out):
-                self._out.clear()
-                return
-            del self._out[:sent]  # the socket's buffer is full: wait for room as the stream does
-        data, self._out = bytes(self._out), bytearray()
-        await self.stream.send_all(data)
+        if self._out:
+            await self.wire.send(self._out)
 
     async def _journal(self, event: qe.JournalEvent) -> None:
         """Append without waiting for the disk: it rides along with the next commit."""
@@ -301,10 +283,10 @@ class Session:
 
     async def _start_tls(self) -> bool:
         """Handshake as the TLS server on our stream; False if it failed (the session ends)."""
-        self._fd = None  # from here on the socket carries TLS records: only the TLS stream may touch it
+        self.wire.secure()
         try:
-            self.stream, self.tls_info = await handshake(
-                self.stream, self.settings.tls[self.listener.name], timeout=self.config.tls.handshake_timeout
+            self.wire.stream, self.tls_info = await handshake(
+                self.wire.stream, self.settings.tls[self.listener.name], timeout=self.config.tls.handshake_timeout
             )
         except (trio.BrokenResourceError, trio.TooSlowError) as exc:
             log.info("session %s: TLS handshake with %s failed: %s", self.id, self.peer.host, exc.__cause__ or exc)
