@@ -81,7 +81,7 @@ _EVENT_NAMES = _Cache(lambda name: _string(2, name))  # Span.Event.name
 def _any_value(value: Any) -> bytes:
     """An AnyValue message (its content, without its own tag)."""
     if type(value) is tuple:  # what a span keeps of a list (vsmtp.statuses): no ABC to ask
-        return _field(5, b"".join(_field(1, _any_value(item)) for item in value))  # ArrayValue.values
+        return _array(value)
     if isinstance(value, str):
         return _string(1, value) or b"\x0a\x00"  # an empty string is still a string value
     if isinstance(value, bool):
@@ -93,10 +93,14 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, bytes):
         return _field(7, value) if value else b"\x3a\x00"
     if isinstance(value, Sequence):
-        return _field(5, b"".join(_field(1, _any_value(item)) for item in value))  # ArrayValue.values
+        return _array(value)
     if isinstance(value, Mapping):
         return _field(6, _attributes(1, value))  # KeyValueList.values
     return _string(1, str(value)) or b"\x0a\x00"
+
+
+def _array(values: Sequence[Any]) -> bytes:
+    return _field(5, b"".join(_field(1, _any_value(item)) for item in values))  # ArrayValue.values
 
 
 def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
