@@ -104,30 +104,57 @@ def _array(values: Sequence[Any]) -> bytes:
 
 
 def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
-    """Repeated KeyValue as field `number`. Short strings and integers, nearly every value
-    vsmtp records, are written here without a call per value."""
+    """Repeated KeyValue as field `number`. A string or an integer, nearly every value vsmtp
+    records, is written as a prefix kept for its key and its length (the field's tag, the
+    lengths, the key, the value's tag) and then the value itself."""
     if not attributes:
         return b""
-    tag = _SMALL[number << 3 | 2]
+    strings, integers = _STRING_HEADS[number], _INTEGER_HEADS[number]
     out = []
     for key, value in attributes.items():
         kind = type(value)
         if kind is str:
             text = value.encode("utf-8", "surrogatepass")
-            any_value = b"\x0a" + _SMALL[len(text)] + text if len(text) < 0x80 else _any_value(value)
-        elif kind is int and 0 <= value < 0x80:
-            any_value = b"\x18" + _SMALL[value]
-        elif kind is tuple:
+            out.append(strings[key, len(text)] + text)
+            continue
+        if kind is int and value >= 0:
+            encoded = _SMALL[value] if value < 0x80 else varint(value)
+            out.append(integers[key, len(encoded)] + encoded)
+            continue
+        if kind is tuple:
             try:
                 any_value = _ARRAYS[value]
             except TypeError:  # something unhashable inside (not a valid attribute value, but encodable)
                 any_value = _any_value(value)
         else:
             any_value = _any_value(value)
-        size = len(any_value)
-        pair = _KEY_HEADS[key] + (_SMALL[size] if size < 0x80 else varint(size)) + any_value
-        out.append(tag + (_SMALL[len(pair)] if len(pair) < 0x80 else varint(len(pair))) + pair)
+        out.append(_key_value(number, key, len(any_value)) + any_value)
     return b"".join(out)
+
+
+def _key_value(number: int, key: str, size: int) -> bytes:
+    """A KeyValue field up to its value's content, which is `size` octets long."""
+    pair = len(_KEY_HEADS[key]) + len(varint(size)) + size
+    return varint(number << 3 | 2) + varint(pair) + _KEY_HEADS[key] + varint(size)
+
+
+def _heads(value_head: Callable[[int], bytes]) -> list[_Cache]:
+    """Per field number: (key, length) -> the KeyValue up to the value's last part, where
+    `value_head(length)` is what the AnyValue holds before that part."""
+
+    def make(number: int) -> _Cache:
+        def head(key_length: tuple[str, int]) -> bytes:
+            key, length = key_length
+            before = value_head(length)
+            return _key_value(number, key, len(before) + length) + before
+
+        return _Cache(head)
+
+    return [make(number) for number in range(16)]
+
+
+_STRING_HEADS = _heads(lambda length: b"\x0a" + varint(length))  # AnyValue.string_value: its tag and length
+_INTEGER_HEADS = _heads(lambda length: b"\x18")  # AnyValue.int_value: its tag (the varint follows)
 
 
 _ARRAYS = _Cache(_any_value)  # tuples of values (vsmtp.statuses): a few shapes, over and over

@@ -208,9 +208,12 @@ def delivery(name: str, trace_context: Mapping[str, str], *, continued: bool, **
     kind = SpanKind.CLIENT if name == SPAN_DELIVERY else SpanKind.INTERNAL
     if found is not None and continued:
         parent = trace.set_span_in_context(trace.NonRecordingSpan(found))
-        return _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
-    links = [trace.Link(found)] if found is not None else []
-    return _tracer.start_as_current_span(name, context=_ROOT, kind=kind, links=links, attributes=attributes)
+        made = _tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
+    else:
+        links = [trace.Link(found)] if found is not None else ()
+        made = _tracer.start_span(name, context=_ROOT, kind=kind, links=links, attributes=attributes)
+    # A local delivery makes no spans of its own: it need not be the current span.
+    return tracing.ending(made) if name == SPAN_LOCAL else tracing.current(made)
 
 
 _ROOT = otel_context.Context()  # an empty context (never changed: contexts are copied to be set): no parent

@@ -19,6 +19,7 @@ when a span's block raises, W3C trace context through the API's propagators.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -33,12 +34,21 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, sampling
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace import propagation as trace_propagation
 from opentelemetry.util import types
 
 LIMIT = 128  # attributes, events and links a span keeps (the SDK's default limits)
 _SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)
 _UNSET = Status(StatusCode.UNSET)
+_NO_STATE = trace.DEFAULT_TRACE_STATE
+_SPAN_KEY = trace_propagation._SPAN_KEY  # where a context keeps its current span (the API's key)
+
+
+def _context(fields: tuple[int, int, bool, TraceFlags, TraceState, bool]) -> SpanContext:
+    return tuple.__new__(SpanContext, fields)
+
+
 _getrandbits = random.getrandbits  # as the SDK's id generator: ids unique, not secret
 
 
@@ -94,7 +104,10 @@ class Span(trace.Span):
         self.dropped_attributes = self.dropped_events = self.dropped_links = 0
         self.end_time: int | None = None
         if attributes:
-            self.set_attributes(attributes)
+            self.attributes = _kept(attributes)
+            if len(self.attributes) > LIMIT:
+                self.dropped_attributes = len(self.attributes) - LIMIT
+                self.attributes = dict(itertools.islice(self.attributes.items(), LIMIT))
         self.events: list[Event] = []
         self.links: list[Link] = list(links[:LIMIT]) if links else []
         if links and len(links) > LIMIT:
@@ -119,6 +132,11 @@ class Span(trace.Span):
             self.dropped_attributes += 1
 
     def set_attributes(self, attributes: Mapping[str, types.AttributeValue]) -> None:
+        if self.end_time is not None:
+            return
+        if len(self.attributes) + len(attributes) <= LIMIT:  # room for all: in one update
+            self.attributes.update(_kept(attributes))
+            return
         for key, value in attributes.items():
             self.set_attribute(key, value)
 
@@ -200,6 +218,11 @@ class Span(trace.Span):
         ) + ("\n" if indent is not None else "")
 
 
+def _kept(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """What a span keeps of attributes: no None, a list as a tuple (its value then cannot change)."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in attributes.items() if value is not None}
+
+
 class _Current:
     """start_as_current_span's context manager: a class, not a generator (half the cost).
     With attach=False the span is not made the current one (see `ending`)."""
@@ -232,6 +255,12 @@ class _Current:
                 self._span.end()
 
 
+def current(span: trace.Span) -> _Current:
+    """A block that makes `span` the current span, ends it, and records what it raises (what
+    start_as_current_span returns, for a span already started)."""
+    return _Current(span, True, True, True)
+
+
 def ending(span: trace.Span) -> _Current:
     """A block that ends `span` and records what it raises, as start_as_current_span's does,
     without making it the current span: for a span that has no children (no context to
@@ -257,11 +286,24 @@ class Tracer(trace.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace.Span:
-        parent = trace.get_current_span(context).get_span_context()
+        found = (otel_context.get_current() if context is None else context).get(_SPAN_KEY)
+        parent = found.get_span_context() if isinstance(found, trace.Span) else trace.INVALID_SPAN_CONTEXT
         valid = parent.is_valid
         trace_id = parent.trace_id if valid else _getrandbits(128) or 1
         if self.sampler is None:  # parent-based always-on: an unsampled parent's children are not recorded
             sampled = recording = parent.trace_flags.sampled if valid else True
+            if sampled:  # the usual span: its context made without the API's checks (its ids are valid)
+                state = parent.trace_state if valid else _NO_STATE
+                return Span(
+                    self,
+                    name,
+                    _context((trace_id, _getrandbits(64) or 1, False, _SAMPLED, state, True)),
+                    parent if valid else None,
+                    kind,
+                    attributes,
+                    links or (),
+                    start_time,
+                )
             trace_state = parent.trace_state if valid else None
         else:
             decision = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
