@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +38,33 @@ async def test_console_exporter_prints_a_session_span(start_server: Any, config:
     assert message["parent_id"] == sessions[0]["context"]["span_id"]
     assert message["attributes"]["vsmtp.journal.batch_records"] >= 1  # the commit that made the message durable
     assert 0 < message["attributes"]["vsmtp.journal.commit_seconds"] < 10
+
+
+async def test_a_local_delivery_that_fails_has_an_error_span(
+    start_server: Any, config: Config, tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local.delivery span says what became of the delivery in the end: its Maildir cannot
+    be made (a file stands where a directory should be), so it is deferred, and the span is
+    an ERROR with error.type "deferred" (spans of a batch are made once it is written)."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    delivery = dataclasses.replace(config.delivery, maildir=str(blocker / "{user}" / "Maildir"))
+    running = await start_server(dataclasses.replace(config, telemetry=TelemetryConfig(exporter="console"), delivery=delivery))
+    out = ""
+    try:
+        await sendmail(running, "a@example.org", ["bob@localhost"], "Subject: x\r\n\r\nx\r\n")
+        with trio.fail_after(10):
+            while telemetry.SPAN_LOCAL not in out:
+                await trio.sleep(0.01)
+                out += capfd.readouterr().out
+    finally:
+        running.cancel_scope.cancel()
+        telemetry.setup(TelemetryConfig())
+    local = next(span for span in map(json.loads, _json_objects(out)) if span["name"] == telemetry.SPAN_LOCAL)
+    assert local["status"]["status_code"] == "ERROR"
+    assert local["attributes"]["error.type"] == "deferred" and local["attributes"]["vsmtp.statuses"] == ["deferred"]
+    assert local["attributes"]["vsmtp.recipients"] == 1 and local["start_time"] < local["end_time"]
 
 
 async def test_journal_commits_are_measured_as_metrics(start_server: Any, config: Config) -> None:

@@ -171,9 +171,11 @@ async def whole_body(journal: Journal, delivery: Delivery) -> bytes | Result:
     return body
 
 
-def traced(name: str, queue_id: str, traceparent: str, continued: bool, **attributes: Any) -> contextlib.AbstractContextManager[Span]:
+def traced(
+    name: str, queue_id: str, traceparent: str, continued: bool, *, start_time: int | None = None, **attributes: Any
+) -> contextlib.AbstractContextManager[Span]:
     """A span of the delivery process for one message, tied to the message's own span."""
     if not telemetry.enabled():
         return contextlib.nullcontext(INVALID_SPAN)
     context = {"traceparent": traceparent} if traceparent else {}
-    return telemetry.spans.delivery(name, context, continued=continued, **{"vsmtp.queue_id": queue_id, **attributes})
+    return telemetry.spans.delivery(name, context, continued=continued, start_time=start_time, **{"vsmtp.queue_id": queue_id, **attributes})

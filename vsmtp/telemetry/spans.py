@@ -197,7 +197,9 @@ def current_context(span: Span) -> dict[str, str]:
 # -- the delivery side ---------------------------------------------------------------------
 
 
-def delivery(name: str, trace_context: Mapping[str, str], *, continued: bool, **attributes: Any) -> contextlib.AbstractContextManager[Span]:
+def delivery(
+    name: str, trace_context: Mapping[str, str], *, continued: bool, start_time: int | None = None, **attributes: Any
+) -> contextlib.AbstractContextManager[Span]:
     """A delivery span: a child of the message's span when the message continues a client's
     trace, else a new trace linked to it."""
     if not _on:
@@ -208,10 +210,10 @@ def delivery(name: str, trace_context: Mapping[str, str], *, continued: bool, **
     kind = SpanKind.CLIENT if name == SPAN_DELIVERY else SpanKind.INTERNAL
     if found is not None and continued:
         parent = trace.set_span_in_context(trace.NonRecordingSpan(found))
-        made = _tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
+        made = _tracer.start_span(name, context=parent, kind=kind, attributes=attributes, start_time=start_time)
     else:
         links = [trace.Link(found)] if found is not None else ()
-        made = _tracer.start_span(name, context=_ROOT, kind=kind, links=links, attributes=attributes)
+        made = _tracer.start_span(name, context=_ROOT, kind=kind, links=links, attributes=attributes, start_time=start_time)
     # A local delivery makes no spans of its own: it need not be the current span.
     return tracing.ending(made) if name == SPAN_LOCAL else tracing.current(made)
 

@@ -130,13 +130,25 @@ class FileTransport:
         self.services = services
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Result]:
-        return await trio.to_thread.run_sync(self.deliver_batch, deliveries)
+        if not telemetry.enabled():
+            return await trio.to_thread.run_sync(self.deliver_batch, deliveries)
+        times: list[int] = []
+        results = await trio.to_thread.run_sync(self.deliver_batch, deliveries, times)
+        traced_batch(deliveries, results, times)
+        return results
 
-    def deliver_batch(self, deliveries: Sequence[Delivery]) -> list[Result]:
+    def deliver_batch(self, deliveries: Sequence[Delivery], times: list[int] | None = None) -> list[Result]:
+        """Write a batch (in a worker thread); with `times`, the moment each delivery began
+        and the moment the last one ended are added to it (their spans')."""
         results = []
         try:
             with self.batch():
-                results = [self._one(d) for d in deliveries]
+                for delivery in deliveries:
+                    if times is not None:
+                        times.append(time.time_ns())
+                    results.append(self._write_all(delivery))
+                if times is not None:
+                    times.append(time.time_ns())
         except OSError as exc:  # what the batch wrote could not be synced: none of it is sure
             log.warning("cannot sync the %s directories: %s", self.what, exc)
             text = f"cannot write to the {self.what}: {exc}"
@@ -149,19 +161,6 @@ class FileTransport:
     def batch(self) -> contextlib.AbstractContextManager[None]:
         """What the deliveries of one batch share (maildir.py: one sync per directory)."""
         return contextlib.nullcontext()
-
-    def _one(self, delivery: Delivery) -> Result:
-        """One Delivery, in a span when tracing is on (linked to the session that received it)."""
-        if not telemetry.enabled():
-            return self._write_all(delivery)
-        job = delivery.job
-        with traced(
-            telemetry.SPAN_LOCAL, job.queue_id, job.traceparent, job.trace_continued, **{"vsmtp.recipients": len(delivery.recipients)}
-        ) as span:
-            result = self._write_all(delivery)
-            statuses: set[str] = {o.status for o in result.outcomes} or {"held"}
-            telemetry.spans.outcome(span, statuses, next((o.reason for o in result.outcomes if o.status != "delivered"), result.corrupt))
-            return result
 
     def _write_all(self, delivery: Delivery) -> Result:
         route = delivery.route
@@ -196,6 +195,21 @@ class FileTransport:
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def traced_batch(deliveries: Sequence[Delivery], results: Sequence[Result], times: Sequence[int]) -> None:
+    """The `local.delivery` span of each delivery of a batch, made once the batch is written
+    and synced, from the times the worker noted: a delivery that the batch's sync undid is
+    shown deferred, not delivered. Made on the event loop's thread, after the worker is done."""
+    for n, (delivery, result) in enumerate(zip(deliveries, results, strict=False)):
+        if n + 1 >= len(times):
+            break  # the batch stopped before this delivery was timed (its results say what it became)
+        job = delivery.job
+        attributes = {"vsmtp.recipients": len(delivery.recipients)}
+        with traced(telemetry.SPAN_LOCAL, job.queue_id, job.traceparent, job.trace_continued, start_time=times[n], **attributes) as span:
+            statuses: set[str] = {o.status for o in result.outcomes} or {"held"}
+            telemetry.spans.outcome(span, statuses, next((o.reason for o in result.outcomes if o.status != "delivered"), result.corrupt))
+            span.end(times[n + 1])  # the block's own end comes after: a span ends once
 
 
 def _deferred(address: str, text: str, *, full: bool = False) -> Outcome:

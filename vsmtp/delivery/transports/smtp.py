@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 from vsmtp_journal import CorruptBlob, CorruptRecord, Journal
@@ -64,7 +65,7 @@ class Smtp:
             return Result([], corrupt=str(exc))
         domain = route.domain if isinstance(route, policy.RemoteRoute) else route.host
         context, continued = (accepted.trace_context, accepted.trace_continued) if accepted is not None else ({}, False)
-        attributes = {"vsmtp.queue_id": job.queue_id, "vsmtp.domain": domain, "vsmtp.recipients": len(delivery.recipients)}
+        attributes: dict[str, Any] = {"vsmtp.queue_id": job.queue_id, "vsmtp.domain": domain, "vsmtp.recipients": len(delivery.recipients)}
         with telemetry.spans.delivery(telemetry.SPAN_DELIVERY, context, continued=continued, **attributes) as span:
             if body is None:
                 return Result.all(delivery, "failed", MISSING, enhanced="5.3.0", stage="route")
