@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import vsmtp
@@ -105,3 +107,15 @@ def test_first_party_plugins_import_only_the_public_api() -> None:
         public = {"vsmtp", *(f"vsmtp.{name}" for name in vsmtp.__all__)}
         bad = _vsmtp_imports(path) - public
         assert not bad, f"{path} imports {bad}"
+
+
+def test_a_receiving_process_loads_no_delivery_and_no_http_stack() -> None:
+    """What a receiving process imports (python -m vsmtp.workers) is what receiving needs:
+    not the delivery side (DANE, DKIM signing, the scheduler), not prometheus_client (the
+    delivery process serves /metrics), not dnspython's DNS-over-HTTPS stack (httpx2, h2),
+    which the test extra installs. Each is megabytes in every receiving process."""
+    script = "import sys, vsmtp.workers; print(' '.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, cwd=ROOT).stdout.split())
+    assert "vsmtp.net.session" in loaded  # the probe imports what a receiving process runs
+    unwanted = {"vsmtp.delivery", "vsmtp.net.dane", "prometheus_client", "httpx2", "h2", "httpcore2"}
+    assert not unwanted & loaded

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import pluggy
 
+from . import _dnspython  # noqa: F401  # first: before anything imports dns.query
 from .mail.message import Message
 from .queue import events
 from .rules.context import Context

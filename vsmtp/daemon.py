@@ -15,6 +15,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 from vsmtp_journal import Commit, CorruptRecord, GroupCommitWriter, Journal, doorbell, follow
@@ -23,8 +24,6 @@ from vsmtp_journal.store import SALVAGE_HINT
 from . import config as config_mod
 from . import telemetry
 from .config import Config, ListenerConfig
-from .delivery import Scheduler, serve_delivery
-from .delivery.signing import Signing
 from .errors import VsmtpError
 from .net.anvil import Anvil
 from .net.server import Bound, SmtpService
@@ -34,6 +33,10 @@ from .queue import events as qe
 from .queue.projection import QueueProjection
 from .queue.retention import serve_retention
 from .rules.engine import Stages
+
+if TYPE_CHECKING:  # delivery is imported where it runs: a receiving process never loads it (nor DKIM, DANE and their libraries)
+    from .delivery import Scheduler
+    from .delivery.signing import Signing
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,8 @@ async def serve(
                         await nursery.start(serve_retention, journal, writer, projection, config.retention)
                         await nursery.start(_observe, journal, writer, plugins)
                         if config.delivery.enabled:
+                            from .delivery import serve_delivery
+
                             stages = smtp.settings.stages if smtp is not None else Stages.build(config, plugins)  # postq, delivery
                             signing = signing_of(config)  # an unreadable key stops us here, naming the file
                             scheduler = await nursery.start(
@@ -165,6 +170,8 @@ async def serve(
 
 def signing_of(config: Config) -> Signing | None:
     """The post-queue signer, when the configuration signs or seals (ConfigError names a bad key)."""
+    from .delivery.signing import Signing
+
     return Signing(config) if config.dkim.sign or config.arc.seal is not None else None
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader, PeriodicExportingMetricReader
 
@@ -26,7 +26,6 @@ from ..config import TelemetryConfig
 from . import metrics, providers, snapshots, spans
 from .metrics import COMMIT_DURATION as METRIC_COMMIT_DURATION
 from .metrics import COMMIT_RECORDS as METRIC_COMMIT_RECORDS
-from .prometheus import Endpoint
 from .spans import (
     SPAN_COMMIT,
     SPAN_CONNECT,
@@ -44,6 +43,9 @@ from .spans import (
     span,
     tracer,
 )
+
+if TYPE_CHECKING:
+    from .prometheus import Endpoint  # imported where the endpoint is served: prometheus_client nowhere else
 
 __all__ = [
     "METRIC_COMMIT_DURATION",
@@ -108,6 +110,8 @@ def setup(
     else:
         metrics.install(None)
     if own is not None:
+        from .prometheus import Endpoint
+
         _endpoint = Endpoint(config.prometheus, own, snapshots.directory(journal_path))
 
 
