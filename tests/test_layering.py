@@ -113,9 +113,10 @@ def test_a_receiving_process_loads_no_delivery_and_no_http_stack() -> None:
     """What a receiving process imports (python -m vsmtp.workers) is what receiving needs:
     not the delivery side (DANE, DKIM signing, the scheduler), not prometheus_client (the
     delivery process serves /metrics), not dnspython's DNS-over-HTTPS stack (httpx2, h2),
-    which the test extra installs. Each is megabytes in every receiving process."""
+    which the test extra installs, and not OpenTelemetry's SDK, which is imported once
+    telemetry is configured. Each is megabytes in every receiving process."""
     script = "import sys, vsmtp.workers; print(' '.join(sorted(sys.modules)))"
     loaded = set(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, cwd=ROOT).stdout.split())
     assert "vsmtp.net.session" in loaded  # the probe imports what a receiving process runs
-    unwanted = {"vsmtp.delivery", "vsmtp.net.dane", "prometheus_client", "httpx2", "h2", "httpcore2"}
+    unwanted = {"vsmtp.delivery", "vsmtp.net.dane", "prometheus_client", "httpx2", "h2", "httpcore2", "opentelemetry.sdk"}
     assert not unwanted & loaded

@@ -20,10 +20,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader, PeriodicExportingMetricReader
-
 from ..config import TelemetryConfig
-from . import metrics, providers, snapshots, spans
+from . import metrics, snapshots, spans
 from .metrics import COMMIT_DURATION as METRIC_COMMIT_DURATION
 from .metrics import COMMIT_RECORDS as METRIC_COMMIT_RECORDS
 from .spans import (
@@ -44,8 +42,11 @@ from .spans import (
     tracer,
 )
 
-if TYPE_CHECKING:
-    from .prometheus import Endpoint  # imported where the endpoint is served: prometheus_client nowhere else
+if TYPE_CHECKING:  # imported where they are used: prometheus_client where /metrics is served, the SDK where anything is on
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
+
+    from . import providers
+    from .prometheus import Endpoint
 
 __all__ = [
     "METRIC_COMMIT_DURATION",
@@ -73,7 +74,7 @@ __all__ = [
 
 log = logging.getLogger("vsmtp.telemetry")
 
-_installed = providers.Providers()
+_installed: providers.Providers | None = None
 _endpoint: Endpoint | None = None
 
 
@@ -94,10 +95,16 @@ def setup(
     shutdown()
     readers = list(metric_readers or [])
     own: InMemoryMetricReader | None = None
+    if config.exporter == "none" and not readers and not (config.prometheus and journal_path):
+        return  # nothing to record: the API's no-ops, and the SDK not even imported
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
+
+    from . import providers
+
     if config.prometheus and journal_path:
         where = snapshots.directory(journal_path)
         if process.startswith("receiver"):
-            exporter = snapshots.SnapshotExporter(where / f"{process}.json")
+            exporter = providers.SnapshotExporter(where / f"{process}.json")
             readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=int(snapshots.SNAPSHOT_INTERVAL * 1000)))
         elif serve_prometheus:
             own = InMemoryMetricReader()
@@ -121,9 +128,11 @@ def shutdown() -> None:
     if _endpoint is not None:
         _endpoint.close()
         _endpoint = None
-    installed, _installed = _installed, providers.Providers()
-    installed.shutdown()
+    installed, _installed = _installed, None
+    if installed is not None:
+        installed.shutdown()
     spans.install(None)
+    metrics.install(None)
 
 
 def record_commit(records: int, seconds: float) -> None:

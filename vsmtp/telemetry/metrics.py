@@ -14,26 +14,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics.export import (
-    AggregationTemporality,
-    Histogram,
-    HistogramDataPoint,
-    Metric,
-    MetricReader,
-    MetricsData,
-    ResourceMetrics,
-    ScopeMetrics,
-)
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from ..queue import events as qe
 from ..smtp import events as ev
 from ..smtp.replies import Reply
+
+if TYPE_CHECKING:  # the SDK is imported where metrics are collected: not at all when nothing reads them
+    from opentelemetry.sdk.metrics.export import Metric, MetricReader, MetricsData
+    from opentelemetry.sdk.resources import Resource
 
 SESSIONS = "vsmtp.smtp.sessions"
 SESSIONS_ACTIVE = "vsmtp.smtp.sessions.active"
@@ -137,6 +129,8 @@ class Buckets:
             copied = [(attributes, list(counts), total, low, high) for attributes, (counts, total, low, high) in self.values.items()]
         if not copied:
             return None  # as the SDK: no point before the first record
+        from opentelemetry.sdk.metrics.export import AggregationTemporality, Histogram, HistogramDataPoint, Metric
+
         now = time.time_ns()
         points = [
             HistogramDataPoint(dict(attributes), self.started, now, sum(counts), total, counts, self.bounds, low, high)
@@ -152,7 +146,7 @@ HISTOGRAMS = {
     DELIVERY_LATENCY: Buckets(DELIVERY_LATENCY, "s", "from acceptance to delivery, per recipient delivered"),
 }
 _TIME_TO_250, _COMMIT_DURATION, _COMMIT_RECORDS, _DELIVERY_LATENCY = HISTOGRAMS.values()
-SCOPE = InstrumentationScope("vsmtp")  # the meter's: the histograms appear beside its instruments
+SCOPE_NAME = "vsmtp"  # the meter's scope: the histograms appear beside its instruments
 
 
 def attach(reader: MetricReader, resource: Resource) -> None:
@@ -171,20 +165,23 @@ def attach(reader: MetricReader, resource: Resource) -> None:
 
 
 def add_histograms(data: MetricsData | None, resource: Resource) -> MetricsData | None:
+    from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
     made = [m for m in (h.metric() for h in HISTOGRAMS.values()) if m is not None]
     if not made:
         return data
     found = list(data.resource_metrics) if data is not None else []
     if not found:
-        return MetricsData([ResourceMetrics(resource, [ScopeMetrics(SCOPE, made, "")], "")])
+        return MetricsData([ResourceMetrics(resource, [ScopeMetrics(InstrumentationScope(SCOPE_NAME), made, "")], "")])
     first, *rest = found
     scopes = list(first.scope_metrics)
     for n, scope in enumerate(scopes):
-        if scope.scope.name == SCOPE.name:
+        if scope.scope.name == SCOPE_NAME:
             scopes[n] = ScopeMetrics(scope.scope, [*scope.metrics, *made], scope.schema_url)
             break
     else:
-        scopes.append(ScopeMetrics(SCOPE, made, ""))
+        scopes.append(ScopeMetrics(InstrumentationScope(SCOPE_NAME), made, ""))
     return MetricsData([ResourceMetrics(first.resource, scopes, first.schema_url), *rest])
 
 

@@ -18,16 +18,10 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry.sdk.metrics.export import (
-    Gauge,
-    Histogram,
-    MetricExporter,
-    MetricExportResult,
-    MetricsData,
-    Sum,
-)
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricsData
 
 log = logging.getLogger("vsmtp.telemetry")
 
@@ -44,6 +38,8 @@ def directory(journal_path: str) -> Path:
 
 def of(data: MetricsData | None) -> Snapshot:
     """The SDK's collected metrics as plain data."""
+    from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
+
     found: dict[str, Any] = {}
     for resource in data.resource_metrics if data is not None else ():
         for scope in resource.scope_metrics:
@@ -141,25 +137,3 @@ def clear(where: Path) -> None:
     if where.is_dir():
         for path in where.glob("*.json"):
             path.unlink(missing_ok=True)
-
-
-class SnapshotExporter(MetricExporter):
-    """Writes this process's cumulative figures to its snapshot file at each export."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.path = path
-
-    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
-        try:
-            write(self.path, of(metrics_data))
-        except OSError as exc:
-            log.warning("telemetry: cannot write the metric snapshot %s: %s", self.path, exc)
-            return MetricExportResult.FAILURE
-        return MetricExportResult.SUCCESS
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        pass

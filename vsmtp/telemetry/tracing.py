@@ -27,16 +27,18 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, sampling
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.trace import propagation as trace_propagation
 from opentelemetry.util import types
+
+if TYPE_CHECKING:  # the SDK is imported when a tracer provider is made (providers.py), not before
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor, sampling
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 LIMIT = 128  # attributes, events and links a span keeps (the SDK's default limits)
 _SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)
@@ -341,7 +343,12 @@ class TracerProvider(trace.TracerProvider):
         self.processor = processor
         self._tracers: dict[tuple[str, str | None, str | None], Tracer] = {}
         self._lock = threading.Lock()
-        self.sampler = None if _default_sampling() else sampling._get_from_env_or_default()
+        if _default_sampling():
+            self.sampler = None
+        else:
+            from opentelemetry.sdk.trace import sampling
+
+            self.sampler = sampling._get_from_env_or_default()
 
     def get_tracer(
         self,
@@ -353,6 +360,8 @@ class TracerProvider(trace.TracerProvider):
         key = (instrumenting_module_name, instrumenting_library_version, schema_url)
         with self._lock:
             if key not in self._tracers:
+                from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
                 scope = InstrumentationScope(instrumenting_module_name, instrumenting_library_version, schema_url, attributes)
                 self._tracers[key] = Tracer(self.processor, self.resource, scope, self.sampler)
             return self._tracers[key]
