@@ -172,10 +172,12 @@ async def whole_body(journal: Journal, delivery: Delivery) -> bytes | Result:
 
 
 def traced(
-    name: str, queue_id: str, traceparent: str, continued: bool, *, start_time: int | None = None, **attributes: Any
+    name: str, queue_id: str, traceparent: str, continued: bool, *, start_time: int | None = None, current: bool = True, **attributes: Any
 ) -> contextlib.AbstractContextManager[Span]:
-    """A span of the delivery process for one message, tied to the message's own span."""
+    """A span of the delivery process for one message, tied to the message's own span
+    (telemetry.spans.delivery says what `start_time` and `current` do)."""
     if not telemetry.enabled():
         return contextlib.nullcontext(INVALID_SPAN)
     context = {"traceparent": traceparent} if traceparent else {}
-    return telemetry.spans.delivery(name, context, continued=continued, start_time=start_time, **{"vsmtp.queue_id": queue_id, **attributes})
+    attributes = {"vsmtp.queue_id": queue_id, **attributes}
+    return telemetry.spans.delivery(name, context, continued=continued, start_time=start_time, current=current, **attributes)

@@ -198,10 +198,17 @@ def current_context(span: Span) -> dict[str, str]:
 
 
 def delivery(
-    name: str, trace_context: Mapping[str, str], *, continued: bool, start_time: int | None = None, **attributes: Any
+    name: str,
+    trace_context: Mapping[str, str],
+    *,
+    continued: bool,
+    start_time: int | None = None,
+    current: bool = True,
+    **attributes: Any,
 ) -> contextlib.AbstractContextManager[Span]:
     """A delivery span: a child of the message's span when the message continues a client's
-    trace, else a new trace linked to it."""
+    trace, else a new trace linked to it. `current=False` for a span that has no children
+    (a local delivery's): it is not made the current span."""
     if not _on:
         return contextlib.nullcontext(trace.INVALID_SPAN)
     found = remote_context(trace_context) if trace_context else None
@@ -214,8 +221,7 @@ def delivery(
     else:
         links = [trace.Link(found)] if found is not None else ()
         made = _tracer.start_span(name, context=_ROOT, kind=kind, links=links, attributes=attributes, start_time=start_time)
-    # A local delivery makes no spans of its own: it need not be the current span.
-    return tracing.ending(made) if name == SPAN_LOCAL else tracing.current(made)
+    return tracing.current(made) if current else tracing.ending(made)
 
 
 _ROOT = otel_context.Context()  # an empty context (never changed: contexts are copied to be set): no parent

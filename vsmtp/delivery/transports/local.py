@@ -206,7 +206,9 @@ def traced_batch(deliveries: Sequence[Delivery], results: Sequence[Result], time
             break  # the batch stopped before this delivery was timed (its results say what it became)
         job = delivery.job
         attributes = {"vsmtp.recipients": len(delivery.recipients)}
-        with traced(telemetry.SPAN_LOCAL, job.queue_id, job.traceparent, job.trace_continued, start_time=times[n], **attributes) as span:
+        with traced(
+            telemetry.SPAN_LOCAL, job.queue_id, job.traceparent, job.trace_continued, start_time=times[n], current=False, **attributes
+        ) as span:
             statuses: set[str] = {o.status for o in result.outcomes} or {"held"}
             telemetry.spans.outcome(span, statuses, next((o.reason for o in result.outcomes if o.status != "delivered"), result.corrupt))
             span.end(times[n + 1])  # the block's own end comes after: a span ends once
