@@ -10,6 +10,7 @@ AUTH (auth.py), the checks and rules (stages.py), the records that queue a messa
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -60,6 +61,12 @@ class Transaction:
     recipient_params: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
 
+async def journaled(writer: GroupCommitWriter, event: qe.JournalEvent) -> None:
+    """Append without waiting for the disk: it rides along with the next commit."""
+    telemetry.metrics.journaled(event)
+    await writer.append_group([qe.to_append(event)], durable=False)
+
+
 class Session:
     def __init__(
         self,
@@ -100,6 +107,12 @@ class Session:
             local_domains=policy.local_domains(self.config),
         )
         self.holds = Holds()  # what a verdict before MAIL holds for the whole session
+        # What the session's parts journal with: bound to the writer, not to the session, so
+        # that no part refers back to it. A session in a reference cycle outlives its
+        # connection until a full garbage collection (rare: workers.settle_heap), and keeps
+        # its last message and buffers with it: 27 MiB more in each receiving process at 100
+        # KiB with a connection per message.
+        self._journal = functools.partial(journaled, writer)
         self.stages = StageRunner(settings.stages, settings.checks, self.ctx, self._journal)
         self.login = Login(settings, ctx=self.ctx, stages=self.stages, holds=self.holds, journal=self._journal)
         self.errors = ErrorLimits(self.config.limits)
@@ -273,11 +286,6 @@ class Session:
     async def _flush(self) -> None:
         if self._out:
             await self.wire.send(self._out)
-
-    async def _journal(self, event: qe.JournalEvent) -> None:
-        """Append without waiting for the disk: it rides along with the next commit."""
-        telemetry.metrics.journaled(event)
-        await self.writer.append_group([qe.to_append(event)], durable=False)
 
     # -- TLS ------------------------------------------------------------------------------
 
