@@ -225,13 +225,7 @@ def process_cpu_seconds(pid: int) -> float:
 
 def peak_rss_kib(pid: int) -> int:
     """The sum of the peak resident sizes of `pid` and its children."""
-    total = 0
-    for each in process_tree(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{each}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-    return total
+    return _status_kib(pid, ("VmHWM:",))
 
 
 def private_kib(pid: int) -> int:
@@ -239,11 +233,16 @@ def private_kib(pid: int) -> int:
     (RssAnon) and shared-memory (RssShmem) pages. Left out: mapped files (RssFile), which for
     vsmtp are the journal's pages in the page cache (Postfix reads its queue files with read(),
     whose pages no process counts) and the shared libraries every process maps."""
+    return _status_kib(pid, ("RssAnon:", "RssShmem:"))
+
+
+def _status_kib(pid: int, fields: tuple[str, ...]) -> int:
+    """The sum of `fields` (kB figures of /proc/PID/status) over `pid` and its children."""
     total = 0
     for each in process_tree(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{each}/status").read_text().splitlines():
-                if line.startswith(("RssAnon:", "RssShmem:")):
+                if line.startswith(fields):
                     total += int(line.split()[1])
     return total
 

@@ -166,10 +166,6 @@ def _length(payload: bytes) -> bytes:
     return varint(len(payload)) + payload
 
 
-def _flags(parent: SpanContext | None) -> int:
-    return _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
-
-
 def _trace_state(context: SpanContext) -> bytes:
     state = context.trace_state
     return _string(3, ",".join(f"{key}={value}" for key, value in state.items())) if state else b""
@@ -208,20 +204,15 @@ def span(s: ReadableSpan) -> bytes:
         parts.append(b"\x60" + varint(s.dropped_events))
     for link in s.links:
         linked = link.context
+        ids = b"\x0a\x10" + linked.trace_id.to_bytes(16, "big") + b"\x12\x08" + linked.span_id.to_bytes(8, "big")
+        flags = _REMOTE_LINK if linked.is_remote else _LOCAL_LINK
         if not link.attributes and not link.dropped_attributes:  # the usual link: ids and flags, 33 octets
-            parts.append(
-                b"\x6a\x21\x0a\x10"
-                + linked.trace_id.to_bytes(16, "big")
-                + b"\x12\x08"
-                + linked.span_id.to_bytes(8, "big")
-                + (_REMOTE_LINK if linked.is_remote else _LOCAL_LINK)
-            )
+            parts.append(b"\x6a\x21" + ids + flags)
             continue
-        body = b"\x0a\x10" + linked.trace_id.to_bytes(16, "big") + b"\x12\x08" + linked.span_id.to_bytes(8, "big")
-        body += _attributes(4, link.attributes)  # no trace_state: the SDK's encoder leaves it out too
+        body = ids + _attributes(4, link.attributes)  # no trace_state: the SDK's encoder leaves it out too
         if link.dropped_attributes:
             body += b"\x28" + varint(link.dropped_attributes)
-        parts.append(b"\x6a" + _length(body + b"\x35" + _fixed32(_flags(linked))))
+        parts.append(b"\x6a" + _length(body + flags))
     if s.dropped_links:
         parts.append(b"\x70" + varint(s.dropped_links))
     status = s.status

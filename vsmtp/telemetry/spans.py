@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -215,12 +215,12 @@ def delivery(
     if found is not None and not found.trace_flags.sampled:
         return contextlib.nullcontext(trace.INVALID_SPAN)  # a sampler left the message out: its deliveries too
     kind = SpanKind.CLIENT if name == SPAN_DELIVERY else SpanKind.INTERNAL
+    links: Sequence[trace.Link] = ()
     if found is not None and continued:
-        parent = trace.set_span_in_context(trace.NonRecordingSpan(found))
-        made = _tracer.start_span(name, context=parent, kind=kind, attributes=attributes, start_time=start_time)
+        context = trace.set_span_in_context(trace.NonRecordingSpan(found))
     else:
-        links = [trace.Link(found)] if found is not None else ()
-        made = _tracer.start_span(name, context=_ROOT, kind=kind, links=links, attributes=attributes, start_time=start_time)
+        context, links = _ROOT, [trace.Link(found)] if found is not None else ()
+    made = _tracer.start_span(name, context=context, kind=kind, links=links, attributes=attributes, start_time=start_time)
     return tracing.current(made) if current else tracing.ending(made)
 
 
